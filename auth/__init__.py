@@ -1,0 +1,36 @@
+"""A self-contained Flask authentication extension: users, JWTs, API keys, JSON-file stores.
+
+    from auth import Auth, require_auth
+    auth = Auth()
+    auth.init_app(app, settings=AuthSettings(), data_dir=Path("data"))
+
+It never imports the application that uses it.
+"""
+
+from __future__ import annotations
+
+from .config import AuthSettings
+from .decorators import admin_required, current_principal, current_user, public, require_auth
+from .errors import ApiError, ValidationError
+from .extension import Auth, AuthState, Principal, auth_state
+from .inputs import json_body
+from .store import StoreCorrupt
+from .tokens import SecretError
+
+__all__ = [
+    "ApiError",
+    "Auth",
+    "AuthSettings",
+    "AuthState",
+    "Principal",
+    "SecretError",
+    "StoreCorrupt",
+    "ValidationError",
+    "admin_required",
+    "auth_state",
+    "current_principal",
+    "current_user",
+    "json_body",
+    "public",
+    "require_auth",
+]

@@ -1,0 +1,82 @@
+"""API keys: format, storage and lookup.
+
+A key looks like `sk_live_` + 32 base62 characters (190 random bits) + a 6-character base62
+CRC32 of those 32 characters. The fixed prefix and the checksum let secret scanners recognise a
+leaked key without asking us, and let the server refuse a mistyped key before any lookup.
+
+Only the SHA-256 of the key is stored (the key is already high-entropy, so a slow hash would add
+cost without adding safety) together with a short display prefix. The store keeps an index from
+hash to key id, rebuilt only when the file changes, so a lookup is one dict access whatever the
+number of keys.
+
+`last_used` lives in a separate small store so that recording use never invalidates the key
+cache of every worker; it is written at most once a minute per key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+import zlib
+from typing import Any
+
+from .store import Items
+
+PREFIX = "sk_live_"
+BODY_LENGTH = 32
+CHECKSUM_LENGTH = 6
+DISPLAY_LENGTH = len(PREFIX) + 4
+KEY_LENGTH = len(PREFIX) + BODY_LENGTH + CHECKSUM_LENGTH
+LAST_USED_EVERY_SECONDS = 60
+_ALPHABET = string.digits + string.ascii_letters
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        digits.append(_ALPHABET[digit])
+    return "".join(reversed(digits))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def generate_key() -> str:
+    body = "".join(secrets.choice(_ALPHABET) for _ in range(BODY_LENGTH))
+    return PREFIX + body + _checksum(body)
+
+
+def well_formed(key: str) -> bool:
+    """True if `key` has our prefix, length, alphabet and a matching checksum."""
+    if len(key) != KEY_LENGTH or not key.startswith(PREFIX):
+        return False
+    body, check = key[len(PREFIX) : -CHECKSUM_LENGTH], key[-CHECKSUM_LENGTH:]
+    return all(c in _ALPHABET for c in body) and secrets.compare_digest(check, _checksum(body))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def index_by_hash(items: Items) -> dict[str, str]:
+    return {record["hash"]: key_id for key_id, record in items.items()}
+
+
+def public_view(record: dict[str, Any], last_used: str | None) -> dict[str, Any]:
+    """What a key's owner may see about it: never the hash."""
+    return {
+        "id": record["id"],
+        "name": record["name"],
+        "description": record.get("description"),
+        "prefix": record["prefix"],
+        "scopes": record["scopes"],
+        "is_active": record["is_active"],
+        "created_at": record["created_at"],
+        "expires_at": record.get("expires_at"),
+        "revoked_at": record.get("revoked_at"),
+        "last_used": last_used,
+        "user_id": record["user_id"],
+    }

@@ -1,0 +1,62 @@
+"""The auth extension's settings: every key, its default, its bounds and its meaning.
+
+The extension is configured with an `AuthSettings` object, never with `app.config` (Flask drops
+lower-case keys). An application that reads YAML validates it against these dataclasses; the
+bounds live in each field's metadata so that validation and documentation share one source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def setting(default: Any = None, *, help: str, factory: Any = None, **bounds: Any) -> Any:
+    """Declare a settings field: its default, what it means, and the bounds it must respect.
+
+    Recognised bounds: `min`, `max` (numbers), `min_len` (strings), `check` (a callable raising
+    ValueError with a human message).
+    """
+    metadata = {"help": help, **bounds}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class DefaultAdmin:
+    username: str = setting("admin", help="username of the admin created on first start")
+    password: str = setting("admin123", help="its password; must be changed before remote use")
+    email: str = setting("admin@localhost", help="its email address")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    enabled: bool = setting(True, help="false = open simple mode: no credentials anywhere")
+    jwt_secret: str | None = setting(
+        None, help="HMAC secret (>= 32 bytes); null = generate once into the data dir (0600)"
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = setting(
+        "HS256", help="JWT signing algorithm, pinned on decode"
+    )
+    jwt_issuer: str = setting("inference-server", help="the iss claim issued and required")
+    jwt_audience: str = setting("inference-api", help="the aud claim issued and required")
+    access_token_expire_minutes: int = setting(
+        30, min=1, max=24 * 60, help="lifetime of an access token"
+    )
+    refresh_token_expire_days: int = setting(
+        7, min=1, max=365, help="lifetime of a refresh token (each refresh starts a new one)"
+    )
+    api_keys_enabled: bool = setting(True, help="accept X-API-Key and allow creating keys")
+    rate_limit_per_minute: int = setting(
+        100, min=1, help="requests per minute per user, across all their tokens and keys"
+    )
+    registration: Literal["open", "admin_only", "closed"] = setting(
+        "admin_only", help="who may call POST /auth/register"
+    )
+    password_min_length: int = setting(8, min=8, max=128, help="shortest password accepted")
+    bcrypt_rounds: int = setting(12, min=4, max=16, help="bcrypt cost factor (log2 rounds)")
+    default_admin: DefaultAdmin | None = setting(
+        factory=DefaultAdmin,
+        help="the admin created when no user exists; null = never create one",
+    )

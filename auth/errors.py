@@ -1,0 +1,145 @@
+"""One JSON error shape for every failure, and the request ids that tie answers to log lines.
+
+Domain errors subclass werkzeug's `HTTPException`, so Flask treats them like its own; a single
+handler turns any `HTTPException` into
+
+    {"error": {"code": ..., "message": ..., "request_id": ..., "details": ...}}
+
+built on `e.get_response()` so headers such as `WWW-Authenticate` and `Retry-After` survive.
+Anything else becomes a 500 whose body and log line carry no stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, json, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# Codes for errors that werkzeug or Flask raise themselves.
+_CODES_BY_STATUS = {
+    400: "VALIDATION_ERROR",
+    401: "AUTHENTICATION_REQUIRED",
+    403: "INSUFFICIENT_PERMISSIONS",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "RATE_LIMIT_EXCEEDED",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class ApiError(HTTPException):
+    """An error with a stable machine-readable code, a human message and optional details."""
+
+    code = 400
+    error_code = "VALIDATION_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        super().__init__(description=message)
+        self.details = details
+        self.extra_headers = headers or {}
+        if error_code:
+            self.error_code = error_code
+
+    def get_headers(self, environ=None, scope=None) -> list[tuple[str, str]]:
+        return [*super().get_headers(environ, scope), *self.extra_headers.items()]
+
+
+class ValidationError(ApiError):
+    code, error_code = 400, "VALIDATION_ERROR"
+
+
+class AuthenticationError(ApiError):
+    """401; always tells the client how to authenticate."""
+
+    code, error_code = 401, "AUTHENTICATION_REQUIRED"
+
+    def __init__(self, message: str, *, error_code: str | None = None, **kw: Any) -> None:
+        code = error_code or self.error_code
+        challenge = 'Bearer realm="inference-server"'
+        if code != "AUTHENTICATION_REQUIRED":
+            challenge += f', error="invalid_token", error_description="{code}"'
+        super().__init__(message, error_code=code, headers={"WWW-Authenticate": challenge}, **kw)
+
+
+class PermissionDenied(ApiError):
+    code, error_code = 403, "INSUFFICIENT_PERMISSIONS"
+
+
+class NotFound(ApiError):
+    code, error_code = 404, "NOT_FOUND"
+
+
+class Conflict(ApiError):
+    code, error_code = 409, "CONFLICT"
+
+
+class StorageBusy(ApiError):
+    code, error_code = 503, "STORAGE_BUSY"
+
+
+def request_id() -> str:
+    """The id of the current request: the client's X-Request-ID if sane, else a new one."""
+    rid = g.get("request_id")
+    if rid is None:
+        sent = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = sent if _CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex
+        g.request_id = rid
+    return rid
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {
+        "error": {"code": code, "message": message, "request_id": request_id(), "details": details}
+    }
+
+
+def _render_http_exception(exc: HTTPException) -> Response:
+    response = exc.get_response()
+    code = getattr(exc, "error_code", None) or _CODES_BY_STATUS.get(exc.code or 500, "ERROR")
+    message = exc.description or exc.name
+    response.set_data(json.dumps(error_body(code, message, getattr(exc, "details", None))))
+    response.content_type = "application/json"
+    return response
+
+
+def _render_unexpected(exc: Exception) -> Response:
+    # The class name only: a traceback could carry request data into the log.
+    log.error(
+        "unhandled %s on %s %s (request %s)",
+        type(exc).__name__,
+        request.method,
+        request.path,
+        request_id(),
+    )
+    body = error_body("INTERNAL_ERROR", "the server failed to handle this request")
+    return Response(json.dumps(body), status=500, content_type="application/json")
+
+
+def _tag_response(response: Response) -> Response:
+    response.headers[REQUEST_ID_HEADER] = request_id()
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(Exception, _render_unexpected)
+    app.after_request(_tag_response)

@@ -1,0 +1,306 @@
+"""The `Auth` Flask extension: per-app state, start-up, and request authentication.
+
+`Auth()` is created unbound; `init_app` opens the stores (refusing to start on a corrupt file),
+loads or creates the signing secret, creates the default admin when there is no user at all, and
+registers the error handler, the authentication hook and the `/auth` blueprint. All per-app state
+lives in `app.extensions["auth"]` as an `AuthState`.
+
+Deny by default: a `before_request` hook authenticates every request whose view is not marked
+public, before any view decorator or rate limiter runs. Views then narrow access with
+`require_auth(scopes=...)` (see `decorators.py`). Authenticators answer "not mine" with None and
+"mine but bad" with an exception.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, g, request
+
+from . import api_keys, errors, sessions
+from .audit import AuditLog
+from .config import AuthSettings
+from .errors import AuthenticationError, PermissionDenied
+from .passwords import hash_password
+from .store import JsonStore, secure_dir
+from .tokens import TokenSigner, load_secret
+from .users import ROLE_SCOPES, UserIndex, index_users, new_user
+
+log = logging.getLogger(__name__)
+
+PUBLIC_ATTR = "_auth_public"
+PASSWORD_CHANGE_HEADER = "X-Password-Change-Required"
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(int(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch(value: str) -> int:
+    return int(
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    )
+
+
+def is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling and what they may do on this request."""
+
+    user: dict[str, Any]
+    scopes: frozenset[str]
+    via: str  # "jwt" or "api_key"
+    session_id: str | None = None
+    key_id: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.user["id"]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user["role"] == "admin"
+
+
+@dataclass
+class AuthState:
+    settings: AuthSettings
+    data_dir: Path
+    clock: Callable[[], float]
+    users: JsonStore[UserIndex]
+    keys: JsonStore[dict[str, str]]
+    key_usage: JsonStore[None]
+    sessions: JsonStore[None]
+    audit: AuditLog
+    signer: TokenSigner | None = None
+    _touched: dict[str, int] = field(default_factory=dict)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # -- credentials -------------------------------------------------------------------------
+
+    def authenticate(self) -> Principal | None:
+        """The principal named by this request's credentials, None if it sent none."""
+        if request.args.keys() & {"api_key", "access_token", "token", "key"}:
+            raise AuthenticationError(
+                "credentials are never accepted in the query string; send the Authorization "
+                "or X-API-Key header",
+                error_code="INVALID_TOKEN",
+            )
+        by_token = self._from_bearer()
+        by_key = self._from_api_key()
+        if by_token and by_key:
+            if by_token.id != by_key.id:
+                raise AuthenticationError(
+                    "the bearer token and the API key belong to different users",
+                    error_code="INVALID_CREDENTIALS",
+                )
+            by_token = Principal(
+                user=by_token.user,
+                scopes=by_token.scopes & by_key.scopes,
+                via="jwt",
+                session_id=by_token.session_id,
+                key_id=by_key.key_id,
+            )
+        principal = by_token or by_key
+        if principal is not None:
+            self.check_default_admin(principal.user)
+        return principal
+
+    def _from_bearer(self) -> Principal | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        if self.signer is None:
+            raise AuthenticationError("bearer tokens are not accepted", error_code="INVALID_TOKEN")
+        now = self.now()
+        claims = self.signer.decode(token.strip(), token_type="access", now=now)
+        session = sessions.live_session(
+            self.sessions.read().items, claims["sid"], claims["sub"], now
+        )
+        if session is None:
+            raise AuthenticationError(
+                "this session has ended; log in again", error_code="INVALID_TOKEN"
+            )
+        user = self._active_user(claims["sub"], error_code="INVALID_TOKEN")
+        scopes = ROLE_SCOPES[user["role"]]
+        if session["scopes"] is not None:
+            scopes = scopes & frozenset(session["scopes"])
+        return Principal(user=user, scopes=scopes, via="jwt", session_id=claims["sid"])
+
+    def _from_api_key(self) -> Principal | None:
+        key = request.headers.get("X-API-Key")
+        if key is None:
+            return None
+        record = self.find_key(key.strip())
+        user = self._active_user(record["user_id"], error_code="INVALID_API_KEY")
+        self._touch_key(record["id"])
+        scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
+        return Principal(user=user, scopes=scopes, via="api_key", key_id=record["id"])
+
+    def find_key(self, key: str) -> dict[str, Any]:
+        """The live record of API key `key`; raises INVALID_API_KEY for anything else."""
+        if not self.settings.api_keys_enabled:
+            raise AuthenticationError("API keys are disabled", error_code="INVALID_API_KEY")
+        if not api_keys.well_formed(key):
+            raise AuthenticationError("malformed API key", error_code="INVALID_API_KEY")
+        snapshot = self.keys.read()
+        key_id = snapshot.index.get(api_keys.hash_key(key))
+        record = snapshot.items.get(key_id) if key_id else None
+        if record is None or not record["is_active"]:
+            raise AuthenticationError("invalid or revoked API key", error_code="INVALID_API_KEY")
+        expires_at = record.get("expires_at")
+        if expires_at and epoch(expires_at) <= self.now():
+            raise AuthenticationError("this API key has expired", error_code="INVALID_API_KEY")
+        return record
+
+    def _active_user(self, user_id: str, *, error_code: str) -> dict[str, Any]:
+        user = self.users.read().items.get(user_id)
+        if user is None or not user["is_active"]:
+            raise AuthenticationError("this account is disabled or deleted", error_code=error_code)
+        return user
+
+    def check_default_admin(self, user: dict[str, Any]) -> None:
+        if user.get("must_change_password") and not is_loopback(request.remote_addr):
+            raise PermissionDenied(
+                "this account still has its default password; change it from the server "
+                "machine (loopback) before using it remotely"
+            )
+
+    def _touch_key(self, key_id: str) -> None:
+        """Record use of a key at most once a minute, never failing the request over it."""
+        now = self.now()
+        if now - self._touched.get(key_id, 0) < api_keys.LAST_USED_EVERY_SECONDS:
+            return
+        self._touched[key_id] = now
+
+        def change(items: dict[str, dict[str, Any]]) -> None:
+            seen = items.get(key_id, {}).get("last_used")
+            if seen is None or now - epoch(seen) >= api_keys.LAST_USED_EVERY_SECONDS:
+                items[key_id] = {"last_used": iso(now)}
+
+        try:
+            self.key_usage.update(change, timeout=0.05)
+        except errors.StorageBusy:
+            log.warning("could not record last use of key %s; will retry later", key_id)
+
+
+class Auth:
+    """Flask extension: `auth = Auth(); auth.init_app(app, settings=..., data_dir=...)`."""
+
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        settings: AuthSettings,
+        data_dir: Path,
+        lock_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> AuthState:
+        data_dir = secure_dir(Path(data_dir))
+
+        def store(name: str, collection: str, index: Callable[..., Any] = lambda items: None):
+            return JsonStore(
+                data_dir / f"{name}.json",
+                collection=collection,
+                lock_timeout=lock_timeout,
+                index=index,
+            )
+
+        state = AuthState(
+            settings=settings,
+            data_dir=data_dir,
+            clock=clock,
+            users=store("users", "users", index_users),
+            keys=store("api_keys", "keys", api_keys.index_by_hash),
+            key_usage=store("api_key_usage", "keys"),
+            sessions=store("sessions", "sessions"),
+            audit=AuditLog(data_dir / "audit.log"),
+        )
+        for each in (state.users, state.keys, state.key_usage, state.sessions):
+            each.open()
+        app.extensions["auth"] = state
+        errors.init_app(app)
+        if settings.enabled:
+            state.signer = TokenSigner(
+                secret=load_secret(settings.jwt_secret, data_dir),
+                algorithm=settings.jwt_algorithm,
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+            )
+            _ensure_default_admin(state)
+        app.before_request(_authenticate_request)
+        app.after_request(_flag_default_password)
+        from .routes import bp
+
+        app.register_blueprint(bp)
+        return state
+
+
+def auth_state() -> AuthState:
+    return current_app.extensions["auth"]
+
+
+def _authenticate_request() -> None:
+    state = auth_state()
+    g.principal = None
+    if not state.settings.enabled or request.endpoint is None:
+        return
+    view = current_app.view_functions.get(request.endpoint)
+    if getattr(view, PUBLIC_ATTR, False):
+        return
+    principal = state.authenticate()
+    if principal is None:
+        raise AuthenticationError("credentials required: send Authorization: Bearer or X-API-Key")
+    g.principal = principal
+
+
+def _flag_default_password(response):
+    principal = g.get("principal")
+    if principal is not None and principal.user.get("must_change_password"):
+        response.headers[PASSWORD_CHANGE_HEADER] = "true"
+    return response
+
+
+def _ensure_default_admin(state: AuthState) -> None:
+    spec = state.settings.default_admin
+    if spec is None or state.users.read().items:
+        return
+    password_hash = hash_password(spec.password, rounds=state.settings.bcrypt_rounds)
+
+    def change(items: dict[str, dict[str, Any]]) -> bool:
+        if items:
+            return False  # another worker was first
+        user = new_user(
+            username=spec.username,
+            email=spec.email,
+            password_hash=password_hash,
+            role="admin",
+            now_iso=iso(state.now()),
+            must_change_password=True,
+        )
+        items[user["id"]] = user
+        return True
+
+    if state.users.update(change):
+        log.warning(
+            "created default admin %r with the DEFAULT PASSWORD: it can only be used from this "
+            "machine until the password is changed (POST /auth/change-password)",
+            spec.username,
+        )
+        state.audit.record("user.default_admin_created", username=spec.username)

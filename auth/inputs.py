@@ -1,0 +1,77 @@
+"""Reading request bodies: one place that turns bad input into a 400 naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+
+from .errors import ValidationError
+
+_MISSING = object()
+
+
+def json_body(*, allow_form: bool = False) -> dict[str, Any]:
+    """The request body as a dict: JSON, or form-urlencoded where `allow_form`."""
+    if allow_form and request.mimetype == "application/x-www-form-urlencoded":
+        return request.form.to_dict()
+    body = request.get_json(silent=True)
+    if body is None:
+        expected = "a JSON object" + (" or a form-urlencoded body" if allow_form else "")
+        raise ValidationError(
+            f"request body must be {expected} with Content-Type: application/json"
+            if request.mimetype != "application/json"
+            else "request body is not valid JSON",
+            details={"expected": expected},
+        )
+    if not isinstance(body, dict):
+        raise ValidationError("request body must be a JSON object", details={"expected": "object"})
+    return body
+
+
+def text(
+    body: dict[str, Any],
+    name: str,
+    *,
+    required: bool = True,
+    max_len: int = 256,
+    min_len: int = 1,
+) -> str | None:
+    """A string field of `body`, stripped of nothing, bounded in length."""
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise ValidationError(f"'{name}' is required", details={"field": name})
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"'{name}' must be a string", details={"field": name})
+    if not min_len <= len(value) <= max_len:
+        raise ValidationError(
+            f"'{name}' must be {min_len} to {max_len} characters long", details={"field": name}
+        )
+    return value
+
+
+def integer(body: dict[str, Any], name: str, *, low: int, high: int) -> int | None:
+    """An optional integer field of `body` within [low, high]."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(
+            f"'{name}' must be an integer from {low} to {high}", details={"field": name}
+        )
+    return value
+
+
+def string_list(body: dict[str, Any], name: str, *, choices: frozenset[str]) -> list[str] | None:
+    """An optional list of strings of `body`, each one of `choices`."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in choices for v in value):
+        raise ValidationError(
+            f"'{name}' must be a list drawn from: {', '.join(sorted(choices))}",
+            details={"field": name},
+        )
+    return sorted(set(value))

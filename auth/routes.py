@@ -1,0 +1,379 @@
+"""The /auth blueprint: registration, login, token refresh, logout, profile, passwords, API keys.
+
+Login answers an unknown user, a wrong password and a disabled account identically, after the
+same bcrypt work. Tokens are issued per login session (see `sessions.py`); the refresh endpoint
+rotates, detects replay and revokes the family.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from flask import Blueprint, g, jsonify
+
+from . import api_keys, sessions
+from .decorators import public, require_auth
+from .errors import AuthenticationError, NotFound, PermissionDenied, ValidationError
+from .extension import PASSWORD_CHANGE_HEADER, AuthState, Principal, auth_state, iso
+from .inputs import integer, json_body, string_list, text
+from .passwords import MAX_PASSWORD_LENGTH, hash_password, password_problem, verify_password
+from .users import (
+    ALL_SCOPES,
+    add_user,
+    check_email,
+    check_role,
+    check_username,
+    find_user,
+    new_user,
+    profile,
+)
+
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+
+INVALID_LOGIN = "invalid username or password"
+
+
+@bp.before_request
+def _only_when_enabled() -> None:
+    if not auth_state().settings.enabled:
+        raise NotFound("authentication is disabled on this server (auth.enabled: false)")
+
+
+def _password_field(body: dict[str, Any], name: str) -> str:
+    # Long enough to hold any password the policy accepts, short enough to refuse junk at once.
+    return text(body, name, max_len=MAX_PASSWORD_LENGTH)  # type: ignore[return-value]
+
+
+def issue_tokens(
+    state: AuthState,
+    user: dict[str, Any],
+    *,
+    scopes: list[str] | None = None,
+    key_id: str | None = None,
+) -> dict[str, Any]:
+    """Start a login session for `user` and return its first access and refresh tokens."""
+    assert state.signer is not None
+    now = state.now()
+    sid = sessions.new_session_id()
+    access_ttl = state.settings.access_token_expire_minutes * 60
+    refresh_ttl = state.settings.refresh_token_expire_days * 86400
+    refresh, jti = state.signer.encode(
+        sub=user["id"], sid=sid, token_type="refresh", now=now, ttl=refresh_ttl
+    )
+    sessions.start_session(
+        state.sessions,
+        sid=sid,
+        user_id=user["id"],
+        refresh_jti=jti,
+        now=now,
+        expires_at=now + refresh_ttl,
+        scopes=scopes,
+        key_id=key_id,
+    )
+    access, _ = state.signer.encode(
+        sub=user["id"], sid=sid, token_type="access", now=now, ttl=access_ttl
+    )
+    return _token_response(user, access, refresh, access_ttl)
+
+
+def _token_response(user: dict[str, Any], access: str, refresh: str, ttl: int):
+    body = {
+        "access_token": access,
+        "refresh_token": refresh,
+        "token_type": "bearer",
+        "expires_in": ttl,
+    }
+    response = jsonify(body)
+    if user.get("must_change_password"):
+        body["password_change_required"] = True
+        response = jsonify(body)
+        response.headers[PASSWORD_CHANGE_HEADER] = "true"
+    return response
+
+
+@bp.post("/register")
+@public
+def register():
+    state = auth_state()
+    mode = state.settings.registration
+    if mode == "closed":
+        raise PermissionDenied(
+            "registration is closed on this server", error_code="REGISTRATION_CLOSED"
+        )
+    caller: Principal | None = state.authenticate()
+    if mode == "admin_only" and caller is None:
+        raise AuthenticationError("registration needs an admin's credentials")
+    if mode == "admin_only" and not caller.is_admin:  # type: ignore[union-attr]
+        raise PermissionDenied("only an admin can register users on this server")
+    body = json_body()
+    username = check_username(body.get("username"))
+    email = check_email(body.get("email"))
+    password = _password_field(body, "password")
+    full_name = text(body, "full_name", required=False, max_len=200)
+    role = check_role(body.get("role", "user"))
+    if role == "admin" and not (caller and caller.is_admin):
+        raise PermissionDenied("only an admin can create another admin")
+    problem = password_problem(
+        password, min_length=state.settings.password_min_length, username=username
+    )
+    if problem:
+        raise ValidationError(problem, details={"field": "password"})
+    user = new_user(
+        username=username,
+        email=email,
+        full_name=full_name,
+        role=role,
+        password_hash=hash_password(password, rounds=state.settings.bcrypt_rounds),
+        now_iso=iso(state.now()),
+    )
+    state.users.update(lambda items: add_user(items, user))
+    state.audit.record(
+        "user.registered",
+        user_id=user["id"],
+        username=username,
+        role=role,
+        actor=caller.id if caller else None,
+    )
+    return jsonify({"message": "user registered", "user_id": user["id"]}), 201
+
+
+@bp.post("/login")
+@public
+def login():
+    state = auth_state()
+    body = json_body(allow_form=True)
+    if "api_key" in body:
+        key = text(body, "api_key", max_len=api_keys.KEY_LENGTH)
+        record = state.find_key(key)  # type: ignore[arg-type]
+        user = state.users.read().items.get(record["user_id"])
+        if user is None or not user["is_active"]:
+            raise AuthenticationError(INVALID_LOGIN, error_code="INVALID_API_KEY")
+        state.audit.record(
+            "auth.login", outcome="ok", via="api_key", user_id=user["id"], key_id=record["id"]
+        )
+        return issue_tokens(state, user, scopes=record["scopes"], key_id=record["id"])
+    field = "email" if "email" in body and "username" not in body else "username"
+    identifier = text(body, field, max_len=256)
+    password = _password_field(body, "password")
+    snapshot = state.users.read()
+    user = find_user(snapshot.items, snapshot.index, identifier)  # type: ignore[arg-type]
+    ok = verify_password(
+        password, user["password_hash"] if user else None, rounds=state.settings.bcrypt_rounds
+    )
+    if not ok or not user["is_active"]:  # type: ignore[index]
+        state.audit.record(
+            "auth.login",
+            outcome="failed",
+            identifier=identifier[:64],
+            user_id=user["id"] if user else None,
+        )
+        raise AuthenticationError(INVALID_LOGIN, error_code="INVALID_CREDENTIALS")
+    state.check_default_admin(user)  # type: ignore[arg-type]
+    state.audit.record("auth.login", outcome="ok", via="password", user_id=user["id"])  # type: ignore[index]
+    return issue_tokens(state, user)  # type: ignore[arg-type]
+
+
+@bp.post("/refresh")
+@public
+def refresh():
+    state = auth_state()
+    assert state.signer is not None
+    token = text(json_body(allow_form=True), "refresh_token", max_len=4096)
+    now = state.now()
+    claims = state.signer.decode(token, token_type="refresh", now=now)  # type: ignore[arg-type]
+    user = state.users.read().items.get(claims["sub"])
+    if user is None or not user["is_active"]:
+        raise AuthenticationError("this account is disabled or deleted", error_code="INVALID_TOKEN")
+    access_ttl = state.settings.access_token_expire_minutes * 60
+    refresh_ttl = state.settings.refresh_token_expire_days * 86400
+    new_refresh, new_jti = state.signer.encode(
+        sub=user["id"], sid=claims["sid"], token_type="refresh", now=now, ttl=refresh_ttl
+    )
+    outcome = sessions.rotate_refresh(
+        state.sessions,
+        sid=claims["sid"],
+        user_id=user["id"],
+        jti=claims["jti"],
+        new_jti=new_jti,
+        now=now,
+        expires_at=now + refresh_ttl,
+    )
+    if outcome.refused == "reused":
+        state.audit.record("auth.refresh_reuse", user_id=user["id"], session_id=claims["sid"])
+        raise AuthenticationError(
+            "this refresh token was already used; the whole session has been revoked",
+            error_code="INVALID_TOKEN",
+        )
+    if outcome.refused:
+        raise AuthenticationError(
+            "this session has ended; log in again", error_code="INVALID_TOKEN"
+        )
+    access, _ = state.signer.encode(
+        sub=user["id"], sid=claims["sid"], token_type="access", now=now, ttl=access_ttl
+    )
+    return _token_response(user, access, new_refresh, access_ttl)
+
+
+@bp.post("/logout")
+@require_auth
+def logout():
+    state = auth_state()
+    principal: Principal = g.principal
+    if principal.session_id is None:
+        raise ValidationError(
+            "logout ends a token session; an API key is revoked with DELETE /auth/api-keys/<id>"
+        )
+    sessions.revoke_sessions(
+        state.sessions,
+        now=state.now(),
+        reason="logout",
+        user_id=principal.id,
+        only=principal.session_id,
+    )
+    state.audit.record("auth.logout", user_id=principal.id, session_id=principal.session_id)
+    return jsonify({"message": "logged out"})
+
+
+@bp.get("/me")
+@require_auth
+def me():
+    principal: Principal = g.principal
+    return jsonify(
+        {
+            **profile(principal.user),
+            "scopes": sorted(principal.scopes),
+            "auth_method": principal.via,
+        }
+    )
+
+
+@bp.post("/change-password")
+@require_auth
+def change_password():
+    state = auth_state()
+    principal: Principal = g.principal
+    body = json_body()
+    current = _password_field(body, "current_password")
+    new = _password_field(body, "new_password")
+    rounds = state.settings.bcrypt_rounds
+    if not verify_password(current, principal.user["password_hash"], rounds=rounds):
+        raise ValidationError(
+            "current password is incorrect", details={"field": "current_password"}
+        )
+    if new == current:
+        raise ValidationError(
+            "new password must differ from the current one", details={"field": "new_password"}
+        )
+    problem = password_problem(
+        new, min_length=state.settings.password_min_length, username=principal.user["username"]
+    )
+    if problem:
+        raise ValidationError(problem, details={"field": "new_password"})
+    new_hash = hash_password(new, rounds=rounds)
+    now_iso = iso(state.now())
+
+    def change(items: dict[str, dict[str, Any]]) -> None:
+        user = items.get(principal.id)
+        if user is None:
+            raise NotFound("user no longer exists")
+        user.update(
+            password_hash=new_hash,
+            must_change_password=False,
+            password_changed_at=now_iso,
+            updated_at=now_iso,
+        )
+
+    state.users.update(change)
+    ended = sessions.revoke_sessions(
+        state.sessions,
+        now=state.now(),
+        reason="password_change",
+        user_id=principal.id,
+        keep=principal.session_id,
+    )
+    state.audit.record("user.password_changed", user_id=principal.id, sessions_ended=ended)
+    return jsonify({"message": "password changed", "sessions_ended": ended})
+
+
+@bp.post("/api-keys")
+@require_auth
+def create_api_key():
+    state = auth_state()
+    principal: Principal = g.principal
+    if not state.settings.api_keys_enabled:
+        raise PermissionDenied("API keys are disabled on this server")
+    body = json_body()
+    name = text(body, "name", max_len=100)
+    description = text(body, "description", required=False, max_len=500)
+    expires_days = integer(body, "expires_days", low=1, high=3650)
+    scopes = string_list(body, "scopes", choices=ALL_SCOPES)
+    if scopes is None:
+        scopes = sorted(principal.scopes - {"admin"})
+    beyond = set(scopes) - principal.scopes
+    if beyond:
+        raise PermissionDenied(
+            f"a key cannot carry scopes you do not hold: {', '.join(sorted(beyond))}",
+            details={"field": "scopes", "allowed": sorted(principal.scopes)},
+        )
+    now = state.now()
+    key = api_keys.generate_key()
+    record = {
+        "id": "key_" + secrets.token_hex(8),
+        "user_id": principal.id,
+        "name": name,
+        "description": description,
+        "prefix": key[: api_keys.DISPLAY_LENGTH],
+        "hash": api_keys.hash_key(key),
+        "scopes": scopes,
+        "is_active": True,
+        "created_at": iso(now),
+        "expires_at": iso(now + expires_days * 86400) if expires_days else None,
+        "revoked_at": None,
+    }
+
+    def change(items: dict[str, dict[str, Any]]) -> None:
+        items[record["id"]] = record
+
+    state.keys.update(change)
+    state.audit.record(
+        "api_key.created", user_id=principal.id, key_id=record["id"], name=name, scopes=scopes
+    )
+    return jsonify({"key": key, **api_keys.public_view(record, None)}), 201
+
+
+@bp.get("/api-keys")
+@require_auth
+def list_api_keys():
+    state = auth_state()
+    principal: Principal = g.principal
+    usage = state.key_usage.read().items
+    keys = [
+        api_keys.public_view(record, usage.get(key_id, {}).get("last_used"))
+        for key_id, record in state.keys.read().items.items()
+        if record["user_id"] == principal.id
+    ]
+    keys.sort(key=lambda k: (k["created_at"], k["id"]))
+    return jsonify({"keys": keys, "total": len(keys)})
+
+
+@bp.delete("/api-keys/<key_id>")
+@require_auth
+def revoke_api_key(key_id: str):
+    state = auth_state()
+    principal: Principal = g.principal
+    now_iso = iso(state.now())
+
+    def change(items: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        record = items.get(key_id)
+        if record is None or (record["user_id"] != principal.id and not principal.is_admin):
+            raise NotFound(f"no API key with id {key_id!r}")
+        if record["is_active"]:
+            record.update(is_active=False, revoked_at=now_iso)
+        return record
+
+    record = state.keys.update(change)
+    state.audit.record(
+        "api_key.revoked", user_id=record["user_id"], key_id=key_id, actor=principal.id
+    )
+    return jsonify({"message": "API key revoked", **api_keys.public_view(record, None)})

@@ -1,0 +1,130 @@
+"""Login sessions: what makes a JWT revocable at once, in every worker process.
+
+A login starts a session; its access and refresh tokens name it in their `sid` claim, and a token
+is honoured only while its session is live. The session remembers the one refresh token (by jti)
+that may be used next:
+
+- refresh with that jti: a new jti is recorded (rotation) and new tokens are issued;
+- refresh with any other jti of the session: a used token was replayed, so the whole session (the
+  token family) is revoked, the thief's tokens and the owner's alike;
+- logout, password change, disabling or deleting the user: the session is revoked.
+
+Every change happens inside a store update, under the file lock, so of two concurrent refreshes
+with the same token exactly one finds its jti current. Expired sessions are pruned on each write.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from .store import Items, JsonStore
+
+REVOKED_KEEP_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """Outcome of presenting a refresh token: the new jti, or why it was refused."""
+
+    new_jti: str | None = None
+    refused: str | None = None  # "unknown", "revoked", "reused"
+
+
+def new_session_id() -> str:
+    return "ses_" + secrets.token_hex(12)
+
+
+def _prune(items: Items, now: int) -> None:
+    for sid in [
+        sid
+        for sid, s in items.items()
+        if s["expires_at"] < now
+        or (s["revoked_at"] and s["revoked_at"] < now - REVOKED_KEEP_SECONDS)
+    ]:
+        del items[sid]
+
+
+def start_session(
+    store: JsonStore,
+    *,
+    sid: str,
+    user_id: str,
+    refresh_jti: str,
+    now: int,
+    expires_at: int,
+    scopes: list[str] | None,
+    key_id: str | None = None,
+) -> None:
+    def change(items: Items) -> None:
+        _prune(items, now)
+        items[sid] = {
+            "user_id": user_id,
+            "refresh_jti": refresh_jti,
+            "created_at": now,
+            "refreshed_at": now,
+            "expires_at": expires_at,
+            "revoked_at": None,
+            "revoked_reason": None,
+            "scopes": scopes,
+            "key_id": key_id,
+        }
+
+    store.update(change)
+
+
+def rotate_refresh(
+    store: JsonStore, *, sid: str, user_id: str, jti: str, new_jti: str, now: int, expires_at: int
+) -> Rotation:
+    def change(items: Items) -> Rotation:
+        session = items.get(sid)
+        if session is None or session["user_id"] != user_id:
+            return Rotation(refused="unknown")
+        if session["revoked_at"]:
+            return Rotation(refused="revoked")
+        if session["refresh_jti"] != jti:
+            session["revoked_at"], session["revoked_reason"] = now, "refresh_reuse"
+            return Rotation(refused="reused")
+        session.update(refresh_jti=new_jti, refreshed_at=now, expires_at=expires_at)
+        return Rotation(new_jti=new_jti)
+
+    return store.update(change)
+
+
+def revoke_sessions(
+    store: JsonStore,
+    *,
+    now: int,
+    reason: str,
+    user_id: str,
+    only: str | None = None,
+    keep: str | None = None,
+) -> int:
+    """Revoke the user's live sessions (just `only`, or all but `keep`); returns how many."""
+
+    def change(items: Items) -> int:
+        _prune(items, now)
+        count = 0
+        for sid, session in items.items():
+            if session["user_id"] != user_id or session["revoked_at"]:
+                continue
+            if (only is not None and sid != only) or sid == keep:
+                continue
+            session["revoked_at"], session["revoked_reason"] = now, reason
+            count += 1
+        return count
+
+    return store.update(change)
+
+
+def live_session(items: Items, sid: str, user_id: str, now: int) -> dict[str, Any] | None:
+    session = items.get(sid)
+    if (
+        session is None
+        or session["user_id"] != user_id
+        or session["revoked_at"]
+        or session["expires_at"] <= now
+    ):
+        return None
+    return session

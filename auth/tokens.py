@@ -1,0 +1,127 @@
+"""JWT access and refresh tokens, and the secret that signs them.
+
+Every token carries `sub` (user id), `sid` (the login session it belongs to), `jti`, `type`
+("access" or "refresh"), `iat`, `exp`, `iss` and `aud`; decoding pins the algorithm and requires all
+of them, and a token of the wrong type is refused, so access and refresh tokens are never
+interchangeable. Expiry is checked here against an injected clock rather than by PyJWT, so tests
+freeze time instead of sleeping.
+
+Revocation is not in the token: a token is only honoured while its session is live (see
+`sessions.py`), which is what makes logout and password change take effect at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .errors import AuthenticationError
+
+REQUIRED_CLAIMS = ["sub", "sid", "exp", "iat", "jti", "type", "iss", "aud"]
+MIN_SECRET_BYTES = 32
+_PLACEHOLDER = re.compile(r"change|secret|your[-_ ]|example|placeholder|default", re.IGNORECASE)
+SECRET_FILE = "jwt_secret"
+
+
+class SecretError(Exception):
+    """The configured signing secret is too weak to start with."""
+
+
+@dataclass(frozen=True)
+class TokenSigner:
+    secret: str
+    algorithm: str
+    issuer: str
+    audience: str
+
+    def encode(self, *, sub: str, sid: str, token_type: str, now: int, ttl: int) -> tuple[str, str]:
+        """Sign a token; returns (token, jti)."""
+        jti = secrets.token_urlsafe(16)
+        claims = {
+            "sub": sub,
+            "sid": sid,
+            "jti": jti,
+            "type": token_type,
+            "iat": now,
+            "exp": now + ttl,
+            "iss": self.issuer,
+            "aud": self.audience,
+        }
+        return jwt.encode(claims, self.secret, algorithm=self.algorithm), jti
+
+    def decode(self, token: str, *, token_type: str, now: int) -> dict[str, Any]:
+        """The claims of a valid token of `token_type`; raises AuthenticationError otherwise."""
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={
+                    "require": REQUIRED_CLAIMS,
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.PyJWTError:
+            raise AuthenticationError("invalid token", error_code="INVALID_TOKEN") from None
+        if claims["type"] != token_type:
+            raise AuthenticationError(
+                f"expected an {token_type} token, got a {claims['type']!r} token",
+                error_code="INVALID_TOKEN",
+            )
+        if not all(isinstance(claims[c], str) for c in ("sub", "sid", "jti")) or not all(
+            isinstance(claims[c], int) for c in ("exp", "iat")
+        ):
+            raise AuthenticationError("invalid token claims", error_code="INVALID_TOKEN")
+        if claims["exp"] <= now:
+            raise AuthenticationError("token has expired", error_code="TOKEN_EXPIRED")
+        return claims
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why `secret` must not sign tokens, or None."""
+    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        return f"auth.jwt_secret must be at least {MIN_SECRET_BYTES} bytes of random data"
+    if _PLACEHOLDER.search(secret) or len(set(secret)) < 10:
+        return "auth.jwt_secret looks like a placeholder; generate one with `openssl rand -hex 32`"
+    return None
+
+
+def load_secret(configured: str | None, data_dir: Path) -> str:
+    """The configured secret if strong enough, else the one kept in `data_dir` (made once, 0600)."""
+    if configured is not None:
+        problem = secret_problem(configured)
+        if problem:
+            raise SecretError(problem)
+        return configured
+    path = data_dir / SECRET_FILE
+    if not path.exists():
+        # Written to a temp file, then linked into place: link never replaces an existing file,
+        # so of several workers starting at once one secret wins and nobody reads a partial one.
+        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".jwt_secret.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    secret = path.read_text().strip()
+    problem = secret_problem(secret)
+    if problem:
+        raise SecretError(f"{path}: {problem}")
+    return secret

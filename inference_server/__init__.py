@@ -1,0 +1,44 @@
+"""The inference server application: `create_app()` wires settings, auth, models and routes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+
+from auth import Auth
+
+from . import health, models, predict
+from .settings import Settings, load_settings
+
+auth = Auth()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the app from `settings`, or from the config layers plus test `overrides`."""
+    if settings is None:
+        settings = load_settings(overrides=overrides)
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = int(settings.server.max_request_mb * 1024 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["settings"] = settings
+    auth.init_app(
+        app,
+        settings=settings.auth,
+        data_dir=settings.data_dir,
+        lock_timeout=settings.storage.lock_timeout_seconds,
+        clock=clock,
+    )
+    app.extensions["models"] = models.ModelRegistry(
+        settings.models.registry, default=settings.models.default
+    )
+    app.register_blueprint(health.bp)
+    app.register_blueprint(predict.bp)
+    return app

@@ -1,0 +1,15 @@
+"""GET /health: liveness for load balancers, reachable without credentials."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from auth import public
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/health")
+@public
+def health():
+    return jsonify({"status": "ok"})

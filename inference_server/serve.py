@@ -1,0 +1,51 @@
+"""Running the server under gunicorn (threaded workers), never Flask's development server.
+
+The app is built once in the master before any worker starts, so a bad config, a corrupt data file
+or a weak secret stops the server with one clear message instead of a loop of dying workers.
+Workers then build their own app after the fork (no `--preload`): file locks and caches are never
+shared across processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from . import create_app
+from .settings import Settings
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return create_app(self.settings)
+
+
+def serve(settings: Settings) -> None:
+    create_app(settings)  # fail fast, in one process, on anything that would stop every worker
+    server = settings.server
+    _Gunicorn(
+        settings,
+        {
+            "bind": f"{server.host}:{server.port}",
+            "workers": server.workers,
+            "worker_class": "gthread",
+            "threads": server.threads,
+            "timeout": 60,
+            "graceful_timeout": 10,
+            "preload_app": False,
+            "errorlog": "-",
+            "loglevel": "info",
+            "proc_name": "inference-server",
+            "control_socket_disable": True,
+        },
+    ).run()
