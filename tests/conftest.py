@@ -1,0 +1,155 @@
+"""Fixtures: apps built from injected settings, a frozen clock, and helpers that act as a user."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from inference_server import create_app
+from inference_server.settings import load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_MODEL = str(REPO / "data" / "models" / "demo.json")
+ADMIN = ("admin", "admin123")
+PASSWORD = "correct horse battery staple"
+
+
+class FrozenClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def base_overrides(data_dir: Path) -> dict[str, Any]:
+    """Settings every test app starts from: a private data dir and cheap bcrypt."""
+    return {
+        "storage": {"data_dir": str(data_dir), "lock_timeout_seconds": 2},
+        "auth": {"bcrypt_rounds": 4},
+        "models": {"registry": [{"name": "demo", "backend": "builtin", "path": DEMO_MODEL}]},
+    }
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+def make_app(data_dir: Path, clock: FrozenClock) -> Callable[..., Flask]:
+    """Build an app over the test's data dir; keyword sections override the config."""
+
+    def factory(**sections: Any) -> Flask:
+        overrides = deep_merge(base_overrides(data_dir), sections)
+        app = create_app(load_settings(overrides=overrides, environ={}), clock=clock)
+        app.testing = True
+        return app
+
+    return factory
+
+
+@pytest.fixture
+def app(make_app) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def assert_error(response, status: int, code: str) -> dict[str, Any]:
+    """Pin the one error shape: status, code, message, request id, details; returns the error."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "request_id", "details"}
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["request_id"] == response.headers["X-Request-ID"]
+    if status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    return error
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Actor:
+    """Drives the API the way a user with curl would."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def login(self, username: str, password: str, **environ: Any) -> dict[str, Any]:
+        response = self.client.post(
+            "/auth/login",
+            json={"username": username, "password": password},
+            environ_base=environ,
+        )
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    def admin_headers(self) -> dict[str, str]:
+        return bearer(self.login(*ADMIN)["access_token"])
+
+    def register(self, username: str, *, password: str = PASSWORD, role: str = "user") -> str:
+        response = self.client.post(
+            "/auth/register",
+            json={
+                "username": username,
+                "password": password,
+                "email": f"{username}@example.org",
+                "role": role,
+            },
+            headers=self.admin_headers(),
+        )
+        assert response.status_code == 201, response.get_data(as_text=True)
+        return response.get_json()["user_id"]
+
+    def user_headers(self, username: str = "alice", *, role: str = "user") -> dict[str, str]:
+        self.register(username, role=role)
+        return bearer(self.login(username, PASSWORD)["access_token"])
+
+    def create_key(self, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+        response = self.client.post("/auth/api-keys", json={"name": "svc", **body}, headers=headers)
+        assert response.status_code == 201, response.get_data(as_text=True)
+        return response.get_json()
+
+    def predict(self, headers: dict[str, str], data: Any = ((1.0, 2.0, 3.0),)):
+        return self.client.post("/predict", json={"data": [list(r) for r in data]}, headers=headers)
+
+
+@pytest.fixture
+def actor(client: FlaskClient) -> Actor:
+    return Actor(client)
