@@ -76,7 +76,7 @@ def test_bad_data_is_a_validation_error(actor, key_headers, data):
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_numbers_are_refused(client, key_headers, literal):
-    body = '{"data": [[1, 2, ' + literal + ']]}'
+    body = '{"data": [[1, 2, ' + literal + "]]}"
     response = client.post(
         "/predict", data=body, content_type="application/json", headers=key_headers
     )

@@ -1,0 +1,99 @@
+"""A real server process for tests: `python run.py` on 127.0.0.1, stopped when the test ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 60
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, process: subprocess.Popen, port: int) -> None:
+        self.process = process
+        self.base = f"http://127.0.0.1:{port}"
+        self.log: list[str] = []
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@contextmanager
+def live_server(
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[LiveServer]:
+    """Start the server and yield once every worker has booted; always stop it afterwards."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
+    environ.update(
+        INFERENCE_STORAGE__DATA_DIR=str(data_dir),
+        INFERENCE_AUTH__BCRYPT_ROUNDS="4",
+        PYTHONUNBUFFERED="1",
+        **(env or {}),
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "run.py",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            *args,
+        ],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = LiveServer(process, port)
+    booted = threading.Event()
+    seen = {"workers": 0}
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.log.append(line)
+            if "Booting worker" in line:
+                seen["workers"] += 1
+                if seen["workers"] == workers:
+                    booted.set()
+        booted.set()  # the process ended: let the waiter see it
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        if not booted.wait(READY_TIMEOUT) or process.poll() is not None:
+            raise RuntimeError("server did not start:\n" + "".join(server.log))
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()

@@ -1,0 +1,136 @@
+"""The real server under gunicorn on 127.0.0.1: README walkthrough, several workers, start-up."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.live import REPO, live_server
+
+pytestmark = pytest.mark.slow
+
+
+def _walkthrough() -> str:
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- walkthrough:start -->\s*```bash\n(.*?)```", readme, re.S)
+    assert block, "README lost its walkthrough block"
+    return block.group(1)
+
+
+def test_readme_walkthrough_runs_against_a_real_server(tmp_path):
+    with live_server(tmp_path / "data") as server:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", _walkthrough()],
+            cwd=tmp_path,
+            env={"BASE": server.base, "PATH": "/usr/bin:/bin:/usr/local/bin"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        out = done.stdout
+        assert '"error"' not in out, out
+        assert out.count('"predictions"') == 2
+        assert '"predictions":[[0.5]]' in out
+        assert "password changed" in out
+        assert '"batch-service"' in out  # the key listing
+        assert not (tmp_path / "tokens.json").exists()
+        # The password really changed, and the admin may now log in from anywhere.
+        login = requests.post(
+            server.url("/auth/login"),
+            json={"username": "admin", "password": "a long and private passphrase"},
+            timeout=30,
+        )
+        assert login.status_code == 200 and "password_change_required" not in login.json()
+
+
+def _login(server):
+    response = requests.post(
+        server.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=30
+    )
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_concurrent_refreshes_with_one_token_exactly_one_wins(tmp_path):
+    with live_server(tmp_path / "data", workers=2) as server:
+        refresh = _login(server)["refresh_token"]
+
+        def attempt(_):
+            return requests.post(
+                server.url("/auth/refresh"), json={"refresh_token": refresh}, timeout=30
+            ).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(attempt, range(8)))
+        assert sorted(codes) == [200] + [401] * 7
+
+
+def test_logout_takes_effect_in_every_worker(tmp_path):
+    with live_server(tmp_path / "data", workers=2) as server:
+        token = _login(server)["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def predict(_):
+            return requests.post(
+                server.url("/predict"), json={"data": [[1, 2, 3]]}, headers=headers, timeout=30
+            ).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert set(pool.map(predict, range(20))) == {200}
+            assert (
+                requests.post(server.url("/auth/logout"), headers=headers, timeout=30).status_code
+                == 200
+            )
+            assert set(pool.map(predict, range(20))) == {401}
+
+
+def test_default_admin_announced_loudly(tmp_path):
+    with live_server(tmp_path / "data") as server:
+        assert requests.get(server.url("/health"), timeout=30).json() == {"status": "ok"}
+    assert any("DEFAULT PASSWORD" in line for line in server.log)
+
+
+def _start_fails(tmp_path, *args, env=None):
+    environ = {
+        "INFERENCE_STORAGE__DATA_DIR": str(tmp_path / "data"),
+        "PATH": "/usr/bin:/bin",
+        **(env or {}),
+    }
+    done = subprocess.run(
+        [sys.executable, "run.py", "--port", "1", *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    return done.stderr
+
+
+def test_corrupt_data_file_stops_start_up(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sessions.json").write_text("{{{")
+    err = _start_fails(tmp_path)
+    assert "sessions.json" in err and "refusing to start" in err
+    assert "Traceback" not in err
+    assert (tmp_path / "data" / "sessions.json").read_text() == "{{{"
+
+
+def test_bad_config_stops_start_up(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("auth:\n  acess_token_expire_minutes: 5\n")
+    err = _start_fails(tmp_path, "--config", str(bad))
+    assert "auth.acess_token_expire_minutes" in err and "bad.yaml" in err
+    assert "Traceback" not in err
+
+
+def test_weak_secret_stops_start_up(tmp_path):
+    err = _start_fails(tmp_path, env={"INFERENCE_AUTH__JWT_SECRET": "change-me"})
+    assert "jwt_secret" in err and "Traceback" not in err
