@@ -15,6 +15,7 @@ cache of every worker; it is written at most once a minute per key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import string
@@ -59,6 +60,16 @@ def well_formed(key: str) -> bool:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def lookup_digest(key: str) -> str | None:
+    """The stored form of a presented key, or None if it is not well formed.
+
+    Cached because services present the same key on every request; a miss costs a checksum and
+    a SHA-256, a hit one dict access.
+    """
+    return hash_key(key) if well_formed(key) else None
 
 
 def index_by_hash(items: Items) -> dict[str, str]:

@@ -13,6 +13,7 @@ public, before any view decorator or rate limiter runs. Views then narrow access
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import time
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_ATTR = "_auth_public"
 PASSWORD_CHANGE_HEADER = "X-Password-Change-Required"
+CREDENTIAL_PARAMS = frozenset({"api_key", "access_token", "token", "key"})
 
 
 def iso(ts: float) -> str:
@@ -49,6 +51,7 @@ def epoch(value: str) -> int:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(address: str | None) -> bool:
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
@@ -95,7 +98,7 @@ class AuthState:
 
     def authenticate(self) -> Principal | None:
         """The principal named by this request's credentials, None if it sent none."""
-        if request.args.keys() & {"api_key", "access_token", "token", "key"}:
+        if request.query_string and request.args.keys() & CREDENTIAL_PARAMS:
             raise AuthenticationError(
                 "credentials are never accepted in the query string; send the Authorization "
                 "or X-API-Key header",
@@ -157,10 +160,11 @@ class AuthState:
         """The live record of API key `key`; raises INVALID_API_KEY for anything else."""
         if not self.settings.api_keys_enabled:
             raise AuthenticationError("API keys are disabled", error_code="INVALID_API_KEY")
-        if not api_keys.well_formed(key):
+        digest = api_keys.lookup_digest(key)
+        if digest is None:
             raise AuthenticationError("malformed API key", error_code="INVALID_API_KEY")
         snapshot = self.keys.read()
-        key_id = snapshot.index.get(api_keys.hash_key(key))
+        key_id = snapshot.index.get(digest)
         record = snapshot.items.get(key_id) if key_id else None
         if record is None or not record["is_active"]:
             raise AuthenticationError("invalid or revoked API key", error_code="INVALID_API_KEY")

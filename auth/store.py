@@ -71,6 +71,7 @@ class JsonStore(Generic[T]):
         index: Callable[[Items], T] = lambda items: None,  # type: ignore[assignment,return-value]
     ) -> None:
         self.path = path
+        self._stat_path = os.fspath(path)  # stat() on a str skips a Path conversion per request
         self.lock_path = path.with_name(path.name + ".lock")
         self.collection = collection
         self.schema_version = schema_version
@@ -115,7 +116,7 @@ class JsonStore(Generic[T]):
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._stat_path)
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
