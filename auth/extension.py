@@ -283,7 +283,15 @@ def _flag_default_password(response):
 
 def _ensure_default_admin(state: AuthState) -> None:
     spec = state.settings.default_admin
-    if spec is None or state.users.read().items:
+    users = state.users.read().items
+    if spec is None:
+        return
+    if users:
+        if any(u.get("must_change_password") for u in users.values()):
+            log.warning(
+                "an admin still has the DEFAULT PASSWORD: change it (POST /auth/change-password); "
+                "until then it can only be used from this machine"
+            )
         return
     password_hash = hash_password(spec.password, rounds=state.settings.bcrypt_rounds)
 
