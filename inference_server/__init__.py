@@ -9,8 +9,9 @@ from typing import Any
 from flask import Flask
 
 from auth import Auth
+from auth.store import JsonStore
 
-from . import health, models, predict
+from . import health, model_admin, models, predict
 from .settings import Settings, load_settings
 
 auth = Auth()
@@ -37,8 +38,13 @@ def create_app(
         clock=clock,
     )
     app.extensions["models"] = models.ModelRegistry(
-        settings.models.registry, default=settings.models.default
+        settings.models,
+        store=JsonStore(
+            settings.data_dir / models.STATE_FILE,
+            collection="models",
+            lock_timeout=settings.storage.lock_timeout_seconds,
+        ),
     )
-    app.register_blueprint(health.bp)
-    app.register_blueprint(predict.bp)
+    for blueprint in (health.bp, predict.bp, model_admin.bp):
+        app.register_blueprint(blueprint)
     return app

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from limits import parse_many
 
 from auth.config import AuthSettings, setting
 
+T = TypeVar("T")
 ENV_PREFIX = "INFERENCE_"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 
@@ -67,12 +69,43 @@ class StorageSettings:
     )
 
 
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _model_name(value: str) -> None:
+    if not MODEL_NAME.match(value):
+        raise ValueError("1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    shape: list[int | None] | None = setting(
+        None,
+        help="shape of one sample without the batch dimension; null dims take any size; "
+        "null = as the model file declares",
+    )
+    dtype: Literal["float32", "float64", "int64"] | None = setting(
+        None, help="element type the model takes; null = as the model file declares"
+    )
+    allow_non_finite: bool = setting(False, help="accept NaN and infinity in inputs")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str = setting(required=True, min_len=1, help="name used in URLs and the 'model' field")
-    backend: Literal["builtin"] = setting("builtin", help="how the model file is loaded")
+    name: str = setting(required=True, check=_model_name, help="name in URLs and 'model' fields")
+    backend: Literal["builtin", "onnx", "torchscript"] = setting(
+        "builtin", help="builtin (NumPy, JSON weights) | onnx | torchscript"
+    )
     path: str = setting(required=True, min_len=1, help="model file, relative to the working dir")
     version: str | None = setting(None, help="version reported with each prediction")
+    description: str | None = setting(None, help="shown in GET /models")
+    input: ModelInput = setting(factory=ModelInput, help="what one input sample must look like")
+    outputs: list[str] | None = setting(None, help="names of the outputs, shown in GET /models")
+    options: dict[str, Any] = setting(
+        factory=dict,
+        help="backend options: onnx {input_name, output_name, threads}, torchscript {threads}",
+    )
+    lazy: bool = setting(False, help="load on first use instead of at start-up")
 
 
 @dataclass(frozen=True)
@@ -80,8 +113,13 @@ class ModelSettings:
     default: str = setting("demo", help="model used by /predict when no 'model' is given")
     registry: list[ModelSpec] = setting(
         factory=lambda: [ModelSpec(name="demo", path="data/models/demo.json")],
-        help="models to load at start-up",
+        help="models to serve",
     )
+    max_batch_size: int = setting(64, min=1, max=100_000, help="most inputs in /predict/batch")
+    download_max_mb: float = setting(
+        500, min=0.001, help="largest model file POST /models/download accepts"
+    )
+    download_timeout_seconds: float = setting(60, min=1, help="network timeout of a download")
 
 
 @dataclass(frozen=True)
@@ -119,9 +157,34 @@ def load_settings(
         _merge(merged, dict(overrides), "command line", origins, ())
     errors: list[str] = []
     settings = _build(Settings, merged, (), origins, errors)
+    if not errors:
+        _check_models(settings.models, origins, errors)
     if errors:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
     return settings
+
+
+def parse_section(cls: type[T], data: Any, *, origin: str) -> T:
+    """Validate a mapping (say, a model spec sent to the API) as a settings section."""
+    errors: list[str] = []
+    section = _build(cls, data, (), {(): origin}, errors)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return section
+
+
+def _check_models(models: ModelSettings, origins, errors: list[str]) -> None:
+    names = [spec.name for spec in models.registry]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        errors.append(
+            f"models.registry ({_origin(origins, ('models', 'registry'))}): "
+            f"the name {name!r} is used more than once"
+        )
+    if models.default not in names:
+        errors.append(
+            f"models.default ({_origin(origins, ('models', 'default'))}): "
+            f"{models.default!r} is not a name in models.registry"
+        )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -183,7 +246,7 @@ def _mark(origins: dict[tuple[str, ...], str], path: tuple[str, ...], value: Any
 
 
 def _origin(origins: dict[tuple[str, ...], str], path: tuple[str, ...]) -> str:
-    for end in range(len(path), 0, -1):
+    for end in range(len(path), -1, -1):
         if path[:end] in origins:
             return origins[path[:end]]
     return "built-in defaults"
@@ -221,12 +284,14 @@ def _build(cls: type, data: Any, path: tuple[str, ...], origins, errors: list[st
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+        return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if origin is dict:
-        return "a mapping of names to strings"
+        values = "" if args[1] is Any else f" whose values are each {_describe(args[1])}"
+        return "a mapping" + values
     if origin is list:
         return "a list"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -244,27 +309,28 @@ def _convert(tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors
         return _convert(inner, value, meta, path, origins, errors)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, origins, errors)
+    if tp is Any:
+        return value
     if origin is list:
         if not isinstance(value, list):
             errors.append(f"{where}: expected a list, got {value!r}")
             return None
         (item,) = args
-        return [
+        value = [
             _convert(item, v, {}, (*path, str(i)), origins, errors) for i, v in enumerate(value)
         ]
-    ok = (
+    elif origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            errors.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+            return None
+        value = {k: _convert(args[1], v, {}, (*path, k), origins, errors) for k, v in value.items()}
+    elif not (
         (origin is Literal and value in args)
-        or (
-            origin is dict
-            and isinstance(value, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
-        )
         or (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
         or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (tp is str and isinstance(value, str))
-    )
-    if not ok:
+    ):
         errors.append(f"{where}: expected {_describe(tp)}, got {value!r}")
         return None
     problem = _check_bounds(value, meta)

@@ -44,7 +44,7 @@ def _yaml_keys(data, prefix=()):
     for key, value in data.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
             value = value[0]
-        if isinstance(value, dict) and key != "roles":
+        if isinstance(value, dict) and value and key != "roles":
             yield from _yaml_keys(value, (*prefix, key))
         else:
             yield (*prefix, key)

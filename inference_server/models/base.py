@@ -1,13 +1,24 @@
-"""The interface every backend implements, and input validation shared by all of them."""
+"""What every backend produces, and the input validation all of them share.
+
+A backend's `load(spec)` returns a `LoadedModel`: the model's name, version, the input it takes
+(`InputSpec`: the shape of one sample, the element type, whether NaN and infinity are allowed),
+and `run(batch) -> outputs` on an array whose first dimension is the batch. Loaded models are
+immutable: a reload builds a new one, so a prediction in flight always finishes on the model it
+started with.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
 
 import numpy as np
 
 from auth.errors import ApiError, ValidationError
+
+DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 
 
 class ModelLoadError(Exception):
@@ -18,41 +29,94 @@ class ModelUnavailable(ApiError):
     code, error_code = 503, "MODEL_UNAVAILABLE"
 
 
-class Model(Protocol):
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int | None, ...] | None  # one sample, no batch dimension; None = any
+    dtype: str
+    allow_non_finite: bool = False
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else ", ".join(str(d or "*") for d in self.shape)
+        numbers = "integers" if self.dtype == "int64" else "finite numbers"
+        if self.allow_non_finite and self.dtype != "int64":
+            numbers = "numbers"
+        return f"a batch of samples of shape [{dims}] holding {numbers} ({self.dtype})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "shape": None if self.shape is None else list(self.shape),
+            "dtype": self.dtype,
+            "allow_non_finite": self.allow_non_finite,
+        }
+
+
+def resolve_input(configured: Any, *, shape: Any, dtype: str) -> InputSpec:
+    """The model's own input declaration, overridden by whatever the config states."""
+    if configured.shape is not None:
+        shape = configured.shape
+    return InputSpec(
+        shape=None if shape is None else tuple(shape),
+        dtype=configured.dtype or dtype,
+        allow_non_finite=configured.allow_non_finite,
+    )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
     name: str
     version: str
-    input_dim: int
+    backend: str
+    input: InputSpec
+    run: Callable[[np.ndarray], Any] = field(repr=False)
+    outputs: list[str] | None = None
+    description: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Outputs for a (rows, input_dim) float64 array: one row of outputs per input row."""
-        ...
-
-    def metadata(self) -> dict[str, Any]: ...
+        return np.asarray(self.run(batch))
 
 
-def to_batch(data: Any, *, input_dim: int, field: str = "data") -> np.ndarray:
-    """Validate `data` (rows of `input_dim` finite numbers, or one such row) into a 2-D array."""
-    expected = f"a non-empty list of rows, each a list of {input_dim} finite numbers"
-    if isinstance(data, list) and data and not isinstance(data[0], list):
-        data = [data]
-    if not isinstance(data, list) or not data:
-        raise ValidationError(
-            f"'{field}' must be {expected}", details={"field": field, "expected": expected}
+def to_batch(data: Any, spec: InputSpec, *, field: str = "data") -> np.ndarray:
+    """Validate JSON `data` (a batch of samples, or one sample) into an array for the model."""
+
+    def refuse(problem: str, **extra: Any) -> ValidationError:
+        return ValidationError(
+            f"'{field}' {problem}; expected {spec.describe()}",
+            details={"field": field, "expected": spec.describe(), **extra},
         )
-    for i, row in enumerate(data):
-        if not isinstance(row, list) or len(row) != input_dim:
-            raise ValidationError(
-                f"'{field}' row {i} must be a list of {input_dim} numbers",
-                details={"field": field, "row": i, "expected": expected},
-            )
-        for value in row:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or (isinstance(value, float) and not math.isfinite(value))
-            ):
-                raise ValidationError(
-                    f"'{field}' row {i} holds {value!r}; expected finite numbers",
-                    details={"field": field, "row": i, "expected": expected},
-                )
-    return np.asarray(data, dtype=np.float64)
+
+    if not isinstance(data, list):
+        raise refuse("must be a list")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        raise refuse("has rows of different lengths or nesting") from None
+    if array.size == 0:
+        raise refuse("is empty")
+    if array.dtype.kind not in "iuf" or _holds_bool(data, array.ndim):
+        raise refuse("holds values that are not numbers")
+    if spec.shape is not None:
+        if array.ndim == len(spec.shape):
+            array = array[np.newaxis]
+        sample = array.shape[1:]
+        if len(sample) != len(spec.shape) or any(
+            want is not None and want != got for want, got in zip(spec.shape, sample, strict=True)
+        ):
+            raise refuse(f"has samples of shape {list(sample)}", got=list(sample))
+    elif array.ndim == 1:
+        array = array[np.newaxis]
+    if array.dtype.kind == "f":
+        if spec.dtype == "int64" and not np.array_equal(array, np.round(array)):
+            raise refuse("holds numbers that are not integers")
+        if not spec.allow_non_finite and not np.isfinite(array).all():
+            raise refuse("holds NaN or infinity")
+    return array.astype(DTYPES[spec.dtype], copy=False)
+
+
+def _holds_bool(data: list[Any], ndim: int) -> bool:
+    # JSON true/false would pass as 1/0 inside a numeric array; flattening with C-level
+    # iterators keeps this check cheap for large inputs.
+    level: Any = data
+    for _ in range(ndim - 1):
+        level = chain.from_iterable(level)
+    return bool in set(map(type, level))

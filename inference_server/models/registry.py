@@ -1,72 +1,256 @@
-"""The model registry: models by name, loaded once, safe to read from many threads."""
+"""The model registry: models by name, loaded once, shared by threads, kept in step across workers.
+
+What should be served is the config's `models.registry` overlaid with the changes made through the
+API, which live in `data/models_state.json` (a locked JSON store like the auth stores): per model,
+a spec if the API added it, a wanted state (loaded, unloaded, removed), a reload generation and a
+default flag. Every worker compares that file's stat stamp on each request and, when it changed,
+reconciles its in-memory models with it; so an admin's action in one worker takes effect in all,
+and survives a restart.
+
+Entries are immutable and the name -> entry map is replaced whole, never edited in place: a
+prediction that fetched a model finishes on that model even if it is reloaded or unloaded
+meanwhile. A model that fails to load is kept as an entry with its error and answers 503.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from auth.errors import NotFound
+from auth.errors import Conflict, NotFound
+from auth.store import JsonStore
 
-from .base import Model, ModelLoadError, ModelUnavailable
-from .builtin import load_builtin
+from ..settings import ConfigError, ModelSettings, ModelSpec, parse_section
+from . import builtin, onnx_backend, torchscript
+from .base import LoadedModel, ModelLoadError, ModelUnavailable, resolve_input
 
 log = logging.getLogger(__name__)
 
-LOADERS = {"builtin": load_builtin}
+LOADERS: dict[str, Callable[[ModelSpec], LoadedModel]] = {
+    "builtin": builtin.load,
+    "onnx": onnx_backend.load,
+    "torchscript": torchscript.load,
+}
+ACTIONS = ("load", "unload", "reload", "remove", "set_default")
+STATE_FILE = "models_state.json"
 
 
-class Spec(Protocol):
-    name: str
-    backend: str
-    path: str
-    version: str | None
+@dataclass(frozen=True)
+class Wanted:
+    spec: ModelSpec
+    state: str  # "loaded" or "unloaded"
+    generation: int
+    source: str  # "config" or "api"
 
 
 @dataclass(frozen=True)
 class Entry:
-    spec: Spec
-    model: Model | None
-    error: str | None
+    wanted: Wanted
+    status: str  # ready | error | unloaded | lazy
+    model: LoadedModel | None = None
+    error: str | None = None
+    loaded_at: str | None = None
+
+    def satisfies(self, wanted: Wanted) -> bool:
+        same = self.wanted.spec == wanted.spec and self.wanted.generation == wanted.generation
+        return same and (self.status == "unloaded") == (wanted.state == "unloaded")
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load `spec` with its backend; raises ModelLoadError with a message for the operator."""
+    return LOADERS[spec.backend](spec)
 
 
 class ModelRegistry:
-    def __init__(self, specs: Iterable[Spec], *, default: str) -> None:
-        self.default = default
-        self._entries: dict[str, Entry] = {}
-        for spec in specs:
-            self._entries[spec.name] = self._load(spec)
+    def __init__(self, settings: ModelSettings, *, store: JsonStore[None]) -> None:
+        self._config = {spec.name: spec for spec in settings.registry}
+        self._config_default = settings.default
+        self.max_batch_size = settings.max_batch_size
+        self._store = store
+        self._store.open()
+        self._entries: Mapping[str, Entry] = {}
+        self._default = settings.default
+        self._synced: Any = object()
+        self._lock = threading.RLock()
+        self.sync()
+
+    # -- keeping in step with the state file -------------------------------------------------
+
+    def sync(self) -> None:
+        """Reconcile the loaded models with config + state file, if the file changed (a stat)."""
+        if self._store.read().stamp == self._synced:
+            return
+        with self._lock:
+            snapshot = self._store.read()
+            if snapshot.stamp == self._synced:
+                return
+            wanted, default = self._wanted(snapshot.items)
+            self._entries = {name: self._realise(name, want) for name, want in wanted.items()}
+            self._default = default
+            self._synced = snapshot.stamp
+
+    def _wanted(self, overlay: Mapping[str, dict[str, Any]]) -> tuple[dict[str, Wanted], str]:
+        wanted = {name: Wanted(spec, "loaded", 0, "config") for name, spec in self._config.items()}
+        default = self._config_default
+        for name, record in sorted(overlay.items()):
+            spec = self._config.get(name)
+            if record.get("spec") is not None:
+                try:
+                    spec = parse_section(ModelSpec, record["spec"], origin=f"{STATE_FILE} {name}")
+                except ConfigError as exc:
+                    log.error("ignoring model %r from %s: %s", name, STATE_FILE, exc)
+                    continue
+            if spec is None or record.get("state") == "removed":
+                wanted.pop(name, None)
+                continue
+            source = "config" if record.get("spec") is None else "api"
+            wanted[name] = Wanted(
+                spec, record.get("state", "loaded"), record.get("generation", 0), source
+            )
+            if record.get("default"):
+                default = name
+        return wanted, default
+
+    def _realise(self, name: str, want: Wanted) -> Entry:
+        current = self._entries.get(name)
+        if current is not None and current.satisfies(want):
+            return current
+        if want.state == "unloaded":
+            return Entry(want, "unloaded")
+        if want.spec.lazy:
+            return Entry(want, "lazy")
+        return self._load(want)
 
     @staticmethod
-    def _load(spec: Spec) -> Entry:
+    def _load(want: Wanted) -> Entry:
         try:
-            model = LOADERS[spec.backend](Path(spec.path), name=spec.name, version=spec.version)
+            model = load_model(want.spec)
         except ModelLoadError as exc:
-            log.error("model %r failed to load: %s", spec.name, exc)
-            return Entry(spec=spec, model=None, error=str(exc))
-        log.info("model %r loaded (%s, version %s)", spec.name, spec.backend, model.version)
-        return Entry(spec=spec, model=model, error=None)
+            log.error("model %r failed to load: %s", want.spec.name, exc)
+            return Entry(want, "error", error=str(exc))
+        log.info("model %r loaded (%s, version %s)", model.name, model.backend, model.version)
+        return Entry(
+            want, "ready", model=model, loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        )
 
-    def get(self, name: str | None = None) -> Model:
-        """The loaded model `name` (default model if None); 404 if unknown, 503 if broken."""
-        name = name or self.default
+    # -- serving -------------------------------------------------------------------------------
+
+    @property
+    def default(self) -> str:
+        return self._default
+
+    def get(self, name: str | None = None) -> LoadedModel:
+        """The ready model `name` (the default if None): 404 if unknown, 503 if not servable."""
+        self.sync()
+        name = name or self._default
+        entry = self._entry(name)
+        if entry.status == "lazy":
+            entry = self._load_lazily(name)
+        if entry.model is not None:
+            return entry.model
+        if entry.status == "unloaded":
+            raise ModelUnavailable(
+                f"model {name!r} is unloaded; an admin can load it with POST /models/manage"
+            )
+        raise ModelUnavailable(f"model {name!r} is not available: {entry.error}")
+
+    def _entry(self, name: str) -> Entry:
         entry = self._entries.get(name)
         if entry is None:
             raise NotFound(f"no model named {name!r}", details={"models": sorted(self._entries)})
-        if entry.model is None:
-            raise ModelUnavailable(f"model {name!r} is not available: {entry.error}")
-        return entry.model
+        return entry
 
-    def describe(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": name,
-                "backend": e.spec.backend,
-                "status": "ready" if e.model else "error",
-                "error": e.error,
-                "default": name == self.default,
+    def _load_lazily(self, name: str) -> Entry:
+        with self._lock:
+            entry = self._entry(name)
+            if entry.status == "lazy":
+                entry = self._load(entry.wanted)
+                self._entries = {**self._entries, name: entry}
+            return entry
+
+    def describe(self, name: str | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+        """Public view of every model, or of one (404 if unknown)."""
+        self.sync()
+        if name is not None:
+            return self._describe(name, self._entry(name))
+        return [self._describe(n, e) for n, e in sorted(self._entries.items())]
+
+    def _describe(self, name: str, entry: Entry) -> dict[str, Any]:
+        spec, model = entry.wanted.spec, entry.model
+        return {
+            "name": name,
+            "backend": spec.backend,
+            "version": model.version if model else spec.version,
+            "status": entry.status,
+            "error": entry.error,
+            "default": name == self._default,
+            "source": entry.wanted.source,
+            "description": model.description if model else spec.description,
+            "input": (
+                model.input
+                if model
+                else resolve_input(spec.input, shape=None, dtype=spec.input.dtype or "float32")
+            ).as_dict(),
+            "outputs": model.outputs if model else spec.outputs,
+            "loaded_at": entry.loaded_at,
+            "lazy": spec.lazy,
+            "details": model.details if model else {},
+        }
+
+    # -- managing (admin API) --------------------------------------------------------------------
+
+    def manage(self, action: str, name: str) -> dict[str, Any]:
+        """Apply an admin action durably (state file) and at once here; returns the model's view."""
+
+        def change(items: dict[str, dict[str, Any]]) -> None:
+            wanted, default = self._wanted(items)
+            if name not in wanted:
+                raise NotFound(f"no model named {name!r}", details={"models": sorted(wanted)})
+            if action in ("unload", "remove") and name == default:
+                raise Conflict(f"{name!r} is the default model; set another default first")
+            record = items.setdefault(name, {"spec": None, "state": "loaded", "generation": 0})
+            if action == "load":
+                record["state"] = "loaded"
+            elif action == "unload":
+                record["state"] = "unloaded"
+            elif action == "reload":
+                record.update(state="loaded", generation=record.get("generation", 0) + 1)
+            elif action == "remove":
+                record["state"] = "removed"
+            elif action == "set_default":
+                for other in items.values():
+                    other.pop("default", None)
+                record["default"] = True
+
+        self._store.update(change)
+        self.sync()
+        if action == "remove":
+            return {"name": name, "status": "removed"}
+        view = self.describe(name)
+        if action in ("load", "reload") and view["status"] == "error":
+            raise ModelUnavailable(f"model {name!r} failed to load: {view['error']}")
+        return view
+
+    def register(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Add (or replace an API-added) model from a spec mapping; persists across restarts."""
+        name = spec["name"]
+
+        def change(items: dict[str, dict[str, Any]]) -> None:
+            wanted, _ = self._wanted(items)
+            if name in wanted and wanted[name].source == "config":
+                raise Conflict(f"{name!r} is a model from the config file; choose another name")
+            record = items.get(name, {})
+            items[name] = {
+                "spec": spec,
+                "state": "loaded",
+                "generation": record.get("generation", 0) + 1,
+                **({"default": True} if record.get("default") else {}),
             }
-            for name, e in self._entries.items()
-        ]
+
+        self._store.update(change)
+        self.sync()
+        return self.describe(name)  # type: ignore[return-value]

@@ -1,0 +1,84 @@
+"""The /models blueprint: list and describe models (models:read), manage and download them
+(models:manage, which only admins hold). Every change is written to the audit log."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify
+
+from auth import auth_state, json_body, require_auth
+from auth.errors import ValidationError
+from auth.inputs import text
+
+from .models import ACTIONS, load_model
+from .models.download import SUFFIXES, fetch_model
+from .predict import registry
+from .settings import ConfigError, ModelSpec, parse_section
+
+bp = Blueprint("models", __name__, url_prefix="/models")
+
+# What a download may say about the model; the path is ours to choose.
+SPEC_FIELDS = ("name", "backend", "version", "description", "input", "outputs", "options", "lazy")
+
+
+def _audit(event: str, **fields: Any) -> None:
+    principal = g.get("principal")
+    auth_state().audit.record(event, actor=principal.id if principal else None, **fields)
+
+
+@bp.get("")
+@require_auth(scopes=["models:read"])
+def list_models():
+    return jsonify({"default": registry().default, "models": registry().describe()})
+
+
+@bp.get("/<name>")
+@require_auth(scopes=["models:read"])
+def show_model(name: str):
+    return jsonify(registry().describe(name))
+
+
+@bp.post("/manage")
+@require_auth(scopes=["models:manage"])
+def manage():
+    body = json_body()
+    action = body.get("action")
+    if action not in ACTIONS:
+        raise ValidationError(
+            f"'action' must be one of: {', '.join(ACTIONS)}", details={"field": "action"}
+        )
+    name = text(body, "model", max_len=64)
+    view = registry().manage(action, name)  # type: ignore[arg-type]
+    _audit("model.managed", action=action, model=name)
+    return jsonify({"action": action, "model": view})
+
+
+@bp.post("/download")
+@require_auth(scopes=["models:manage"])
+def download():
+    body = json_body()
+    url = text(body, "url", max_len=2048)
+    sha256 = text(body, "sha256", required=False, max_len=64, min_len=64)
+    spec_fields = {k: body[k] for k in SPEC_FIELDS if k in body}
+    if "backend" not in spec_fields:
+        raise ValidationError("'backend' is required", details={"field": "backend"})
+    try:
+        spec = parse_section(ModelSpec, {**spec_fields, "path": "-"}, origin="request")
+    except ConfigError as exc:
+        raise ValidationError(str(exc), details={"field": "spec"}) from None
+    settings = current_app.extensions["settings"]
+    destination = settings.data_dir / "models" / f"{spec.name}{SUFFIXES[spec.backend]}"
+    spec = dataclasses.replace(spec, path=str(destination))
+    digest = fetch_model(
+        url,  # type: ignore[arg-type]
+        destination,
+        max_bytes=int(settings.models.download_max_mb * 1024 * 1024),
+        timeout=settings.models.download_timeout_seconds,
+        sha256=sha256,
+        validate=lambda tmp: load_model(dataclasses.replace(spec, path=str(tmp))),
+    )
+    view = registry().register(dataclasses.asdict(spec))
+    _audit("model.downloaded", model=spec.name, backend=spec.backend, sha256=digest)
+    return jsonify({"model": view, "sha256": digest}), 201
