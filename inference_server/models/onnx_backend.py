@@ -53,9 +53,11 @@ def load(spec: Any) -> LoadedModel:
         return session.run([out_name], {in_name: batch})[0]
 
     meta = session.get_modelmeta()
+    # An unset model_version reads back as 0 or as INT64_MAX, depending on the exporter.
+    graph_version = meta.version if 0 < meta.version < 2**63 - 1 else None
     return LoadedModel(
         name=spec.name,
-        version=str(spec.version or meta.version or "1"),
+        version=str(spec.version or graph_version or "1"),
         backend="onnx",
         input=resolve_input(spec.input, shape=shape, dtype=dtype),
         run=run,

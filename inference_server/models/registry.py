@@ -141,6 +141,7 @@ class ModelRegistry:
 
     @property
     def default(self) -> str:
+        self.sync()
         return self._default
 
     def get(self, name: str | None = None) -> LoadedModel:

@@ -8,6 +8,7 @@ checked before they reach the model; the element type defaults to float32. Optio
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,12 @@ def load(spec: Any) -> LoadedModel:
     if spec.options.get("threads"):
         torch.set_num_threads(int(spec.options["threads"]))
     try:
-        module = torch.jit.load(spec.path, map_location="cpu")
+        with warnings.catch_warnings():
+            # torch marks TorchScript deprecated; loading the files users have is our job.
+            warnings.filterwarnings(
+                "ignore", message=".*is deprecated", category=DeprecationWarning
+            )
+            module = torch.jit.load(spec.path, map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"cannot load TorchScript model {spec.path}: {exc}") from None
     module.eval()
