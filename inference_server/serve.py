@@ -1,4 +1,4 @@
-"""Running the server under gunicorn (threaded workers), never Flask's development server.
+"""Running the server under gunicorn, never Flask's development server.
 
 The app is built once in the master before any worker starts, so a bad config, a corrupt data file
 or a weak secret stops the server with one clear message instead of a loop of dying workers.
@@ -38,7 +38,9 @@ def serve(settings: Settings) -> None:
         {
             "bind": f"{server.host}:{server.port}",
             "workers": server.workers,
-            "worker_class": "gthread",
+            # One request at a time per process suits CPU-bound inference and spreads load
+            # evenly; threads > 1 switches to threaded workers with HTTP keep-alive.
+            "worker_class": "gthread" if server.threads > 1 else "sync",
             "threads": server.threads,
             "timeout": 60,
             "graceful_timeout": 10,

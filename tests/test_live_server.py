@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,31 +16,45 @@ from tests.live import REPO, live_server
 pytestmark = pytest.mark.slow
 
 
-def _walkthrough() -> str:
+def _readme_block(marker: str) -> str:
     readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- walkthrough:start -->\s*```bash\n(.*?)```", readme, re.S)
-    assert block, "README lost its walkthrough block"
+    block = re.search(rf"<!-- {marker}:start -->\s*```bash\n(.*?)```", readme, re.S)
+    assert block, f"README lost its {marker} block"
     return block.group(1)
 
 
 def test_readme_walkthrough_runs_against_a_real_server(tmp_path):
+    script = "\n".join(
+        [
+            f"cd {shlex.quote(str(tmp_path))}",
+            _readme_block("walkthrough"),
+            "echo '--- models ---'",
+            f"cd {shlex.quote(str(REPO))}",
+            _readme_block("models"),
+        ]
+    )
     with live_server(tmp_path / "data") as server:
         done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", _walkthrough()],
-            cwd=tmp_path,
+            ["bash", "-euo", "pipefail", "-c", script],
             env={"BASE": server.base, "PATH": "/usr/bin:/bin:/usr/local/bin"},
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert done.returncode == 0, done.stderr
-        out = done.stdout
-        assert '"error"' not in out, out
-        assert out.count('"predictions"') == 2
-        assert '"predictions":[[0.5]]' in out
-        assert "password changed" in out
-        assert '"batch-service"' in out  # the key listing
+        walkthrough, models = done.stdout.split("--- models ---")
+        assert '"error"' not in walkthrough, walkthrough
+        assert walkthrough.count('"predictions"') == 2
+        assert '"predictions":[[0.5]]' in walkthrough
+        assert "password changed" in walkthrough
+        assert '"batch-service"' in walkthrough  # the key listing
         assert not (tmp_path / "tokens.json").exists()
+        # The models block: two predictions, a batch with one bad input, listings, a reload and
+        # a download, and no other error.
+        assert models.count('"predictions":[[0.5]]') >= 2, models
+        assert '"succeeded":2' in models and '"failed":1' in models
+        assert models.count('"code":"VALIDATION_ERROR"') == 1
+        assert '"action":"reload"' in models and '"name":"demo2"' in models
         # The password really changed, and the admin may now log in from anywhere.
         login = requests.post(
             server.url("/auth/login"),
