@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import has_request_context, request
+from flask import has_request_context
 
 from .errors import request_id
+from .limits import client_address
 
 
 class AuditLog:
@@ -30,7 +31,7 @@ class AuditLog:
         }
         if has_request_context():
             entry["request_id"] = request_id()
-            entry["ip"] = request.remote_addr
+            entry["ip"] = client_address()
         entry.update(fields)
         line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

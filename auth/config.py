@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from limits import parse_many
+
 
 def setting(default: Any = None, *, help: str, factory: Any = None, **bounds: Any) -> Any:
     """Declare a settings field: its default, what it means, and the bounds it must respect.
@@ -21,6 +23,36 @@ def setting(default: Any = None, *, help: str, factory: Any = None, **bounds: An
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def rate_limit(value: str) -> None:
+    """Refuse anything flask-limiter could not parse as a rate limit."""
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError("a rate limit such as '100/minute' or '10 per second'") from None
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    storage_uri: str = setting(
+        "memory://", help="where counters live: memory:// (per process) or redis://host:6379/0"
+    )
+    strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = setting(
+        "moving-window", help="how requests are counted (flask-limiter strategies)"
+    )
+    roles: dict[str, str] = setting(
+        factory=lambda: {"admin": "1000/minute"},
+        check=lambda roles: [rate_limit(v) for v in roles.values()],
+        help="per-role limit replacing auth.rate_limit_per_minute",
+    )
+    login: str = setting("10/minute", check=rate_limit, help="per client address, /auth/login")
+    login_failures: str = setting(
+        "100/hour", check=rate_limit, help="failed logins per account before it is blocked"
+    )
+    on_storage_error: Literal["closed", "open"] = setting(
+        "closed", help="counters unreachable: closed = answer 503, open = serve unlimited"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +88,13 @@ class AuthSettings:
     )
     password_min_length: int = setting(8, min=8, max=128, help="shortest password accepted")
     bcrypt_rounds: int = setting(12, min=4, max=16, help="bcrypt cost factor (log2 rounds)")
+    password_hash_slots: int = setting(
+        1,
+        min=1,
+        max=64,
+        help="password hashes computed at once across all workers; more "
+        "logins at that moment get 429 at once instead of queueing in front of predictions",
+    )
     default_admin: DefaultAdmin | None = setting(
         factory=DefaultAdmin,
         help="the admin created when no user exists; null = never create one",

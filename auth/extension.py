@@ -17,7 +17,7 @@ import functools
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,8 +27,9 @@ from flask import Flask, current_app, g, request
 
 from . import api_keys, errors, sessions
 from .audit import AuditLog
-from .config import AuthSettings
+from .config import AuthSettings, RateLimitSettings
 from .errors import AuthenticationError, PermissionDenied
+from .limits import LoginGuard, PasswordGate, client_address, init_limiter
 from .passwords import hash_password
 from .store import JsonStore, secure_dir
 from .tokens import TokenSigner, load_secret
@@ -88,7 +89,10 @@ class AuthState:
     key_usage: JsonStore[None]
     sessions: JsonStore[None]
     audit: AuditLog
+    password_gate: PasswordGate
+    trusted_proxies: tuple[str, ...] = ()
     signer: TokenSigner | None = None
+    login_guard: LoginGuard | None = None
     _touched: dict[str, int] = field(default_factory=dict)
 
     def now(self) -> int:
@@ -180,7 +184,7 @@ class AuthState:
         return user
 
     def check_default_admin(self, user: dict[str, Any]) -> None:
-        if user.get("must_change_password") and not is_loopback(request.remote_addr):
+        if user.get("must_change_password") and not is_loopback(client_address()):
             raise PermissionDenied(
                 "this account still has its default password; change it from the server "
                 "machine (loopback) before using it remotely"
@@ -213,6 +217,8 @@ class Auth:
         *,
         settings: AuthSettings,
         data_dir: Path,
+        limits: RateLimitSettings | None = None,
+        trusted_proxies: Sequence[str] = (),
         lock_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> AuthState:
@@ -235,6 +241,8 @@ class Auth:
             key_usage=store("api_key_usage", "keys"),
             sessions=store("sessions", "sessions"),
             audit=AuditLog(data_dir / "audit.log"),
+            password_gate=PasswordGate(data_dir, settings.password_hash_slots),
+            trusted_proxies=tuple(trusted_proxies),
         )
         for each in (state.users, state.keys, state.key_usage, state.sessions):
             each.open()
@@ -248,8 +256,14 @@ class Auth:
                 audience=settings.jwt_audience,
             )
             _ensure_default_admin(state)
+        # Order matters: the limiter's before_request must run after authentication.
         app.before_request(_authenticate_request)
         app.after_request(_flag_default_password)
+        limits = limits or RateLimitSettings()
+        limiter = init_limiter(app, auth=settings, limits=limits)
+        state.login_guard = LoginGuard(
+            limiter, limits.login_failures, fail_open=limits.on_storage_error == "open"
+        )
         from .routes import bp
 
         app.register_blueprint(bp)

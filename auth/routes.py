@@ -119,12 +119,14 @@ def register():
     )
     if problem:
         raise ValidationError(problem, details={"field": "password"})
+    with state.password_gate.slot():
+        password_hash = hash_password(password, rounds=state.settings.bcrypt_rounds)
     user = new_user(
         username=username,
         email=email,
         full_name=full_name,
         role=role,
-        password_hash=hash_password(password, rounds=state.settings.bcrypt_rounds),
+        password_hash=password_hash,
         now_iso=iso(state.now()),
     )
     state.users.update(lambda items: add_user(items, user))
@@ -156,12 +158,15 @@ def login():
     field = "email" if "email" in body and "username" not in body else "username"
     identifier = text(body, field, max_len=256)
     password = _password_field(body, "password")
+    state.login_guard.check(identifier)  # type: ignore[union-attr,arg-type]
     snapshot = state.users.read()
     user = find_user(snapshot.items, snapshot.index, identifier)  # type: ignore[arg-type]
-    ok = verify_password(
-        password, user["password_hash"] if user else None, rounds=state.settings.bcrypt_rounds
-    )
+    with state.password_gate.slot():
+        ok = verify_password(
+            password, user["password_hash"] if user else None, rounds=state.settings.bcrypt_rounds
+        )
     if not ok or not user["is_active"]:  # type: ignore[index]
+        state.login_guard.record_failure(identifier)  # type: ignore[union-attr,arg-type]
         state.audit.record(
             "auth.login",
             outcome="failed",
@@ -256,11 +261,6 @@ def change_password():
     body = json_body()
     current = _password_field(body, "current_password")
     new = _password_field(body, "new_password")
-    rounds = state.settings.bcrypt_rounds
-    if not verify_password(current, principal.user["password_hash"], rounds=rounds):
-        raise ValidationError(
-            "current password is incorrect", details={"field": "current_password"}
-        )
     if new == current:
         raise ValidationError(
             "new password must differ from the current one", details={"field": "new_password"}
@@ -270,7 +270,13 @@ def change_password():
     )
     if problem:
         raise ValidationError(problem, details={"field": "new_password"})
-    new_hash = hash_password(new, rounds=rounds)
+    rounds = state.settings.bcrypt_rounds
+    with state.password_gate.slot():
+        if not verify_password(current, principal.user["password_hash"], rounds=rounds):
+            raise ValidationError(
+                "current password is incorrect", details={"field": "current_password"}
+            )
+        new_hash = hash_password(new, rounds=rounds)
     now_iso = iso(state.now())
 
     def change(items: dict[str, dict[str, Any]]) -> None:

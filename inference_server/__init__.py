@@ -33,6 +33,8 @@ def create_app(
     auth.init_app(
         app,
         settings=settings.auth,
+        limits=settings.rate_limits,
+        trusted_proxies=settings.server.trusted_proxies,
         data_dir=settings.data_dir,
         lock_timeout=settings.storage.lock_timeout_seconds,
         clock=clock,

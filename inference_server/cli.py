@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import click
 
 from auth import SecretError, StoreCorrupt
+from auth.limits import LimiterConfigError
 
 from .settings import ConfigError, Settings, load_settings
 
@@ -50,7 +51,7 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int |
     settings = _load(config, host=host, port=port, workers=workers)
     try:
         run_server(settings)
-    except (StoreCorrupt, SecretError) as exc:
+    except (StoreCorrupt, SecretError, LimiterConfigError) as exc:
         raise click.ClickException(f"{exc}; refusing to start") from None
 
 

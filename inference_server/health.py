@@ -5,11 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from auth import public
+from auth.limits import exempt
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/health")
 @public
+@exempt
 def health():
     return jsonify({"status": "ok"})

@@ -8,12 +8,15 @@ shared across processes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from . import create_app
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class _Gunicorn(BaseApplication):
@@ -30,8 +33,27 @@ class _Gunicorn(BaseApplication):
         return create_app(self.settings)
 
 
+def startup_warnings(settings: Settings) -> list[str]:
+    """What an operator should know before the first request."""
+    warnings = []
+    if settings.server.workers > 1 and settings.rate_limits.storage_uri.startswith("memory://"):
+        warnings.append(
+            f"rate_limits.storage_uri is memory:// with {settings.server.workers} workers: each "
+            "worker counts on its own, so a user may get up to workers x the limit; use "
+            "redis://... to share the counters"
+        )
+    if not settings.auth.enabled:
+        warnings.append(
+            "AUTHENTICATION IS DISABLED (auth.enabled: false): every route is open to anyone "
+            "who can reach this server"
+        )
+    return warnings
+
+
 def serve(settings: Settings) -> None:
     create_app(settings)  # fail fast, in one process, on anything that would stop every worker
+    for warning in startup_warnings(settings):
+        log.warning(warning)
     server = settings.server
     _Gunicorn(
         settings,

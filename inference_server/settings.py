@@ -17,13 +17,13 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from limits import parse_many
 
-from auth.config import AuthSettings, setting
+from auth.config import AuthSettings, RateLimitSettings, setting
 
 T = TypeVar("T")
 ENV_PREFIX = "INFERENCE_"
@@ -32,13 +32,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.ya
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message lists every problem found."""
-
-
-def _rate_limit(value: str) -> None:
-    try:
-        parse_many(value)
-    except ValueError:
-        raise ValueError("a rate limit such as '100/minute' or '10 per second'") from None
 
 
 @dataclass(frozen=True)
@@ -50,17 +43,11 @@ class ServerSettings:
         1, min=1, max=64, help="threads per worker; 1 = sync workers, more = threaded keep-alive"
     )
     max_request_mb: float = setting(10, min=0.001, max=1024, help="largest request body")
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    storage_uri: str = setting("memory://", help="flask-limiter storage; redis://... to share")
-    roles: dict[str, str] = setting(
-        factory=lambda: {"admin": "1000/minute"},
-        check=lambda roles: [_rate_limit(v) for v in roles.values()],
-        help="per-role limit replacing auth.rate_limit_per_minute",
+    trusted_proxies: list[str] = setting(
+        factory=list,
+        check=lambda v: [ip_network(n, strict=False) for n in v],
+        help="reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed",
     )
-    login: str = setting("10/minute", check=_rate_limit, help="per client address, /auth/login")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,9 @@ def base_overrides(data_dir: Path) -> dict[str, Any]:
     """Settings every test app starts from: a private data dir and cheap bcrypt."""
     return {
         "storage": {"data_dir": str(data_dir), "lock_timeout_seconds": 2},
-        "auth": {"bcrypt_rounds": 4},
+        # Limits out of the way; the rate limit tests set their own.
+        "auth": {"bcrypt_rounds": 4, "rate_limit_per_minute": 1_000_000, "password_hash_slots": 8},
+        "rate_limits": {"roles": {"admin": "1000000/minute"}, "login": "1000000/minute"},
         "models": {"registry": [{"name": "demo", "backend": "builtin", "path": DEMO_MODEL}]},
     }
 

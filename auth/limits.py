@@ -1,0 +1,280 @@
+"""Rate limits and login protection.
+
+Three guards, all sharing flask-limiter's counter storage (memory:// per process, or Redis to hold
+across workers and hosts):
+
+- a per-user budget on every route, keyed by user id (so one user's tokens and keys draw from one
+  budget), sized by the user's own `rate_limit`, else `rate_limits.roles.<role>`, else
+  `auth.rate_limit_per_minute`; requests without a user (simple mode, public routes) are keyed by
+  client address;
+- `/auth/login` per client address (`rate_limits.login`);
+- failed logins per account name (`rate_limits.login_failures`), counted whether or not the
+  account exists, checked before any password work.
+
+The per-user and per-address limits are flask-limiter application limits evaluated in its
+`before_request`, which runs after the auth hook, so the user is known. Responses carry
+`X-RateLimit-Limit/Remaining/Reset`, and a 429 also `Retry-After`.
+
+`PasswordGate` bounds how many bcrypt computations run at once across every worker process
+(file-lock slots): a login flood then costs at most that many cores, and logins beyond it get an
+immediate 429 instead of occupying workers that predictions need.
+
+Client addresses come from the socket unless the peer is a configured trusted proxy, in which case
+the right-most X-Forwarded-For entry that is not itself a trusted proxy is used: a client can put
+anything in that header, but it cannot forge what our own proxy appended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from flask import Flask, current_app, g, request
+from flask_limiter import ApplicationLimit, Limiter
+from limits import parse
+from limits.errors import StorageError
+
+from .config import AuthSettings, RateLimitSettings
+from .errors import ApiError, StorageBusy
+
+log = logging.getLogger(__name__)
+
+EXEMPT_ATTR = "_rate_limit_exempt"
+LOGIN_ENDPOINT = "auth.login"
+
+
+class RateLimited(ApiError):
+    code, error_code = 429, "RATE_LIMIT_EXCEEDED"
+
+
+# -- client addresses --------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def _networks(proxies: tuple[str, ...]):
+    return tuple(ip_network(p, strict=False) for p in proxies)
+
+
+def _is_trusted(address: str, proxies: tuple[str, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in _networks(proxies))
+
+
+def resolve_client_address(
+    remote: str | None, forwarded: str | None, proxies: Sequence[str]
+) -> str:
+    """The client's address: the socket peer, or what trusted proxies say they received from."""
+    address = remote or "unknown"
+    proxies = tuple(proxies)
+    if not proxies or not _is_trusted(address, proxies) or not forwarded:
+        return address
+    for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+        if not _is_trusted(hop, proxies):
+            return hop
+        address = hop
+    return address
+
+
+def client_address() -> str:
+    proxies = current_app.extensions["auth"].trusted_proxies
+    if not proxies:
+        return request.remote_addr or "unknown"
+    return resolve_client_address(
+        request.remote_addr, request.headers.get("X-Forwarded-For"), proxies
+    )
+
+
+# -- the limiter -----------------------------------------------------------------------------
+
+
+class _NoTraceback(logging.Filter):
+    """flask-limiter logs swallowed storage errors with a traceback; keep the message only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {type(record.exc_info[1]).__name__}"
+            record.args = ()
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_NO_TRACEBACK = _NoTraceback()
+
+
+def _user_key() -> str:
+    principal = g.get("principal")
+    return f"user:{principal.id}" if principal else f"addr:{client_address()}"
+
+
+def _address_key() -> str:
+    return f"addr:{client_address()}"
+
+
+def _exempt_from_user_budget() -> bool:
+    if request.endpoint is None or request.endpoint == LOGIN_ENDPOINT:
+        return True
+    view = current_app.view_functions.get(request.endpoint)
+    return getattr(view, EXEMPT_ATTR, False)
+
+
+def _not_login() -> bool:
+    return request.endpoint != LOGIN_ENDPOINT
+
+
+class LimiterConfigError(Exception):
+    """The rate limit storage cannot be used as configured."""
+
+
+def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -> Limiter:
+    if limits.storage_uri.startswith(("redis://", "rediss://")):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise LimiterConfigError(
+                "rate_limits.storage_uri is a Redis URI but the redis package is missing: "
+                "pip install -e '.[redis]'"
+            ) from None
+    roles = dict(limits.roles)
+    fallback = f"{auth.rate_limit_per_minute}/minute"
+
+    def user_limit() -> str:
+        principal = g.get("principal")
+        if principal is None:
+            return fallback
+        return principal.user.get("rate_limit") or roles.get(principal.user["role"], fallback)
+
+    limiter = Limiter(
+        key_func=_address_key,
+        application_limits=[
+            ApplicationLimit(
+                user_limit,
+                key_function=_user_key,
+                scope="user",
+                exempt_when=_exempt_from_user_budget,
+                error_message=lambda: f"rate limit of {user_limit()} exceeded; see Retry-After",
+            ),
+            ApplicationLimit(
+                limits.login,
+                key_function=_address_key,
+                scope="login",
+                exempt_when=_not_login,
+                error_message=f"too many logins from this address ({limits.login}); "
+                "see Retry-After",
+            ),
+        ],
+        headers_enabled=True,
+        storage_uri=limits.storage_uri,
+        storage_options={"wrap_exceptions": True},
+        strategy=limits.strategy,
+        swallow_errors=limits.on_storage_error == "open",
+        key_prefix="inference-server",
+    )
+    limiter.init_app(app)
+    logging.getLogger("flask-limiter").addFilter(_NO_TRACEBACK)
+    app.register_error_handler(StorageError, _storage_unreachable)
+    return limiter
+
+
+def _storage_unreachable(exc: StorageError):
+    log.error(
+        "rate limit storage unreachable (%s); refusing requests",
+        type(exc.__cause__ or exc).__name__,
+    )
+    return StorageBusy(
+        "the rate limit store is unreachable; try again shortly", headers={"Retry-After": "5"}
+    ).get_response()
+
+
+# -- failed logins per account ------------------------------------------------------------------
+
+
+class LoginGuard:
+    """Counts failed logins per account name and blocks the name once the budget is spent."""
+
+    def __init__(self, limiter: Limiter, budget: str, *, fail_open: bool) -> None:
+        self._limiter = limiter
+        self._item = parse(budget)
+        self._fail_open = fail_open
+
+    def check(self, name: str) -> None:
+        key = ("login-failures", name.lower())
+        with self._storage_errors():
+            strategy = self._limiter.limiter
+            if strategy.test(self._item, *key):
+                return
+            reset, _ = strategy.get_window_stats(self._item, *key)
+        retry = max(1, int(reset - time.time()))
+        raise RateLimited(
+            "too many failed logins for this account; try again later",
+            headers={
+                "Retry-After": str(retry),
+                "X-RateLimit-Limit": str(self._item.amount),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(int(reset)),
+            },
+        )
+
+    def record_failure(self, name: str) -> None:
+        with self._storage_errors():
+            self._limiter.limiter.hit(self._item, "login-failures", name.lower())
+
+    @contextlib.contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except StorageError:
+            if not self._fail_open:
+                raise
+
+
+# -- bounded password hashing -------------------------------------------------------------------
+
+
+class PasswordGate:
+    """At most `slots` password hashes at once across all processes sharing `lock_dir`."""
+
+    def __init__(self, lock_dir: Path, slots: int) -> None:
+        self._paths = [str(lock_dir / f"password-hash-{i}.lock") for i in range(slots)]
+        self._locks: dict[tuple[int, str], FileLock] = {}
+
+    def _lock(self, path: str) -> FileLock:
+        key = (os.getpid(), path)  # never reuse a lock object across a fork
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = FileLock(path, mode=0o600)
+        return lock
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        for path in self._paths:
+            lock = self._lock(path)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                yield
+            finally:
+                lock.release()
+            return
+        raise RateLimited(
+            "too many password checks are running right now; retry in a moment",
+            headers={"Retry-After": "1"},
+        )
+
+
+def exempt(view: Any) -> Any:
+    """Mark a view as outside every per-user rate limit (health checks)."""
+    setattr(view, EXEMPT_ATTR, True)
+    return view
