@@ -112,7 +112,7 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     }
 
 
-def _render_http_exception(exc: HTTPException) -> Response:
+def render_error(exc: HTTPException) -> Response:
     response = exc.get_response()
     code = getattr(exc, "error_code", None) or _CODES_BY_STATUS.get(exc.code or 500, "ERROR")
     message = exc.description or exc.name
@@ -140,6 +140,6 @@ def _tag_response(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(HTTPException, render_error)
     app.register_error_handler(Exception, _render_unexpected)
     app.after_request(_tag_response)

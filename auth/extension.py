@@ -29,7 +29,13 @@ from . import api_keys, errors, sessions
 from .audit import AuditLog
 from .config import AuthSettings, RateLimitSettings
 from .errors import AuthenticationError, PermissionDenied
-from .limits import LoginGuard, PasswordGate, client_address, init_limiter
+from .limits import (
+    LoginGuard,
+    PasswordGate,
+    client_address,
+    init_limiter,
+    keep_own_limit_headers,
+)
 from .passwords import hash_password
 from .store import JsonStore, secure_dir
 from .tokens import TokenSigner, load_secret
@@ -259,6 +265,8 @@ class Auth:
         # Order matters: the limiter's before_request must run after authentication.
         app.before_request(_authenticate_request)
         app.after_request(_flag_default_password)
+        # after_request hooks run in reverse: this one runs after flask-limiter's.
+        app.after_request(keep_own_limit_headers)
         limits = limits or RateLimitSettings()
         limiter = init_limiter(app, auth=settings, limits=limits)
         state.login_guard = LoginGuard(

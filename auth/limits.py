@@ -43,7 +43,7 @@ from limits import parse
 from limits.errors import StorageError
 
 from .config import AuthSettings, RateLimitSettings
-from .errors import ApiError, StorageBusy
+from .errors import ApiError, StorageBusy, render_error
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,21 @@ LOGIN_ENDPOINT = "auth.login"
 
 
 class RateLimited(ApiError):
+    """A 429 of our own (account lockout, busy password gate), not one of flask-limiter's."""
+
     code, error_code = 429, "RATE_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        # flask-limiter's after_request rewrites rate limit headers on every response; these
+        # are restored after it (see `keep_own_limit_headers`).
+        g.own_limit_headers = headers
+
+
+def keep_own_limit_headers(response):
+    for name, value in g.pop("own_limit_headers", {}).items():
+        response.headers[name] = value
+    return response
 
 
 # -- client addresses --------------------------------------------------------------------------
@@ -191,9 +205,11 @@ def _storage_unreachable(exc: StorageError):
         "rate limit storage unreachable (%s); refusing requests",
         type(exc.__cause__ or exc).__name__,
     )
-    return StorageBusy(
-        "the rate limit store is unreachable; try again shortly", headers={"Retry-After": "5"}
-    ).get_response()
+    return render_error(
+        StorageBusy(
+            "the rate limit store is unreachable; try again shortly", headers={"Retry-After": "5"}
+        )
+    )
 
 
 # -- failed logins per account ------------------------------------------------------------------
@@ -208,17 +224,13 @@ class LoginGuard:
         self._fail_open = fail_open
 
     def check(self, name: str) -> None:
-        key = ("login-failures", name.lower())
-        with self._storage_errors():
-            strategy = self._limiter.limiter
-            if strategy.test(self._item, *key):
-                return
-            reset, _ = strategy.get_window_stats(self._item, *key)
-        retry = max(1, int(reset - time.time()))
+        reset = self._blocked_until(("login-failures", name.lower()))
+        if reset is None:
+            return
         raise RateLimited(
             "too many failed logins for this account; try again later",
             headers={
-                "Retry-After": str(retry),
+                "Retry-After": str(max(1, int(reset - time.time()))),
                 "X-RateLimit-Limit": str(self._item.amount),
                 "X-RateLimit-Remaining": "0",
                 "X-RateLimit-Reset": str(int(reset)),
@@ -226,16 +238,22 @@ class LoginGuard:
         )
 
     def record_failure(self, name: str) -> None:
-        with self._storage_errors():
-            self._limiter.limiter.hit(self._item, "login-failures", name.lower())
-
-    @contextlib.contextmanager
-    def _storage_errors(self) -> Iterator[None]:
         try:
-            yield
+            self._limiter.limiter.hit(self._item, "login-failures", name.lower())
         except StorageError:
             if not self._fail_open:
                 raise
+
+    def _blocked_until(self, key: tuple[str, str]) -> float | None:
+        try:
+            strategy = self._limiter.limiter
+            if strategy.test(self._item, *key):
+                return None
+            return strategy.get_window_stats(self._item, *key)[0]
+        except StorageError:
+            if self._fail_open:
+                return None
+            raise
 
 
 # -- bounded password hashing -------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""Limits shared across gunicorn workers through a real redis-server, and Redis going away."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.live import live_server, redis_server
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+]
+
+
+def _env(uri: str, **extra: str) -> dict[str, str]:
+    return {
+        "INFERENCE_RATE_LIMITS__STORAGE_URI": uri,
+        "INFERENCE_RATE_LIMITS__ROLES": "{admin: 10/minute}",
+        **extra,
+    }
+
+
+def _admin_headers(server) -> dict[str, str]:
+    login = requests.post(
+        server.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=30
+    )
+    return {"Authorization": "Bearer " + login.json()["access_token"]}
+
+
+def _predict(server, headers) -> requests.Response:
+    return requests.post(
+        server.url("/predict"), json={"data": [[1, 2, 3]]}, headers=headers, timeout=30
+    )
+
+
+def test_two_workers_share_one_budget(tmp_path):
+    with redis_server() as uri, live_server(tmp_path / "data", workers=2, env=_env(uri)) as server:
+        headers = _admin_headers(server)
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda _: _predict(server, headers).status_code, range(30)))
+    assert codes.count(200) == 10, codes
+    assert codes.count(429) == 20
+
+
+def test_redis_down_fails_closed_by_default(tmp_path):
+    with redis_server() as uri:
+        server_cm = live_server(tmp_path / "data", workers=1, env=_env(uri))
+        server = server_cm.__enter__()
+    try:  # redis is gone now
+        response = _predict(server, {"Authorization": "Bearer whatever"})
+        assert response.status_code == 401  # bad credentials are still refused first
+        login = requests.post(
+            server.url("/auth/login"),
+            json={"username": "admin", "password": "admin123"},
+            timeout=30,
+        )
+        assert login.status_code == 503
+        body = login.json()["error"]
+        assert body["code"] == "STORAGE_BUSY" and "rate limit" in body["message"]
+        assert "Traceback" not in "".join(server.log)
+    finally:
+        server_cm.__exit__(None, None, None)
+
+
+def test_redis_down_can_fail_open(tmp_path):
+    with redis_server() as uri:
+        env = _env(uri, INFERENCE_RATE_LIMITS__ON_STORAGE_ERROR="open")
+        server_cm = live_server(tmp_path / "data", workers=1, env=env)
+        server = server_cm.__enter__()
+    try:
+        headers = _admin_headers(server)
+        assert [_predict(server, headers).status_code for _ in range(12)] == [200] * 12
+        assert "Traceback" not in "".join(server.log)
+    finally:
+        server_cm.__exit__(None, None, None)
