@@ -39,7 +39,7 @@ class RateLimitSettings:
         "memory://", help="where counters live: memory:// (per process) or redis://host:6379/0"
     )
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = setting(
-        "moving-window", help="how requests are counted (flask-limiter strategies)"
+        "sliding-window-counter", help="how requests are counted (flask-limiter strategies)"
     )
     roles: dict[str, str] = setting(
         factory=lambda: {"admin": "1000/minute"},

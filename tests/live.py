@@ -44,10 +44,12 @@ def live_server(
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
     environ.update(
-        INFERENCE_STORAGE__DATA_DIR=str(data_dir),
-        INFERENCE_AUTH__BCRYPT_ROUNDS="4",
-        PYTHONUNBUFFERED="1",
-        **(env or {}),
+        {
+            "INFERENCE_STORAGE__DATA_DIR": str(data_dir),
+            "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
     )
     process = subprocess.Popen(
         [

@@ -1,15 +1,20 @@
-"""What authentication costs on POST /predict, measured side by side in one run.
+"""What authentication and rate limiting cost on POST /predict, measured side by side in one run.
 
-Starts two real servers under gunicorn with 2 workers each (one with auth enabled, one with
-`auth.enabled: false`), then drives POST /predict with wrk, alternating no-auth, API key and JWT
-for several rounds so that drift of the machine hits every variant alike. Prints requests/s per
-round, then per variant the median and the best run with their ratios to no-auth (target >= 0.8).
-On a shared machine whole rounds can slow down together; the best run is the figure least touched
-by such outside noise, the median the more conservative one.
+Part 1, throughput. Real servers under gunicorn with 2 workers each: one with `auth.enabled:
+false` (the baseline), one with auth on and rate-limit counters in memory, and, when redis-server
+is installed, one with counters in Redis. Per-user rate limiting is on everywhere, with budgets
+too large to trip, so what is measured is the cost of checking. wrk drives POST /predict,
+alternating the variants for several rounds so drift of the machine hits all alike; the table
+gives per variant the median and the best run and their ratios to no-auth (target >= 0.8).
+
+Part 2, login flood. /predict latency (wrk --latency, p50 and p99) alone, then while 50
+connections hammer /auth/login with wrong passwords: once with the default per-address login
+limit, once with that limit lifted so only the bounded password hashing stands between the flood
+and the predictions (target: p99 within 2x of the quiet p99).
 
     python tests/benchmarks/auth_overhead.py [--rounds 7] [--seconds 3] [--connections 64]
 
-Needs wrk (Debian: apt-get install wrk). Not part of the pytest run.
+Needs wrk (Debian: apt-get install wrk); redis-server for the Redis rows. Not part of pytest.
 """
 
 from __future__ import annotations
@@ -28,31 +33,159 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.live import live_server  # noqa: E402
+from tests.live import live_server, redis_server  # noqa: E402
 
-BODY = '{"data": [[1.0, 2.0, 3.0]]}'
-LUA = f"""
-wrk.method = "POST"
-wrk.body = '{BODY}'
-wrk.headers["Content-Type"] = "application/json"
-"""
-# Generous limits so the benchmark measures auth, not 429s, once rate limiting exists.
-BENCH_ENV = {
-    "INFERENCE_AUTH__RATE_LIMIT_PER_MINUTE": "100000000",
-    "INFERENCE_RATE_LIMITS__ROLES": "{admin: 100000000/minute, user: 100000000/minute}",
+PREDICT = '{"data": [[1.0, 2.0, 3.0]]}'
+BAD_LOGIN = '{"username": "admin", "password": "not the password"}'
+HUGE = "100000000"
+BENCH_ENV = {  # limits on, but never reached
+    "INFERENCE_AUTH__RATE_LIMIT_PER_MINUTE": HUGE,
+    "INFERENCE_RATE_LIMITS__ROLES": f"{{admin: {HUGE}/minute, user: {HUGE}/minute}}",
 }
 
 
-def wrk(
-    url: str, headers: dict[str, str], *, seconds: int, connections: int, script: Path
-) -> float:
+def lua(body: str) -> str:
+    return (
+        f"wrk.method = \"POST\"\nwrk.body = '{body}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+
+
+def run_wrk(url, headers, *, seconds, connections, script, latency=False, allow_errors=False):
     args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script)]
+    if latency:
+        args.append("--latency")
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in out:
+    if "Non-2xx" in out and not allow_errors:
         raise SystemExit(f"wrk saw error responses:\n{out}")
+    return out
+
+
+def wrk(url: str, headers: dict[str, str], *, seconds: int, connections: int, script: Path):
+    """Requests per second of one wrk run."""
+    out = run_wrk(url, headers, seconds=seconds, connections=connections, script=script)
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def latency(url, headers, *, seconds, script) -> tuple[float, float]:
+    out = run_wrk(url, headers, seconds=seconds, connections=4, script=script, latency=True)
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    return p50, p99
+
+
+def credentials(server) -> dict[str, dict[str, str]]:
+    login = requests.post(
+        server.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=60
+    )
+    token = login.json()["access_token"]
+    key = requests.post(
+        server.url("/auth/api-keys"),
+        json={"name": "bench"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    ).json()["key"]
+    return {"api-key": {"X-API-Key": key}, "jwt": {"Authorization": f"Bearer {token}"}}
+
+
+def throughput(stack: ExitStack, tmp: Path, opts) -> None:
+    script = tmp / "predict.lua"
+    script.write_text(lua(PREDICT))
+    baseline = stack.enter_context(
+        live_server(tmp / "open", workers=2, env={**BENCH_ENV, "INFERENCE_AUTH__ENABLED": "false"})
+    )
+    variants = {"no-auth": (baseline.url("/predict"), {})}
+    storages = {"memory": "memory://"}
+    if shutil.which("redis-server"):
+        storages["redis"] = stack.enter_context(redis_server())
+    for label, uri in storages.items():
+        env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__STORAGE_URI": uri}
+        server = stack.enter_context(live_server(tmp / label, workers=2, env=env))
+        for kind, headers in credentials(server).items():
+            variants[f"{kind}/{label}"] = (server.url("/predict"), headers)
+
+    for url, headers in variants.values():  # warm up every worker and cache
+        wrk(url, headers, seconds=1, connections=opts.connections, script=script)
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    print(
+        f"POST /predict, gunicorn 2 workers, wrk {opts.connections} connections, "
+        f"{opts.seconds}s per run, {opts.rounds} rounds, per-user rate limiting on"
+    )
+    for r in range(opts.rounds):
+        row = []
+        for name, (url, headers) in variants.items():
+            rps = wrk(
+                url, headers, seconds=opts.seconds, connections=opts.connections, script=script
+            )
+            results[name].append(rps)
+            row.append(f"{name} {rps:.0f}")
+        print(f"round {r + 1}: " + "  ".join(row))
+
+    median = {name: statistics.median(values) for name, values in results.items()}
+    best = {name: max(values) for name, values in results.items()}
+    print(f"\n{'variant':<16}{'median req/s':>14}{'ratio':>8}{'best req/s':>14}{'ratio':>8}")
+    for name in results:
+        print(
+            f"{name:<16}{median[name]:>14.1f}{median[name] / median['no-auth']:>8.2f}"
+            f"{best[name]:>14.1f}{best[name] / best['no-auth']:>8.2f}"
+        )
+
+
+def login_flood(stack: ExitStack, tmp: Path, opts) -> None:
+    predict, flood = tmp / "flood-predict.lua", tmp / "flood-login.lua"
+    predict.write_text(lua(PREDICT))
+    flood.write_text(lua(BAD_LOGIN))
+    print(
+        f"\nLogin flood: /predict latency with 4 connections, {opts.seconds * 2}s per run, "
+        "bcrypt cost 12, against 50 connections of wrong-password logins"
+    )
+    print(f"{'situation':<44}{'p50 ms':>10}{'p99 ms':>10}")
+    setups = {
+        "login limit 10/minute per address": {},
+        "login limit lifted (hash gate only)": {
+            "INFERENCE_RATE_LIMITS__LOGIN": f"{HUGE}/minute",
+            "INFERENCE_RATE_LIMITS__LOGIN_FAILURES": f"{HUGE}/hour",
+        },
+    }
+    quiet_p99 = None
+    for label, extra in setups.items():
+        env = {**BENCH_ENV, "INFERENCE_AUTH__BCRYPT_ROUNDS": "12", **extra}
+        server = stack.enter_context(live_server(tmp / f"flood-{len(extra)}", workers=2, env=env))
+        headers = credentials(server)["api-key"]
+        url = server.url("/predict")
+        run_wrk(url, headers, seconds=1, connections=4, script=predict)  # warm up
+        if quiet_p99 is None:
+            p50, quiet_p99 = latency(url, headers, seconds=opts.seconds * 2, script=predict)
+            print(f"{'no flood':<44}{p50:>10.2f}{quiet_p99:>10.2f}")
+        flooder = subprocess.Popen(
+            [
+                "wrk",
+                "-t1",
+                "-c50",
+                f"-d{opts.seconds * 2 + 2}s",
+                "-s",
+                str(flood),
+                server.url("/auth/login"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            p50, p99 = latency(url, headers, seconds=opts.seconds * 2, script=predict)
+        finally:
+            flood_out = flooder.communicate()[0]
+        logins = re.search(r"Requests/sec:\s+([\d.]+)", flood_out).group(1)
+        print(
+            f"{'flood, ' + label:<44}{p50:>10.2f}{p99:>10.2f}   "
+            f"(p99 x{p99 / quiet_p99:.2f}; {logins} logins/s answered)"
+        )
 
 
 def main() -> None:
@@ -60,64 +193,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--skip-flood", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="server.threads (1 = sync)")
+    parser.add_argument("--strategy", default="moving-window", help="rate_limits.strategy")
     opts = parser.parse_args()
+    BENCH_ENV["INFERENCE_SERVER__THREADS"] = str(opts.threads)
+    BENCH_ENV["INFERENCE_RATE_LIMITS__STRATEGY"] = opts.strategy
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
-
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        tmp_path = Path(tmp)
-        script = tmp_path / "post.lua"
-        script.write_text(LUA)
-        secured = stack.enter_context(live_server(tmp_path / "auth", workers=2, env=BENCH_ENV))
-        open_server = stack.enter_context(
-            live_server(
-                tmp_path / "open", workers=2, env={**BENCH_ENV, "INFERENCE_AUTH__ENABLED": "false"}
-            )
-        )
-
-        login = requests.post(
-            secured.url("/auth/login"),
-            json={"username": "admin", "password": "admin123"},
-            timeout=60,
-        )
-        token = login.json()["access_token"]
-        key = requests.post(
-            secured.url("/auth/api-keys"),
-            json={"name": "bench"},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=60,
-        ).json()["key"]
-        variants = {
-            "no-auth": (open_server.url("/predict"), {}),
-            "api-key": (secured.url("/predict"), {"X-API-Key": key}),
-            "jwt": (secured.url("/predict"), {"Authorization": f"Bearer {token}"}),
-        }
-        for url, headers in variants.values():  # warm up every worker and cache
-            wrk(url, headers, seconds=1, connections=opts.connections, script=script)
-
-        results: dict[str, list[float]] = {name: [] for name in variants}
-        print(
-            f"POST /predict, gunicorn 2 workers, wrk {opts.connections} connections, "
-            f"{opts.seconds}s per run, {opts.rounds} rounds"
-        )
-        for r in range(opts.rounds):
-            row = []
-            for name, (url, headers) in variants.items():
-                rps = wrk(
-                    url, headers, seconds=opts.seconds, connections=opts.connections, script=script
-                )
-                results[name].append(rps)
-                row.append(f"{name} {rps:8.1f}")
-            print(f"round {r + 1}: " + "  ".join(row))
-
-    median = {name: statistics.median(values) for name, values in results.items()}
-    best = {name: max(values) for name, values in results.items()}
-    print(f"\n{'variant':<10}{'median req/s':>14}{'ratio':>8}{'best req/s':>14}{'ratio':>8}")
-    for name in results:
-        print(
-            f"{name:<10}{median[name]:>14.1f}{median[name] / median['no-auth']:>8.2f}"
-            f"{best[name]:>14.1f}{best[name] / best['no-auth']:>8.2f}"
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        with ExitStack() as stack:
+            throughput(stack, Path(tmp), opts)
+        if not opts.skip_flood:
+            with ExitStack() as stack:
+                login_flood(stack, Path(tmp), opts)
 
 
 if __name__ == "__main__":
