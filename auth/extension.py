@@ -228,35 +228,18 @@ class Auth:
         lock_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> AuthState:
-        data_dir = secure_dir(Path(data_dir))
-
-        def store(name: str, collection: str, index: Callable[..., Any] = lambda items: None):
-            return JsonStore(
-                data_dir / f"{name}.json",
-                collection=collection,
-                lock_timeout=lock_timeout,
-                index=index,
-            )
-
-        state = AuthState(
+        state = open_state(
             settings=settings,
             data_dir=data_dir,
+            trusted_proxies=trusted_proxies,
+            lock_timeout=lock_timeout,
             clock=clock,
-            users=store("users", "users", index_users),
-            keys=store("api_keys", "keys", api_keys.index_by_hash),
-            key_usage=store("api_key_usage", "keys"),
-            sessions=store("sessions", "sessions"),
-            audit=AuditLog(data_dir / "audit.log"),
-            password_gate=PasswordGate(data_dir, settings.password_hash_slots),
-            trusted_proxies=tuple(trusted_proxies),
         )
-        for each in (state.users, state.keys, state.key_usage, state.sessions):
-            each.open()
         app.extensions["auth"] = state
         errors.init_app(app)
         if settings.enabled:
             state.signer = TokenSigner(
-                secret=load_secret(settings.jwt_secret, data_dir),
+                secret=load_secret(settings.jwt_secret, state.data_dir),
                 algorithm=settings.jwt_algorithm,
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
@@ -272,10 +255,50 @@ class Auth:
         state.login_guard = LoginGuard(
             limiter, limits.login_failures, fail_open=limits.on_storage_error == "open"
         )
-        from .routes import bp
+        from . import admin, routes
 
-        app.register_blueprint(bp)
+        app.register_blueprint(routes.bp)
+        app.register_blueprint(admin.bp)
         return state
+
+
+def open_state(
+    *,
+    settings: AuthSettings,
+    data_dir: Path,
+    trusted_proxies: Sequence[str] = (),
+    lock_timeout: float = 10.0,
+    clock: Callable[[], float] = time.time,
+) -> AuthState:
+    """The stores and helpers, opened (StoreCorrupt on a bad file), without any Flask app.
+
+    The command line uses this to work on the same files, under the same locks, as the server.
+    """
+    data_dir = secure_dir(Path(data_dir))
+
+    def store(name: str, collection: str, index: Callable[..., Any] = lambda items: None):
+        return JsonStore(
+            data_dir / f"{name}.json",
+            collection=collection,
+            lock_timeout=lock_timeout,
+            index=index,
+        )
+
+    state = AuthState(
+        settings=settings,
+        data_dir=data_dir,
+        clock=clock,
+        users=store("users", "users", index_users),
+        keys=store("api_keys", "keys", api_keys.index_by_hash),
+        key_usage=store("api_key_usage", "keys"),
+        sessions=store("sessions", "sessions"),
+        audit=AuditLog(data_dir / "audit.log"),
+        password_gate=PasswordGate(data_dir, settings.password_hash_slots),
+        trusted_proxies=tuple(trusted_proxies),
+    )
+    for each in (state.users, state.keys, state.key_usage, state.sessions):
+        each.open()
+    return state
 
 
 def auth_state() -> AuthState:

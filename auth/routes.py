@@ -7,25 +7,19 @@ rotates, detects replay and revokes the family.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from flask import Blueprint, g, jsonify
 
-from . import api_keys, sessions
+from . import accounts, api_keys, sessions
 from .decorators import public, require_auth
 from .errors import AuthenticationError, NotFound, PermissionDenied, ValidationError
-from .extension import PASSWORD_CHANGE_HEADER, AuthState, Principal, auth_state, iso
+from .extension import PASSWORD_CHANGE_HEADER, AuthState, Principal, auth_state
 from .inputs import integer, json_body, string_list, text
-from .passwords import MAX_PASSWORD_LENGTH, hash_password, password_problem, verify_password
+from .passwords import MAX_PASSWORD_LENGTH, verify_password
 from .users import (
     ALL_SCOPES,
-    add_user,
-    check_email,
-    check_role,
-    check_username,
     find_user,
-    new_user,
     profile,
 )
 
@@ -107,34 +101,16 @@ def register():
     if mode == "admin_only" and not caller.is_admin:  # type: ignore[union-attr]
         raise PermissionDenied("only an admin can register users on this server")
     body = json_body()
-    username = check_username(body.get("username"))
-    email = check_email(body.get("email"))
-    password = _password_field(body, "password")
-    full_name = text(body, "full_name", required=False, max_len=200)
-    role = check_role(body.get("role", "user"))
+    role = body.get("role", "user")
     if role == "admin" and not (caller and caller.is_admin):
         raise PermissionDenied("only an admin can create another admin")
-    problem = password_problem(
-        password, min_length=state.settings.password_min_length, username=username
-    )
-    if problem:
-        raise ValidationError(problem, details={"field": "password"})
-    with state.password_gate.slot():
-        password_hash = hash_password(password, rounds=state.settings.bcrypt_rounds)
-    user = new_user(
-        username=username,
-        email=email,
-        full_name=full_name,
+    user = accounts.create_user(
+        state,
+        username=body.get("username"),
+        email=body.get("email"),
+        password=_password_field(body, "password"),
         role=role,
-        password_hash=password_hash,
-        now_iso=iso(state.now()),
-    )
-    state.users.update(lambda items: add_user(items, user))
-    state.audit.record(
-        "user.registered",
-        user_id=user["id"],
-        username=username,
-        role=role,
+        full_name=text(body, "full_name", required=False, max_len=200),
         actor=caller.id if caller else None,
     )
     return jsonify({"message": "user registered", "user_id": user["id"]}), 201
@@ -265,85 +241,39 @@ def change_password():
         raise ValidationError(
             "new password must differ from the current one", details={"field": "new_password"}
         )
-    problem = password_problem(
-        new, min_length=state.settings.password_min_length, username=principal.user["username"]
-    )
-    if problem:
-        raise ValidationError(problem, details={"field": "new_password"})
-    rounds = state.settings.bcrypt_rounds
+    accounts.check_password(state, new, username=principal.user["username"], field="new_password")
     with state.password_gate.slot():
-        if not verify_password(current, principal.user["password_hash"], rounds=rounds):
-            raise ValidationError(
-                "current password is incorrect", details={"field": "current_password"}
-            )
-        new_hash = hash_password(new, rounds=rounds)
-    now_iso = iso(state.now())
-
-    def change(items: dict[str, dict[str, Any]]) -> None:
-        user = items.get(principal.id)
-        if user is None:
-            raise NotFound("user no longer exists")
-        user.update(
-            password_hash=new_hash,
-            must_change_password=False,
-            password_changed_at=now_iso,
-            updated_at=now_iso,
+        ok = verify_password(
+            current, principal.user["password_hash"], rounds=state.settings.bcrypt_rounds
         )
-
-    state.users.update(change)
-    ended = sessions.revoke_sessions(
-        state.sessions,
-        now=state.now(),
-        reason="password_change",
-        user_id=principal.id,
-        keep=principal.session_id,
+    if not ok:
+        raise ValidationError(
+            "current password is incorrect", details={"field": "current_password"}
+        )
+    ended = accounts.set_password(
+        state,
+        principal.id,
+        new,
+        actor=principal.id,
+        keep_session=principal.session_id,
+        event="user.password_changed",
     )
-    state.audit.record("user.password_changed", user_id=principal.id, sessions_ended=ended)
     return jsonify({"message": "password changed", "sessions_ended": ended})
 
 
 @bp.post("/api-keys")
 @require_auth
 def create_api_key():
-    state = auth_state()
     principal: Principal = g.principal
-    if not state.settings.api_keys_enabled:
-        raise PermissionDenied("API keys are disabled on this server")
     body = json_body()
-    name = text(body, "name", max_len=100)
-    description = text(body, "description", required=False, max_len=500)
-    expires_days = integer(body, "expires_days", low=1, high=3650)
-    scopes = string_list(body, "scopes", choices=ALL_SCOPES)
-    if scopes is None:
-        scopes = sorted(principal.scopes - {"admin"})
-    beyond = set(scopes) - principal.scopes
-    if beyond:
-        raise PermissionDenied(
-            f"a key cannot carry scopes you do not hold: {', '.join(sorted(beyond))}",
-            details={"field": "scopes", "allowed": sorted(principal.scopes)},
-        )
-    now = state.now()
-    key = api_keys.generate_key()
-    record = {
-        "id": "key_" + secrets.token_hex(8),
-        "user_id": principal.id,
-        "name": name,
-        "description": description,
-        "prefix": key[: api_keys.DISPLAY_LENGTH],
-        "hash": api_keys.hash_key(key),
-        "scopes": scopes,
-        "is_active": True,
-        "created_at": iso(now),
-        "expires_at": iso(now + expires_days * 86400) if expires_days else None,
-        "revoked_at": None,
-    }
-
-    def change(items: dict[str, dict[str, Any]]) -> None:
-        items[record["id"]] = record
-
-    state.keys.update(change)
-    state.audit.record(
-        "api_key.created", user_id=principal.id, key_id=record["id"], name=name, scopes=scopes
+    key, record = accounts.create_key(
+        auth_state(),
+        principal.user,
+        held_scopes=principal.scopes,
+        name=text(body, "name", max_len=100),  # type: ignore[arg-type]
+        description=text(body, "description", required=False, max_len=500),
+        expires_days=integer(body, "expires_days", low=1, high=3650),
+        scopes=string_list(body, "scopes", choices=ALL_SCOPES),
     )
     return jsonify({"key": key, **api_keys.public_view(record, None)}), 201
 
@@ -351,35 +281,18 @@ def create_api_key():
 @bp.get("/api-keys")
 @require_auth
 def list_api_keys():
-    state = auth_state()
-    principal: Principal = g.principal
-    usage = state.key_usage.read().items
-    keys = [
-        api_keys.public_view(record, usage.get(key_id, {}).get("last_used"))
-        for key_id, record in state.keys.read().items.items()
-        if record["user_id"] == principal.id
-    ]
-    keys.sort(key=lambda k: (k["created_at"], k["id"]))
+    keys = accounts.list_keys(auth_state(), g.principal.id)
     return jsonify({"keys": keys, "total": len(keys)})
 
 
 @bp.delete("/api-keys/<key_id>")
 @require_auth
 def revoke_api_key(key_id: str):
-    state = auth_state()
     principal: Principal = g.principal
-    now_iso = iso(state.now())
-
-    def change(items: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        record = items.get(key_id)
-        if record is None or (record["user_id"] != principal.id and not principal.is_admin):
-            raise NotFound(f"no API key with id {key_id!r}")
-        if record["is_active"]:
-            record.update(is_active=False, revoked_at=now_iso)
-        return record
-
-    record = state.keys.update(change)
-    state.audit.record(
-        "api_key.revoked", user_id=record["user_id"], key_id=key_id, actor=principal.id
+    record = accounts.revoke_key(
+        auth_state(),
+        key_id,
+        actor=principal.id,
+        owner=None if principal.is_admin else principal.id,
     )
     return jsonify({"message": "API key revoked", **api_keys.public_view(record, None)})

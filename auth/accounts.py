@@ -1,0 +1,308 @@
+"""Account operations shared by the HTTP API and the command line.
+
+Each function validates its input, changes the stores under their locks and writes the audit
+log; callers only translate requests or command-line arguments into calls. Because the CLI works
+on the same files under the same locks, it is safe to use while the server runs, and what it
+changes reaches every worker at once (they re-read a store when its stat changes).
+
+Invariants kept here: usernames and emails are unique; there is always at least one active admin
+once one exists; disabling or deleting a user ends their sessions and stops their keys.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from . import api_keys, sessions
+from .config import rate_limit
+from .errors import Conflict, NotFound, PermissionDenied, ValidationError
+from .extension import AuthState, iso
+from .passwords import hash_password, password_problem
+from .users import (
+    ALL_SCOPES,
+    ROLE_SCOPES,
+    add_user,
+    check_email,
+    check_role,
+    check_username,
+    find_user,
+    new_user,
+)
+
+Items = dict[str, dict[str, Any]]
+
+
+def check_password(state: AuthState, password: str, *, username: str, field: str) -> None:
+    problem = password_problem(
+        password, min_length=state.settings.password_min_length, username=username
+    )
+    if problem:
+        raise ValidationError(problem, details={"field": field})
+
+
+def _hash(state: AuthState, password: str) -> str:
+    with state.password_gate.slot():
+        return hash_password(password, rounds=state.settings.bcrypt_rounds)
+
+
+def find(state: AuthState, ref: str) -> dict[str, Any]:
+    """A user by id, username or email; 404 otherwise."""
+    snapshot = state.users.read()
+    user = snapshot.items.get(ref) or find_user(snapshot.items, snapshot.index, ref)
+    if user is None:
+        raise NotFound(f"no user {ref!r}")
+    return user
+
+
+def create_user(
+    state: AuthState,
+    *,
+    username: Any,
+    email: Any,
+    password: str,
+    role: Any = "user",
+    full_name: str | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    username, email, role = check_username(username), check_email(email), check_role(role)
+    check_password(state, password, username=username, field="password")
+    user = new_user(
+        username=username,
+        email=email,
+        full_name=full_name,
+        role=role,
+        password_hash=_hash(state, password),
+        now_iso=iso(state.now()),
+    )
+    state.users.update(lambda items: add_user(items, user))
+    state.audit.record(
+        "user.registered", user_id=user["id"], username=username, role=role, actor=actor
+    )
+    return user
+
+
+def _active_admins(items: Items) -> set[str]:
+    return {uid for uid, u in items.items() if u["role"] == "admin" and u["is_active"]}
+
+
+def _keep_an_admin(items: Items, user_id: str, after: dict[str, Any] | None) -> None:
+    """Refuse a change that would leave no active admin (`after` None = the user is deleted)."""
+    admins = _active_admins(items)
+    still_admin = after is not None and after["role"] == "admin" and after["is_active"]
+    if admins == {user_id} and not still_admin:
+        raise Conflict("this is the last active admin; make another admin first")
+
+
+def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, actor: str | None):
+    """Apply admin changes (role, is_active, rate_limit, email, full_name); returns the user."""
+    allowed = {"role", "is_active", "rate_limit", "email", "full_name"}
+    unknown = set(changes) - allowed
+    if unknown or not changes:
+        raise ValidationError(
+            f"send one or more of: {', '.join(sorted(allowed))}",
+            details={"field": sorted(unknown)[0] if unknown else None},
+        )
+    clean = dict(changes)
+    if "role" in clean:
+        check_role(clean["role"])
+    if "is_active" in clean and not isinstance(clean["is_active"], bool):
+        raise ValidationError("'is_active' must be true or false", details={"field": "is_active"})
+    if "email" in clean:
+        check_email(clean["email"])
+    if "full_name" in clean and not (
+        clean["full_name"] is None
+        or isinstance(clean["full_name"], str)
+        and len(clean["full_name"]) <= 200
+    ):
+        raise ValidationError(
+            "'full_name' must be text up to 200 characters", details={"field": "full_name"}
+        )
+    if clean.get("rate_limit") is not None:
+        try:
+            if not isinstance(clean["rate_limit"], str):
+                raise ValueError("a rate limit such as '100/minute'")
+            rate_limit(clean["rate_limit"])
+        except ValueError as exc:
+            raise ValidationError(
+                f"'rate_limit' must be {exc}", details={"field": "rate_limit"}
+            ) from None
+    now_iso = iso(state.now())
+
+    def change(items: Items) -> dict[str, Any]:
+        user = items.get(user_id)
+        if user is None:
+            raise NotFound(f"no user {user_id!r}")
+        if "email" in clean and clean["email"].lower() != user["email"].lower():
+            if any(u["email"].lower() == clean["email"].lower() for u in items.values()):
+                raise Conflict("email is already registered", details={"field": "email"})
+        _keep_an_admin(items, user_id, {**user, **clean})
+        user.update(clean, updated_at=now_iso)
+        return dict(user)
+
+    user = state.users.update(change)
+    if clean.get("is_active") is False:
+        sessions.revoke_sessions(
+            state.sessions, now=state.now(), reason="user_disabled", user_id=user_id
+        )
+    state.audit.record(
+        "user.updated",
+        user_id=user_id,
+        actor=actor,
+        changes=sorted(clean),
+        role=user["role"],
+        is_active=user["is_active"],
+    )
+    return user
+
+
+def delete_user(state: AuthState, user_id: str, *, actor: str | None) -> None:
+    def change(items: Items) -> None:
+        if user_id not in items:
+            raise NotFound(f"no user {user_id!r}")
+        _keep_an_admin(items, user_id, None)
+        del items[user_id]
+
+    state.users.update(change)
+    now = state.now()
+    sessions.revoke_sessions(state.sessions, now=now, reason="user_deleted", user_id=user_id)
+    revoked = _revoke_keys_of(state, user_id, now)
+    state.audit.record("user.deleted", user_id=user_id, actor=actor, keys_revoked=revoked)
+
+
+def set_password(
+    state: AuthState,
+    user_id: str,
+    new_password: str,
+    *,
+    actor: str | None,
+    keep_session: str | None = None,
+    event: str = "user.password_reset",
+) -> int:
+    """Set a password (policy enforced) and end the user's other sessions; returns how many."""
+    user = find(state, user_id)
+    check_password(state, new_password, username=user["username"], field="new_password")
+    new_hash = _hash(state, new_password)
+    now_iso = iso(state.now())
+
+    def change(items: Items) -> None:
+        if user_id not in items:
+            raise NotFound(f"no user {user_id!r}")
+        items[user_id].update(
+            password_hash=new_hash,
+            must_change_password=False,
+            password_changed_at=now_iso,
+            updated_at=now_iso,
+        )
+
+    state.users.update(change)
+    ended = sessions.revoke_sessions(
+        state.sessions,
+        now=state.now(),
+        reason="password_change",
+        user_id=user_id,
+        keep=keep_session,
+    )
+    state.audit.record(event, user_id=user_id, actor=actor, sessions_ended=ended)
+    return ended
+
+
+# -- API keys -------------------------------------------------------------------------------
+
+
+def create_key(
+    state: AuthState,
+    user: dict[str, Any],
+    *,
+    name: str,
+    held_scopes: frozenset[str] | None = None,
+    scopes: list[str] | None = None,
+    description: str | None = None,
+    expires_days: int | None = None,
+    actor: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Make a key for `user`; returns (the key, shown once; its record)."""
+    if not state.settings.api_keys_enabled:
+        raise PermissionDenied("API keys are disabled on this server")
+    held = ROLE_SCOPES[user["role"]] if held_scopes is None else held_scopes
+    if scopes is None:
+        scopes = sorted(held - {"admin"})
+    unknown = set(scopes) - ALL_SCOPES
+    if unknown:
+        raise ValidationError(
+            f"unknown scope(s): {', '.join(sorted(unknown))}", details={"field": "scopes"}
+        )
+    beyond = set(scopes) - held
+    if beyond:
+        raise PermissionDenied(
+            f"a key cannot carry scopes its owner does not hold: {', '.join(sorted(beyond))}",
+            details={"field": "scopes", "allowed": sorted(held)},
+        )
+    now = state.now()
+    key = api_keys.generate_key()
+    record = {
+        "id": "key_" + secrets.token_hex(8),
+        "user_id": user["id"],
+        "name": name,
+        "description": description,
+        "prefix": key[: api_keys.DISPLAY_LENGTH],
+        "hash": api_keys.hash_key(key),
+        "scopes": sorted(scopes),
+        "is_active": True,
+        "created_at": iso(now),
+        "expires_at": iso(now + expires_days * 86400) if expires_days else None,
+        "revoked_at": None,
+    }
+    state.keys.update(lambda items: items.__setitem__(record["id"], record))
+    state.audit.record(
+        "api_key.created",
+        user_id=user["id"],
+        key_id=record["id"],
+        name=name,
+        scopes=record["scopes"],
+        actor=actor or user["id"],
+    )
+    return key, record
+
+
+def list_keys(state: AuthState, user_id: str | None = None) -> list[dict[str, Any]]:
+    """Public views of the keys of one user (or of everyone), oldest first."""
+    usage = state.key_usage.read().items
+    keys = [
+        api_keys.public_view(record, usage.get(key_id, {}).get("last_used"))
+        for key_id, record in state.keys.read().items.items()
+        if user_id is None or record["user_id"] == user_id
+    ]
+    keys.sort(key=lambda k: (k["created_at"], k["id"]))
+    return keys
+
+
+def revoke_key(
+    state: AuthState, key_id: str, *, actor: str | None, owner: str | None = None
+) -> dict[str, Any]:
+    """Revoke a key (kept as revoked); with `owner`, only that user's key is found."""
+    now_iso = iso(state.now())
+
+    def change(items: Items) -> dict[str, Any]:
+        record = items.get(key_id)
+        if record is None or (owner is not None and record["user_id"] != owner):
+            raise NotFound(f"no API key with id {key_id!r}")
+        if record["is_active"]:
+            record.update(is_active=False, revoked_at=now_iso)
+        return dict(record)
+
+    record = state.keys.update(change)
+    state.audit.record("api_key.revoked", user_id=record["user_id"], key_id=key_id, actor=actor)
+    return record
+
+
+def _revoke_keys_of(state: AuthState, user_id: str, now: int) -> int:
+    def change(items: Items) -> int:
+        count = 0
+        for record in items.values():
+            if record["user_id"] == user_id and record["is_active"]:
+                record.update(is_active=False, revoked_at=iso(now))
+                count += 1
+        return count
+
+    return state.keys.update(change)

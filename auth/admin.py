@@ -1,0 +1,94 @@
+"""The /admin blueprint: user and key management for admins (role admin and scope admin).
+
+Every action goes through `accounts.py`, which keeps the invariants (a last active admin stays;
+disabling or deleting a user ends their sessions and keys at once) and writes the audit log.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+
+from . import accounts
+from .decorators import admin_required
+from .errors import NotFound, ValidationError
+from .extension import auth_state
+from .inputs import json_body, text
+from .passwords import MAX_PASSWORD_LENGTH
+from .users import profile
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+MAX_PAGE = 500
+
+
+@bp.before_request
+def _only_when_enabled() -> None:
+    if not auth_state().settings.enabled:
+        raise NotFound("authentication is disabled on this server (auth.enabled: false)")
+
+
+def _query_int(name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValidationError(
+            f"'{name}' must be an integer from {low} to {high}", details={"field": name}
+        )
+    return int(raw)
+
+
+@bp.get("/users")
+@admin_required
+def list_users():
+    limit = _query_int("limit", 50, low=1, high=MAX_PAGE)
+    offset = _query_int("offset", 0, low=0, high=10**9)
+    users = sorted(
+        auth_state().users.read().items.values(), key=lambda u: (u["created_at"], u["id"])
+    )
+    page = [profile(u) for u in users[offset : offset + limit]]
+    return jsonify({"users": page, "total": len(users), "limit": limit, "offset": offset})
+
+
+@bp.get("/users/<user_id>")
+@admin_required
+def show_user(user_id: str):
+    state = auth_state()
+    user = state.users.read().items.get(user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id!r}")
+    keys = accounts.list_keys(state, user_id)
+    return jsonify({**profile(user), "api_keys": len([k for k in keys if k["is_active"]])})
+
+
+@bp.patch("/users/<user_id>")
+@admin_required
+def update_user(user_id: str):
+    user = accounts.update_user(auth_state(), user_id, json_body(), actor=g.principal.id)
+    return jsonify(profile(user))
+
+
+@bp.delete("/users/<user_id>")
+@admin_required
+def delete_user(user_id: str):
+    accounts.delete_user(auth_state(), user_id, actor=g.principal.id)
+    return jsonify({"message": "user deleted", "user_id": user_id})
+
+
+@bp.post("/users/<user_id>/reset-password")
+@admin_required
+def reset_password(user_id: str):
+    state = auth_state()
+    if user_id not in state.users.read().items:
+        raise NotFound(f"no user {user_id!r}")
+    password = text(json_body(), "new_password", max_len=MAX_PASSWORD_LENGTH)
+    ended = accounts.set_password(state, user_id, password, actor=g.principal.id)  # type: ignore[arg-type]
+    return jsonify({"message": "password reset", "sessions_ended": ended})
+
+
+@bp.get("/api-keys")
+@admin_required
+def list_api_keys():
+    user = request.args.get("user")
+    user_id = accounts.find(auth_state(), user)["id"] if user else None
+    keys = accounts.list_keys(auth_state(), user_id)
+    return jsonify({"keys": keys, "total": len(keys)})
