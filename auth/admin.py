@@ -43,7 +43,8 @@ def list_users():
     limit = _query_int("limit", 50, low=1, high=MAX_PAGE)
     offset = _query_int("offset", 0, low=0, high=10**9)
     users = sorted(
-        auth_state().users.read().items.values(), key=lambda u: (u["created_at"], u["id"])
+        auth_state().users.read().items.values(),
+        key=lambda u: (u["created_at"], u["username"].lower()),
     )
     page = [profile(u) for u in users[offset : offset + limit]]
     return jsonify({"users": page, "total": len(users), "limit": limit, "offset": offset})
