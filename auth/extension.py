@@ -226,6 +226,8 @@ class Auth:
         limits: RateLimitSettings | None = None,
         trusted_proxies: Sequence[str] = (),
         lock_timeout: float = 10.0,
+        audit_max_bytes: int = 10 * 1024 * 1024,
+        audit_backups: int = 5,
         clock: Callable[[], float] = time.time,
     ) -> AuthState:
         state = open_state(
@@ -233,6 +235,8 @@ class Auth:
             data_dir=data_dir,
             trusted_proxies=trusted_proxies,
             lock_timeout=lock_timeout,
+            audit_max_bytes=audit_max_bytes,
+            audit_backups=audit_backups,
             clock=clock,
         )
         app.extensions["auth"] = state
@@ -268,6 +272,8 @@ def open_state(
     data_dir: Path,
     trusted_proxies: Sequence[str] = (),
     lock_timeout: float = 10.0,
+    audit_max_bytes: int = 10 * 1024 * 1024,
+    audit_backups: int = 5,
     clock: Callable[[], float] = time.time,
 ) -> AuthState:
     """The stores and helpers, opened (StoreCorrupt on a bad file), without any Flask app.
@@ -292,7 +298,7 @@ def open_state(
         keys=store("api_keys", "keys", api_keys.index_by_hash),
         key_usage=store("api_key_usage", "keys"),
         sessions=store("sessions", "sessions"),
-        audit=AuditLog(data_dir / "audit.log"),
+        audit=AuditLog(data_dir / "audit.log", max_bytes=audit_max_bytes, backups=audit_backups),
         password_gate=PasswordGate(data_dir, settings.password_hash_slots),
         trusted_proxies=tuple(trusted_proxies),
     )

@@ -37,6 +37,8 @@ def create_app(
         trusted_proxies=settings.server.trusted_proxies,
         data_dir=settings.data_dir,
         lock_timeout=settings.storage.lock_timeout_seconds,
+        audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
+        audit_backups=settings.storage.audit_backups,
         clock=clock,
     )
     app.extensions["models"] = models.ModelRegistry(

@@ -1,22 +1,50 @@
 """The command line: `python run.py [COMMAND]`, or the installed `inference-server` script.
 
-`serve` is the default command, so `python run.py --port 9000` serves on port 9000.
+`serve` is the default command, so `python run.py --port 9000` serves on port 9000. The other
+commands work directly on the data files, under the same locks as the server, so they are safe
+while it runs and what they change reaches every worker at once:
+
+    create-admin                    the first admin, without ever having a default password
+    users list|show|disable|enable|delete|set-role|reset-password
+    keys list|create|revoke         a new key is printed once
+    config check                    validate the config and print it, secrets masked
+    audit tail                      recent audit events
+
+Exit codes: 0 done, 1 refused (the message says why), 2 bad usage.
 """
 
 from __future__ import annotations
 
+import functools
+import getpass
+import json
 import logging
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
+import yaml
 
-from auth import SecretError, StoreCorrupt
+from auth import SecretError, StoreCorrupt, accounts
+from auth.errors import ApiError
+from auth.extension import AuthState, open_state
 from auth.limits import LimiterConfigError
+from auth.users import ALL_SCOPES
 
 from .settings import ConfigError, Settings, load_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MASK = "********"
+
+config_option = click.option(
+    "--config",
+    "config",
+    envvar="INFERENCE_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="YAML file layered over config/default.yaml",
+)
 
 
 def _load(config: str | None, **server: object) -> Settings:
@@ -27,6 +55,45 @@ def _load(config: str | None, **server: object) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def _state(config: str | None) -> AuthState:
+    settings = _load(config)
+    try:
+        return open_state(
+            settings=settings.auth,
+            data_dir=settings.data_dir,
+            lock_timeout=settings.storage.lock_timeout_seconds,
+            audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
+            audit_backups=settings.storage.audit_backups,
+        )
+    except StoreCorrupt as exc:
+        raise click.ClickException(f"{exc}; fix or restore it first") from None
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def refusals(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the API's refusals (validation, conflicts, missing users) into exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            raise click.ClickException(exc.description or exc.error_code) from None
+
+    return wrapper
+
+
+def _new_password(password_stdin: bool, password: str | None, label: str = "Password") -> str:
+    if password is not None:
+        return password
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return click.prompt(label, hide_input=True, confirmation_prompt=True)
+
+
 @click.group()
 def cli() -> None:
     """Model inference server with authentication."""
@@ -34,13 +101,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "config",
-    envvar="INFERENCE_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="YAML file layered over config/default.yaml",
-)
+@config_option
 @click.option("--host", help="address to bind (default from config: 127.0.0.1)")
 @click.option("--port", type=int, help="TCP port (default from config: 8000)")
 @click.option("--workers", type=int, help="worker processes (default from config: 1)")
@@ -53,6 +114,242 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int |
         run_server(settings)
     except (StoreCorrupt, SecretError, LimiterConfigError) as exc:
         raise click.ClickException(f"{exc}; refusing to start") from None
+
+
+@cli.command("create-admin")
+@config_option
+@click.option("--username", help="prompted for when missing")
+@click.option("--email", help="prompted for when missing")
+@click.option("--password", help="prefer --password-stdin: options show up in process lists")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@click.option("--with-key", metavar="NAME", help="also create an API key and print it once")
+@refusals
+def create_admin(config, username, email, password, password_stdin, with_key) -> None:
+    """Create an admin. Used before the first start, no default admin is ever created."""
+    state = _state(config)
+    username = username or click.prompt("Username")
+    email = email or click.prompt("Email")
+    secret = _new_password(password_stdin, password)
+    user = accounts.create_user(
+        state, username=username, email=email, password=secret, role="admin", actor=_actor()
+    )
+    click.echo(f"created admin {user['username']} ({user['id']})")
+    if with_key:
+        key, record = accounts.create_key(
+            state, user, name=with_key, actor=_actor(), scopes=sorted(ALL_SCOPES)
+        )
+        click.echo(f"API key {record['id']} (shown once, keep it safe):")
+        click.echo(key)
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+@cli.group()
+def users() -> None:
+    """Manage users."""
+
+
+def _user_line(user: dict[str, Any]) -> str:
+    state = "active" if user["is_active"] else "disabled"
+    return f"{user['id']}  {user['username']:<20} {user['email']:<30} {user['role']:<6} {state}"
+
+
+@users.command("list")
+@config_option
+def users_list(config) -> None:
+    """List every user."""
+    for user in sorted(
+        _state(config).users.read().items.values(),
+        key=lambda u: (u["created_at"], u["username"].lower()),
+    ):
+        click.echo(_user_line(user))
+
+
+@users.command("show")
+@config_option
+@click.argument("user")
+@refusals
+def users_show(config, user) -> None:
+    """Show one user (by id, username or email)."""
+    from auth.users import profile
+
+    click.echo(json.dumps(profile(accounts.find(_state(config), user)), indent=2))
+
+
+def _update(config: str | None, user: str, changes: dict[str, Any], done: str) -> None:
+    state = _state(config)
+    record = accounts.find(state, user)
+    accounts.update_user(state, record["id"], changes, actor=_actor())
+    click.echo(f"{record['username']}: {done}")
+
+
+@users.command("disable")
+@config_option
+@click.argument("user")
+@refusals
+def users_disable(config, user) -> None:
+    """Disable a user: their sessions end and their keys stop at once."""
+    _update(config, user, {"is_active": False}, "disabled")
+
+
+@users.command("enable")
+@config_option
+@click.argument("user")
+@refusals
+def users_enable(config, user) -> None:
+    """Enable a disabled user."""
+    _update(config, user, {"is_active": True}, "enabled")
+
+
+@users.command("set-role")
+@config_option
+@click.argument("user")
+@click.argument("role", type=click.Choice(["user", "admin"]))
+@refusals
+def users_set_role(config, user, role) -> None:
+    """Make a user an admin, or an admin a user."""
+    _update(config, user, {"role": role}, f"role is now {role}")
+
+
+@users.command("delete")
+@config_option
+@click.argument("user")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@refusals
+def users_delete(config, user, yes) -> None:
+    """Delete a user; their sessions end and their keys are revoked."""
+    state = _state(config)
+    record = accounts.find(state, user)
+    if not yes:
+        click.confirm(f"delete {record['username']} ({record['id']})?", abort=True)
+    accounts.delete_user(state, record["id"], actor=_actor())
+    click.echo(f"{record['username']}: deleted")
+
+
+@users.command("reset-password")
+@config_option
+@click.argument("user")
+@click.option("--password-stdin", is_flag=True, help="read the new password from standard input")
+@refusals
+def users_reset_password(config, user, password_stdin) -> None:
+    """Set a new password; the user's sessions end."""
+    state = _state(config)
+    record = accounts.find(state, user)
+    secret = _new_password(password_stdin, None, "New password")
+    ended = accounts.set_password(state, record["id"], secret, actor=_actor())
+    click.echo(f"{record['username']}: password reset, {ended} session(s) ended")
+
+
+# -- keys --------------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("list")
+@config_option
+@click.option("--user", help="only this user's keys")
+@refusals
+def keys_list(config, user) -> None:
+    """List keys (never the keys themselves)."""
+    state = _state(config)
+    owner = accounts.find(state, user)["id"] if user else None
+    for key in accounts.list_keys(state, owner):
+        status = "active" if key["is_active"] else "revoked"
+        click.echo(
+            f"{key['id']}  {key['prefix']}…  {key['user_id']}  {key['name']:<20} "
+            f"{','.join(key['scopes']):<30} {status}  expires {key['expires_at'] or 'never'}"
+            f"  last used {key['last_used'] or 'never'}"
+        )
+
+
+@keys.command("create")
+@config_option
+@click.option("--user", required=True, help="owner (id, username or email)")
+@click.option("--name", required=True)
+@click.option("--scopes", help=f"comma-separated, from: {', '.join(sorted(ALL_SCOPES))}")
+@click.option("--expires-days", type=click.IntRange(1, 3650))
+@refusals
+def keys_create(config, user, name, scopes, expires_days) -> None:
+    """Create a key; it is printed once, here, and never stored."""
+    state = _state(config)
+    owner = accounts.find(state, user)
+    key, record = accounts.create_key(
+        state,
+        owner,
+        name=name,
+        actor=_actor(),
+        expires_days=expires_days,
+        scopes=[s.strip() for s in scopes.split(",") if s.strip()] if scopes else None,
+    )
+    click.echo(
+        f"API key {record['id']} for {owner['username']} (shown once, keep it safe):", err=True
+    )
+    click.echo(key)
+
+
+@keys.command("revoke")
+@config_option
+@click.argument("key_id")
+@refusals
+def keys_revoke(config, key_id) -> None:
+    """Revoke a key by id; it stops working at once."""
+    accounts.revoke_key(_state(config), key_id, actor=_actor())
+    click.echo(f"{key_id}: revoked")
+
+
+# -- config and audit ----------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret replaced by a mask."""
+    import dataclasses
+
+    data = dataclasses.asdict(settings)
+    if data["auth"]["jwt_secret"]:
+        data["auth"]["jwt_secret"] = MASK
+    if data["auth"]["default_admin"]:
+        data["auth"]["default_admin"]["password"] = MASK
+    data["rate_limits"]["storage_uri"] = re.sub(
+        r"(//[^:/@]*:)[^@]*@", rf"\g<1>{MASK}@", data["rate_limits"]["storage_uri"]
+    )
+    return data
+
+
+@config_group.command("check")
+@config_option
+def config_check(config) -> None:
+    """Validate the config files and INFERENCE_* variables; print the result, secrets masked."""
+    settings = _load(config)
+    click.echo(yaml.safe_dump(masked(settings), sort_keys=False), nl=False)
+    click.echo("# configuration is valid", err=True)
+
+
+@cli.group()
+def audit() -> None:
+    """Read the audit log."""
+
+
+@audit.command("tail")
+@config_option
+@click.option("-n", "count", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--user", help="events about or by this user id")
+@click.option("--event", help="only this event, e.g. auth.login")
+def audit_tail(config, count, user, event) -> None:
+    """Print the most recent audit events, one JSON object per line."""
+    from auth.audit import read_events
+
+    settings = _load(config)
+    for entry in read_events(settings.data_dir / "audit.log", count=count, user=user, event=event):
+        click.echo(json.dumps(entry, sort_keys=True))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -56,6 +56,8 @@ class StorageSettings:
     lock_timeout_seconds: float = setting(
         10, min=0.01, max=600, help="wait this long for a data file lock, then answer 503"
     )
+    audit_max_mb: float = setting(10, min=0.001, help="rotate audit.log beyond this size")
+    audit_backups: int = setting(5, min=0, max=100, help="rotated audit logs kept")
 
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
