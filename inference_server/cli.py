@@ -31,7 +31,7 @@ from auth import SecretError, StoreCorrupt, accounts
 from auth.errors import ApiError
 from auth.extension import AuthState, open_state
 from auth.limits import LimiterConfigError
-from auth.users import ALL_SCOPES
+from auth.users import ALL_SCOPES, check_email, check_username
 
 from .settings import ConfigError, Settings, load_settings
 
@@ -127,8 +127,8 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int |
 def create_admin(config, username, email, password, password_stdin, with_key) -> None:
     """Create an admin. Used before the first start, no default admin is ever created."""
     state = _state(config)
-    username = username or click.prompt("Username")
-    email = email or click.prompt("Email")
+    username = check_username(username or click.prompt("Username"))
+    email = check_email(email or click.prompt("Email"))
     secret = _new_password(password_stdin, password)
     user = accounts.create_user(
         state, username=username, email=email, password=secret, role="admin", actor=_actor()

@@ -1,0 +1,224 @@
+"""The command line, driven with click's runner and as a real subprocess next to a live server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from inference_server.cli import cli
+from tests.conftest import Actor, assert_error
+from tests.live import REPO, live_server
+
+GOOD = "a long and private passphrase"
+
+
+@pytest.fixture
+def run(data_dir):
+    """Invoke the CLI on the test's data dir; returns the click Result."""
+    runner = CliRunner()
+    env = {"INFERENCE_STORAGE__DATA_DIR": str(data_dir), "INFERENCE_AUTH__BCRYPT_ROUNDS": "4"}
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(cli, list(args), input=input, env=env)
+
+    return invoke
+
+
+def _admin(run, name="root"):
+    result = run(
+        "create-admin",
+        "--username",
+        name,
+        "--email",
+        f"{name}@example.org",
+        "--password-stdin",
+        input=GOOD + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_create_admin_non_interactive_then_no_default_admin(run, make_app):
+    result = _admin(run)
+    assert "created admin root" in result.output and GOOD not in result.output
+    app = make_app()
+    users = app.extensions["auth"].users.read().items.values()
+    assert [(u["username"], u["role"]) for u in users] == [("root", "admin")]
+    client = app.test_client()
+    assert_error(
+        client.post("/auth/login", json={"username": "admin", "password": "admin123"}),
+        401,
+        "INVALID_CREDENTIALS",
+    )
+    assert Actor(client).login("root", GOOD)["access_token"]
+
+
+def test_create_admin_interactive(run):
+    result = run("create-admin", input=f"keeper\nkeeper@example.org\n{GOOD}\n{GOOD}\n")
+    assert result.exit_code == 0, result.output
+    assert "created admin keeper" in result.output
+    assert GOOD not in result.output  # the prompts hide what is typed
+
+
+def test_create_admin_refuses_a_weak_password(run):
+    result = run(
+        "create-admin",
+        "--username",
+        "weak",
+        "--email",
+        "weak@example.org",
+        "--password-stdin",
+        input="password123\n",
+    )
+    assert result.exit_code == 1
+    assert "too common" in result.output
+
+
+def test_create_admin_with_key_prints_it_once(run, data_dir):
+    result = run(
+        "create-admin",
+        "--username",
+        "root",
+        "--email",
+        "r@example.org",
+        "--password-stdin",
+        "--with-key",
+        "ops",
+        input=GOOD + "\n",
+    )
+    key = result.output.strip().splitlines()[-1]
+    assert key.startswith("sk_live_")
+    assert key not in (data_dir / "api_keys.json").read_text()
+
+
+def test_users_commands(run):
+    _admin(run)
+    _admin(run, "second")
+    listed = run("users", "list")
+    assert "root" in listed.output and "second" in listed.output
+    assert json.loads(run("users", "show", "second").output)["role"] == "admin"
+    assert run("users", "set-role", "second", "user").exit_code == 0
+    assert json.loads(run("users", "show", "second@example.org").output)["role"] == "user"
+    assert run("users", "disable", "second").exit_code == 0
+    assert json.loads(run("users", "show", "second").output)["is_active"] is False
+    assert run("users", "enable", "second").exit_code == 0
+    refused = run("users", "disable", "root")
+    assert refused.exit_code == 1 and "last active admin" in refused.output
+    reset = run(
+        "users", "reset-password", "second", "--password-stdin", input="another long passphrase\n"
+    )
+    assert reset.exit_code == 0 and "another long passphrase" not in reset.output
+    assert run("users", "delete", "second", input="n\n").exit_code == 1  # aborted
+    assert run("users", "delete", "second", "--yes").exit_code == 0
+    missing = run("users", "show", "second")
+    assert missing.exit_code == 1 and "no user" in missing.output
+
+
+def test_keys_commands(run):
+    _admin(run)
+    created = run("keys", "create", "--user", "root", "--name", "batch", "--scopes", "predict")
+    assert created.exit_code == 0
+    key = created.stdout.strip()
+    assert key.startswith("sk_live_") and "\n" not in key
+    listed = run("keys", "list", "--user", "root").output
+    assert "batch" in listed and key not in listed and key[:12] in listed
+    key_id = listed.split()[0]
+    assert run("keys", "revoke", key_id).exit_code == 0
+    assert "revoked" in run("keys", "list").output
+    bad = run("keys", "create", "--user", "root", "--name", "x", "--scopes", "root")
+    assert bad.exit_code == 1 and "unknown scope" in bad.output
+
+
+def test_config_check_masks_secrets(run, tmp_path):
+    secret = "q8VxN2rTz5LmW7yB4cK9dF3hJ6pS1gA0-extra"
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        ["config", "check"],
+        env={
+            "INFERENCE_AUTH__JWT_SECRET": secret,
+            "INFERENCE_RATE_LIMITS__STORAGE_URI": "redis://:hunter2@127.0.0.1:6379/0",
+        },
+    )
+    assert result.exit_code == 0, result.output
+    assert secret not in result.output and "hunter2" not in result.output
+    assert "admin123" not in result.output and "********" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("auth: {rate_limit_per_minut: 5}\n")
+    broken = runner.invoke(cli, ["config", "check", "--config", str(bad)])
+    assert broken.exit_code == 1 and "auth.rate_limit_per_minut" in broken.output
+
+
+def test_audit_tail_filters(run):
+    _admin(run)
+    run("keys", "create", "--user", "root", "--name", "a")
+    lines = run("audit", "tail", "-n", "5").output.strip().splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert events == ["user.registered", "api_key.created"]
+    only = run("audit", "tail", "--event", "api_key.created").output.strip().splitlines()
+    assert len(only) == 1
+    assert run("audit", "tail", "--user", "usr_nobody").output == ""
+
+
+def test_corrupt_store_is_reported_not_overwritten(run, data_dir):
+    data_dir.mkdir(parents=True)
+    (data_dir / "users.json").write_text("{oops")
+    result = run("users", "list")
+    assert result.exit_code == 1 and "users.json" in result.output
+    assert (data_dir / "users.json").read_text() == "{oops"
+
+
+@pytest.mark.slow
+def test_deleting_a_user_from_the_cli_stops_their_key_in_a_running_server(tmp_path):
+    data_dir = tmp_path / "data"
+    env = {
+        "INFERENCE_STORAGE__DATA_DIR": str(data_dir),
+        "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
+        "PATH": "/usr/bin:/bin",
+    }
+
+    def cli_run(*args, input=None):
+        return subprocess.run(
+            [sys.executable, "run.py", *args],
+            cwd=REPO,
+            env=env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with live_server(data_dir, workers=2) as server:
+        made = cli_run(
+            "create-admin",
+            "--username",
+            "ops",
+            "--email",
+            "ops@example.org",
+            "--password-stdin",
+            input=GOOD + "\n",
+        )
+        assert made.returncode == 0, made.stderr
+        created = cli_run("keys", "create", "--user", "ops", "--name", "svc")
+        key = created.stdout.strip()
+
+        def predict():
+            return requests.post(
+                server.url("/predict"),
+                json={"data": [[1, 2, 3]]},
+                headers={"X-API-Key": key},
+                timeout=30,
+            )
+
+        assert all(predict().status_code == 200 for _ in range(4))
+        assert cli_run("users", "set-role", "ops", "user").returncode == 0
+        deleted = cli_run("users", "delete", "ops", "--yes")
+        assert deleted.returncode == 0, deleted.stderr + deleted.stdout
+        answers = [predict() for _ in range(4)]
+        assert all(a.status_code == 401 for a in answers)
+        assert answers[0].json()["error"]["code"] == "INVALID_API_KEY"
