@@ -222,3 +222,40 @@ def test_deleting_a_user_from_the_cli_stops_their_key_in_a_running_server(tmp_pa
         answers = [predict() for _ in range(4)]
         assert all(a.status_code == 401 for a in answers)
         assert answers[0].json()["error"]["code"] == "INVALID_API_KEY"
+
+
+@pytest.mark.slow
+def test_readme_operator_commands_run_as_written(tmp_path):
+    import re
+
+    from auth import accounts
+    from auth.extension import open_state
+    from inference_server.settings import load_settings
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- operators:start -->\s*```bash\n(.*?)```", readme, re.S).group(1)
+    data_dir = tmp_path / "data"
+    settings = load_settings(
+        environ={}, overrides={"storage": {"data_dir": str(data_dir)}, "auth": {"bcrypt_rounds": 4}}
+    )
+    state = open_state(settings=settings.auth, data_dir=settings.data_dir)
+    accounts.create_user(state, username="alice", email="alice@example.org", password=GOOD)
+    env = {
+        "INFERENCE_STORAGE__DATA_DIR": str(data_dir),
+        "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
+        "ADMIN_PASSWORD": "the operators own passphrase",
+        "PATH": "/usr/bin:/bin",
+        "PYTHON": sys.executable,
+    }
+    script = block.replace("python run.py", '"$PYTHON" run.py')
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "created admin ops" in done.stdout and "alice: deleted" in done.stdout
+    assert "revoked" in done.stdout and "# configuration is valid" in done.stderr
