@@ -12,7 +12,7 @@ from __future__ import annotations
 from .config import AuthSettings
 from .decorators import admin_required, current_principal, current_user, public, require_auth
 from .errors import ApiError, ValidationError
-from .extension import Auth, AuthState, Principal, auth_state
+from .extension import Auth, AuthState, Principal, auth_state, open_state
 from .inputs import json_body
 from .store import StoreCorrupt
 from .tokens import SecretError
@@ -31,6 +31,7 @@ __all__ = [
     "current_principal",
     "current_user",
     "json_body",
+    "open_state",
     "public",
     "require_auth",
 ]

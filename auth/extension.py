@@ -215,30 +215,13 @@ class AuthState:
 
 
 class Auth:
-    """Flask extension: `auth = Auth(); auth.init_app(app, settings=..., data_dir=...)`."""
+    """Flask extension: `auth = Auth(); auth.init_app(app, open_state(settings=..., ...))`."""
 
     def init_app(
-        self,
-        app: Flask,
-        *,
-        settings: AuthSettings,
-        data_dir: Path,
-        limits: RateLimitSettings | None = None,
-        trusted_proxies: Sequence[str] = (),
-        lock_timeout: float = 10.0,
-        audit_max_bytes: int = 10 * 1024 * 1024,
-        audit_backups: int = 5,
-        clock: Callable[[], float] = time.time,
+        self, app: Flask, state: AuthState, *, limits: RateLimitSettings | None = None
     ) -> AuthState:
-        state = open_state(
-            settings=settings,
-            data_dir=data_dir,
-            trusted_proxies=trusted_proxies,
-            lock_timeout=lock_timeout,
-            audit_max_bytes=audit_max_bytes,
-            audit_backups=audit_backups,
-            clock=clock,
-        )
+        """Serve `state` (see `open_state`) from `app`: hooks, limits, routes, default admin."""
+        settings = state.settings
         app.extensions["auth"] = state
         errors.init_app(app)
         if settings.enabled:

@@ -8,13 +8,26 @@ from typing import Any
 
 from flask import Flask
 
-from auth import Auth
+from auth import Auth, AuthState, open_state
 from auth.store import JsonStore
 
 from . import health, model_admin, models, predict
 from .settings import Settings, load_settings
 
 auth = Auth()
+
+
+def open_auth_state(settings: Settings, *, clock: Callable[[], float] = time.time) -> AuthState:
+    """The auth stores for these settings; the server and the command line both use this."""
+    return open_state(
+        settings=settings.auth,
+        data_dir=settings.data_dir,
+        trusted_proxies=settings.server.trusted_proxies,
+        lock_timeout=settings.storage.lock_timeout_seconds,
+        audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
+        audit_backups=settings.storage.audit_backups,
+        clock=clock,
+    )
 
 
 def create_app(
@@ -30,17 +43,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = int(settings.server.max_request_mb * 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["settings"] = settings
-    auth.init_app(
-        app,
-        settings=settings.auth,
-        limits=settings.rate_limits,
-        trusted_proxies=settings.server.trusted_proxies,
-        data_dir=settings.data_dir,
-        lock_timeout=settings.storage.lock_timeout_seconds,
-        audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
-        audit_backups=settings.storage.audit_backups,
-        clock=clock,
-    )
+    auth.init_app(app, open_auth_state(settings, clock=clock), limits=settings.rate_limits)
     app.extensions["models"] = models.ModelRegistry(
         settings.models,
         store=JsonStore(

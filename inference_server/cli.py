@@ -29,7 +29,7 @@ import yaml
 
 from auth import SecretError, StoreCorrupt, accounts
 from auth.errors import ApiError
-from auth.extension import AuthState, open_state
+from auth.extension import AuthState
 from auth.limits import LimiterConfigError
 from auth.users import ALL_SCOPES, check_email, check_username
 
@@ -56,15 +56,10 @@ def _load(config: str | None, **server: object) -> Settings:
 
 
 def _state(config: str | None) -> AuthState:
-    settings = _load(config)
+    from . import open_auth_state
+
     try:
-        return open_state(
-            settings=settings.auth,
-            data_dir=settings.data_dir,
-            lock_timeout=settings.storage.lock_timeout_seconds,
-            audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
-            audit_backups=settings.storage.audit_backups,
-        )
+        return open_auth_state(_load(config))
     except StoreCorrupt as exc:
         raise click.ClickException(f"{exc}; fix or restore it first") from None
 
