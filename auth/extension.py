@@ -104,6 +104,14 @@ class AuthState:
     def now(self) -> int:
         return int(self.clock())
 
+    @property
+    def access_ttl(self) -> int:
+        return self.settings.access_token_expire_minutes * 60
+
+    @property
+    def refresh_ttl(self) -> int:
+        return self.settings.refresh_token_expire_days * 86400
+
     # -- credentials -------------------------------------------------------------------------
 
     def authenticate(self) -> Principal | None:

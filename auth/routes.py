@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, Response, g, jsonify
 
 from . import accounts, api_keys, sessions
 from .decorators import public, require_auth
@@ -45,13 +45,12 @@ def issue_tokens(
     *,
     scopes: list[str] | None = None,
     key_id: str | None = None,
-) -> dict[str, Any]:
+) -> Response:
     """Start a login session for `user` and return its first access and refresh tokens."""
     assert state.signer is not None
     now = state.now()
     sid = sessions.new_session_id()
-    access_ttl = state.settings.access_token_expire_minutes * 60
-    refresh_ttl = state.settings.refresh_token_expire_days * 86400
+    access_ttl, refresh_ttl = state.access_ttl, state.refresh_ttl
     refresh, jti = state.signer.encode(
         sub=user["id"], sid=sid, token_type="refresh", now=now, ttl=refresh_ttl
     )
@@ -71,17 +70,18 @@ def issue_tokens(
     return _token_response(user, access, refresh, access_ttl)
 
 
-def _token_response(user: dict[str, Any], access: str, refresh: str, ttl: int):
-    body = {
+def _token_response(user: dict[str, Any], access: str, refresh: str, ttl: int) -> Response:
+    body: dict[str, Any] = {
         "access_token": access,
         "refresh_token": refresh,
         "token_type": "bearer",
         "expires_in": ttl,
     }
-    response = jsonify(body)
-    if user.get("must_change_password"):
+    due = bool(user.get("must_change_password"))
+    if due:
         body["password_change_required"] = True
-        response = jsonify(body)
+    response = jsonify(body)
+    if due:
         response.headers[PASSWORD_CHANGE_HEADER] = "true"
     return response
 
@@ -166,8 +166,7 @@ def refresh():
     user = state.users.read().items.get(claims["sub"])
     if user is None or not user["is_active"]:
         raise AuthenticationError("this account is disabled or deleted", error_code="INVALID_TOKEN")
-    access_ttl = state.settings.access_token_expire_minutes * 60
-    refresh_ttl = state.settings.refresh_token_expire_days * 86400
+    access_ttl, refresh_ttl = state.access_ttl, state.refresh_ttl
     new_refresh, new_jti = state.signer.encode(
         sub=user["id"], sid=claims["sid"], token_type="refresh", now=now, ttl=refresh_ttl
     )
