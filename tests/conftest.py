@@ -50,7 +50,13 @@ def base_overrides(data_dir: Path) -> dict[str, Any]:
         "storage": {"data_dir": str(data_dir), "lock_timeout_seconds": 2},
         # Limits out of the way; the rate limit tests set their own.
         "auth": {"bcrypt_rounds": 4, "rate_limit_per_minute": 1_000_000, "password_hash_slots": 8},
-        "rate_limits": {"roles": {"admin": "1000000/minute"}, "login": "1000000/minute"},
+        # The moving window is exact: a test's few requests never straddle a window boundary
+        # that the default sliding-window counter would round across.
+        "rate_limits": {
+            "roles": {"admin": "1000000/minute"},
+            "login": "1000000/minute",
+            "strategy": "moving-window",
+        },
         "models": {"registry": [{"name": "demo", "backend": "builtin", "path": DEMO_MODEL}]},
     }
 

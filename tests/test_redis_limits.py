@@ -20,6 +20,7 @@ def _env(uri: str, **extra: str) -> dict[str, str]:
     return {
         "INFERENCE_RATE_LIMITS__STORAGE_URI": uri,
         "INFERENCE_RATE_LIMITS__ROLES": "{admin: 10/minute}",
+        "INFERENCE_RATE_LIMITS__STRATEGY": "moving-window",  # exact, whatever the clock says
         **extra,
     }
 
