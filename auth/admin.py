@@ -11,7 +11,7 @@ from flask import Blueprint, g, jsonify, request
 from . import accounts
 from .decorators import admin_required
 from .errors import NotFound, ValidationError
-from .extension import auth_state
+from .extension import auth_state, require_enabled
 from .inputs import json_body, text
 from .passwords import MAX_PASSWORD_LENGTH
 from .users import profile
@@ -20,10 +20,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 MAX_PAGE = 500
 
 
-@bp.before_request
-def _only_when_enabled() -> None:
-    if not auth_state().settings.enabled:
-        raise NotFound("authentication is disabled on this server (auth.enabled: false)")
+bp.before_request(require_enabled)
 
 
 def _query_int(name: str, default: int, *, low: int, high: int) -> int:

@@ -302,6 +302,12 @@ def auth_state() -> AuthState:
     return current_app.extensions["auth"]
 
 
+def require_enabled() -> None:
+    """before_request of the auth and admin blueprints: absent in simple mode."""
+    if not auth_state().settings.enabled:
+        raise errors.NotFound("authentication is disabled on this server (auth.enabled: false)")
+
+
 def _authenticate_request() -> None:
     state = auth_state()
     g.principal = None

@@ -13,8 +13,8 @@ from flask import Blueprint, Response, g, jsonify
 
 from . import accounts, api_keys, sessions
 from .decorators import public, require_auth
-from .errors import AuthenticationError, NotFound, PermissionDenied, ValidationError
-from .extension import PASSWORD_CHANGE_HEADER, AuthState, Principal, auth_state
+from .errors import AuthenticationError, PermissionDenied, ValidationError
+from .extension import PASSWORD_CHANGE_HEADER, AuthState, Principal, auth_state, require_enabled
 from .inputs import integer, json_body, string_list, text
 from .passwords import MAX_PASSWORD_LENGTH, verify_password
 from .users import (
@@ -28,10 +28,7 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 INVALID_LOGIN = "invalid username or password"
 
 
-@bp.before_request
-def _only_when_enabled() -> None:
-    if not auth_state().settings.enabled:
-        raise NotFound("authentication is disabled on this server (auth.enabled: false)")
+bp.before_request(require_enabled)
 
 
 def _password_field(body: dict[str, Any], name: str) -> str:
