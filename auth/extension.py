@@ -158,7 +158,7 @@ class AuthState:
             raise AuthenticationError(
                 "this session has ended; log in again", error_code="INVALID_TOKEN"
             )
-        user = self._active_user(claims["sub"], error_code="INVALID_TOKEN")
+        user = self.active_user(claims["sub"], error_code="INVALID_TOKEN")
         scopes = ROLE_SCOPES[user["role"]]
         if session["scopes"] is not None:
             scopes = scopes & frozenset(session["scopes"])
@@ -169,7 +169,7 @@ class AuthState:
         if key is None:
             return None
         record = self.find_key(key.strip())
-        user = self._active_user(record["user_id"], error_code="INVALID_API_KEY")
+        user = self.active_user(record["user_id"], error_code="INVALID_API_KEY")
         self._touch_key(record["id"])
         scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
         return Principal(user=user, scopes=scopes, via="api_key", key_id=record["id"])
@@ -191,7 +191,8 @@ class AuthState:
             raise AuthenticationError("this API key has expired", error_code="INVALID_API_KEY")
         return record
 
-    def _active_user(self, user_id: str, *, error_code: str) -> dict[str, Any]:
+    def active_user(self, user_id: str, *, error_code: str) -> dict[str, Any]:
+        """The user `user_id` if it exists and is enabled; raises 401 with `error_code`."""
         user = self.users.read().items.get(user_id)
         if user is None or not user["is_active"]:
             raise AuthenticationError("this account is disabled or deleted", error_code=error_code)

@@ -121,9 +121,7 @@ def login():
     if "api_key" in body:
         key = text(body, "api_key", max_len=api_keys.KEY_LENGTH)
         record = state.find_key(key)  # type: ignore[arg-type]
-        user = state.users.read().items.get(record["user_id"])
-        if user is None or not user["is_active"]:
-            raise AuthenticationError(INVALID_LOGIN, error_code="INVALID_API_KEY")
+        user = state.active_user(record["user_id"], error_code="INVALID_API_KEY")
         state.audit.record(
             "auth.login", outcome="ok", via="api_key", user_id=user["id"], key_id=record["id"]
         )
@@ -160,9 +158,7 @@ def refresh():
     token = text(json_body(allow_form=True), "refresh_token", max_len=4096)
     now = state.now()
     claims = state.signer.decode(token, token_type="refresh", now=now)  # type: ignore[arg-type]
-    user = state.users.read().items.get(claims["sub"])
-    if user is None or not user["is_active"]:
-        raise AuthenticationError("this account is disabled or deleted", error_code="INVALID_TOKEN")
+    user = state.active_user(claims["sub"], error_code="INVALID_TOKEN")
     access_ttl, refresh_ttl = state.access_ttl, state.refresh_ttl
     new_refresh, new_jti = state.signer.encode(
         sub=user["id"], sid=claims["sid"], token_type="refresh", now=now, ttl=refresh_ttl
