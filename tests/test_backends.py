@@ -70,12 +70,19 @@ def test_onnx(tmp_path):
     assert model.details["input_name"] == "X"
 
 
-def test_onnx_bad_file(tmp_path):
-    pytest.importorskip("onnxruntime")
-    path = tmp_path / "junk.onnx"
-    path.write_bytes(b"not a graph")
-    with pytest.raises(ModelLoadError, match="cannot load ONNX model"):
-        load_model(spec(backend="onnx", path=str(path)))
+@pytest.mark.parametrize(
+    ("backend", "module", "message"),
+    [
+        ("onnx", "onnxruntime", "cannot load ONNX model"),
+        ("torchscript", "torch", "cannot load TorchScript model"),
+    ],
+)
+def test_unloadable_file_is_a_load_error(tmp_path, backend, module, message):
+    pytest.importorskip(module)
+    path = tmp_path / "junk.bin"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(spec(backend=backend, path=str(path)))
 
 
 def test_onnx_unknown_input_name(tmp_path):
@@ -92,14 +99,6 @@ def test_torchscript(tmp_path):
     out = predict(model, X)
     np.testing.assert_allclose(out, expected_affine(X), rtol=1e-5, atol=1e-5)
     assert model.input.dtype == "float32"
-
-
-def test_torchscript_bad_file(tmp_path):
-    pytest.importorskip("torch")
-    path = tmp_path / "junk.pt"
-    path.write_bytes(b"nope")
-    with pytest.raises(ModelLoadError, match="cannot load TorchScript model"):
-        load_model(spec(backend="torchscript", path=str(path)))
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,11 @@ def _spend(actor, headers, n):
     return [actor.predict(headers).status_code for _ in range(n)]
 
 
+def _bad_login(client, **request):
+    """One wrong-password login for the default admin; `request` adds headers or environ."""
+    return client.post("/auth/login", json={"username": "admin", "password": "wrong!!!"}, **request)
+
+
 def _user_id(app, name):
     users = app.extensions["auth"].users.read().items
     return next(uid for uid, u in users.items() if u["username"] == name)
@@ -108,11 +113,7 @@ def test_login_is_limited_per_address(make_app):
     client = app.test_client()
 
     def attempt(address):
-        return client.post(
-            "/auth/login",
-            json={"username": "admin", "password": "wrong!!!"},
-            environ_base={"REMOTE_ADDR": address},
-        )
+        return _bad_login(client, environ_base={"REMOTE_ADDR": address})
 
     assert [attempt("198.51.100.7").status_code for _ in range(3)] == [401] * 3
     blocked = attempt("198.51.100.7")
@@ -125,11 +126,7 @@ def test_rotating_forwarded_for_does_not_buy_a_new_budget(make_app):
     app = make_app(rate_limits={"login": "3/minute"})
     client = app.test_client()
     codes = [
-        client.post(
-            "/auth/login",
-            json={"username": "admin", "password": "wrong!!!"},
-            headers={"X-Forwarded-For": f"203.0.113.{i}"},
-        ).status_code
+        _bad_login(client, headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
         for i in range(6)
     ]
     assert codes == [401, 401, 401, 429, 429, 429]
@@ -140,11 +137,7 @@ def test_behind_a_trusted_proxy_only_the_proxys_hop_counts(make_app):
     client = app.test_client()
 
     def attempt(forwarded):
-        return client.post(
-            "/auth/login",
-            json={"username": "admin", "password": "wrong!!!"},
-            headers={"X-Forwarded-For": forwarded},
-        ).status_code
+        return _bad_login(client, headers={"X-Forwarded-For": forwarded}).status_code
 
     # The client forges a left-most entry each time; the proxy appends the real address.
     assert [attempt(f"10.9.9.{i}, 198.51.100.20") for i in range(4)] == [401, 401, 401, 429]
