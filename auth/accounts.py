@@ -18,7 +18,7 @@ from . import api_keys, sessions
 from .config import rate_limit
 from .errors import Conflict, NotFound, PermissionDenied, ValidationError
 from .extension import AuthState, iso
-from .passwords import hash_password, password_problem
+from .passwords import password_problem
 from .users import (
     ALL_SCOPES,
     ROLE_SCOPES,
@@ -39,11 +39,6 @@ def check_password(state: AuthState, password: str, *, username: str, field: str
     )
     if problem:
         raise ValidationError(problem, details={"field": field})
-
-
-def _hash(state: AuthState, password: str) -> str:
-    with state.password_gate.slot():
-        return hash_password(password, rounds=state.settings.bcrypt_rounds)
 
 
 def find(state: AuthState, ref: str) -> dict[str, Any]:
@@ -72,7 +67,7 @@ def create_user(
         email=email,
         full_name=full_name,
         role=role,
-        password_hash=_hash(state, password),
+        password_hash=state.hash_password(password),
         now_iso=iso(state.now()),
     )
     state.users.update(lambda items: add_user(items, user))
@@ -182,7 +177,7 @@ def set_password(
     """Set a password (policy enforced) and end the user's other sessions; returns how many."""
     user = find(state, user_id)
     check_password(state, new_password, username=user["username"], field="new_password")
-    new_hash = _hash(state, new_password)
+    new_hash = state.hash_password(new_password)
     now_iso = iso(state.now())
 
     def change(items: Items) -> None:

@@ -95,6 +95,13 @@ class AuthSettings:
         help="password hashes computed at once across all workers; more "
         "logins at that moment get 429 at once instead of queueing in front of predictions",
     )
+    failed_login_delay_seconds: float = setting(
+        1.0,
+        min=0,
+        max=30,
+        help="a login that fails (any answer but 200) is answered no sooner than this after it "
+        "arrived: guessing slows down and a flood waits instead of spinning; 0 = off",
+    )
     default_admin: DefaultAdmin | None = setting(
         factory=DefaultAdmin,
         help="the admin created when no user exists; null = never create one",

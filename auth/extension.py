@@ -33,10 +33,12 @@ from .limits import (
     LoginGuard,
     PasswordGate,
     client_address,
+    hold_failed_login,
     init_limiter,
     keep_own_limit_headers,
+    stamp_login_arrival,
 )
-from .passwords import hash_password
+from .passwords import hash_password, verify_password
 from .store import JsonStore, secure_dir
 from .tokens import TokenSigner, load_secret
 from .users import ROLE_SCOPES, UserIndex, index_users, new_user
@@ -85,6 +87,10 @@ class Principal:
         return self.user["role"] == "admin"
 
 
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)  # looked up at each call: gevent's sleep once the worker is patched
+
+
 @dataclass
 class AuthState:
     settings: AuthSettings
@@ -97,6 +103,7 @@ class AuthState:
     audit: AuditLog
     password_gate: PasswordGate
     trusted_proxies: tuple[str, ...] = ()
+    sleep: Callable[[float], None] = _sleep
     signer: TokenSigner | None = None
     login_guard: LoginGuard | None = None
     _touched: dict[str, int] = field(default_factory=dict)
@@ -111,6 +118,17 @@ class AuthState:
     @property
     def refresh_ttl(self) -> int:
         return self.settings.refresh_token_expire_days * 86400
+
+    # -- passwords (bounded, off the event loop: see PasswordGate) ----------------------------
+
+    def hash_password(self, password: str) -> str:
+        return self.password_gate.run(hash_password, password, rounds=self.settings.bcrypt_rounds)
+
+    def verify_password(self, password: str, hashed: str | None) -> bool:
+        """`hashed=None` (no such user) costs the same as a wrong password, and fails."""
+        return self.password_gate.run(
+            verify_password, password, hashed, rounds=self.settings.bcrypt_rounds
+        )
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -241,8 +259,10 @@ class Auth:
                 audience=settings.jwt_audience,
             )
             _ensure_default_admin(state)
-        # Order matters: the limiter's before_request must run after authentication.
+        # Order matters: the limiter's before_request must run after these two.
         app.before_request(_authenticate_request)
+        app.before_request(stamp_login_arrival)
+        app.after_request(hold_failed_login)
         app.after_request(_flag_default_password)
         # after_request hooks run in reverse: this one runs after flask-limiter's.
         app.after_request(keep_own_limit_headers)
@@ -267,10 +287,12 @@ def open_state(
     audit_max_bytes: int = 10 * 1024 * 1024,
     audit_backups: int = 5,
     clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] | None = None,
 ) -> AuthState:
     """The stores and helpers, opened (StoreCorrupt on a bad file), without any Flask app.
 
     The command line uses this to work on the same files, under the same locks, as the server.
+    `clock` and `sleep` are for tests.
     """
     data_dir = secure_dir(Path(data_dir))
 
@@ -293,6 +315,7 @@ def open_state(
         audit=AuditLog(data_dir / "audit.log", max_bytes=audit_max_bytes, backups=audit_backups),
         password_gate=PasswordGate(data_dir, settings.password_hash_slots),
         trusted_proxies=tuple(trusted_proxies),
+        sleep=sleep or _sleep,
     )
     for each in (state.users, state.keys, state.key_usage, state.sessions):
         each.open()

@@ -17,7 +17,10 @@ The per-user and per-address limits are flask-limiter application limits evaluat
 
 `PasswordGate` bounds how many bcrypt computations run at once across every worker process
 (file-lock slots): a login flood then costs at most that many cores, and logins beyond it get an
-immediate 429 instead of occupying workers that predictions need.
+immediate 429. Every failed login (429s included) is answered no sooner than
+`auth.failed_login_delay_seconds` after it arrived (`hold_failed_login`): under the server's gevent
+workers a held answer costs a sleeping greenlet, so a flood of 50 connections sending logins back
+to back sends at most 50 a second instead of spinning the CPU that predictions need.
 
 Client addresses come from the socket unless the peer is a configured trusted proxy, in which case
 the right-most X-Forwarded-For entry that is not itself a trusted proxy is used: a client can put
@@ -29,12 +32,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 from flask import Flask, current_app, g, request
@@ -46,6 +51,7 @@ from .config import AuthSettings, RateLimitSettings
 from .errors import ApiError, StorageBusy, render_error
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXEMPT_ATTR = "_rate_limit_exempt"
 LOGIN_ENDPOINT = "auth.login"
@@ -212,6 +218,29 @@ def _storage_unreachable(exc: StorageError):
     )
 
 
+# -- failed logins are answered late ------------------------------------------------------------
+
+
+def stamp_login_arrival() -> None:
+    """before_request, ahead of flask-limiter (which may refuse the login with a 429)."""
+    state = current_app.extensions["auth"]
+    if request.endpoint == LOGIN_ENDPOINT and state.settings.enabled:
+        g.login_arrived = state.clock()
+
+
+def hold_failed_login(response):
+    """after_request: answer a failed login no sooner than the configured delay after it came."""
+    arrived = g.pop("login_arrived", None)
+    if arrived is None or response.status_code == 200:
+        return response
+    state = current_app.extensions["auth"]
+    delay = state.settings.failed_login_delay_seconds
+    remaining = min(delay, arrived + delay - state.clock())
+    if remaining > 0:
+        state.sleep(remaining)
+    return response
+
+
 # -- failed logins per account ------------------------------------------------------------------
 
 
@@ -260,11 +289,18 @@ class LoginGuard:
 
 
 class PasswordGate:
-    """At most `slots` password hashes at once across all processes sharing `lock_dir`."""
+    """At most `slots` password hashes at once across all processes sharing `lock_dir`.
+
+    Under gevent (the server's workers) the hash runs on a real thread, where bcrypt releases the
+    GIL: the worker's event loop keeps answering predictions while a login is being checked. On
+    Linux that thread runs at the lowest CPU priority (nice 19), so when the cores are busy the
+    predictions come first and logins wait.
+    """
 
     def __init__(self, lock_dir: Path, slots: int) -> None:
         self._paths = [str(lock_dir / f"password-hash-{i}.lock") for i in range(slots)]
         self._locks: dict[tuple[int, str], FileLock] = {}
+        self._pools: dict[int, Any] = {}
 
     def _lock(self, path: str) -> FileLock:
         key = (os.getpid(), path)  # never reuse a lock object across a fork
@@ -273,8 +309,8 @@ class PasswordGate:
             lock = self._locks[key] = FileLock(path, mode=0o600)
         return lock
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` in a free slot, off the event loop; 429 if every slot is busy."""
         for path in self._paths:
             lock = self._lock(path)
             try:
@@ -282,14 +318,37 @@ class PasswordGate:
             except Timeout:
                 continue
             try:
-                yield
+                pool = self._thread_pool()
+                if pool is None:
+                    return fn(*args, **kwargs)
+                return pool.apply(_at_low_priority, (fn, args, kwargs))
             finally:
                 lock.release()
-            return
         raise RateLimited(
             "too many password checks are running right now; retry in a moment",
             headers={"Retry-After": "1"},
         )
+
+    def _thread_pool(self) -> Any:
+        """A pool of real threads if gevent has patched this process, else None (call inline)."""
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("threading"):
+            return None
+        pool = self._pools.get(os.getpid())
+        if pool is None:
+            from gevent.threadpool import ThreadPool
+
+            pool = self._pools[os.getpid()] = ThreadPool(len(self._paths))
+        return pool
+
+
+def _at_low_priority(fn: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
+    """Run on a hashing thread of its own: lower that thread's priority first (Linux only, where
+    a thread id is accepted as a process id and only that thread changes)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    return fn(*args, **kwargs)
 
 
 def exempt(view: Any) -> Any:

@@ -16,7 +16,7 @@ from .decorators import public, require_auth
 from .errors import AuthenticationError, PermissionDenied, ValidationError
 from .extension import PASSWORD_CHANGE_HEADER, AuthState, Principal, auth_state, require_enabled
 from .inputs import integer, json_body, string_list, text
-from .passwords import MAX_PASSWORD_LENGTH, verify_password
+from .passwords import MAX_PASSWORD_LENGTH
 from .users import (
     ALL_SCOPES,
     find_user,
@@ -132,10 +132,7 @@ def login():
     state.login_guard.check(identifier)  # type: ignore[union-attr,arg-type]
     snapshot = state.users.read()
     user = find_user(snapshot.items, snapshot.index, identifier)  # type: ignore[arg-type]
-    with state.password_gate.slot():
-        ok = verify_password(
-            password, user["password_hash"] if user else None, rounds=state.settings.bcrypt_rounds
-        )
+    ok = state.verify_password(password, user["password_hash"] if user else None)
     if not ok or not user["is_active"]:  # type: ignore[index]
         state.login_guard.record_failure(identifier)  # type: ignore[union-attr,arg-type]
         state.audit.record(
@@ -234,11 +231,7 @@ def change_password():
             "new password must differ from the current one", details={"field": "new_password"}
         )
     accounts.check_password(state, new, username=principal.user["username"], field="new_password")
-    with state.password_gate.slot():
-        ok = verify_password(
-            current, principal.user["password_hash"], rounds=state.settings.bcrypt_rounds
-        )
-    if not ok:
+    if not state.verify_password(current, principal.user["password_hash"]):
         raise ValidationError(
             "current password is incorrect", details={"field": "current_password"}
         )

@@ -17,7 +17,12 @@ from .settings import Settings, load_settings
 auth = Auth()
 
 
-def open_auth_state(settings: Settings, *, clock: Callable[[], float] = time.time) -> AuthState:
+def open_auth_state(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] | None = None,
+) -> AuthState:
     """The auth stores for these settings; the server and the command line both use this."""
     return open_state(
         settings=settings.auth,
@@ -27,6 +32,7 @@ def open_auth_state(settings: Settings, *, clock: Callable[[], float] = time.tim
         audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
         audit_backups=settings.storage.audit_backups,
         clock=clock,
+        sleep=sleep,
     )
 
 
@@ -35,15 +41,19 @@ def create_app(
     *,
     overrides: Mapping[str, Any] | None = None,
     clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] | None = None,
 ) -> Flask:
-    """Build the app from `settings`, or from the config layers plus test `overrides`."""
+    """Build the app from `settings`, or from the config layers plus test `overrides`;
+    `clock` and `sleep` let tests control time."""
     if settings is None:
         settings = load_settings(overrides=overrides)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(settings.server.max_request_mb * 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["settings"] = settings
-    auth.init_app(app, open_auth_state(settings, clock=clock), limits=settings.rate_limits)
+    auth.init_app(
+        app, open_auth_state(settings, clock=clock, sleep=sleep), limits=settings.rate_limits
+    )
     app.extensions["models"] = models.ModelRegistry(
         settings.models,
         store=JsonStore(

@@ -106,7 +106,7 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int |
 
     settings = _load(config, host=host, port=port, workers=workers)
     try:
-        run_server(settings)
+        run_server(settings, config_file=config)
     except (StoreCorrupt, SecretError, LimiterConfigError) as exc:
         raise click.ClickException(f"{exc}; refusing to start") from None
 

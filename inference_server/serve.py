@@ -1,36 +1,34 @@
-"""Running the server under gunicorn, never Flask's development server.
+"""Running the server under gunicorn with gevent workers, never Flask's development server.
 
-The app is built once in the master before any worker starts, so a bad config, a corrupt data file
-or a weak secret stops the server with one clear message instead of a loop of dying workers.
-Workers then build their own app after the fork (no `--preload`): file locks and caches are never
-shared across processes.
+`serve` builds the app once in this process first, so a bad config, a corrupt data file or a weak
+secret stops the server with one clear message instead of a loop of dying workers. It then
+replaces itself (exec, same process id) with a plain gunicorn master that imports nothing of
+ours: every worker is patched by gevent before it imports the app (`inference_server.wsgi`), so
+each module, filelock's per-thread lock state included, sees gevent's primitives. Workers reach
+the same settings through the environment: the config file as `INFERENCE_CONFIG`, the server
+flags as `INFERENCE_SERVER__*`.
+
+Why gevent: a connection that waits (a failed login held back by
+`auth.failed_login_delay_seconds`, a slow client) costs a greenlet, not a process, so a flood of
+logins cannot occupy the workers that predictions need; password hashing runs on real threads
+(see `auth.limits.PasswordGate`). Connections close after each response, as with synchronous
+workers: every request is accepted by whichever worker is free, so CPU-bound inference spreads
+evenly and no client's connection stays pinned to a busy process.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
-
-from gunicorn.app.base import BaseApplication
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
 
 from . import create_app
-from .settings import Settings
+from .settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
-
-
-class _Gunicorn(BaseApplication):
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self.settings = settings
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        return create_app(self.settings)
 
 
 def startup_warnings(settings: Settings) -> list[str]:
@@ -50,26 +48,41 @@ def startup_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
-def serve(settings: Settings) -> None:
+def gunicorn_command(settings: Settings) -> list[str]:
+    server = settings.server
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        f"--bind={server.host}:{server.port}",
+        f"--workers={server.workers}",
+        "--worker-class=gevent",
+        f"--worker-connections={server.worker_connections}",
+        "--keep-alive=0",
+        "--timeout=60",
+        "--graceful-timeout=10",
+        "--error-logfile=-",
+        "--log-level=info",
+        "--name=inference-server",
+        "--no-control-socket",
+        "inference_server.wsgi:app",
+    ]
+
+
+def worker_environment(settings: Settings, config_file: str | None) -> dict[str, str]:
+    """This environment plus what makes the workers load exactly `settings`."""
+    env = dict(os.environ)
+    if config_file:
+        env[f"{ENV_PREFIX}CONFIG"] = str(Path(config_file).resolve())
+    server = settings.server
+    for key, value in (("host", server.host), ("port", server.port), ("workers", server.workers)):
+        env[f"{ENV_PREFIX}SERVER__{key.upper()}"] = json.dumps(value)  # JSON is YAML
+    return env
+
+
+def serve(settings: Settings, *, config_file: str | None = None) -> NoReturn:
     create_app(settings)  # fail fast, in one process, on anything that would stop every worker
     for warning in startup_warnings(settings):
         log.warning(warning)
-    server = settings.server
-    _Gunicorn(
-        settings,
-        {
-            "bind": f"{server.host}:{server.port}",
-            "workers": server.workers,
-            # One request at a time per process suits CPU-bound inference and spreads load
-            # evenly; threads > 1 switches to threaded workers with HTTP keep-alive.
-            "worker_class": "gthread" if server.threads > 1 else "sync",
-            "threads": server.threads,
-            "timeout": 60,
-            "graceful_timeout": 10,
-            "preload_app": False,
-            "errorlog": "-",
-            "loglevel": "info",
-            "proc_name": "inference-server",
-            "control_socket_disable": True,
-        },
-    ).run()
+    command = gunicorn_command(settings)
+    os.execve(command[0], command, worker_environment(settings, config_file))

@@ -39,8 +39,8 @@ class ServerSettings:
     host: str = setting("127.0.0.1", help="address to bind; 0.0.0.0 exposes the server")
     port: int = setting(8000, min=1, max=65535, help="TCP port")
     workers: int = setting(1, min=1, max=64, help="gunicorn worker processes")
-    threads: int = setting(
-        1, min=1, max=64, help="threads per worker; 1 = sync workers, more = threaded keep-alive"
+    worker_connections: int = setting(
+        1000, min=1, max=100_000, help="connections one worker holds open at once"
     )
     max_request_mb: float = setting(10, min=0.001, max=1024, help="largest request body")
     trusted_proxies: list[str] = setting(

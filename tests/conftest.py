@@ -26,12 +26,17 @@ class FrozenClock:
 
     def __init__(self) -> None:
         self.now = float(int(time.time()))
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(seconds)
 
 
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,7 +54,12 @@ def base_overrides(data_dir: Path) -> dict[str, Any]:
     return {
         "storage": {"data_dir": str(data_dir), "lock_timeout_seconds": 2},
         # Limits out of the way; the rate limit tests set their own.
-        "auth": {"bcrypt_rounds": 4, "rate_limit_per_minute": 1_000_000, "password_hash_slots": 8},
+        "auth": {
+            "bcrypt_rounds": 4,
+            "rate_limit_per_minute": 1_000_000,
+            "password_hash_slots": 8,
+            "failed_login_delay_seconds": 0,  # tests of the delay turn it on
+        },
         # The moving window is exact: a test's few requests never straddle a window boundary
         # that the default sliding-window counter would round across.
         "rate_limits": {
@@ -77,7 +87,9 @@ def make_app(data_dir: Path, clock: FrozenClock) -> Callable[..., Flask]:
 
     def factory(**sections: Any) -> Flask:
         overrides = deep_merge(base_overrides(data_dir), sections)
-        app = create_app(load_settings(overrides=overrides, environ={}), clock=clock)
+        app = create_app(
+            load_settings(overrides=overrides, environ={}), clock=clock, sleep=clock.sleep
+        )
         app.testing = True
         return app
 
