@@ -228,3 +228,50 @@ def test_memory_storage_with_workers_warns():
         },
     )
     assert startup_warnings(shared) == []
+
+
+@pytest.fixture
+def delayed(make_app, clock):
+    """An app that holds failed logins 1.5 s (the frozen clock records each sleep)."""
+    return make_app(
+        auth={"failed_login_delay_seconds": 1.5},
+        rate_limits={"login": "2/minute"},
+    ).test_client()
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"username": "admin", "password": "wrong!!!"}, 401),  # wrong password
+        ({"username": "nobody", "password": "wrong!!!"}, 401),  # unknown account
+        ({"username": "admin"}, 400),  # malformed
+        ({"api_key": "sk_live_not-a-key"}, 401),  # bad key
+    ],
+)
+def test_failed_login_is_answered_after_the_delay(delayed, clock, body, status):
+    assert delayed.post("/auth/login", json=body).status_code == status
+    assert clock.slept == [1.5]
+
+
+def test_login_refused_by_the_address_limit_is_held_too(delayed, clock):
+    for _ in range(2):
+        _bad_login(delayed)
+    assert_error(_bad_login(delayed), 429, "RATE_LIMIT_EXCEEDED")
+    assert clock.slept == [1.5] * 3
+
+
+def test_successful_login_and_other_failures_are_not_held(delayed, clock):
+    response = delayed.post("/auth/login", json={"username": "admin", "password": "admin123"})
+    assert response.status_code == 200
+    token = bearer(response.get_json()["access_token"])
+    assert delayed.post("/auth/refresh", json={"refresh_token": "nope"}).status_code == 401
+    assert delayed.post("/predict", json={"data": [[1]]}).status_code == 401
+    assert delayed.get("/auth/me", headers=token).status_code == 200
+    assert clock.slept == []
+
+
+def test_no_delay_when_turned_off_or_in_simple_mode(make_app, clock):
+    for sections in ({}, {"auth": {"enabled": False, "failed_login_delay_seconds": 1}}):
+        client = make_app(**sections).test_client()
+        assert _bad_login(client).status_code in (401, 404)
+    assert clock.slept == []

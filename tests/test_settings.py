@@ -121,3 +121,17 @@ def test_every_problem_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_settings(_write(tmp_path, "server: {port: x, workers: 0}\n"), environ={})
     assert "server.port" in str(info.value) and "server.workers" in str(info.value)
+
+
+def test_workers_load_the_settings_the_server_checked(tmp_path, monkeypatch):
+    """`serve` execs gunicorn, whose workers load settings from the environment it passes."""
+    from inference_server.serve import worker_environment
+
+    config = _write(tmp_path, "server: {port: 9100}\nauth: {rate_limit_per_minute: 7}\n")
+    monkeypatch.chdir(tmp_path)
+    checked = load_settings(
+        config.name, overrides={"server": {"host": "::1", "workers": 3}}, environ={}
+    )
+    environ = worker_environment(checked, config.name)
+    monkeypatch.chdir("/")  # a relative config path must still resolve in the workers
+    assert load_settings(environ=environ) == checked
