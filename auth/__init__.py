@@ -1,8 +1,12 @@
 """A self-contained Flask authentication extension: users, JWTs, API keys, JSON-file stores.
 
-    from auth import Auth, require_auth
+    from auth import Auth, AuthSettings, open_state, require_auth
     auth = Auth()
-    auth.init_app(app, settings=AuthSettings(), data_dir=Path("data"))
+    auth.init_app(app, open_state(settings=AuthSettings(), data_dir=Path("data")))
+
+Under gevent (as the inference server runs it) password hashing moves to real threads by itself,
+and a failed login held back by `failed_login_delay_seconds` costs a sleeping greenlet. Under a
+server with one thread per request, that delay holds the thread: set it to 0 there.
 
 It never imports the application that uses it.
 """

@@ -293,7 +293,7 @@ class PasswordGate:
 
     Under gevent (the server's workers) the hash runs on a real thread, where bcrypt releases the
     GIL: the worker's event loop keeps answering predictions while a login is being checked. On
-    Linux that thread runs at the lowest CPU priority (nice 19), so when the cores are busy the
+    Linux that thread is in the idle scheduling class (SCHED_IDLE), so when the cores are busy the
     predictions come first and logins wait.
     """
 
@@ -343,11 +343,11 @@ class PasswordGate:
 
 
 def _at_low_priority(fn: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
-    """Run on a hashing thread of its own: lower that thread's priority first (Linux only, where
-    a thread id is accepted as a process id and only that thread changes)."""
+    """Run on a hashing thread of its own, first moved to the idle scheduling class (Linux, where
+    a thread id names just that thread): any ordinary runnable task preempts it at once."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
     return fn(*args, **kwargs)
 
 

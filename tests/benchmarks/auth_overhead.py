@@ -170,7 +170,6 @@ def login_flood(stack: ExitStack, tmp: Path, opts) -> None:
         f"{opts.seconds * 2}s per run, bcrypt cost 12, gunicorn 2 workers, while 50 connections "
         "send requests back to back"
     )
-    print(f"{'situation':<60}{'p50 ms':>9}{'p99 ms':>9}")
     lifted = {
         "INFERENCE_RATE_LIMITS__LOGIN": f"{HUGE}/minute",
         "INFERENCE_RATE_LIMITS__LOGIN_FAILURES": f"{HUGE}/hour",
@@ -182,37 +181,53 @@ def login_flood(stack: ExitStack, tmp: Path, opts) -> None:
         ("bad logins, limits lifted, no failed-login delay", no_delay, "/auth/login", bad_login),
         ("GET /health (no auth work), for comparison", {}, "/health", health),
     ]
-    quiet_p99 = None
-    for i, (label, extra, path, script) in enumerate(setups):
+    servers = []
+    for i, (_, extra, _, _) in enumerate(setups):
         env = {**BENCH_ENV, "INFERENCE_AUTH__BCRYPT_ROUNDS": "12", **extra}
         server = stack.enter_context(live_server(tmp / f"flood-{i}", workers=2, env=env))
         headers = credentials(server)["api-key"]
-        url = server.url("/predict")
-        run_wrk(url, headers, seconds=1, connections=4, script=predict)  # warm up
-        if quiet_p99 is None:
-            p50, quiet_p99 = latency(url, headers, seconds=opts.seconds * 2, script=predict)
-            print(f"{'no flood':<60}{p50:>9.2f}{quiet_p99:>9.2f}")
-        flooder = subprocess.Popen(
-            [
-                "wrk",
-                "-t1",
-                "-c50",
-                f"-d{opts.seconds * 2 + 2}s",
-                "-s",
-                str(script),
-                server.url(path),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            p50, p99 = latency(url, headers, seconds=opts.seconds * 2, script=predict)
-        finally:
-            flood_out = flooder.communicate()[0]
-        rate = re.search(r"Requests/sec:\s+([\d.]+)", flood_out).group(1)
+        run_wrk(server.url("/predict"), headers, seconds=1, connections=4, script=predict)
+        servers.append((server, headers))
+
+    def probe(server, headers) -> tuple[float, float]:
+        return latency(server.url("/predict"), headers, seconds=opts.seconds * 2, script=predict)
+
+    # Every round measures the quiet server and then each flood, so drift hits all alike.
+    quiet: list[tuple[float, float]] = []
+    flooded: list[list[tuple[float, float, float]]] = [[] for _ in setups]
+    for r in range(opts.rounds):
+        quiet.append(probe(*servers[0]))
+        for i, (_, _, path, script) in enumerate(setups):
+            server, headers = servers[i]
+            seconds = opts.seconds * 2 + 2
+            flooder = subprocess.Popen(
+                ["wrk", "-t1", "-c50", f"-d{seconds}s", "-s", str(script), server.url(path)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                p50, p99 = probe(server, headers)
+            finally:
+                flood_out = flooder.communicate()[0]
+            rate = float(re.search(r"Requests/sec:\s+([\d.]+)", flood_out).group(1))
+            flooded[i].append((p50, p99, rate))
         print(
-            f"{'flood of ' + label:<60}{p50:>9.2f}{p99:>9.2f}   "
-            f"(p99 x{p99 / quiet_p99:.2f}; flood answered {rate}/s)"
+            f"round {r + 1}: quiet p99 {quiet[-1][1]:.2f} ms, flooded p99 "
+            + ", ".join(f"{runs[-1][1]:.2f}" for runs in flooded)
+        )
+
+    def median(values, column):
+        return statistics.median(v[column] for v in values)
+
+    quiet_p99 = median(quiet, 1)
+    print(f"\nmedians of {opts.rounds} rounds")
+    print(f"{'situation':<60}{'p50 ms':>9}{'p99 ms':>9}{'p99 ratio':>11}{'flood/s':>10}")
+    print(f"{'no flood':<60}{median(quiet, 0):>9.2f}{quiet_p99:>9.2f}{1:>11.2f}{'':>10}")
+    for (label, *_), runs in zip(setups, flooded, strict=True):
+        p99 = median(runs, 1)
+        print(
+            f"{'flood of ' + label:<60}{median(runs, 0):>9.2f}{p99:>9.2f}"
+            f"{p99 / quiet_p99:>11.2f}{median(runs, 2):>10.1f}"
         )
 
 
