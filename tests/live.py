@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
+
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 60
 
@@ -30,6 +32,20 @@ class LiveServer:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    def admin_credentials(self) -> dict[str, dict[str, str]]:
+        """Log in as the default admin and make an API key: the headers of each, by kind."""
+        login = requests.post(
+            self.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=60
+        )
+        token = login.json()["access_token"]
+        key = requests.post(
+            self.url("/auth/api-keys"),
+            json={"name": "test-key"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        ).json()["key"]
+        return {"api-key": {"X-API-Key": key}, "jwt": {"Authorization": f"Bearer {token}"}}
 
 
 @contextmanager

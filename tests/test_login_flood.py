@@ -45,24 +45,10 @@ def _answered(sockets: list[socket.socket]) -> list[socket.socket]:
     return select.select(sockets, [], [], 0)[0]
 
 
-def _admin_key(server) -> dict[str, str]:
-    login = requests.post(
-        server.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=60
-    )
-    token = login.json()["access_token"]
-    key = requests.post(
-        server.url("/auth/api-keys"),
-        json={"name": "flood-test"},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    )
-    return {"X-API-Key": key.json()["key"]}
-
-
 def test_held_failed_logins_do_not_occupy_the_worker(tmp_path):
     env = {"INFERENCE_AUTH__FAILED_LOGIN_DELAY_SECONDS": "3"}
     with live_server(tmp_path / "data", workers=1, env=env) as server:
-        key = _admin_key(server)
+        key = server.admin_credentials()["api-key"]
         held = [_send_login(server.base) for _ in range(40)]
         try:
             # One worker, 40 logins waiting out their delay: a worker per request would make
@@ -104,7 +90,7 @@ def test_password_hash_runs_beside_predictions_and_extra_logins_are_refused(tmp_
     }
     data_dir = tmp_path / "data"
     with live_server(data_dir, workers=1, env=env) as server:
-        key = _admin_key(server)
+        key = server.admin_credentials()["api-key"]
         slot = data_dir / "password-hash-0.lock"
         first: dict[str, requests.Response] = {}
         hashing = threading.Thread(

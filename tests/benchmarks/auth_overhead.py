@@ -33,8 +33,6 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.live import live_server, redis_server  # noqa: E402
@@ -91,20 +89,6 @@ def latency(url, headers, *, seconds, script) -> tuple[float, float]:
         raise SystemExit(f"no latency figures from wrk:\n{out}") from None
 
 
-def credentials(server) -> dict[str, dict[str, str]]:
-    login = requests.post(
-        server.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=60
-    )
-    token = login.json()["access_token"]
-    key = requests.post(
-        server.url("/auth/api-keys"),
-        json={"name": "bench"},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    ).json()["key"]
-    return {"api-key": {"X-API-Key": key}, "jwt": {"Authorization": f"Bearer {token}"}}
-
-
 def throughput(stack: ExitStack, tmp: Path, opts) -> None:
     script = tmp / "predict.lua"
     script.write_text(lua(PREDICT))
@@ -121,7 +105,7 @@ def throughput(stack: ExitStack, tmp: Path, opts) -> None:
         )
         variants[f"no-auth/{label}"] = (baseline.url("/predict"), {})
         server = stack.enter_context(live_server(tmp / label, workers=2, env=env))
-        for kind, headers in credentials(server).items():
+        for kind, headers in server.admin_credentials().items():
             variants[f"{kind}/{label}"] = (server.url("/predict"), headers)
 
     for url, headers in variants.values():  # warm up every worker and cache
@@ -185,7 +169,7 @@ def login_flood(stack: ExitStack, tmp: Path, opts) -> None:
     for i, (_, extra, _, _) in enumerate(setups):
         env = {**BENCH_ENV, "INFERENCE_AUTH__BCRYPT_ROUNDS": "12", **extra}
         server = stack.enter_context(live_server(tmp / f"flood-{i}", workers=2, env=env))
-        headers = credentials(server)["api-key"]
+        headers = server.admin_credentials()["api-key"]
         run_wrk(server.url("/predict"), headers, seconds=1, connections=4, script=predict)
         servers.append((server, headers))
 
