@@ -122,6 +122,7 @@ def login():
         key = text(body, "api_key", max_len=api_keys.KEY_LENGTH)
         record = state.find_key(key)  # type: ignore[arg-type]
         user = state.active_user(record["user_id"], error_code="INVALID_API_KEY")
+        state.check_default_admin(user)
         state.audit.record(
             "auth.login", outcome="ok", via="api_key", user_id=user["id"], key_id=record["id"]
         )

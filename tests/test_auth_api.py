@@ -173,12 +173,16 @@ def test_default_admin_is_created_once_with_change_due(app, client):
     assert client.get("/auth/me", headers=headers).headers["X-Password-Change-Required"] == "true"
 
 
-def test_default_admin_refused_from_non_loopback(client):
+def test_default_admin_refused_from_non_loopback(client, actor):
     remote = {"REMOTE_ADDR": "203.0.113.9"}
     response = client.post(
         "/auth/login", json={"username": "admin", "password": "admin123"}, environ_base=remote
     )
     assert_error(response, 403, "INSUFFICIENT_PERMISSIONS")
+    # Nor by logging in with a key it made on loopback.
+    key = actor.create_key(actor.admin_headers())["key"]
+    by_key = client.post("/auth/login", json={"api_key": key}, environ_base=remote)
+    assert_error(by_key, 403, "INSUFFICIENT_PERMISSIONS")
     # A token obtained on loopback does not work from elsewhere either.
     token = client.post("/auth/login", json={"username": "admin", "password": "admin123"})
     headers = bearer(token.get_json()["access_token"])
