@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -33,12 +34,17 @@ class LiveServer:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def admin_credentials(self) -> dict[str, dict[str, str]]:
-        """Log in as the default admin and make an API key: the headers of each, by kind."""
-        login = requests.post(
+    def login_admin(self) -> dict[str, Any]:
+        """Log in as the default admin (admin123); the token response."""
+        response = requests.post(
             self.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=60
         )
-        token = login.json()["access_token"]
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def admin_credentials(self) -> dict[str, dict[str, str]]:
+        """Log in as the default admin and make an API key: the headers of each, by kind."""
+        token = self.login_admin()["access_token"]
         key = requests.post(
             self.url("/auth/api-keys"),
             json={"name": "test-key"},

@@ -64,17 +64,9 @@ def test_readme_walkthrough_runs_against_a_real_server(tmp_path):
         assert login.status_code == 200 and "password_change_required" not in login.json()
 
 
-def _login(server):
-    response = requests.post(
-        server.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=30
-    )
-    assert response.status_code == 200
-    return response.json()
-
-
 def test_concurrent_refreshes_with_one_token_exactly_one_wins(tmp_path):
     with live_server(tmp_path / "data", workers=2) as server:
-        refresh = _login(server)["refresh_token"]
+        refresh = server.login_admin()["refresh_token"]
 
         def attempt(_):
             return requests.post(
@@ -88,7 +80,7 @@ def test_concurrent_refreshes_with_one_token_exactly_one_wins(tmp_path):
 
 def test_logout_takes_effect_in_every_worker(tmp_path):
     with live_server(tmp_path / "data", workers=2) as server:
-        token = _login(server)["access_token"]
+        token = server.login_admin()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
 
         def predict(_):

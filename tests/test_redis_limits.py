@@ -26,10 +26,7 @@ def _env(uri: str, **extra: str) -> dict[str, str]:
 
 
 def _admin_headers(server) -> dict[str, str]:
-    login = requests.post(
-        server.url("/auth/login"), json={"username": "admin", "password": "admin123"}, timeout=30
-    )
-    return {"Authorization": "Bearer " + login.json()["access_token"]}
+    return {"Authorization": "Bearer " + server.login_admin()["access_token"]}
 
 
 def _predict(server, headers) -> requests.Response:
