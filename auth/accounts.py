@@ -41,6 +41,13 @@ def check_password(state: AuthState, password: str, *, username: str, field: str
         raise ValidationError(problem, details={"field": field})
 
 
+def list_users(state: AuthState) -> list[dict[str, Any]]:
+    """Every user, oldest first (ties by username)."""
+    return sorted(
+        state.users.read().items.values(), key=lambda u: (u["created_at"], u["username"].lower())
+    )
+
+
 def find(state: AuthState, ref: str) -> dict[str, Any]:
     """A user by id, username or email; 404 otherwise."""
     snapshot = state.users.read()

@@ -39,10 +39,7 @@ def _query_int(name: str, default: int, *, low: int, high: int) -> int:
 def list_users():
     limit = _query_int("limit", 50, low=1, high=MAX_PAGE)
     offset = _query_int("offset", 0, low=0, high=10**9)
-    users = sorted(
-        auth_state().users.read().items.values(),
-        key=lambda u: (u["created_at"], u["username"].lower()),
-    )
+    users = accounts.list_users(auth_state())
     page = [profile(u) for u in users[offset : offset + limit]]
     return jsonify({"users": page, "total": len(users), "limit": limit, "offset": offset})
 

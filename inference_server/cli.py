@@ -154,10 +154,7 @@ def _user_line(user: dict[str, Any]) -> str:
 @config_option
 def users_list(config) -> None:
     """List every user."""
-    for user in sorted(
-        _state(config).users.read().items.values(),
-        key=lambda u: (u["created_at"], u["username"].lower()),
-    ):
+    for user in accounts.list_users(_state(config)):
         click.echo(_user_line(user))
 
 
