@@ -355,9 +355,9 @@ def _flag_default_password(response):
 
 def _ensure_default_admin(state: AuthState) -> None:
     spec = state.settings.default_admin
-    users = state.users.read().items
     if spec is None:
         return
+    users = state.users.read().items
     if users:
         if any(u.get("must_change_password") for u in users.values()):
             log.warning(
