@@ -11,16 +11,20 @@ once one exists; disabling or deleting a user ends their sessions and stops thei
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import secrets
+import unicodedata
 from typing import Any
 
 from . import api_keys, sessions
 from .config import rate_limit
-from .errors import Conflict, NotFound, PermissionDenied, ValidationError
-from .extension import AuthState, iso
+from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, ValidationError
+from .extension import AuthState, epoch, iso
 from .passwords import password_problem
 from .users import (
     ALL_SCOPES,
+    DEFAULT_KEY_EXCLUDES,
     ROLE_SCOPES,
     add_user,
     check_email,
@@ -30,7 +34,10 @@ from .users import (
     new_user,
 )
 
+log = logging.getLogger(__name__)
+
 Items = dict[str, dict[str, Any]]
+KNOWN_ADDRESSES = 10  # login addresses remembered per account
 
 
 def check_password(state: AuthState, password: str, *, username: str, field: str) -> None:
@@ -39,6 +46,34 @@ def check_password(state: AuthState, password: str, *, username: str, field: str
     )
     if problem:
         raise ValidationError(problem, details={"field": field})
+
+
+def audit_identity(user: dict[str, Any] | None, name: str) -> dict[str, str]:
+    """How a failed login names its account in the audit log: the id if the account exists,
+    else a hash of the name typed (a password typed into the username field must not land in
+    the log)."""
+    if user is not None:
+        return {"user_id": user["id"]}
+    digest = hashlib.sha256(unicodedata.normalize("NFKC", name).lower().encode()).hexdigest()
+    return {"name_sha256": digest[:16]}
+
+
+def remember_address(state: AuthState, user: dict[str, Any], address: str) -> None:
+    """Keep the last few addresses `user` logged in from (see `limits.password_failure_key`);
+    writes only when the address is new, and never fails the login over it."""
+    if address in user.get("known_addresses", ()):
+        return
+
+    def change(items: Items) -> None:
+        record = items.get(user["id"])
+        if record is not None:
+            known = [a for a in record.get("known_addresses", []) if a != address]
+            record["known_addresses"] = [*known, address][-KNOWN_ADDRESSES:]
+
+    try:
+        state.users.update(change)
+    except StorageBusy:
+        log.warning("could not remember a login address of user %s", user["id"])
 
 
 def list_users(state: AuthState) -> list[dict[str, Any]]:
@@ -111,7 +146,7 @@ def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, acto
     if "is_active" in clean and not isinstance(clean["is_active"], bool):
         raise ValidationError("'is_active' must be true or false", details={"field": "is_active"})
     if "email" in clean:
-        check_email(clean["email"])
+        clean["email"] = check_email(clean["email"])
     if "full_name" in clean and not (
         clean["full_name"] is None
         or isinstance(clean["full_name"], str)
@@ -179,9 +214,13 @@ def set_password(
     *,
     actor: str | None,
     keep_session: str | None = None,
-    event: str = "user.password_reset",
+    by_owner: bool = False,
 ) -> int:
-    """Set a password (policy enforced) and end the user's other sessions; returns how many."""
+    """Set a password (policy enforced) and end the user's other sessions; returns how many.
+
+    A password set by someone else (an admin's reset, the CLI) is temporary: the owner must
+    change it at their next login (see `users.password_change_due`).
+    """
     user = find(state, user_id)
     check_password(state, new_password, username=user["username"], field="new_password")
     new_hash = state.hash_password(new_password)
@@ -192,7 +231,8 @@ def set_password(
             raise NotFound(f"no user {user_id!r}")
         items[user_id].update(
             password_hash=new_hash,
-            must_change_password=False,
+            must_change_password=not by_owner,
+            default_password=False,
             password_changed_at=now_iso,
             updated_at=now_iso,
         )
@@ -205,6 +245,7 @@ def set_password(
         user_id=user_id,
         keep=keep_session,
     )
+    event = "user.password_changed" if by_owner else "user.password_reset"
     state.audit.record(event, user_id=user_id, actor=actor, sessions_ended=ended)
     return ended
 
@@ -218,17 +259,23 @@ def create_key(
     *,
     name: str,
     held_scopes: frozenset[str] | None = None,
+    parent_id: str | None = None,
     scopes: list[str] | None = None,
     description: str | None = None,
     expires_days: int | None = None,
     actor: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Make a key for `user`; returns (the key, shown once; its record)."""
+    """Make a key for `user`; returns (the key, shown once; its record).
+
+    `held_scopes` are those of the credential asking (default: the user's role). A key made
+    through another key (`parent_id`, directly or through a session from a key login) is never
+    wider than it, expires no later, and is revoked with it.
+    """
     if not state.settings.api_keys_enabled:
         raise PermissionDenied("API keys are disabled on this server")
     held = ROLE_SCOPES[user["role"]] if held_scopes is None else held_scopes
     if scopes is None:
-        scopes = sorted(held - {"admin"})
+        scopes = sorted(held - DEFAULT_KEY_EXCLUDES)
     unknown = set(scopes) - ALL_SCOPES
     if unknown:
         raise ValidationError(
@@ -237,10 +284,16 @@ def create_key(
     beyond = set(scopes) - held
     if beyond:
         raise PermissionDenied(
-            f"a key cannot carry scopes its owner does not hold: {', '.join(sorted(beyond))}",
+            f"a key cannot carry scopes the credential creating it does not hold: "
+            f"{', '.join(sorted(beyond))}",
             details={"field": "scopes", "allowed": sorted(held)},
         )
     now = state.now()
+    expires = now + expires_days * 86400 if expires_days else None
+    if parent_id is not None:
+        parent_expiry = state.live_key(parent_id).get("expires_at")
+        if parent_expiry and (expires is None or epoch(parent_expiry) < expires):
+            expires = epoch(parent_expiry)
     key = api_keys.generate_key()
     record = {
         "id": "key_" + secrets.token_hex(8),
@@ -252,8 +305,9 @@ def create_key(
         "scopes": sorted(scopes),
         "is_active": True,
         "created_at": iso(now),
-        "expires_at": iso(now + expires_days * 86400) if expires_days else None,
+        "expires_at": iso(expires) if expires else None,
         "revoked_at": None,
+        "parent_id": parent_id,
     }
     state.keys.update(lambda items: items.__setitem__(record["id"], record))
     state.audit.record(
@@ -262,6 +316,7 @@ def create_key(
         key_id=record["id"],
         name=name,
         scopes=record["scopes"],
+        parent_id=parent_id,
         actor=actor or user["id"],
     )
     return key, record
@@ -282,19 +337,27 @@ def list_keys(state: AuthState, user_id: str | None = None) -> list[dict[str, An
 def revoke_key(
     state: AuthState, key_id: str, *, actor: str | None, owner: str | None = None
 ) -> dict[str, Any]:
-    """Revoke a key (kept as revoked); with `owner`, only that user's key is found."""
+    """Revoke a key and every key made through it (all kept as revoked); with `owner`, only
+    that user's key is found."""
     now_iso = iso(state.now())
 
-    def change(items: Items) -> dict[str, Any]:
+    def change(items: Items) -> tuple[dict[str, Any], list[str]]:
         record = items.get(key_id)
         if record is None or (owner is not None and record["user_id"] != owner):
             raise NotFound(f"no API key with id {key_id!r}")
-        if record["is_active"]:
-            record.update(is_active=False, revoked_at=now_iso)
-        return dict(record)
+        revoked, doomed = [], {key_id}
+        while doomed:
+            current = doomed.pop()
+            if items[current]["is_active"]:
+                items[current].update(is_active=False, revoked_at=now_iso)
+                revoked.append(current)
+            doomed |= {k for k, r in items.items() if r.get("parent_id") == current}
+        return dict(record), revoked
 
-    record = state.keys.update(change)
-    state.audit.record("api_key.revoked", user_id=record["user_id"], key_id=key_id, actor=actor)
+    record, revoked = state.keys.update(change)
+    state.audit.record(
+        "api_key.revoked", user_id=record["user_id"], key_id=key_id, revoked=revoked, actor=actor
+    )
     return record
 
 

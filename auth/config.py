@@ -48,7 +48,14 @@ class RateLimitSettings:
     )
     login: str = setting("10/minute", check=rate_limit, help="per client address, /auth/login")
     login_failures: str = setting(
-        "100/hour", check=rate_limit, help="failed logins per account before it is blocked"
+        "100/hour",
+        check=rate_limit,
+        help="failed password checks per account before it is blocked for new addresses",
+    )
+    invalid_credentials: str = setting(
+        "60/minute",
+        check=rate_limit,
+        help="invalid tokens or API keys per client address before it gets 429",
     )
     on_storage_error: Literal["closed", "open"] = setting(
         "closed", help="counters unreachable: closed = answer 503, open = serve unlimited"
@@ -78,6 +85,13 @@ class AuthSettings:
     )
     refresh_token_expire_days: int = setting(
         7, min=1, max=365, help="lifetime of a refresh token (each refresh starts a new one)"
+    )
+    session_max_days: int = setting(
+        30,
+        min=1,
+        max=3650,
+        help="absolute lifetime of a login session: refreshing never extends it past this, "
+        "after which a password (or key) login is needed",
     )
     api_keys_enabled: bool = setting(True, help="accept X-API-Key and allow creating keys")
     rate_limit_per_minute: int = setting(

@@ -30,24 +30,37 @@ from .audit import AuditLog
 from .config import AuthSettings, RateLimitSettings
 from .errors import AuthenticationError, PermissionDenied
 from .limits import (
-    LoginGuard,
+    BadCredentialWatch,
+    FailureBudget,
     PasswordGate,
     client_address,
     hold_failed_login,
     init_limiter,
     keep_own_limit_headers,
+    password_failure_key,
     stamp_login_arrival,
 )
 from .passwords import hash_password, verify_password
 from .store import JsonStore, secure_dir
 from .tokens import TokenSigner, load_secret
-from .users import ROLE_SCOPES, UserIndex, index_users, new_user
+from .users import (
+    ROLE_SCOPES,
+    UserIndex,
+    has_default_password,
+    index_users,
+    new_user,
+    password_change_due,
+)
 
 log = logging.getLogger(__name__)
 
 PUBLIC_ATTR = "_auth_public"
 PASSWORD_CHANGE_HEADER = "X-Password-Change-Required"
 CREDENTIAL_PARAMS = frozenset({"api_key", "access_token", "token", "key"})
+# Credentials that were presented and are wrong; an expired token is honest client behaviour.
+COUNTED_FAILURES = frozenset({"INVALID_TOKEN", "INVALID_API_KEY", "INVALID_CREDENTIALS"})
+# What a password session may do while an admin-set password awaits its change.
+PASSWORD_CHANGE_SCOPES = frozenset({"user:read", "user:write"})
 
 
 def iso(ts: float) -> str:
@@ -86,6 +99,10 @@ class Principal:
     def is_admin(self) -> bool:
         return self.user["role"] == "admin"
 
+    def holds(self, scope: str) -> bool:
+        """True if the credential presented carries `scope` (never just the user's role)."""
+        return scope in self.scopes
+
 
 def _sleep(seconds: float) -> None:
     time.sleep(seconds)  # looked up at each call: gevent's sleep once the worker is patched
@@ -105,7 +122,8 @@ class AuthState:
     trusted_proxies: tuple[str, ...] = ()
     sleep: Callable[[float], None] = _sleep
     signer: TokenSigner | None = None
-    login_guard: LoginGuard | None = None
+    failed_logins: FailureBudget | None = None
+    bad_credentials: BadCredentialWatch | None = None
     _touched: dict[str, int] = field(default_factory=dict)
 
     def now(self) -> int:
@@ -119,10 +137,32 @@ class AuthState:
     def refresh_ttl(self) -> int:
         return self.settings.refresh_token_expire_days * 86400
 
+    @property
+    def session_max_age(self) -> int:
+        return self.settings.session_max_days * 86400
+
     # -- passwords (bounded, off the event loop: see PasswordGate) ----------------------------
 
     def hash_password(self, password: str) -> str:
         return self.password_gate.run(hash_password, password, rounds=self.settings.bcrypt_rounds)
+
+    def try_password(self, user: dict[str, Any] | None, password: str, *, name: str) -> bool:
+        """A password try (login, or change-password's current password) for `user` (None: no
+        account is called `name`), within the account's failure budget: 429 once it is spent,
+        and a wrong password, a disabled account or the default password from afar spends it.
+        """
+        assert self.failed_logins is not None
+        key = password_failure_key(user, name, client_address())
+        self.failed_logins.check(*key)
+        ok = (
+            self.verify_password(password, user["password_hash"] if user else None)
+            and user is not None
+            and user["is_active"]
+            and not self.remote_default_password(user)
+        )
+        if not ok:
+            self.failed_logins.spend(*key)
+        return ok
 
     def verify_password(self, password: str, hashed: str | None) -> bool:
         """`hashed=None` (no such user) costs the same as a wrong password, and fails."""
@@ -133,7 +173,22 @@ class AuthState:
     # -- credentials -------------------------------------------------------------------------
 
     def authenticate(self) -> Principal | None:
-        """The principal named by this request's credentials, None if it sent none."""
+        """The principal named by this request's credentials, None if it sent none.
+
+        Invalid credentials are counted per client address; an address past
+        `rate_limits.invalid_credentials` gets 429 before anything it sends is verified.
+        """
+        watch, address, now = self.bad_credentials, client_address(), self.clock()
+        if watch is not None:
+            watch.check(address, now)
+        try:
+            return self._authenticate()
+        except AuthenticationError as exc:
+            if watch is not None and exc.error_code in COUNTED_FAILURES:
+                watch.failed(address, now)
+            raise
+
+    def _authenticate(self) -> Principal | None:
         if request.query_string and request.args.keys() & CREDENTIAL_PARAMS:
             raise AuthenticationError(
                 "credentials are never accepted in the query string; send the Authorization "
@@ -170,17 +225,41 @@ class AuthState:
         now = self.now()
         claims = self.signer.decode(token.strip(), token_type="access", now=now)
         session = sessions.live_session(
-            self.sessions.read().items, claims["sid"], claims["sub"], now
+            self.sessions.read().items, claims["sid"], claims["sub"], now, self.session_max_age
         )
         if session is None:
             raise AuthenticationError(
                 "this session has ended; log in again", error_code="INVALID_TOKEN"
             )
         user = self.active_user(claims["sub"], error_code="INVALID_TOKEN")
+        key_id = session.get("key_id")
+        if key_id is not None:
+            self.live_key(key_id, error_code="INVALID_TOKEN")
+        return Principal(
+            user=user,
+            scopes=self.session_scopes(user, session),
+            via="jwt",
+            session_id=claims["sid"],
+            key_id=key_id,
+        )
+
+    def session_scopes(self, user: dict[str, Any], session: dict[str, Any]) -> frozenset[str]:
+        """A password session holds the role's scopes (only the account's own while an admin-set
+        password awaits its change); a session from a key login holds that key's scopes."""
         scopes = ROLE_SCOPES[user["role"]]
         if session["scopes"] is not None:
-            scopes = scopes & frozenset(session["scopes"])
-        return Principal(user=user, scopes=scopes, via="jwt", session_id=claims["sid"])
+            return scopes & frozenset(session["scopes"])
+        if password_change_due(user):
+            return scopes & PASSWORD_CHANGE_SCOPES
+        return scopes
+
+    def session_end(self, created_at: int, key: dict[str, Any] | None) -> int:
+        """When a session must end whatever its refreshes: its absolute lifetime, and no later
+        than the expiry of the key it was started with."""
+        end = created_at + self.session_max_age
+        if key is not None and key.get("expires_at"):
+            end = min(end, epoch(key["expires_at"]))
+        return end
 
     def _from_api_key(self) -> Principal | None:
         key = request.headers.get("X-API-Key")
@@ -199,14 +278,18 @@ class AuthState:
         digest = api_keys.lookup_digest(key)
         if digest is None:
             raise AuthenticationError("malformed API key", error_code="INVALID_API_KEY")
-        snapshot = self.keys.read()
-        key_id = snapshot.index.get(digest)
-        record = snapshot.items.get(key_id) if key_id else None
+        return self.live_key(self.keys.read().index.get(digest))
+
+    def live_key(
+        self, key_id: str | None, *, error_code: str = "INVALID_API_KEY"
+    ) -> dict[str, Any]:
+        """The record of key `key_id` if it is active and unexpired; raises 401 otherwise."""
+        record = self.keys.read().items.get(key_id) if key_id else None
         if record is None or not record["is_active"]:
-            raise AuthenticationError("invalid or revoked API key", error_code="INVALID_API_KEY")
+            raise AuthenticationError("invalid or revoked API key", error_code=error_code)
         expires_at = record.get("expires_at")
         if expires_at and epoch(expires_at) <= self.now():
-            raise AuthenticationError("this API key has expired", error_code="INVALID_API_KEY")
+            raise AuthenticationError("this API key has expired", error_code=error_code)
         return record
 
     def active_user(self, user_id: str, *, error_code: str) -> dict[str, Any]:
@@ -217,11 +300,15 @@ class AuthState:
         return user
 
     def check_default_admin(self, user: dict[str, Any]) -> None:
-        if user.get("must_change_password") and not is_loopback(client_address()):
+        if self.remote_default_password(user):
             raise PermissionDenied(
                 "this account still has its default password; change it from the server "
                 "machine (loopback) before using it remotely"
             )
+
+    def remote_default_password(self, user: dict[str, Any]) -> bool:
+        """True if `user` still has the default password and this request is not from loopback."""
+        return has_default_password(user) and not is_loopback(client_address())
 
     def _touch_key(self, key_id: str) -> None:
         """Record use of a key at most once a minute, never failing the request over it."""
@@ -268,8 +355,22 @@ class Auth:
         app.after_request(keep_own_limit_headers)
         limits = limits or RateLimitSettings()
         limiter = init_limiter(app, auth=settings, limits=limits)
-        state.login_guard = LoginGuard(
-            limiter, limits.login_failures, fail_open=limits.on_storage_error == "open"
+        fail_open = limits.on_storage_error == "open"
+        state.failed_logins = FailureBudget(
+            limiter,
+            limits.login_failures,
+            namespace="login-failures",
+            message="too many failed logins for this account; try again later",
+            fail_open=fail_open,
+        )
+        state.bad_credentials = BadCredentialWatch(
+            FailureBudget(
+                limiter,
+                limits.invalid_credentials,
+                namespace="bad-credentials",
+                message="too many invalid tokens or API keys from this address; try again later",
+                fail_open=fail_open,
+            )
         )
         from . import admin, routes
 
@@ -359,7 +460,7 @@ def _ensure_default_admin(state: AuthState) -> None:
         return
     users = state.users.read().items
     if users:
-        if any(u.get("must_change_password") for u in users.values()):
+        if any(has_default_password(u) for u in users.values()):
             log.warning(
                 "an admin still has the DEFAULT PASSWORD: change it (POST /auth/change-password); "
                 "until then it can only be used from this machine"
@@ -377,6 +478,7 @@ def _ensure_default_admin(state: AuthState) -> None:
             role="admin",
             now_iso=iso(state.now()),
             must_change_password=True,
+            default_password=True,
         )
         items[user["id"]] = user
         return True

@@ -8,8 +8,10 @@ across workers and hosts):
   `auth.rate_limit_per_minute`; requests without a user (simple mode, public routes) are keyed by
   client address;
 - `/auth/login` per client address (`rate_limits.login`);
-- failed logins per account name (`rate_limits.login_failures`), counted whether or not the
-  account exists, checked before any password work.
+- failed password checks per account (`rate_limits.login_failures`), counted whether or not the
+  account exists, checked before any password work, with addresses the account logged in from
+  before counted apart so that nobody else can lock the owner out (`password_failure_key`);
+- invalid tokens and API keys per client address (`rate_limits.invalid_credentials`).
 
 The per-user and per-address limits are flask-limiter application limits evaluated in its
 `before_request`, which runs after the auth hook, so the user is known. Responses carry
@@ -35,6 +37,7 @@ import os
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
@@ -55,6 +58,8 @@ T = TypeVar("T")
 
 EXEMPT_ATTR = "_rate_limit_exempt"
 LOGIN_ENDPOINT = "auth.login"
+# Views that check a password: a failed answer from them is held back (`hold_failed_login`).
+PASSWORD_ENDPOINTS = frozenset({LOGIN_ENDPOINT, "auth.change_password"})
 
 
 class RateLimited(ApiError):
@@ -222,9 +227,10 @@ def _storage_unreachable(exc: StorageError):
 
 
 def stamp_login_arrival() -> None:
-    """before_request, ahead of flask-limiter (which may refuse the login with a 429)."""
+    """before_request, ahead of flask-limiter (which may refuse the login with a 429) and of
+    authentication (change-password with a bad token is held back too)."""
     state = current_app.extensions["auth"]
-    if request.endpoint == LOGIN_ENDPOINT and state.settings.enabled:
+    if request.endpoint in PASSWORD_ENDPOINTS and state.settings.enabled:
         g.login_arrived = state.clock()
 
 
@@ -241,23 +247,36 @@ def hold_failed_login(response):
     return response
 
 
-# -- failed logins per account ------------------------------------------------------------------
+# -- budgets of failures --------------------------------------------------------------------
 
 
-class LoginGuard:
-    """Counts failed logins per account name and blocks the name once the budget is spent."""
+class FailureBudget:
+    """A rate limit spent only by failures: `check` before the work, `spend` when it failed.
 
-    def __init__(self, limiter: Limiter, budget: str, *, fail_open: bool) -> None:
+    Used for failed password checks per account and for invalid credentials per address. The
+    counters live in flask-limiter's storage, so with Redis they hold across workers and hosts.
+    """
+
+    def __init__(
+        self, limiter: Limiter, budget: str, *, namespace: str, message: str, fail_open: bool
+    ) -> None:
         self._limiter = limiter
         self._item = parse(budget)
+        self._namespace = namespace
+        self._message = message
         self._fail_open = fail_open
 
-    def check(self, name: str) -> None:
-        reset = self._blocked_until(("login-failures", name.lower()))
+    @property
+    def window_seconds(self) -> int:
+        return self._item.get_expiry()
+
+    def check(self, *key: str) -> None:
+        """Raise 429 if the failures counted under `key` have spent the budget."""
+        reset = self._blocked_until(key)
         if reset is None:
             return
         raise RateLimited(
-            "too many failed logins for this account; try again later",
+            self._message,
             headers={
                 "Retry-After": str(max(1, int(reset - time.time()))),
                 "X-RateLimit-Limit": str(self._item.amount),
@@ -266,23 +285,72 @@ class LoginGuard:
             },
         )
 
-    def record_failure(self, name: str) -> None:
+    def spend(self, *key: str) -> None:
+        """Count a failure. The request is refused anyway, so an unreachable counter store
+        does not change its answer (`check` is what fails closed)."""
         try:
-            self._limiter.limiter.hit(self._item, "login-failures", name.lower())
+            self._limiter.limiter.hit(self._item, self._namespace, *key)
         except StorageError:
-            if not self._fail_open:
-                raise
+            log.warning("could not count a failure in %s: store unreachable", self._namespace)
 
-    def _blocked_until(self, key: tuple[str, str]) -> float | None:
+    def _blocked_until(self, key: tuple[str, ...]) -> float | None:
         try:
             strategy = self._limiter.limiter
-            if strategy.test(self._item, *key):
+            if strategy.test(self._item, self._namespace, *key):
                 return None
-            return strategy.get_window_stats(self._item, *key)[0]
+            return strategy.get_window_stats(self._item, self._namespace, *key)[0]
         except StorageError:
             if self._fail_open:
                 return None
             raise
+
+
+def password_failure_key(user: dict[str, Any] | None, name: str, address: str) -> tuple[str, ...]:
+    """Which failure count a password try is checked against and spends.
+
+    One count per account, whatever name (username or email) was typed, so an attacker gets
+    `rate_limits.login_failures` guesses per account in all. But failures from elsewhere must
+    not lock the owner out: from an address the account logged in from before, tries are
+    counted on their own (NIST SP 800-63B 5.2.2; ASVS V2.2.1). Names that match no account are
+    counted by name, the same way, so the answers do not tell which accounts exist.
+    """
+    if user is None:
+        return ("name", unicodedata.normalize("NFKC", name).lower())
+    if address in user.get("known_addresses", ()):
+        return ("account", user["id"], address)
+    return ("account", user["id"])
+
+
+class BadCredentialWatch:
+    """Invalid tokens and keys, counted per client address and throttled.
+
+    Checking the shared counter on every request would cost a storage round trip on the hot
+    path, so a worker checks it only for addresses it has itself seen fail within the window:
+    a flood of bad credentials is refused with 429 before any verification, while clean traffic
+    never touches the counter.
+    """
+
+    MAX_SUSPECTS = 10_000
+
+    def __init__(self, budget: FailureBudget) -> None:
+        self._budget = budget
+        self._window = budget.window_seconds
+        self._suspects: dict[str, float] = {}
+
+    def check(self, address: str, now: float) -> None:
+        seen = self._suspects.get(address)
+        if seen is None:
+            return
+        if now - seen > self._window:
+            del self._suspects[address]
+            return
+        self._budget.check(address)
+
+    def failed(self, address: str, now: float) -> None:
+        if len(self._suspects) >= self.MAX_SUSPECTS:
+            self._suspects.clear()
+        self._suspects[address] = now
+        self._budget.spend(address)
 
 
 # -- bounded password hashing -------------------------------------------------------------------

@@ -7,6 +7,7 @@ rotates, detects replay and revokes the family.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
@@ -16,6 +17,7 @@ from .decorators import public, require_auth
 from .errors import AuthenticationError, PermissionDenied, ValidationError
 from .extension import PASSWORD_CHANGE_HEADER, AuthState, Principal, auth_state, require_enabled
 from .inputs import integer, json_body, string_list, text
+from .limits import client_address
 from .passwords import MAX_PASSWORD_LENGTH
 from .users import (
     ALL_SCOPES,
@@ -26,6 +28,7 @@ from .users import (
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
 INVALID_LOGIN = "invalid username or password"
+SESSION_ENDED = "this session has ended; log in again"
 
 
 bp.before_request(require_enabled)
@@ -36,43 +39,54 @@ def _password_field(body: dict[str, Any], name: str) -> str:
     return text(body, name, max_len=MAX_PASSWORD_LENGTH)  # type: ignore[return-value]
 
 
-def issue_tokens(
-    state: AuthState,
-    user: dict[str, Any],
-    *,
-    scopes: list[str] | None = None,
-    key_id: str | None = None,
-) -> Response:
-    """Start a login session for `user` and return its first access and refresh tokens."""
+@dataclass(frozen=True)
+class TokenPair:
+    access: str
+    refresh: str
+    refresh_jti: str
+    refresh_expires_at: int
+    expires_in: int
+
+
+def _sign_pair(state: AuthState, user_id: str, sid: str, *, now: int, end: int) -> TokenPair:
+    """An access and a refresh token for session `sid`, neither outliving the session's `end`."""
     assert state.signer is not None
+    access_ttl = min(state.access_ttl, end - now)
+    refresh_ttl = min(state.refresh_ttl, end - now)
+    refresh, jti = state.signer.encode(
+        sub=user_id, sid=sid, token_type="refresh", now=now, ttl=refresh_ttl
+    )
+    access, _ = state.signer.encode(
+        sub=user_id, sid=sid, token_type="access", now=now, ttl=access_ttl
+    )
+    return TokenPair(access, refresh, jti, now + refresh_ttl, access_ttl)
+
+
+def issue_tokens(state: AuthState, user: dict[str, Any], *, key: dict[str, Any] | None = None):
+    """Start a login session for `user` (bound to `key` for a key login) and return its first
+    access and refresh tokens."""
     now = state.now()
     sid = sessions.new_session_id()
-    access_ttl, refresh_ttl = state.access_ttl, state.refresh_ttl
-    refresh, jti = state.signer.encode(
-        sub=user["id"], sid=sid, token_type="refresh", now=now, ttl=refresh_ttl
-    )
+    pair = _sign_pair(state, user["id"], sid, now=now, end=state.session_end(now, key))
     sessions.start_session(
         state.sessions,
         sid=sid,
         user_id=user["id"],
-        refresh_jti=jti,
+        refresh_jti=pair.refresh_jti,
         now=now,
-        expires_at=now + refresh_ttl,
-        scopes=scopes,
-        key_id=key_id,
+        expires_at=pair.refresh_expires_at,
+        scopes=key["scopes"] if key else None,
+        key_id=key["id"] if key else None,
     )
-    access, _ = state.signer.encode(
-        sub=user["id"], sid=sid, token_type="access", now=now, ttl=access_ttl
-    )
-    return _token_response(user, access, refresh, access_ttl)
+    return _token_response(user, pair)
 
 
-def _token_response(user: dict[str, Any], access: str, refresh: str, ttl: int) -> Response:
+def _token_response(user: dict[str, Any], pair: TokenPair) -> Response:
     body: dict[str, Any] = {
-        "access_token": access,
-        "refresh_token": refresh,
+        "access_token": pair.access,
+        "refresh_token": pair.refresh,
         "token_type": "bearer",
-        "expires_in": ttl,
+        "expires_in": pair.expires_in,
     }
     due = bool(user.get("must_change_password"))
     if due:
@@ -95,12 +109,20 @@ def register():
     caller: Principal | None = state.authenticate()
     if mode == "admin_only" and caller is None:
         raise AuthenticationError("registration needs an admin's credentials")
-    if mode == "admin_only" and not caller.is_admin:  # type: ignore[union-attr]
-        raise PermissionDenied("only an admin can register users on this server")
+    may_admin = caller is not None and caller.holds("admin")
+    if mode == "admin_only" and not may_admin:
+        raise PermissionDenied(
+            "only an admin can register users on this server (with a credential holding the "
+            "'admin' scope)",
+            details={"required_scopes": ["admin"]},
+        )
     body = json_body()
     role = body.get("role", "user")
-    if role == "admin" and not (caller and caller.is_admin):
-        raise PermissionDenied("only an admin can create another admin")
+    if role == "admin" and not may_admin:
+        raise PermissionDenied(
+            "only an admin can create another admin (with a credential holding the 'admin' scope)",
+            details={"required_scopes": ["admin"]},
+        )
     user = accounts.create_user(
         state,
         username=body.get("username"),
@@ -126,26 +148,21 @@ def login():
         state.audit.record(
             "auth.login", outcome="ok", via="api_key", user_id=user["id"], key_id=record["id"]
         )
-        return issue_tokens(state, user, scopes=record["scopes"], key_id=record["id"])
+        return issue_tokens(state, user, key=record)
     field = "email" if "email" in body and "username" not in body else "username"
-    identifier = text(body, field, max_len=256)
+    identifier: str = text(body, field, max_len=256)  # type: ignore[assignment]
     password = _password_field(body, "password")
-    state.login_guard.check(identifier)  # type: ignore[union-attr,arg-type]
     snapshot = state.users.read()
-    user = find_user(snapshot.items, snapshot.index, identifier)  # type: ignore[arg-type]
-    ok = state.verify_password(password, user["password_hash"] if user else None)
-    if not ok or not user["is_active"]:  # type: ignore[index]
-        state.login_guard.record_failure(identifier)  # type: ignore[union-attr,arg-type]
+    user = find_user(snapshot.items, snapshot.index, identifier)
+    if not state.try_password(user, password, name=identifier):
         state.audit.record(
-            "auth.login",
-            outcome="failed",
-            identifier=identifier[:64],
-            user_id=user["id"] if user else None,
+            "auth.login", outcome="failed", **accounts.audit_identity(user, identifier)
         )
         raise AuthenticationError(INVALID_LOGIN, error_code="INVALID_CREDENTIALS")
-    state.check_default_admin(user)  # type: ignore[arg-type]
-    state.audit.record("auth.login", outcome="ok", via="password", user_id=user["id"])  # type: ignore[index]
-    return issue_tokens(state, user)  # type: ignore[arg-type]
+    assert user is not None
+    accounts.remember_address(state, user, client_address())
+    state.audit.record("auth.login", outcome="ok", via="password", user_id=user["id"])
+    return issue_tokens(state, user)
 
 
 @bp.post("/refresh")
@@ -157,18 +174,27 @@ def refresh():
     now = state.now()
     claims = state.signer.decode(token, token_type="refresh", now=now)  # type: ignore[arg-type]
     user = state.active_user(claims["sub"], error_code="INVALID_TOKEN")
-    access_ttl, refresh_ttl = state.access_ttl, state.refresh_ttl
-    new_refresh, new_jti = state.signer.encode(
-        sub=user["id"], sid=claims["sid"], token_type="refresh", now=now, ttl=refresh_ttl
-    )
+    state.check_default_admin(user)
+    session = state.sessions.read().items.get(claims["sid"])
+    if session is None or session["user_id"] != user["id"]:
+        raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
+    key_id = session.get("key_id")
+    key = state.live_key(key_id, error_code="INVALID_TOKEN") if key_id else None
+    end = state.session_end(session["created_at"], key)
+    if end <= now:
+        raise AuthenticationError(
+            "this session has reached the end of its lifetime; log in again",
+            error_code="INVALID_TOKEN",
+        )
+    pair = _sign_pair(state, user["id"], claims["sid"], now=now, end=end)
     outcome = sessions.rotate_refresh(
         state.sessions,
         sid=claims["sid"],
         user_id=user["id"],
         jti=claims["jti"],
-        new_jti=new_jti,
+        new_jti=pair.refresh_jti,
         now=now,
-        expires_at=now + refresh_ttl,
+        expires_at=pair.refresh_expires_at,
     )
     if outcome.refused == "reused":
         state.audit.record("auth.refresh_reuse", user_id=user["id"], session_id=claims["sid"])
@@ -177,13 +203,8 @@ def refresh():
             error_code="INVALID_TOKEN",
         )
     if outcome.refused:
-        raise AuthenticationError(
-            "this session has ended; log in again", error_code="INVALID_TOKEN"
-        )
-    access, _ = state.signer.encode(
-        sub=user["id"], sid=claims["sid"], token_type="access", now=now, ttl=access_ttl
-    )
-    return _token_response(user, access, new_refresh, access_ttl)
+        raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
+    return _token_response(user, pair)
 
 
 @bp.post("/logout")
@@ -207,7 +228,7 @@ def logout():
 
 
 @bp.get("/me")
-@require_auth
+@require_auth(scopes=["user:read"])
 def me():
     principal: Principal = g.principal
     return jsonify(
@@ -220,7 +241,7 @@ def me():
 
 
 @bp.post("/change-password")
-@require_auth
+@require_auth(scopes=["user:write"])
 def change_password():
     state = auth_state()
     principal: Principal = g.principal
@@ -232,7 +253,8 @@ def change_password():
             "new password must differ from the current one", details={"field": "new_password"}
         )
     accounts.check_password(state, new, username=principal.user["username"], field="new_password")
-    if not state.verify_password(current, principal.user["password_hash"]):
+    if not state.try_password(principal.user, current, name=principal.user["username"]):
+        state.audit.record("user.password_change_failed", user_id=principal.id)
         raise ValidationError(
             "current password is incorrect", details={"field": "current_password"}
         )
@@ -242,13 +264,13 @@ def change_password():
         new,
         actor=principal.id,
         keep_session=principal.session_id,
-        event="user.password_changed",
+        by_owner=True,
     )
     return jsonify({"message": "password changed", "sessions_ended": ended})
 
 
 @bp.post("/api-keys")
-@require_auth
+@require_auth(scopes=["api-keys:manage"])
 def create_api_key():
     principal: Principal = g.principal
     body = json_body()
@@ -256,6 +278,7 @@ def create_api_key():
         auth_state(),
         principal.user,
         held_scopes=principal.scopes,
+        parent_id=principal.key_id,
         name=text(body, "name", max_len=100),  # type: ignore[arg-type]
         description=text(body, "description", required=False, max_len=500),
         expires_days=integer(body, "expires_days", low=1, high=3650),
@@ -265,20 +288,20 @@ def create_api_key():
 
 
 @bp.get("/api-keys")
-@require_auth
+@require_auth(scopes=["api-keys:manage"])
 def list_api_keys():
     keys = accounts.list_keys(auth_state(), g.principal.id)
     return jsonify({"keys": keys, "total": len(keys)})
 
 
 @bp.delete("/api-keys/<key_id>")
-@require_auth
+@require_auth(scopes=["api-keys:manage"])
 def revoke_api_key(key_id: str):
     principal: Principal = g.principal
     record = accounts.revoke_key(
         auth_state(),
         key_id,
         actor=principal.id,
-        owner=None if principal.is_admin else principal.id,
+        owner=None if principal.holds("admin") else principal.id,
     )
     return jsonify({"message": "API key revoked", **api_keys.public_view(record, None)})

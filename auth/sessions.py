@@ -118,13 +118,17 @@ def revoke_sessions(
     return store.update(change)
 
 
-def live_session(items: Items, sid: str, user_id: str, now: int) -> dict[str, Any] | None:
+def live_session(
+    items: Items, sid: str, user_id: str, now: int, max_age: int
+) -> dict[str, Any] | None:
+    """The session `sid` of `user_id` if it is neither revoked, expired nor past `max_age`."""
     session = items.get(sid)
     if (
         session is None
         or session["user_id"] != user_id
         or session["revoked_at"]
         or session["expires_at"] <= now
+        or session["created_at"] + max_age <= now
     ):
         return None
     return session

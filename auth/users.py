@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import Conflict, ValidationError
 from .store import Items
 
+# Managing the account itself (keys, password, profile) is a scope of its own: a password login
+# holds these, a key only when it was created with them, so a leaked prediction key cannot mint
+# keys or take the account over.
+ACCOUNT_SCOPES = frozenset({"api-keys:manage", "user:read", "user:write"})
 ROLE_SCOPES: dict[str, frozenset[str]] = {
-    "user": frozenset({"predict", "models:read"}),
-    "admin": frozenset({"predict", "models:read", "models:manage", "admin"}),
+    "user": frozenset({"predict", "models:read"}) | ACCOUNT_SCOPES,
+    "admin": frozenset({"predict", "models:read", "models:manage", "admin"}) | ACCOUNT_SCOPES,
 }
 ALL_SCOPES = frozenset().union(*ROLE_SCOPES.values())
+# What a key gets when its creator names no scopes: the role's service scopes, never admin or
+# account management.
+DEFAULT_KEY_EXCLUDES = ACCOUNT_SCOPES | {"admin"}
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
 
@@ -39,7 +47,7 @@ def index_users(items: Items) -> UserIndex:
 
 def find_user(items: Items, index: UserIndex, identifier: str) -> dict[str, Any] | None:
     """The user whose username or email is `identifier` (any case), or None."""
-    key = identifier.lower()
+    key = unicodedata.normalize("NFKC", identifier).lower()
     uid = index.by_username.get(key) or index.by_email.get(key)
     return items.get(uid) if uid else None
 
@@ -55,13 +63,23 @@ def check_username(value: Any) -> str:
 
 
 def check_email(value: Any) -> str:
-    if not isinstance(value, str) or not EMAIL.match(value):
+    """The email in NFKC form, so that full-width or compatibility look-alikes of an existing
+    address collide with it; invisible characters (zero-width and other format characters)
+    are refused outright."""
+    if not isinstance(value, str):
+        raise ValidationError("email must look like name@example.org", details={"field": "email"})
+    if any(unicodedata.category(c) in ("Cf", "Cc", "Co", "Cn") for c in value):
+        raise ValidationError(
+            "email must not contain invisible or control characters", details={"field": "email"}
+        )
+    value = unicodedata.normalize("NFKC", value)
+    if not EMAIL.match(value):
         raise ValidationError("email must look like name@example.org", details={"field": "email"})
     return value
 
 
 def check_role(value: Any) -> str:
-    if value not in ROLE_SCOPES:
+    if not isinstance(value, str) or value not in ROLE_SCOPES:
         raise ValidationError(
             f"role must be one of: {', '.join(sorted(ROLE_SCOPES))}", details={"field": "role"}
         )
@@ -77,6 +95,7 @@ def new_user(
     now_iso: str,
     full_name: str | None = None,
     must_change_password: bool = False,
+    default_password: bool = False,
 ) -> dict[str, Any]:
     return {
         "id": "usr_" + secrets.token_hex(8),
@@ -87,11 +106,25 @@ def new_user(
         "password_hash": password_hash,
         "is_active": True,
         "must_change_password": must_change_password,
+        "default_password": default_password,
         "rate_limit": None,
         "created_at": now_iso,
         "updated_at": now_iso,
         "password_changed_at": now_iso,
     }
+
+
+def has_default_password(user: dict[str, Any]) -> bool:
+    """True while the account still has the configured default password (known to anyone who
+    read our docs): such an account may only be used from the loopback address."""
+    # Records written before `default_password` existed flagged only the default admin.
+    return bool(user.get("default_password", user.get("must_change_password", False)))
+
+
+def password_change_due(user: dict[str, Any]) -> bool:
+    """True when an admin set this password (a reset): until the owner picks their own, their
+    password sessions may only change it and read the profile."""
+    return bool(user.get("must_change_password")) and not has_default_password(user)
 
 
 def add_user(items: Items, user: dict[str, Any]) -> None:

@@ -225,7 +225,7 @@ def users_delete(config, user, yes) -> None:
 @click.option("--password-stdin", is_flag=True, help="read the new password from standard input")
 @refusals
 def users_reset_password(config, user, password_stdin) -> None:
-    """Set a new password; the user's sessions end."""
+    """Set a temporary password: the user's sessions end and they must change it at next login."""
     state = _state(config)
     record = accounts.find(state, user)
     secret = _new_password(password_stdin, None, "New password")

@@ -167,7 +167,7 @@ def test_default_admin_loopback_rule_uses_the_real_client(make_app):
         json={"username": "admin", "password": "admin123"},
         headers={"X-Forwarded-For": "203.0.113.50"},
     )
-    assert_error(response, 403, "INSUFFICIENT_PERMISSIONS")
+    assert_error(response, 401, "INVALID_CREDENTIALS")
 
 
 def test_failed_logins_block_the_account_not_others(make_app):
