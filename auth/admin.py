@@ -27,7 +27,7 @@ def _query_int(name: str, default: int, *, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise ValidationError(
             f"'{name}' must be an integer from {low} to {high}", details={"field": name}
         )

@@ -52,7 +52,7 @@ def generate_key() -> str:
 
 def well_formed(key: str) -> bool:
     """True if `key` has our prefix, length, alphabet and a matching checksum."""
-    if len(key) != KEY_LENGTH or not key.startswith(PREFIX):
+    if len(key) != KEY_LENGTH or not key.isascii() or not key.startswith(PREFIX):
         return False
     body, check = key[len(PREFIX) : -CHECKSUM_LENGTH], key[-CHECKSUM_LENGTH:]
     return all(c in _ALPHABET for c in body) and secrets.compare_digest(check, _checksum(body))

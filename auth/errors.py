@@ -136,6 +136,10 @@ def _render_unexpected(exc: Exception) -> Response:
 
 def _tag_response(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = request_id()
+    # Answers carry tokens, keys, profiles and per-user predictions: no cache or proxy may keep
+    # them, and no browser may sniff them into something other than JSON.
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
 

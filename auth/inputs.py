@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 
 from .errors import ValidationError
 
 _MISSING = object()
+DEFAULT_MAX_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nested_deeper_than(raw: bytes, limit: int) -> bool:
+    """True if the JSON text `raw` nests arrays and objects more than `limit` deep.
+
+    Found without recursion and at C speed, before any parser recurses: strings are blanked (they
+    may hold brackets), everything but brackets dropped, then each pass deletes the innermost
+    empty pairs, so `limit` passes empty any document no deeper than `limit`. Text whose
+    brackets do not pair up is left for the parser to refuse.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    skeleton = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        shorter = _EMPTY_PAIR.sub(b"", skeleton)
+        if not shorter or shorter == skeleton:
+            return False
+        skeleton = shorter
+    return True
 
 
 def json_body(*, allow_form: bool = False) -> dict[str, Any]:
     """The request body as a dict: JSON, or form-urlencoded where `allow_form`."""
     if allow_form and request.mimetype == "application/x-www-form-urlencoded":
         return request.form.to_dict()
+    limit = current_app.config.get("MAX_JSON_DEPTH", DEFAULT_MAX_DEPTH)
+    if request.is_json and nested_deeper_than(request.get_data(cache=True), limit):
+        raise ValidationError(
+            f"request body nests arrays or objects more than {limit} levels deep",
+            details={"max_depth": limit},
+        )
     body = request.get_json(silent=True)
     if body is None:
         expected = "a JSON object" + (" or a form-urlencoded body" if allow_form else "")

@@ -49,6 +49,7 @@ def create_app(
         settings = load_settings(overrides=overrides)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(settings.server.max_request_mb * 1024 * 1024)
+    app.config["MAX_JSON_DEPTH"] = settings.server.max_json_depth
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["settings"] = settings
     auth.init_app(

@@ -43,6 +43,9 @@ class ServerSettings:
         1000, min=1, max=100_000, help="connections one worker holds open at once"
     )
     max_request_mb: float = setting(10, min=0.001, max=1024, help="largest request body")
+    max_json_depth: int = setting(
+        64, min=2, max=1000, help="deepest nesting of arrays and objects a JSON body may have"
+    )
     trusted_proxies: list[str] = setting(
         factory=list,
         check=lambda v: [ip_network(n, strict=False) for n in v],

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from auth.inputs import nested_deeper_than
 from tests.conftest import assert_error
+
+# Without credentials /predict is refused before its body is read; the others parse it first.
+ANY_CODE = {
+    "/predict": "AUTHENTICATION_REQUIRED",
+    "/auth/login": "VALIDATION_ERROR",
+    "/auth/refresh": "VALIDATION_ERROR",
+}
 
 ENDPOINTS = [
     ("POST", "/auth/register"),
@@ -93,6 +101,10 @@ def test_api_key_fields_are_checked(client, admin, field, value):
         ("username", "x" * 40),
         ("email", "no-at-sign"),
         ("role", "root"),
+        ("role", ["admin"]),
+        ("role", {"admin": 1}),
+        ("email", "admin\u200b@localhost"),
+        ("email", "ad\u00admin@localhost"),
         ("full_name", 12),
     ],
 )
@@ -119,3 +131,65 @@ def test_refresh_with_garbage(client):
     assert_error(
         client.post("/auth/refresh", json={"refresh_token": "x.y.z"}), 401, "INVALID_TOKEN"
     )
+
+
+@pytest.mark.parametrize("path", ["/predict", "/auth/login", "/auth/refresh"])
+def test_deeply_nested_json_is_400_before_parsing(client, path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    response = client.post(path, data=deep, content_type="application/json")
+    error = assert_error(response, 400 if path != "/predict" else 401, ANY_CODE[path])
+    if path != "/predict":
+        assert error["details"] == {"max_depth": 64}
+
+
+def test_deep_json_from_a_signed_in_user_is_400(client, admin):
+    # The body object is one level, so data nested 63 deep is 64 in all: the limit.
+    for depth, status in ((63, 400), (64, 400), (100_000, 400)):
+        body = b'{"data": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+        response = client.post(
+            "/predict", data=body, content_type="application/json", headers=admin
+        )
+        error = assert_error(response, status, "VALIDATION_ERROR")
+        assert ("levels deep" in error["message"]) == (depth >= 64)
+
+
+@pytest.mark.parametrize(
+    ("raw", "deeper"),
+    [
+        (b'{"a": [[1, 2], "[[[[[[["]}', False),  # brackets in strings do not count
+        (b'{"a": [[1, 2], [3, {"b": "]]]"}]]}', True),
+        (b'"[[[[[["', False),
+        (b"[[[[]]]]", True),
+        (b"[[[]]]", False),
+        (b'[{"x": [1]}, {"y": {}}]', False),
+        (b"[[[[}", False),  # unbalanced: left for the parser to refuse
+    ],
+)
+def test_nesting_depth_is_measured_without_recursion(raw, deeper):
+    assert nested_deeper_than(raw, 3) is deeper
+
+
+def test_deep_json_in_admin_patch_and_register_is_400(client, admin):
+    deep = b'{"role": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    for method, path in (("PATCH", "/admin/users/usr_x"), ("POST", "/auth/register")):
+        response = client.open(
+            path, method=method, data=deep, content_type="application/json", headers=admin
+        )
+        assert_error(response, 400, "VALIDATION_ERROR")
+
+
+@pytest.mark.parametrize("value", ["%C2%B2", "%D9%A3", "1e3", "-1"])
+def test_odd_digits_in_query_parameters_are_400(client, admin, value):
+    response = client.get(f"/admin/users?limit={value}", headers=admin)
+    assert assert_error(response, 400, "VALIDATION_ERROR")["details"]["field"] == "limit"
+
+
+@pytest.mark.parametrize("checksum", ["\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9", "\u0663" * 6])
+def test_a_key_with_a_non_ascii_checksum_is_refused(client, checksum):
+    key = "sk_live_" + "a" * 32 + checksum
+    response = client.post(
+        "/predict", json={}, headers={"X-API-Key": key.encode().decode("latin-1")}
+    )
+    assert_error(response, 401, "INVALID_API_KEY")
+    response = client.post("/auth/login", json={"api_key": key})
+    assert_error(response, 401, "INVALID_API_KEY")

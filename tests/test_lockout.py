@@ -101,3 +101,22 @@ def test_a_failed_login_never_logs_what_was_typed(make_app, data_dir):
     assert "name_sha256" in failed[0] and "user_id" not in failed[0]
     rosa = actor.client.get("/admin/users?limit=5", headers=actor.admin_headers()).get_json()
     assert failed[1]["user_id"] == next(u["id"] for u in rosa["users"] if u["username"] == "rosa")
+
+
+def test_answers_with_tokens_or_keys_are_never_cached(actor):
+    login = actor.client.post("/auth/login", json={"username": "admin", "password": "admin123"})
+    tokens = login.get_json()
+    answers = {
+        "login": login,
+        "refresh": actor.client.post(
+            "/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+        ),
+        "key creation": actor.client.post(
+            "/auth/api-keys", json={"name": "k"}, headers=bearer(tokens["access_token"])
+        ),
+        "a 401": actor.client.get("/auth/me", headers=bearer("forged")),
+        "health": actor.client.get("/health"),
+    }
+    for name, response in answers.items():
+        assert response.headers["Cache-Control"] == "no-store", name
+        assert response.headers["X-Content-Type-Options"] == "nosniff", name

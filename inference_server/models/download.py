@@ -47,7 +47,7 @@ def _open(url: str, timeout: float) -> tuple[BinaryIO, int | None]:
             f"fetching the model failed: {reason}", details={"field": "url"}
         ) from None
     length = response.headers.get("Content-Length")
-    return response, int(length) if length and length.isdigit() else None
+    return response, int(length) if length and length.isascii() and length.isdigit() else None
 
 
 def fetch_model(
