@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify
@@ -13,7 +14,7 @@ from auth.errors import ValidationError
 from auth.inputs import text
 
 from .models import ACTIONS, load_model
-from .models.download import SUFFIXES, fetch_model
+from .models.download import SUFFIXES, Reach, fetch_model
 from .predict import registry
 from .settings import ConfigError, ModelSpec, parse_section
 
@@ -70,14 +71,20 @@ def download():
         raise ValidationError(str(exc), details={"field": "spec"}) from None
     settings = current_app.extensions["settings"]
     destination = settings.data_dir / "models" / f"{spec.name}{SUFFIXES[spec.backend]}"
+    registry().check_downloadable(spec.name, destination)  # before a byte is written
     spec = dataclasses.replace(spec, path=str(destination))
+    models = settings.models
     digest = fetch_model(
         url,  # type: ignore[arg-type]
         destination,
-        max_bytes=int(settings.models.download_max_mb * 1024 * 1024),
-        timeout=settings.models.download_timeout_seconds,
+        max_bytes=int(models.download_max_mb * 1024 * 1024),
+        timeout=models.download_timeout_seconds,
         sha256=sha256,
         validate=lambda tmp: load_model(dataclasses.replace(spec, path=str(tmp))),
+        reach=Reach(
+            roots=tuple(os.path.realpath(root) for root in models.download_roots),
+            allow_hosts=frozenset(host.lower() for host in models.download_allow_hosts),
+        ),
     )
     view = registry().register(dataclasses.asdict(spec))
     _audit("model.downloaded", model=spec.name, backend=spec.backend, sha256=digest)

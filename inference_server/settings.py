@@ -114,6 +114,13 @@ class ModelSettings:
         500, min=0.001, help="largest model file POST /models/download accepts"
     )
     download_timeout_seconds: float = setting(60, min=1, help="network timeout of a download")
+    download_roots: list[str] = setting(
+        factory=list, help="folders whose files file:// downloads may read; empty = no file URLs"
+    )
+    download_allow_hosts: list[str] = setting(
+        factory=list,
+        help="hosts downloads may reach although they resolve to loopback or private addresses",
+    )
 
 
 @dataclass(frozen=True)

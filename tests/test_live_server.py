@@ -33,7 +33,8 @@ def test_readme_walkthrough_runs_against_a_real_server(tmp_path):
             _readme_block("models"),
         ]
     )
-    with live_server(tmp_path / "data") as server:
+    roots = {"INFERENCE_MODELS__DOWNLOAD_ROOTS": f"[{REPO / 'data' / 'models'}]"}
+    with live_server(tmp_path / "data", env=roots) as server:
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             env={"BASE": server.base, "PATH": "/usr/bin:/bin:/usr/local/bin"},

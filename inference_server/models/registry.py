@@ -15,10 +15,12 @@ meanwhile. A model that fails to load is kept as an entry with its error and ans
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from auth.errors import Conflict, NotFound
@@ -235,6 +237,15 @@ class ModelRegistry:
         if action in ("load", "reload") and view["status"] == "error":
             raise ModelUnavailable(f"model {name!r} failed to load: {view['error']}")
         return view
+
+    def check_downloadable(self, name: str, destination: Path) -> None:
+        """Refuse (409) a download that would replace a model of the config file, by name or by
+        file. Config models never change while serving, so checking before the transfer holds."""
+        if name in self._config:
+            raise Conflict(f"{name!r} is a model from the config file; choose another name")
+        target = os.path.realpath(destination)
+        if any(os.path.realpath(spec.path) == target for spec in self._config.values()):
+            raise Conflict(f"a model of the config file uses the file {name!r} would be saved to")
 
     def register(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Add (or replace an API-added) model from a spec mapping; persists across restarts."""
