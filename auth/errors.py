@@ -92,6 +92,10 @@ class Conflict(ApiError):
     code, error_code = 409, "CONFLICT"
 
 
+class PayloadTooLarge(ApiError):
+    code, error_code = 413, "PAYLOAD_TOO_LARGE"
+
+
 class StorageBusy(ApiError):
     code, error_code = 503, "STORAGE_BUSY"
 
@@ -106,10 +110,13 @@ def request_id() -> str:
     return rid
 
 
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return {
-        "error": {"code": code, "message": message, "request_id": request_id(), "details": details}
-    }
+def error_body(
+    code: str, message: str, details: Any = None, *, rid: str | None = None
+) -> dict[str, Any]:
+    """The error shape; `rid` names the request where there is no request context (a worker
+    thread), else the current request's id is used."""
+    rid = rid or request_id()
+    return {"error": {"code": code, "message": message, "request_id": rid, "details": details}}
 
 
 def render_error(exc: HTTPException) -> Response:

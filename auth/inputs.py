@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, request
@@ -39,21 +41,42 @@ def json_body(*, allow_form: bool = False) -> dict[str, Any]:
     """The request body as a dict: JSON, or form-urlencoded where `allow_form`."""
     if allow_form and request.mimetype == "application/x-www-form-urlencoded":
         return request.form.to_dict()
-    limit = current_app.config.get("MAX_JSON_DEPTH", DEFAULT_MAX_DEPTH)
-    if request.is_json and nested_deeper_than(request.get_data(cache=True), limit):
-        raise ValidationError(
-            f"request body nests arrays or objects more than {limit} levels deep",
-            details={"max_depth": limit},
-        )
-    body = request.get_json(silent=True)
-    if body is None:
+    return parse_json_object(json_bytes(allow_form=allow_form), max_depth=max_json_depth())
+
+
+def max_json_depth() -> int:
+    return current_app.config.get("MAX_JSON_DEPTH", DEFAULT_MAX_DEPTH)
+
+
+def json_bytes(*, allow_form: bool = False) -> bytes:
+    """The raw body of a request that says it is JSON; 400 for any other content type."""
+    if not request.is_json:
         expected = "a JSON object" + (" or a form-urlencoded body" if allow_form else "")
         raise ValidationError(
-            f"request body must be {expected} with Content-Type: application/json"
-            if request.mimetype != "application/json"
-            else "request body is not valid JSON",
+            f"request body must be {expected} with Content-Type: application/json",
             details={"expected": expected},
         )
+    return request.get_data(cache=True)
+
+
+def parse_json_object(
+    raw: bytes, *, max_depth: int, loads: Callable[[bytes], Any] = json.loads
+) -> dict[str, Any]:
+    """`raw` parsed by `loads` as a JSON object, its depth checked before any parser recurses.
+
+    Needs no request context, so a large body can be parsed on a worker thread.
+    """
+    if nested_deeper_than(raw, max_depth):
+        raise ValidationError(
+            f"request body nests arrays or objects more than {max_depth} levels deep",
+            details={"max_depth": max_depth},
+        )
+    try:
+        body = loads(raw)
+    except (ValueError, RecursionError):
+        raise ValidationError(
+            "request body is not valid JSON", details={"expected": "a JSON object"}
+        ) from None
     if not isinstance(body, dict):
         raise ValidationError("request body must be a JSON object", details={"expected": "object"})
     return body

@@ -52,6 +52,7 @@ from limits.errors import StorageError
 
 from .config import AuthSettings, RateLimitSettings
 from .errors import ApiError, StorageBusy, render_error
+from .offload import ThreadOffload
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -368,7 +369,7 @@ class PasswordGate:
     def __init__(self, lock_dir: Path, slots: int) -> None:
         self._paths = [str(lock_dir / f"password-hash-{i}.lock") for i in range(slots)]
         self._locks: dict[tuple[int, str], FileLock] = {}
-        self._pools: dict[int, Any] = {}
+        self._threads = ThreadOffload(slots, on_thread=_lower_priority)
 
     def _lock(self, path: str) -> FileLock:
         key = (os.getpid(), path)  # never reuse a lock object across a fork
@@ -386,10 +387,7 @@ class PasswordGate:
             except Timeout:
                 continue
             try:
-                pool = self._thread_pool()
-                if pool is None:
-                    return fn(*args, **kwargs)
-                return pool.apply(_at_low_priority, (fn, args, kwargs))
+                return self._threads.run(fn, *args, **kwargs)
             finally:
                 lock.release()
         raise RateLimited(
@@ -397,26 +395,13 @@ class PasswordGate:
             headers={"Retry-After": "1"},
         )
 
-    def _thread_pool(self) -> Any:
-        """A pool of real threads if gevent has patched this process, else None (call inline)."""
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is None or not monkey.is_module_patched("threading"):
-            return None
-        pool = self._pools.get(os.getpid())
-        if pool is None:
-            from gevent.threadpool import ThreadPool
 
-            pool = self._pools[os.getpid()] = ThreadPool(len(self._paths))
-        return pool
-
-
-def _at_low_priority(fn: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
-    """Run on a hashing thread of its own, first moved to the idle scheduling class (Linux, where
-    a thread id names just that thread): any ordinary runnable task preempts it at once."""
+def _lower_priority() -> None:
+    """Move this hashing thread to the idle scheduling class (Linux, where a thread id names
+    just that thread): any ordinary runnable task preempts it at once."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-    return fn(*args, **kwargs)
 
 
 def exempt(view: Any) -> Any:

@@ -63,6 +63,11 @@ def create_app(
             lock_timeout=settings.storage.lock_timeout_seconds,
         ),
     )
-    for blueprint in (health.bp, predict.bp, model_admin.bp):
+    predict.init_app(
+        app,
+        threads=settings.models.inference_threads,
+        max_samples=settings.models.max_samples_per_request,
+    )
+    for blueprint in (health.bp, model_admin.bp):
         app.register_blueprint(blueprint)
     return app

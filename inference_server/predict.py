@@ -3,6 +3,11 @@
 Every answer names the model and version that produced it and how long inference took. A batch
 validates each input on its own (a bad one gets its error in place, the rest still run), then
 runs all valid inputs through the model in one call when their shapes allow it.
+
+The heavy part of a prediction (checking the input, the model call, encoding the answer) runs on
+an inference thread (`models.inference_threads`, see `auth.offload`), and so does parsing a large
+body: a million-row request keeps its own greenlet waiting, not the worker's other requests.
+Choosing the model stays on the event loop, where the registry's locks live.
 """
 
 from __future__ import annotations
@@ -11,14 +16,34 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app
 
 from auth import json_body, require_auth
-from auth.errors import ApiError, ValidationError, error_body
+from auth.errors import ApiError, PayloadTooLarge, ValidationError, error_body, request_id
+from auth.inputs import json_bytes, max_json_depth, parse_json_object
+from auth.offload import ThreadOffload
 
-from .models import LoadedModel, ModelRegistry, to_batch
+from . import json_steps
+from .models import LoadedModel, ModelRegistry, to_batch_in_steps
 
 bp = Blueprint("predict", __name__)
+
+PARSE_INLINE_BYTES = 64 * 1024  # smaller bodies parse faster than a hand-off to a thread
+
+
+def init_app(app, *, threads: int, max_samples: int) -> None:
+    app.extensions["inference"] = Inference(ThreadOffload(threads), max_samples)
+    app.register_blueprint(bp)
+
+
+class Inference:
+    def __init__(self, threads: ThreadOffload, max_samples: int) -> None:
+        self.threads = threads
+        self.max_samples = max_samples
+
+
+def inference() -> Inference:
+    return current_app.extensions["inference"]
 
 
 def registry() -> ModelRegistry:
@@ -43,19 +68,46 @@ def _timed(model: LoadedModel, batch: np.ndarray) -> tuple[np.ndarray, float]:
     return outputs, round((time.perf_counter() - started) * 1000, 3)
 
 
-def _answer(model: LoadedModel, elapsed_ms: float, **fields: Any):
-    return jsonify(
+def _encode(model: LoadedModel, elapsed_ms: float, **fields: Any) -> bytes:
+    return json_steps.dumps(
         {"model": model.name, "version": model.version, **fields, "inference_time_ms": elapsed_ms}
+    ).encode()
+
+
+def _body() -> dict[str, Any]:
+    if len(json_bytes()) <= PARSE_INLINE_BYTES:
+        return json_body()
+    return inference().threads.run(
+        parse_json_object, json_bytes(), max_depth=max_json_depth(), loads=json_steps.loads
     )
 
 
+def _samples_within(data: Any, limit: int, field: str) -> None:
+    """413 when a batch holds more samples than `models.max_samples_per_request`, checked on
+    the JSON list before any array is built."""
+    if isinstance(data, list) and len(data) > limit and isinstance(data[0], list):
+        raise PayloadTooLarge(
+            f"'{field}' holds {len(data)} samples; the limit is {limit} per request",
+            details={"field": field, "max_samples_per_request": limit},
+        )
+
+
+def _respond(payload: bytes) -> Response:
+    return current_app.response_class(payload, mimetype="application/json")
+
+
 def _predict(path_model: str | None):
-    body = json_body()
+    body = _body()
     model = registry().get(_model_field(body, path_model))
     if "data" not in body:
         raise ValidationError("'data' is required", details={"field": "data"})
-    outputs, elapsed = _timed(model, to_batch(body["data"], model.input))
-    return _answer(model, elapsed, predictions=outputs.tolist())
+    _samples_within(body["data"], inference().max_samples, "data")
+    return _respond(inference().threads.run(_predict_payload, model, body["data"]))
+
+
+def _predict_payload(model: LoadedModel, data: Any) -> bytes:
+    outputs, elapsed = _timed(model, to_batch_in_steps(data, model.input))
+    return _encode(model, elapsed, predictions=outputs)
 
 
 @bp.post("/predict")
@@ -73,7 +125,7 @@ def predict_with(model_name: str):
 @bp.post("/predict/batch")
 @require_auth(scopes=["predict"])
 def predict_batch():
-    body = json_body()
+    body = _body()
     model = registry().get(_model_field(body))
     inputs = body.get("inputs")
     limit = registry().max_batch_size
@@ -86,20 +138,26 @@ def predict_batch():
             f"'inputs' holds {len(inputs)} inputs; the limit is {limit}",
             details={"field": "inputs", "max_batch_size": limit},
         )
+    for i, data in enumerate(inputs):
+        _samples_within(data, inference().max_samples, f"inputs[{i}]")
+    return _respond(inference().threads.run(_batch_payload, model, inputs, request_id()))
+
+
+def _batch_payload(model: LoadedModel, inputs: list[Any], rid: str) -> bytes:
     results: list[dict[str, Any] | None] = [None] * len(inputs)
     batches: list[tuple[int, np.ndarray]] = []
     for i, data in enumerate(inputs):
         try:
-            batches.append((i, to_batch(data, model.input, field=f"inputs[{i}]")))
+            batches.append((i, to_batch_in_steps(data, model.input, field=f"inputs[{i}]")))
         except ApiError as exc:
-            results[i] = error_body(exc.error_code, exc.description or "", exc.details)
+            results[i] = error_body(exc.error_code, exc.description or "", exc.details, rid=rid)
     elapsed = 0.0
     if batches:
         outputs, elapsed = _run_together(model, [b for _, b in batches])
         for (i, _), out in zip(batches, outputs, strict=True):
-            results[i] = {"predictions": out.tolist()}
+            results[i] = {"predictions": out}
     failed = sum(1 for r in results if r and "error" in r)
-    return _answer(model, elapsed, results=results, succeeded=len(inputs) - failed, failed=failed)
+    return _encode(model, elapsed, results=results, succeeded=len(inputs) - failed, failed=failed)
 
 
 def _run_together(model: LoadedModel, batches: list[np.ndarray]) -> tuple[list[np.ndarray], float]:

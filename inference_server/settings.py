@@ -110,6 +110,15 @@ class ModelSettings:
         help="models to serve",
     )
     max_batch_size: int = setting(64, min=1, max=100_000, help="most inputs in /predict/batch")
+    max_samples_per_request: int = setting(
+        100_000, min=1, help="most samples one request may carry (413 beyond)"
+    )
+    inference_threads: int = setting(
+        2,
+        min=1,
+        max=64,
+        help="threads per worker that run predictions off the event loop (they queue beyond)",
+    )
     download_max_mb: float = setting(
         500, min=0.001, help="largest model file POST /models/download accepts"
     )

@@ -6,7 +6,7 @@ keeps them by name, in step with the config and the admin API across worker proc
 
 from __future__ import annotations
 
-from .base import LoadedModel, ModelLoadError, ModelUnavailable, to_batch
+from .base import LoadedModel, ModelLoadError, ModelUnavailable, to_batch, to_batch_in_steps
 from .registry import ACTIONS, STATE_FILE, ModelRegistry, load_model
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "ModelUnavailable",
     "load_model",
     "to_batch",
+    "to_batch_in_steps",
 ]

@@ -113,6 +113,29 @@ def to_batch(data: Any, spec: InputSpec, *, field: str = "data") -> np.ndarray:
     return array.astype(DTYPES[spec.dtype], copy=False)
 
 
+def to_batch_in_steps(
+    data: Any, spec: InputSpec, *, field: str = "data", step: int = 10_000
+) -> np.ndarray:
+    """`to_batch` a slice of samples at a time, so that building a large array never holds the
+    GIL for long (see `json_steps`); the same array and the same errors as `to_batch`."""
+    if not isinstance(data, list) or len(data) <= step:
+        return to_batch(data, spec, field=field)
+    try:
+        first: np.ndarray | None = to_batch(data[:step], spec, field=field)
+    except ValidationError:
+        first = None  # perhaps one large sample rather than a batch: judge it whole
+    if first is None or len(first) != step:
+        return to_batch(data, spec, field=field)
+    rest = (to_batch(data[i : i + step], spec, field=field) for i in range(step, len(data), step))
+    parts = [first, *rest]
+    if len({part.shape[1:] for part in parts}) > 1:
+        raise ValidationError(
+            f"'{field}' has rows of different lengths or nesting; expected {spec.describe()}",
+            details={"field": field, "expected": spec.describe()},
+        )
+    return np.concatenate(parts)
+
+
 def _holds_bool(data: list[Any], ndim: int) -> bool:
     # JSON true/false would pass as 1/0 inside a numeric array; flattening with C-level
     # iterators keeps this check cheap for large inputs.

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from auth.errors import ApiError, ValidationError
+from auth.errors import PayloadTooLarge, ValidationError
 
 from .base import ModelLoadError
 
@@ -42,10 +42,6 @@ SUFFIXES = {"builtin": ".json", "onnx": ".onnx", "torchscript": ".pt"}
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-class TooLarge(ApiError):
-    code, error_code = 413, "PAYLOAD_TOO_LARGE"
 
 
 @dataclass(frozen=True)
@@ -180,7 +176,7 @@ def fetch_model(
         raise ValidationError("'sha256' must be 64 hex digits", details={"field": "sha256"})
     source, length = _open(url, timeout=timeout, reach=reach)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    too_large = TooLarge(
+    too_large = PayloadTooLarge(
         f"the model file is larger than the limit of {max_bytes} bytes",
         details={"max_bytes": max_bytes},
     )

@@ -1,0 +1,53 @@
+"""Work that must not hold a gevent worker's event loop runs on a real thread.
+
+Under gevent (the server's workers) every request of a worker shares one event loop: a bcrypt
+hash or a large prediction computed there stalls every other request of that worker, `/health`
+included. `ThreadOffload.run` hands such work to a bounded pool of real threads and parks only
+the calling greenlet; bcrypt, NumPy, ONNX Runtime and torch release the GIL while they compute,
+and Python code on the thread yields the GIL every few milliseconds, so the loop keeps serving.
+Outside gevent (tests, a threaded server) there is no loop to protect and the work runs inline.
+
+A pool belongs to one process: it is made on first use after any fork.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ThreadOffload:
+    """`threads` real threads per process; `on_thread` runs on a pool thread before each call
+    (never inline)."""
+
+    def __init__(self, threads: int, *, on_thread: Callable[[], None] | None = None) -> None:
+        self.threads = threads
+        self._on_thread = on_thread
+        self._pools: dict[int, Any] = {}
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on a pool thread (waiting for a free one), or inline."""
+        pool = self._pool()
+        if pool is None:
+            return fn(*args, **kwargs)
+        return pool.apply(self._call, (fn, args, kwargs))
+
+    def _call(self, fn: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
+        if self._on_thread is not None:
+            self._on_thread()
+        return fn(*args, **kwargs)
+
+    def _pool(self) -> Any:
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("threading"):
+            return None
+        pool = self._pools.get(os.getpid())
+        if pool is None:
+            from gevent.threadpool import ThreadPool
+
+            pool = self._pools[os.getpid()] = ThreadPool(self.threads)
+        return pool
