@@ -3,8 +3,8 @@
 Every token carries `sub` (user id), `sid` (the login session it belongs to), `jti`, `type`
 ("access" or "refresh"), `iat`, `exp`, `iss` and `aud`; decoding pins the algorithm and requires all
 of them, and a token of the wrong type is refused, so access and refresh tokens are never
-interchangeable. Expiry is checked here against an injected clock rather than by PyJWT, so tests
-freeze time instead of sleeping.
+interchangeable. Expiry, `iat` and `nbf` (in the future beyond a small leeway: refused) are checked
+here against an injected clock rather than by PyJWT, so tests freeze time instead of sleeping.
 
 Revocation is not in the token: a token is only honoured while its session is live (see
 `sessions.py`), which is what makes logout and password change take effect at once.
@@ -25,6 +25,7 @@ from .errors import AuthenticationError
 
 REQUIRED_CLAIMS = ["sub", "sid", "exp", "iat", "jti", "type", "iss", "aud"]
 MIN_SECRET_BYTES = 32
+CLOCK_LEEWAY = 10  # seconds a token's iat or nbf may be ahead of our clock (skew between hosts)
 _PLACEHOLDER = re.compile(r"change|secret|your[-_ ]|example|placeholder|default", re.IGNORECASE)
 SECRET_FILE = "jwt_secret"
 
@@ -82,6 +83,8 @@ class TokenSigner:
             )
         if claims["exp"] <= now:
             raise AuthenticationError("token has expired", error_code="TOKEN_EXPIRED")
+        if claims["iat"] > now + CLOCK_LEEWAY or claims.get("nbf", now) > now + CLOCK_LEEWAY:
+            raise AuthenticationError("token is not valid yet", error_code="INVALID_TOKEN")
         return claims
 
     def _verify(self, token: str) -> dict[str, Any]:
@@ -102,7 +105,9 @@ class TokenSigner:
         except jwt.PyJWTError:
             raise AuthenticationError("invalid token", error_code="INVALID_TOKEN") from None
         if not all(isinstance(claims[c], str) for c in ("sub", "sid", "jti", "type")) or not all(
-            isinstance(claims[c], int) for c in ("exp", "iat")
+            isinstance(claims[c], int) and not isinstance(claims[c], bool)
+            for c in ("exp", "iat", "nbf")
+            if c in claims
         ):
             raise AuthenticationError("invalid token claims", error_code="INVALID_TOKEN")
         return claims

@@ -193,3 +193,17 @@ def test_a_key_with_a_non_ascii_checksum_is_refused(client, checksum):
     assert_error(response, 401, "INVALID_API_KEY")
     response = client.post("/auth/login", json={"api_key": key})
     assert_error(response, 401, "INVALID_API_KEY")
+
+
+@pytest.mark.parametrize("role", [["admin"], {"admin": 1}, 1])
+def test_a_role_of_the_wrong_type_is_400_in_patch(client, admin, actor, role):
+    user_id = actor.register("wrongtype")
+    response = client.patch(f"/admin/users/{user_id}", json={"role": role}, headers=admin)
+    assert assert_error(response, 400, "VALIDATION_ERROR")["details"]["field"] == "role"
+
+
+def test_a_full_width_look_alike_of_an_email_is_the_same_email(client, admin):
+    body = {"username": "lookalike", "password": "a fine passphrase"}
+    full_width = "\uff41\uff44\uff4d\uff49\uff4e@localhost"  # "admin@localhost" in full width
+    response = client.post("/auth/register", json={**body, "email": full_width}, headers=admin)
+    assert assert_error(response, 409, "CONFLICT")["details"]["field"] == "email"

@@ -53,6 +53,20 @@ def test_tampered_payload_is_refused(actor, tokens):
     assert_error(actor.predict(bearer(f"{header}.{payload}.{signature}")), 401, "INVALID_TOKEN")
 
 
+@pytest.mark.parametrize(
+    ("claim", "ahead", "accepted"),
+    [("iat", 3600, False), ("nbf", 3600, False), ("iat", 5, True), ("nbf", 5, True)],
+)
+def test_tokens_from_the_future_are_refused(app, actor, tokens, clock, claim, ahead, accepted):
+    """A signed token whose iat or nbf is ahead of our clock (beyond a few seconds of skew)."""
+    claims = {**_claims(tokens["access_token"]), claim: int(clock()) + ahead}
+    response = actor.predict(bearer(_forge(app, claims)))
+    if accepted:
+        assert response.status_code == 200
+    else:
+        assert_error(response, 401, "INVALID_TOKEN")
+
+
 def test_wrong_key_is_refused(app, actor, tokens):
     forged = _forge(app, _claims(tokens["access_token"]), key="x" * 64)
     assert_error(actor.predict(bearer(forged)), 401, "INVALID_TOKEN")
