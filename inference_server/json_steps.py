@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,27 +56,19 @@ def _scan(text: str, at: int) -> tuple[Any, int]:
 
 def _array(text: str, at: int, level: int) -> tuple[list[Any], int]:
     items: list[Any] = []
-    at = _skip(text, at + 1)
-    if text[at : at + 1] == "]":
-        return items, at + 1
-    while True:
+
+    def read(at: int) -> int:
         item, at = _value(text, at, level + 1)
         items.append(item)
-        at = _skip(text, at)
-        mark = text[at : at + 1]
-        if mark == "]":
-            return items, at + 1
-        if mark != ",":
-            raise ValueError(f"expected ',' or ']' at character {at}")
-        at = _skip(text, at + 1)
+        return at
+
+    return items, _members(text, at, "]", read)
 
 
 def _object(text: str, at: int, level: int) -> tuple[dict[str, Any], int]:
     members: dict[str, Any] = {}
-    at = _skip(text, at + 1)
-    if text[at : at + 1] == "}":
-        return members, at + 1
-    while True:
+
+    def read(at: int) -> int:
         if text[at : at + 1] != '"':
             raise ValueError(f"expected a property name at character {at}")
         key, at = _scan(text, at)
@@ -83,12 +76,24 @@ def _object(text: str, at: int, level: int) -> tuple[dict[str, Any], int]:
         if text[at : at + 1] != ":":
             raise ValueError(f"expected ':' at character {at}")
         members[key], at = _value(text, _skip(text, at + 1), level + 1)
-        at = _skip(text, at)
+        return at
+
+    return members, _members(text, at, "}", read)
+
+
+def _members(text: str, at: int, closer: str, read: Callable[[int], int]) -> int:
+    """Read the comma-separated members of the container opened at `at` with `read` (which
+    returns where a member ends) up to `closer`; returns the position after it."""
+    at = _skip(text, at + 1)
+    if text[at : at + 1] == closer:
+        return at + 1
+    while True:
+        at = _skip(text, read(at))
         mark = text[at : at + 1]
-        if mark == "}":
-            return members, at + 1
+        if mark == closer:
+            return at + 1
         if mark != ",":
-            raise ValueError(f"expected ',' or '}}' at character {at}")
+            raise ValueError(f"expected ',' or {closer!r} at character {at}")
         at = _skip(text, at + 1)
 
 
