@@ -228,8 +228,7 @@ def _storage_unreachable(exc: StorageError):
 
 
 def stamp_login_arrival() -> None:
-    """before_request, ahead of flask-limiter (which may refuse the login with a 429) and of
-    authentication (change-password with a bad token is held back too)."""
+    """before_request, ahead of flask-limiter (which may refuse the login with a 429)."""
     state = current_app.extensions["auth"]
     if request.endpoint in PASSWORD_ENDPOINTS and state.settings.enabled:
         g.login_arrived = state.clock()

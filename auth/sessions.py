@@ -7,7 +7,9 @@ that may be used next:
 - refresh with that jti: a new jti is recorded (rotation) and new tokens are issued;
 - refresh with any other jti of the session: a used token was replayed, so the whole session (the
   token family) is revoked, the thief's tokens and the owner's alike;
-- logout, password change, disabling or deleting the user: the session is revoked.
+- logout, password change, disabling or deleting the user: the session is revoked;
+- a session lives at most `auth.session_max_days` from its login however often it is refreshed,
+  and one started by a key login lives no longer than the key (see `AuthState.session_end`).
 
 Every change happens inside a store update, under the file lock, so of two concurrent refreshes
 with the same token exactly one finds its jti current. Expired sessions are pruned on each write.

@@ -230,7 +230,10 @@ def users_reset_password(config, user, password_stdin) -> None:
     record = accounts.find(state, user)
     secret = _new_password(password_stdin, None, "New password")
     ended = accounts.set_password(state, record["id"], secret, actor=_actor())
-    click.echo(f"{record['username']}: password reset, {ended} session(s) ended")
+    click.echo(
+        f"{record['username']}: password reset, {ended} session(s) ended; "
+        "they must change it at their next login"
+    )
 
 
 # -- keys --------------------------------------------------------------------------------
