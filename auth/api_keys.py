@@ -22,6 +22,7 @@ import string
 import zlib
 from typing import Any
 
+from .records import Field, list_of, timestamp
 from .store import Items
 
 PREFIX = "sk_live_"
@@ -31,6 +32,27 @@ DISPLAY_LENGTH = len(PREFIX) + 4
 KEY_LENGTH = len(PREFIX) + BODY_LENGTH + CHECKSUM_LENGTH
 LAST_USED_EVERY_SECONDS = 60
 _ALPHABET = string.digits + string.ascii_letters
+
+
+def key_shape(scopes: frozenset[str]) -> dict[str, Field]:
+    """The shape of a key record, its scopes drawn from `scopes`."""
+    return {
+        "id": Field((str,)),
+        "user_id": Field((str,)),
+        "name": Field((str,)),
+        "description": Field((str, None), required=False),
+        "prefix": Field((str,)),
+        "hash": Field((str,)),
+        "scopes": Field((list,), check=list_of(scopes)),
+        "is_active": Field((bool,)),
+        "created_at": Field((str,), check=timestamp),
+        "expires_at": Field((str, None), check=timestamp),
+        "revoked_at": Field((str, None), required=False, check=timestamp),
+        "parent_id": Field((str, None), required=False),
+    }
+
+
+USAGE_SHAPE = {"last_used": Field((str,), check=timestamp)}
 
 
 def _base62(number: int, width: int) -> str:

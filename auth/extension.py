@@ -41,10 +41,13 @@ from .limits import (
     stamp_login_arrival,
 )
 from .passwords import hash_password, verify_password
+from .records import Shape
 from .store import JsonStore, secure_dir
 from .tokens import TokenSigner, load_secret
 from .users import (
+    ALL_SCOPES,
     ROLE_SCOPES,
+    USER_SHAPE,
     UserIndex,
     has_default_password,
     index_users,
@@ -397,22 +400,25 @@ def open_state(
     """
     data_dir = secure_dir(Path(data_dir))
 
-    def store(name: str, collection: str, index: Callable[..., Any] = lambda items: None):
+    def store(
+        name: str, collection: str, shape: Shape, index: Callable[..., Any] = lambda items: None
+    ):
         return JsonStore(
             data_dir / f"{name}.json",
             collection=collection,
             lock_timeout=lock_timeout,
             index=index,
+            shape=shape,
         )
 
     state = AuthState(
         settings=settings,
         data_dir=data_dir,
         clock=clock,
-        users=store("users", "users", index_users),
-        keys=store("api_keys", "keys", api_keys.index_by_hash),
-        key_usage=store("api_key_usage", "keys"),
-        sessions=store("sessions", "sessions"),
+        users=store("users", "users", USER_SHAPE, index_users),
+        keys=store("api_keys", "keys", api_keys.key_shape(ALL_SCOPES), api_keys.index_by_hash),
+        key_usage=store("api_key_usage", "keys", api_keys.USAGE_SHAPE),
+        sessions=store("sessions", "sessions", sessions.SESSION_SHAPE),
         audit=AuditLog(data_dir / "audit.log", max_bytes=audit_max_bytes, backups=audit_backups),
         password_gate=PasswordGate(data_dir, settings.password_hash_slots),
         trusted_proxies=tuple(trusted_proxies),

@@ -21,9 +21,21 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from .records import Field, strings
 from .store import Items, JsonStore
 
 REVOKED_KEEP_SECONDS = 24 * 3600
+SESSION_SHAPE = {
+    "user_id": Field((str,)),
+    "refresh_jti": Field((str,)),
+    "created_at": Field((int,)),
+    "refreshed_at": Field((int,)),
+    "expires_at": Field((int,)),
+    "revoked_at": Field((int, None)),
+    "revoked_reason": Field((str, None)),
+    "scopes": Field((list, None), check=strings),
+    "key_id": Field((str, None), required=False),
+}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ to 503), re-read the file, apply the change, write a temp file in the same direc
 `os.replace` it over the old one, fsync the directory. A reader therefore sees the old or the new
 version, never a mix, and a writer killed at any point leaves a committed version behind.
 
+Every record is checked against the store's shape (`records.py`) whenever the file is loaded; a
+record that does not fit makes the file as unusable as broken JSON, named down to the field.
 A file that cannot be parsed is never overwritten: at start-up it stops the server with a message
 naming the file; at run time the last good snapshot keeps serving reads and writes answer 503.
 """
@@ -32,6 +34,7 @@ from typing import Any, Generic, TypeVar
 from filelock import FileLock, Timeout
 
 from .errors import StorageBusy
+from .records import Shape, record_problem
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class JsonStore(Generic[T]):
         schema_version: int = 1,
         lock_timeout: float = 10.0,
         index: Callable[[Items], T] = lambda items: None,  # type: ignore[assignment,return-value]
+        shape: Shape | None = None,
     ) -> None:
         self.path = path
         self._stat_path = os.fspath(path)  # stat() on a str skips a Path conversion per request
@@ -77,6 +81,7 @@ class JsonStore(Generic[T]):
         self.schema_version = schema_version
         self.lock_timeout = lock_timeout
         self._build_index = index
+        self._shape = shape
         self._snapshot: Snapshot[T] | None = None
         self._reload = threading.Lock()
         self._locks: dict[int, FileLock] = {}
@@ -147,6 +152,11 @@ class JsonStore(Generic[T]):
             raise StoreCorrupt(
                 f"data file {self.path}: '{self.collection}' must map ids to objects"
             )
+        if self._shape is not None:
+            for record_id, record in items.items():
+                problem = record_problem(self._shape, record_id, record)
+                if problem:
+                    raise StoreCorrupt(f"data file {self.path}: record {record_id!r}: {problem}")
         return items
 
     # -- writing ---------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from .config import rate_limit
 from .errors import Conflict, ValidationError
+from .records import Field, one_of, strings, timestamp
 from .store import Items
 
 # Managing the account itself (keys, password, profile) is a scope of its own: a password login
@@ -28,6 +30,32 @@ ALL_SCOPES = frozenset().union(*ROLE_SCOPES.values())
 # What a key gets when its creator names no scopes: the role's service scopes, never admin or
 # account management.
 DEFAULT_KEY_EXCLUDES = ACCOUNT_SCOPES | {"admin"}
+
+
+def _rate_limit(value: Any) -> str | None:
+    try:
+        rate_limit(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+USER_SHAPE = {
+    "id": Field((str,)),
+    "username": Field((str,)),
+    "email": Field((str,)),
+    "full_name": Field((str, None), required=False),
+    "role": Field((str,), check=one_of(ROLE_SCOPES)),
+    "password_hash": Field((str,)),
+    "is_active": Field((bool,)),
+    "must_change_password": Field((bool,), required=False),
+    "default_password": Field((bool,), required=False),
+    "rate_limit": Field((str, None), required=False, check=_rate_limit),
+    "created_at": Field((str,), check=timestamp),
+    "updated_at": Field((str,), check=timestamp),
+    "password_changed_at": Field((str,), required=False, check=timestamp),
+    "known_addresses": Field((list,), required=False, check=strings),
+}
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
 

@@ -60,6 +60,7 @@ def create_app(
         store=JsonStore(
             settings.data_dir / models.STATE_FILE,
             collection="models",
+            shape=models.STATE_SHAPE,
             lock_timeout=settings.storage.lock_timeout_seconds,
         ),
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from auth.errors import Conflict, NotFound
+from auth.records import Field, one_of
 from auth.store import JsonStore
 
 from ..settings import ConfigError, ModelSettings, ModelSpec, parse_section
@@ -39,6 +40,12 @@ LOADERS: dict[str, Callable[[ModelSpec], LoadedModel]] = {
 }
 ACTIONS = ("load", "unload", "reload", "remove", "set_default")
 STATE_FILE = "models_state.json"
+STATE_SHAPE = {
+    "spec": Field((dict, None)),  # checked as a ModelSpec when the state is applied
+    "state": Field((str,), check=one_of(("loaded", "unloaded", "removed"))),
+    "generation": Field((int,)),
+    "default": Field((bool,), required=False),
+}
 
 
 @dataclass(frozen=True)
