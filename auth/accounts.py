@@ -324,9 +324,9 @@ def create_key(
 
 def list_keys(state: AuthState, user_id: str | None = None) -> list[dict[str, Any]]:
     """Public views of the keys of one user (or of everyone), oldest first."""
-    usage = state.key_usage.read().items
+    usage = state.key_usage.last_used()
     keys = [
-        api_keys.public_view(record, usage.get(key_id, {}).get("last_used"))
+        api_keys.public_view(record, usage.get(key_id))
         for key_id, record in state.keys.read().items.items()
         if user_id is None or record["user_id"] == user_id
     ]

@@ -9,8 +9,8 @@ cost without adding safety) together with a short display prefix. The store keep
 hash to key id, rebuilt only when the file changes, so a lookup is one dict access whatever the
 number of keys.
 
-`last_used` lives in a separate small store so that recording use never invalidates the key
-cache of every worker; it is written at most once a minute per key.
+`last_used` lives in a separate store so that recording use never invalidates the key cache of
+every worker; it is noted at most once a minute per key and written in batches (`usage.py`).
 """
 
 from __future__ import annotations

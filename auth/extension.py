@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from .passwords import hash_password, verify_password
 from .records import Shape
 from .store import JsonStore, secure_dir
 from .tokens import TokenSigner, load_secret
+from .usage import KeyUsage
 from .users import (
     ALL_SCOPES,
     ROLE_SCOPES,
@@ -118,7 +119,7 @@ class AuthState:
     clock: Callable[[], float]
     users: JsonStore[UserIndex]
     keys: JsonStore[dict[str, str]]
-    key_usage: JsonStore[None]
+    key_usage: KeyUsage
     sessions: JsonStore[None]
     audit: AuditLog
     password_gate: PasswordGate
@@ -127,7 +128,6 @@ class AuthState:
     signer: TokenSigner | None = None
     failed_logins: FailureBudget | None = None
     bad_credentials: BadCredentialWatch | None = None
-    _touched: dict[str, int] = field(default_factory=dict)
 
     def now(self) -> int:
         return int(self.clock())
@@ -270,7 +270,7 @@ class AuthState:
             return None
         record = self.find_key(key.strip())
         user = self.active_user(record["user_id"], error_code="INVALID_API_KEY")
-        self._touch_key(record["id"])
+        self.key_usage.note(record["id"], self.now())
         scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
         return Principal(user=user, scopes=scopes, via="api_key", key_id=record["id"])
 
@@ -312,23 +312,6 @@ class AuthState:
     def remote_default_password(self, user: dict[str, Any]) -> bool:
         """True if `user` still has the default password and this request is not from loopback."""
         return has_default_password(user) and not is_loopback(client_address())
-
-    def _touch_key(self, key_id: str) -> None:
-        """Record use of a key at most once a minute, never failing the request over it."""
-        now = self.now()
-        if now - self._touched.get(key_id, 0) < api_keys.LAST_USED_EVERY_SECONDS:
-            return
-        self._touched[key_id] = now
-
-        def change(items: dict[str, dict[str, Any]]) -> None:
-            seen = items.get(key_id, {}).get("last_used")
-            if seen is None or now - epoch(seen) >= api_keys.LAST_USED_EVERY_SECONDS:
-                items[key_id] = {"last_used": iso(now)}
-
-        try:
-            self.key_usage.update(change, timeout=0.05)
-        except errors.StorageBusy:
-            log.warning("could not record last use of key %s; will retry later", key_id)
 
 
 class Auth:
@@ -390,6 +373,7 @@ def open_state(
     lock_timeout: float = 10.0,
     audit_max_bytes: int = 10 * 1024 * 1024,
     audit_backups: int = 5,
+    usage_flush_seconds: float = 5.0,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] | None = None,
 ) -> AuthState:
@@ -417,14 +401,16 @@ def open_state(
         clock=clock,
         users=store("users", "users", USER_SHAPE, index_users),
         keys=store("api_keys", "keys", api_keys.key_shape(ALL_SCOPES), api_keys.index_by_hash),
-        key_usage=store("api_key_usage", "keys", api_keys.USAGE_SHAPE),
+        key_usage=KeyUsage(
+            store("api_key_usage", "keys", api_keys.USAGE_SHAPE), flush_seconds=usage_flush_seconds
+        ),
         sessions=store("sessions", "sessions", sessions.SESSION_SHAPE),
         audit=AuditLog(data_dir / "audit.log", max_bytes=audit_max_bytes, backups=audit_backups),
         password_gate=PasswordGate(data_dir, settings.password_hash_slots),
         trusted_proxies=tuple(trusted_proxies),
         sleep=sleep or _sleep,
     )
-    for each in (state.users, state.keys, state.key_usage, state.sessions):
+    for each in (state.users, state.keys, state.key_usage.store, state.sessions):
         each.open()
     return state
 

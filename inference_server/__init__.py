@@ -31,6 +31,7 @@ def open_auth_state(
         lock_timeout=settings.storage.lock_timeout_seconds,
         audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
         audit_backups=settings.storage.audit_backups,
+        usage_flush_seconds=settings.storage.usage_flush_seconds,
         clock=clock,
         sleep=sleep,
     )

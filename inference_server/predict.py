@@ -77,9 +77,12 @@ def _encode(model: LoadedModel, elapsed_ms: float, **fields: Any) -> bytes:
 def _body() -> dict[str, Any]:
     if len(json_bytes()) <= PARSE_INLINE_BYTES:
         return json_body()
-    return inference().threads.run(
-        parse_json_object, json_bytes(), max_depth=max_json_depth(), loads=json_steps.loads
-    )
+    return inference().threads.run(_parse_large, json_bytes(), max_json_depth())
+
+
+def _parse_large(raw: bytes, max_depth: int) -> dict[str, Any]:
+    with json_steps.collector_paused():
+        return parse_json_object(raw, max_depth=max_depth, loads=json_steps.loads)
 
 
 def _samples_within(data: Any, limit: int, field: str) -> None:
@@ -106,8 +109,9 @@ def _predict(path_model: str | None):
 
 
 def _predict_payload(model: LoadedModel, data: Any) -> bytes:
-    outputs, elapsed = _timed(model, to_batch_in_steps(data, model.input))
-    return _encode(model, elapsed, predictions=outputs)
+    with json_steps.collector_paused():
+        outputs, elapsed = _timed(model, to_batch_in_steps(data, model.input))
+        return _encode(model, elapsed, predictions=outputs)
 
 
 @bp.post("/predict")
@@ -144,6 +148,11 @@ def predict_batch():
 
 
 def _batch_payload(model: LoadedModel, inputs: list[Any], rid: str) -> bytes:
+    with json_steps.collector_paused():
+        return _batch_results(model, inputs, rid)
+
+
+def _batch_results(model: LoadedModel, inputs: list[Any], rid: str) -> bytes:
     results: list[dict[str, Any] | None] = [None] * len(inputs)
     batches: list[tuple[int, np.ndarray]] = []
     for i, data in enumerate(inputs):

@@ -292,23 +292,43 @@ def test_api_key_predicts_and_lists(client, actor, clock):
     assert "hash" not in entry and "key" not in entry
 
 
-def test_last_used_written_at_most_once_a_minute(app, actor, clock):
-    key = actor.create_key(actor.user_headers("pia"))
+def test_last_used_is_noted_on_the_request_and_written_in_batches(app, actor, clock):
+    first = actor.create_key(actor.user_headers("pia"))
+    second = actor.create_key(actor.user_headers("pia2"))
     usage = app.extensions["auth"].key_usage
     writes = []
-    real_update = usage.update
+    real_update = usage.store.update
 
     def counting(change, **kw):
         writes.append(1)
         return real_update(change, **kw)
 
-    usage.update = counting
+    usage.store.update = counting
     for _ in range(5):
-        assert actor.predict({"X-API-Key": key["key"]}).status_code == 200
-    assert len(writes) == 1
+        for created in (first, second):
+            assert actor.predict({"X-API-Key": created["key"]}).status_code == 200
+    assert writes == []  # no request wrote anything
+    assert usage.flush() == 2 and len(writes) == 1  # both keys in one write
+    on_disk = usage.store.read().items
+    assert on_disk[first["id"]]["last_used"] == on_disk[second["id"]]["last_used"]
+
+    actor.predict({"X-API-Key": first["key"]})
+    assert usage.flush() == 0 and len(writes) == 1  # used again within the minute: nothing new
     clock.advance(61)
-    actor.predict({"X-API-Key": key["key"]})
-    assert len(writes) == 2
+    actor.predict({"X-API-Key": first["key"]})
+    assert usage.flush() == 1 and len(writes) == 2
+    assert usage.store.read().items[first["id"]]["last_used"] > on_disk[first["id"]]["last_used"]
+
+
+def test_a_failed_usage_write_keeps_the_notes_for_the_next_flush(app, actor, data_dir):
+    created = actor.create_key(actor.user_headers("pia3"))
+    actor.predict({"X-API-Key": created["key"]})
+    usage = app.extensions["auth"].key_usage
+    (data_dir / "api_key_usage.json").write_text("broken by hand")
+    assert usage.flush() == 0  # 503-class refusal: nothing lost, nothing overwritten
+    assert (data_dir / "api_key_usage.json").read_text() == "broken by hand"
+    (data_dir / "api_key_usage.json").unlink()
+    assert usage.flush() == 1
 
 
 def test_revoked_key_fails(client, actor):

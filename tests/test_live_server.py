@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -142,3 +143,16 @@ def test_bad_config_stops_start_up(tmp_path):
 def test_weak_secret_stops_start_up(tmp_path):
     err = _start_fails(tmp_path, env={"INFERENCE_AUTH__JWT_SECRET": "change-me"})
     assert "jwt_secret" in err and "Traceback" not in err
+
+
+def test_a_stopping_worker_writes_the_key_use_it_noted(tmp_path):
+    data_dir = tmp_path / "data"
+    # A flush interval far longer than the test: only the flush at exit can write it.
+    with live_server(data_dir, env={"INFERENCE_STORAGE__USAGE_FLUSH_SECONDS": "3600"}) as server:
+        key = server.admin_credentials()["api-key"]
+        answer = requests.post(server.url("/predict"), json={"data": [[1, 2, 3]]}, headers=key)
+        assert answer.status_code == 200
+        usage = data_dir / "api_key_usage.json"
+        assert not usage.exists()  # the request wrote nothing
+    written = json.loads(usage.read_text())["keys"]
+    assert len(written) == 1 and next(iter(written.values()))["last_used"]

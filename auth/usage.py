@@ -1,0 +1,116 @@
+"""When API keys were last used: noted in memory on the request, written in batches off it.
+
+A request that presents a key only notes the time in this process's memory (at most once a
+minute per key). What was noted is written in one store update every `flush_seconds` by a
+background flusher (under gevent a greenlet that hands the write to a real thread, elsewhere a
+daemon thread) and once more when the process exits. So no request ever waits for a lock or an
+fsync over bookkeeping: with a thousand keys in rotation the old way put one fsynced rewrite on
+every key's first request of each minute.
+
+Readers merge what this process noted but has not written yet, so a key's owner sees its use at
+once; another worker's notes arrive within one flush interval. A process killed with SIGKILL
+loses at most its last interval of `last_used`: bookkeeping, not state.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from .api_keys import LAST_USED_EVERY_SECONDS
+from .errors import StorageBusy
+from .offload import ThreadOffload
+from .store import Items, JsonStore
+
+log = logging.getLogger(__name__)
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class KeyUsage:
+    def __init__(self, store: JsonStore[None], *, flush_seconds: float = 5.0) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self._noted: dict[str, int] = {}  # key id -> when this process last noted it
+        self._pending: dict[str, int] = {}  # noted, not yet written
+        self._flusher_pid: int | None = None
+        self._thread = ThreadOffload(1)
+        self._lock = threading.Lock()
+
+    def note(self, key_id: str, now: int) -> None:
+        """Remember that `key_id` was used at `now`; costs a dict lookup on the request."""
+        if now - self._noted.get(key_id, 0) < LAST_USED_EVERY_SECONDS:
+            return
+        with self._lock:
+            self._noted[key_id] = now
+            self._pending[key_id] = now
+
+    def last_used(self) -> dict[str, str]:
+        """Key id -> last use, as written by every process plus what this one has pending."""
+        seen = {key_id: record["last_used"] for key_id, record in self.store.read().items.items()}
+        with self._lock:
+            seen.update({key_id: _iso(ts) for key_id, ts in self._pending.items()})
+        return seen
+
+    def flush(self) -> int:
+        """Write what was noted in one update; returns how many keys were written."""
+        return self._flush(self._write)
+
+    def _flush(self, write: Callable[[dict[str, int]], bool]) -> int:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        if write(pending):
+            return len(pending)
+        with self._lock:  # kept for the next flush
+            for key_id, ts in pending.items():
+                self._pending[key_id] = max(ts, self._pending.get(key_id, 0))
+        return 0
+
+    def _write(self, pending: dict[str, int]) -> bool:
+        def change(items: Items) -> None:
+            for key_id, ts in pending.items():
+                written = items.get(key_id, {}).get("last_used")
+                if written is None or written < _iso(ts):
+                    items[key_id] = {"last_used": _iso(ts)}
+
+        try:
+            self.store.update(change)
+        except (StorageBusy, OSError) as exc:
+            log.warning("could not write the last use of %d key(s): %s", len(pending), exc)
+            return False
+        return True
+
+    def start(self) -> None:
+        """Flush every `flush_seconds` in the background of this process, and at its exit."""
+        if self._flusher_pid == os.getpid():
+            return
+        self._flusher_pid = os.getpid()
+        atexit.register(self.flush)
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is not None and monkey.is_module_patched("threading"):
+            import gevent
+
+            # The notes are taken and kept on the event loop; only the write is on a thread.
+            off_loop = functools.partial(self._thread.run, self._write)
+            gevent.spawn(self._every, lambda: self._flush(off_loop), gevent.sleep)
+        else:
+            threading.Thread(
+                target=self._every, args=(self.flush, time.sleep), daemon=True, name="key-usage"
+            ).start()
+
+    def _every(self, flush: Callable[[], Any], sleep: Callable[[float], Any]) -> None:
+        while True:
+            sleep(self.flush_seconds)
+            flush()
