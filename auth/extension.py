@@ -9,6 +9,11 @@ Deny by default: a `before_request` hook authenticates every request whose view 
 public, before any view decorator or rate limiter runs. Views then narrow access with
 `require_auth(scopes=...)` (see `decorators.py`). Authenticators answer "not mine" with None and
 "mine but bad" with an exception.
+
+What a request may do is the scopes of the credential it presented (`Principal.scopes`): the
+role's scopes narrowed by the key, or by the key a session was started with. A session from a
+key login lives only while that key does; every session ends `auth.session_max_days` after its
+login. Invalid credentials are counted per client address (`limits.BadCredentialWatch`).
 """
 
 from __future__ import annotations
