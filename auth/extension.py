@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from flask import Flask, current_app, g, request
 
 from . import api_keys, errors, sessions
 from .audit import AuditLog
+from .background import run_every
 from .config import AuthSettings, RateLimitSettings
 from .errors import AuthenticationError, PermissionDenied
 from .limits import (
@@ -45,6 +46,7 @@ from .limits import (
     password_failure_key,
     stamp_login_arrival,
 )
+from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
 from .records import Shape
 from .store import JsonStore, secure_dir
@@ -131,6 +133,8 @@ class AuthState:
     trusted_proxies: tuple[str, ...] = ()
     sleep: Callable[[float], None] = _sleep
     signer: TokenSigner | None = None
+    sweep_seconds: float = 600.0
+    offload: ThreadOffload = field(default_factory=lambda: ThreadOffload(1))
     failed_logins: FailureBudget | None = None
     bad_credentials: BadCredentialWatch | None = None
 
@@ -314,6 +318,15 @@ class AuthState:
                 "machine (loopback) before using it remotely"
             )
 
+    def start_background(self) -> None:
+        """This worker's timed jobs: writing key use, sweeping ended sessions (off the loop)."""
+        self.key_usage.start()
+        sweep = functools.partial(self.offload.run, self.sweep_sessions)
+        run_every(self.sweep_seconds, sweep, name="session-sweep")
+
+    def sweep_sessions(self) -> int:
+        return sessions.sweep(self.sessions, now=self.now())
+
     def remote_default_password(self, user: dict[str, Any]) -> bool:
         """True if `user` still has the default password and this request is not from loopback."""
         return has_default_password(user) and not is_loopback(client_address())
@@ -379,6 +392,7 @@ def open_state(
     audit_max_bytes: int = 10 * 1024 * 1024,
     audit_backups: int = 5,
     usage_flush_seconds: float = 5.0,
+    sweep_seconds: float = 600.0,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] | None = None,
 ) -> AuthState:
@@ -414,6 +428,7 @@ def open_state(
         password_gate=PasswordGate(data_dir, settings.password_hash_slots),
         trusted_proxies=tuple(trusted_proxies),
         sleep=sleep or _sleep,
+        sweep_seconds=sweep_seconds,
     )
     for each in (state.users, state.keys, state.key_usage.store, state.sessions):
         each.open()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .records import Field, strings
-from .store import Items, JsonStore
+from .store import UNCHANGED, Items, JsonStore
 
 REVOKED_KEEP_SECONDS = 24 * 3600
 SESSION_SHAPE = {
@@ -50,14 +50,30 @@ def new_session_id() -> str:
     return "ses_" + secrets.token_hex(12)
 
 
-def _prune(items: Items, now: int) -> None:
-    for sid in [
+def _prune(items: Items, now: int) -> int:
+    ended = [
         sid
         for sid, s in items.items()
         if s["expires_at"] < now
         or (s["revoked_at"] and s["revoked_at"] < now - REVOKED_KEEP_SECONDS)
-    ]:
+    ]
+    for sid in ended:
         del items[sid]
+    return len(ended)
+
+
+def sweep(store: JsonStore, *, now: int) -> int:
+    """Drop expired and long-revoked sessions; writes only if there were any. Returns how many.
+
+    Writes prune too, but a server that only refreshes and predicts would otherwise keep every
+    ended session for ever; the worker runs this on a timer, off its event loop.
+    """
+
+    def change(items: Items) -> int:
+        return _prune(items, now) or UNCHANGED
+
+    dropped = store.update(change)
+    return 0 if dropped is UNCHANGED else dropped
 
 
 def start_session(

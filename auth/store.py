@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 Items = dict[str, dict[str, Any]]
+UNCHANGED: Any = object()  # what a change returns when it found nothing to write
 
 
 class StoreCorrupt(Exception):
@@ -165,8 +166,8 @@ class JsonStore(Generic[T]):
         """Apply `change` to a fresh copy of the records under the file lock and commit it.
 
         `change` mutates the dict it is given and returns a value that `update` passes back. If it
-        raises, nothing is written. Raises StorageBusy when the lock cannot be had in time or the
-        file on disk is unreadable.
+        raises, or returns `UNCHANGED` (it found nothing to do), nothing is written. Raises
+        StorageBusy when the lock cannot be had in time or the file on disk is unreadable.
         """
         lock = self._file_lock()
         try:
@@ -188,6 +189,8 @@ class JsonStore(Generic[T]):
                 ) from None
             items = current.items
             result = change(items)
+            if result is UNCHANGED:
+                return result
             new_stamp = self._write(items, previous=stamp)
             self._snapshot = Snapshot(items=items, index=self._build_index(items), stamp=new_stamp)
             return result

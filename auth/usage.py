@@ -2,10 +2,10 @@
 
 A request that presents a key only notes the time in this process's memory (at most once a
 minute per key). What was noted is written in one store update every `flush_seconds` by a
-background flusher (under gevent a greenlet that hands the write to a real thread, elsewhere a
-daemon thread) and once more when the process exits. So no request ever waits for a lock or an
-fsync over bookkeeping: with a thousand keys in rotation the old way put one fsynced rewrite on
-every key's first request of each minute.
+background job (`background.run_every`; the write itself runs on a real thread) and once more
+when the process exits. So no request ever waits for a lock or an fsync over bookkeeping: with
+a thousand keys in rotation the old way put one fsynced rewrite on every key's first request of
+each minute.
 
 Readers merge what this process noted but has not written yet, so a key's owner sees its use at
 once; another worker's notes arrive within one flush interval. A process killed with SIGKILL
@@ -18,14 +18,12 @@ import atexit
 import functools
 import logging
 import os
-import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 from .api_keys import LAST_USED_EVERY_SECONDS
+from .background import run_every
 from .errors import StorageBusy
 from .offload import ThreadOffload
 from .store import Items, JsonStore
@@ -98,19 +96,6 @@ class KeyUsage:
             return
         self._flusher_pid = os.getpid()
         atexit.register(self.flush)
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is not None and monkey.is_module_patched("threading"):
-            import gevent
-
-            # The notes are taken and kept on the event loop; only the write is on a thread.
-            off_loop = functools.partial(self._thread.run, self._write)
-            gevent.spawn(self._every, lambda: self._flush(off_loop), gevent.sleep)
-        else:
-            threading.Thread(
-                target=self._every, args=(self.flush, time.sleep), daemon=True, name="key-usage"
-            ).start()
-
-    def _every(self, flush: Callable[[], Any], sleep: Callable[[float], Any]) -> None:
-        while True:
-            sleep(self.flush_seconds)
-            flush()
+        # The notes are taken and kept on the event loop; only the write is on a thread.
+        off_loop = functools.partial(self._thread.run, self._write)
+        run_every(self.flush_seconds, lambda: self._flush(off_loop), name="key-usage")

@@ -32,6 +32,7 @@ def open_auth_state(
         audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
         audit_backups=settings.storage.audit_backups,
         usage_flush_seconds=settings.storage.usage_flush_seconds,
+        sweep_seconds=settings.storage.session_sweep_minutes * 60,
         clock=clock,
         sleep=sleep,
     )

@@ -61,6 +61,9 @@ class StorageSettings:
     )
     audit_max_mb: float = setting(10, min=0.001, help="rotate audit.log beyond this size")
     audit_backups: int = setting(5, min=0, max=100, help="rotated audit logs kept")
+    session_sweep_minutes: float = setting(
+        10, min=0.01, max=1440, help="how often each worker drops expired and revoked sessions"
+    )
     usage_flush_seconds: float = setting(
         5, min=0.1, max=3600, help="how often each worker writes the last use of API keys"
     )

@@ -13,4 +13,4 @@ from .cli import LOG_FORMAT
 
 logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 app = create_app()
-app.extensions["auth"].key_usage.start()  # this worker writes API key use in the background
+app.extensions["auth"].start_background()  # key use written, ended sessions swept

@@ -133,3 +133,23 @@ def test_an_admin_reset_makes_the_owner_change_the_password_at_next_login(actor)
     assert response.status_code == 200
     assert actor.predict(headers).status_code == 200
     assert "X-Password-Change-Required" not in actor.predict(headers).headers
+
+
+def test_the_sweep_drops_ended_sessions_and_keeps_live_ones(app, actor, clock):
+    state = app.extensions["auth"]
+    for _ in range(1_000):  # a service logging in every time, never logging out
+        actor.client.post("/auth/login", json={"username": "admin", "password": "admin123"})
+    clock.advance(4 * DAY)
+    live = actor.login(*ADMIN)
+    revoked = actor.login(*ADMIN)
+    actor.client.post("/auth/logout", headers=bearer(revoked["access_token"]))
+    clock.advance(4 * DAY)  # the first 1,000 are past their 7 days; the logout is 4 days old
+
+    assert state.sweep_sessions() == 1_001
+    left = state.sessions.read()
+    assert len(left.items) == 1
+    refreshed = _refresh(actor, live["refresh_token"])
+    assert refreshed.status_code == 200  # the live session goes on
+    stamp = state.sessions.read().stamp
+    assert state.sweep_sessions() == 0
+    assert state.sessions.read().stamp == stamp  # nothing to drop: nothing written
