@@ -20,8 +20,9 @@ from typing import Any
 from . import api_keys, sessions
 from .config import rate_limit
 from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, ValidationError
-from .extension import AuthState, epoch, iso
+from .extension import AuthState
 from .passwords import password_problem
+from .records import epoch, iso
 from .users import (
     ALL_SCOPES,
     DEFAULT_KEY_EXCLUDES,

@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ from .limits import (
 )
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
-from .records import Shape
+from .records import Shape, epoch, iso
 from .store import JsonStore, secure_dir
 from .tokens import TokenSigner, load_secret
 from .usage import KeyUsage
@@ -72,16 +71,6 @@ CREDENTIAL_PARAMS = frozenset({"api_key", "access_token", "token", "key"})
 COUNTED_FAILURES = frozenset({"INVALID_TOKEN", "INVALID_API_KEY", "INVALID_CREDENTIALS"})
 # What a password session may do while an admin-set password awaits its change.
 PASSWORD_CHANGE_SCOPES = frozenset({"user:read", "user:write"})
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(int(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def epoch(value: str) -> int:
-    return int(
-        datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-    )
 
 
 @functools.lru_cache(maxsize=1024)

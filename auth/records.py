@@ -13,9 +13,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def iso(ts: float) -> str:
+    """`ts` (seconds since the epoch) as the UTC timestamp the stores hold."""
+    return datetime.fromtimestamp(int(ts), timezone.utc).strftime(TIMESTAMP_FORMAT)
+
+
+def epoch(value: str) -> int:
+    """A stored UTC timestamp as seconds since the epoch."""
+    return int(datetime.strptime(value, TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc).timestamp())
 
 
 @dataclass(frozen=True)

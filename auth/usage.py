@@ -20,19 +20,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 from .api_keys import LAST_USED_EVERY_SECONDS
 from .background import run_every
 from .errors import StorageBusy
 from .offload import ThreadOffload
+from .records import iso
 from .store import Items, JsonStore
 
 log = logging.getLogger(__name__)
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class KeyUsage:
@@ -57,7 +53,7 @@ class KeyUsage:
         """Key id -> last use, as written by every process plus what this one has pending."""
         seen = {key_id: record["last_used"] for key_id, record in self.store.read().items.items()}
         with self._lock:
-            seen.update({key_id: _iso(ts) for key_id, ts in self._pending.items()})
+            seen.update({key_id: iso(ts) for key_id, ts in self._pending.items()})
         return seen
 
     def flush(self) -> int:
@@ -79,9 +75,10 @@ class KeyUsage:
     def _write(self, pending: dict[str, int]) -> bool:
         def change(items: Items) -> None:
             for key_id, ts in pending.items():
+                used = iso(ts)
                 written = items.get(key_id, {}).get("last_used")
-                if written is None or written < _iso(ts):
-                    items[key_id] = {"last_used": _iso(ts)}
+                if written is None or written < used:
+                    items[key_id] = {"last_used": used}
 
         try:
             self.store.update(change)

@@ -32,8 +32,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from auth import api_keys, sessions  # noqa: E402
-from auth.extension import iso  # noqa: E402
 from auth.passwords import hash_password  # noqa: E402
+from auth.records import iso  # noqa: E402
 from auth.users import new_user  # noqa: E402
 from inference_server import open_auth_state  # noqa: E402
 from inference_server.settings import load_settings  # noqa: E402
