@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import unicodedata
 from typing import Any
 
 from . import api_keys, sessions
@@ -32,6 +31,7 @@ from .users import (
     check_role,
     check_username,
     find_user,
+    fold_name,
     new_user,
 )
 
@@ -55,7 +55,7 @@ def audit_identity(user: dict[str, Any] | None, name: str) -> dict[str, str]:
     the log)."""
     if user is not None:
         return {"user_id": user["id"]}
-    digest = hashlib.sha256(unicodedata.normalize("NFKC", name).lower().encode()).hexdigest()
+    digest = hashlib.sha256(fold_name(name).encode()).hexdigest()
     return {"name_sha256": digest[:16]}
 
 

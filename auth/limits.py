@@ -37,7 +37,6 @@ import os
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
@@ -53,6 +52,7 @@ from limits.errors import StorageError
 from .config import AuthSettings, RateLimitSettings
 from .errors import ApiError, StorageBusy, render_error
 from .offload import ThreadOffload
+from .users import fold_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -315,7 +315,7 @@ def password_failure_key(user: dict[str, Any] | None, name: str, address: str) -
     counted by name, the same way, so the answers do not tell which accounts exist.
     """
     if user is None:
-        return ("name", unicodedata.normalize("NFKC", name).lower())
+        return ("name", fold_name(name))
     if address in user.get("known_addresses", ()):
         return ("account", user["id"], address)
     return ("account", user["id"])

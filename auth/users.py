@@ -73,9 +73,14 @@ def index_users(items: Items) -> UserIndex:
     )
 
 
+def fold_name(identifier: str) -> str:
+    """A username or email as the index keys it: NFKC form, lower case."""
+    return unicodedata.normalize("NFKC", identifier).lower()
+
+
 def find_user(items: Items, index: UserIndex, identifier: str) -> dict[str, Any] | None:
     """The user whose username or email is `identifier` (any case), or None."""
-    key = unicodedata.normalize("NFKC", identifier).lower()
+    key = fold_name(identifier)
     uid = index.by_username.get(key) or index.by_email.get(key)
     return items.get(uid) if uid else None
 
