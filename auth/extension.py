@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_ATTR = "_auth_public"
 PASSWORD_CHANGE_HEADER = "X-Password-Change-Required"
+SESSION_ENDED = "this session has ended; log in again"
 CREDENTIAL_PARAMS = frozenset({"api_key", "access_token", "token", "key"})
 # Credentials that were presented and are wrong; an expired token is honest client behaviour.
 COUNTED_FAILURES = frozenset({"INVALID_TOKEN", "INVALID_API_KEY", "INVALID_CREDENTIALS"})
@@ -229,9 +230,7 @@ class AuthState:
             self.sessions.read().items, claims["sid"], claims["sub"], now, self.session_max_age
         )
         if session is None:
-            raise AuthenticationError(
-                "this session has ended; log in again", error_code="INVALID_TOKEN"
-            )
+            raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
         user = self.active_user(claims["sub"], error_code="INVALID_TOKEN")
         key_id = session.get("key_id")
         if key_id is not None:
@@ -308,8 +307,9 @@ class AuthState:
             )
 
     def start_background(self) -> None:
-        """This worker's timed jobs: writing key use, sweeping ended sessions (off the loop)."""
-        self.key_usage.start()
+        """This worker's timed jobs: writing key use, sweeping ended sessions (off the loop, on
+        one background thread)."""
+        self.key_usage.start(self.offload)
         sweep = functools.partial(self.offload.run, self.sweep_sessions)
         run_every(self.sweep_seconds, sweep, name="session-sweep")
 

@@ -15,7 +15,14 @@ from flask import Blueprint, Response, g, jsonify
 from . import accounts, api_keys, sessions
 from .decorators import public, require_auth
 from .errors import AuthenticationError, PermissionDenied, ValidationError
-from .extension import PASSWORD_CHANGE_HEADER, AuthState, Principal, auth_state, require_enabled
+from .extension import (
+    PASSWORD_CHANGE_HEADER,
+    SESSION_ENDED,
+    AuthState,
+    Principal,
+    auth_state,
+    require_enabled,
+)
 from .inputs import integer, json_body, string_list, text
 from .limits import client_address
 from .passwords import MAX_PASSWORD_LENGTH
@@ -28,7 +35,6 @@ from .users import (
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
 INVALID_LOGIN = "invalid username or password"
-SESSION_ENDED = "this session has ended; log in again"
 
 
 bp.before_request(require_enabled)

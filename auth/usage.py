@@ -38,7 +38,6 @@ class KeyUsage:
         self._noted: dict[str, int] = {}  # key id -> when this process last noted it
         self._pending: dict[str, int] = {}  # noted, not yet written
         self._flusher_pid: int | None = None
-        self._thread = ThreadOffload(1)
         self._lock = threading.Lock()
 
     def note(self, key_id: str, now: int) -> None:
@@ -87,12 +86,13 @@ class KeyUsage:
             return False
         return True
 
-    def start(self) -> None:
-        """Flush every `flush_seconds` in the background of this process, and at its exit."""
+    def start(self, threads: ThreadOffload) -> None:
+        """Flush every `flush_seconds` in the background of this process (writing on one of
+        `threads`), and at its exit."""
         if self._flusher_pid == os.getpid():
             return
         self._flusher_pid = os.getpid()
         atexit.register(self.flush)
         # The notes are taken and kept on the event loop; only the write is on a thread.
-        off_loop = functools.partial(self._thread.run, self._write)
+        off_loop = functools.partial(threads.run, self._write)
         run_every(self.flush_seconds, lambda: self._flush(off_loop), name="key-usage")
