@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, current_app
 
-from auth import json_body, require_auth
+from auth import require_auth
 from auth.errors import ApiError, PayloadTooLarge, ValidationError, error_body, request_id
 from auth.inputs import json_bytes, max_json_depth, parse_json_object
 from auth.offload import ThreadOffload
@@ -75,9 +75,10 @@ def _encode(model: LoadedModel, elapsed_ms: float, **fields: Any) -> bytes:
 
 
 def _body() -> dict[str, Any]:
-    if len(json_bytes()) <= PARSE_INLINE_BYTES:
-        return json_body()
-    return inference().threads.run(_parse_large, json_bytes(), max_json_depth())
+    raw, depth = json_bytes(), max_json_depth()
+    if len(raw) <= PARSE_INLINE_BYTES:
+        return parse_json_object(raw, max_depth=depth)
+    return inference().threads.run(_parse_large, raw, depth)
 
 
 def _parse_large(raw: bytes, max_depth: int) -> dict[str, Any]:
