@@ -22,6 +22,7 @@ from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, Validatio
 from .extension import AuthState
 from .passwords import password_problem
 from .records import epoch, iso
+from .store import Records
 from .users import (
     ALL_SCOPES,
     DEFAULT_KEY_EXCLUDES,
@@ -37,7 +38,6 @@ from .users import (
 
 log = logging.getLogger(__name__)
 
-Items = dict[str, dict[str, Any]]
 KNOWN_ADDRESSES = 10  # login addresses remembered per account
 
 
@@ -65,7 +65,7 @@ def remember_address(state: AuthState, user: dict[str, Any], address: str) -> No
     if address in user.get("known_addresses", ()):
         return
 
-    def change(items: Items) -> None:
+    def change(items: Records) -> None:
         record = items.get(user["id"])
         if record is not None:
             known = [a for a in record.get("known_addresses", []) if a != address]
@@ -79,15 +79,13 @@ def remember_address(state: AuthState, user: dict[str, Any], address: str) -> No
 
 def list_users(state: AuthState) -> list[dict[str, Any]]:
     """Every user, oldest first (ties by username)."""
-    return sorted(
-        state.users.read().items.values(), key=lambda u: (u["created_at"], u["username"].lower())
-    )
+    users = [user for _, user in state.users.records()]
+    return sorted(users, key=lambda u: (u["created_at"], u["username"].lower()))
 
 
 def find(state: AuthState, ref: str) -> dict[str, Any]:
     """A user by id, username or email; 404 otherwise."""
-    snapshot = state.users.read()
-    user = snapshot.items.get(ref) or find_user(snapshot.items, snapshot.index, ref)
+    user = state.users.get(ref) or find_user(state.users, ref)
     if user is None:
         raise NotFound(f"no user {ref!r}")
     return user
@@ -120,13 +118,9 @@ def create_user(
     return user
 
 
-def _active_admins(items: Items) -> set[str]:
-    return {uid for uid, u in items.items() if u["role"] == "admin" and u["is_active"]}
-
-
-def _keep_an_admin(items: Items, user_id: str, after: dict[str, Any] | None) -> None:
+def _keep_an_admin(items: Records, user_id: str, after: dict[str, Any] | None) -> None:
     """Refuse a change that would leave no active admin (`after` None = the user is deleted)."""
-    admins = _active_admins(items)
+    admins = set(items.ids("active_admin", "yes"))
     still_admin = after is not None and after["role"] == "admin" and after["is_active"]
     if admins == {user_id} and not still_admin:
         raise Conflict("this is the last active admin; make another admin first")
@@ -167,12 +161,13 @@ def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, acto
             ) from None
     now_iso = iso(state.now())
 
-    def change(items: Items) -> dict[str, Any]:
+    def change(items: Records) -> dict[str, Any]:
         user = items.get(user_id)
         if user is None:
             raise NotFound(f"no user {user_id!r}")
-        if "email" in clean and clean["email"].lower() != user["email"].lower():
-            if any(u["email"].lower() == clean["email"].lower() for u in items.values()):
+        if "email" in clean:
+            holder = find_user(items, clean["email"])
+            if holder is not None and holder["id"] != user_id:
                 raise Conflict("email is already registered", details={"field": "email"})
         _keep_an_admin(items, user_id, {**user, **clean})
         user.update(clean, updated_at=now_iso)
@@ -195,7 +190,7 @@ def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, acto
 
 
 def delete_user(state: AuthState, user_id: str, *, actor: str | None) -> None:
-    def change(items: Items) -> None:
+    def change(items: Records) -> None:
         if user_id not in items:
             raise NotFound(f"no user {user_id!r}")
         _keep_an_admin(items, user_id, None)
@@ -227,7 +222,7 @@ def set_password(
     new_hash = state.hash_password(new_password)
     now_iso = iso(state.now())
 
-    def change(items: Items) -> None:
+    def change(items: Records) -> None:
         if user_id not in items:
             raise NotFound(f"no user {user_id!r}")
         items[user_id].update(
@@ -325,11 +320,15 @@ def create_key(
 
 def list_keys(state: AuthState, user_id: str | None = None) -> list[dict[str, Any]]:
     """Public views of the keys of one user (or of everyone), oldest first."""
-    usage = state.key_usage.last_used()
+    if user_id is None:
+        records = [record for _, record in state.keys.records()]
+    else:
+        records = [state.keys.get(key_id) for key_id in state.keys.ids("user", user_id)]
+    usage = state.key_usage.last_used([r["id"] for r in records if r is not None])
     keys = [
-        api_keys.public_view(record, usage.get(key_id))
-        for key_id, record in state.keys.read().items.items()
-        if user_id is None or record["user_id"] == user_id
+        api_keys.public_view(record, usage.get(record["id"]))
+        for record in records
+        if record is not None
     ]
     keys.sort(key=lambda k: (k["created_at"], k["id"]))
     return keys
@@ -342,7 +341,7 @@ def revoke_key(
     that user's key is found."""
     now_iso = iso(state.now())
 
-    def change(items: Items) -> tuple[dict[str, Any], list[str]]:
+    def change(items: Records) -> tuple[dict[str, Any], list[str]]:
         record = items.get(key_id)
         if record is None or (owner is not None and record["user_id"] != owner):
             raise NotFound(f"no API key with id {key_id!r}")
@@ -352,7 +351,7 @@ def revoke_key(
             if items[current]["is_active"]:
                 items[current].update(is_active=False, revoked_at=now_iso)
                 revoked.append(current)
-            doomed |= {k for k, r in items.items() if r.get("parent_id") == current}
+            doomed.update(items.ids("parent", current))
         return dict(record), revoked
 
     record, revoked = state.keys.update(change)
@@ -363,10 +362,11 @@ def revoke_key(
 
 
 def _revoke_keys_of(state: AuthState, user_id: str, now: int) -> int:
-    def change(items: Items) -> int:
+    def change(items: Records) -> int:
         count = 0
-        for record in items.values():
-            if record["user_id"] == user_id and record["is_active"]:
+        for key_id in items.ids("user", user_id):
+            record = items[key_id]
+            if record["is_active"]:
                 record.update(is_active=False, revoked_at=iso(now))
                 count += 1
         return count

@@ -48,7 +48,7 @@ def list_users():
 @admin_required
 def show_user(user_id: str):
     state = auth_state()
-    user = state.users.read().items.get(user_id)
+    user = state.users.get(user_id)
     if user is None:
         raise NotFound(f"no user {user_id!r}")
     keys = accounts.list_keys(state, user_id)
@@ -73,7 +73,7 @@ def delete_user(user_id: str):
 @admin_required
 def reset_password(user_id: str):
     state = auth_state()
-    if user_id not in state.users.read().items:
+    if state.users.get(user_id) is None:
         raise NotFound(f"no user {user_id!r}")
     password = text(json_body(), "new_password", max_len=MAX_PASSWORD_LENGTH)
     ended = accounts.set_password(state, user_id, password, actor=g.principal.id)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ import zlib
 from typing import Any
 
 from .records import Field, list_of, timestamp
-from .store import Items
+from .store import Index
 
 PREFIX = "sk_live_"
 BODY_LENGTH = 32
@@ -94,8 +94,11 @@ def lookup_digest(key: str) -> str | None:
     return hash_key(key) if well_formed(key) else None
 
 
-def index_by_hash(items: Items) -> dict[str, str]:
-    return {record["hash"]: key_id for key_id, record in items.items()}
+KEY_INDEXES = {
+    "hash": Index(lambda r: (r["hash"],)),
+    "user": Index(lambda r: (r["user_id"],), unique=False),
+    "parent": Index(lambda r: (r["parent_id"],) if r.get("parent_id") else (), unique=False),
+}
 
 
 def public_view(record: dict[str, Any], last_used: str | None) -> dict[str, Any]:

@@ -24,15 +24,28 @@ def run_every(seconds: float, job: Callable[[], Any], *, name: str) -> None:
     def loop(sleep: Callable[[float], Any]) -> None:
         while True:
             sleep(seconds)
-            try:
-                job()
-            except Exception as exc:  # a background job must outlive one bad run
-                log.error("background job %s failed: %s", name, type(exc).__name__)
+            _run_logged(job, name)
 
+    _start(loop, name)
+
+
+def run_soon(job: Callable[[], Any], *, name: str) -> None:
+    """Call `job` once, soon, beside whatever the caller goes on with."""
+    _start(lambda sleep: _run_logged(job, name), name)
+
+
+def _run_logged(job: Callable[[], Any], name: str) -> None:
+    try:
+        job()
+    except Exception as exc:  # a background job must never take its loop or caller down
+        log.error("background job %s failed: %s", name, type(exc).__name__)
+
+
+def _start(body: Callable[[Callable[[float], Any]], None], name: str) -> None:
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None and monkey.is_module_patched("threading"):
         import gevent
 
-        gevent.spawn(loop, gevent.sleep)
+        gevent.spawn(body, gevent.sleep)
     else:
-        threading.Thread(target=loop, args=(time.sleep,), daemon=True, name=name).start()
+        threading.Thread(target=body, args=(time.sleep,), daemon=True, name=name).start()

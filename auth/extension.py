@@ -31,7 +31,7 @@ from flask import Flask, current_app, g, request
 
 from . import api_keys, errors, sessions
 from .audit import AuditLog
-from .background import run_every
+from .background import run_every, run_soon
 from .config import AuthSettings, RateLimitSettings
 from .errors import AuthenticationError, PermissionDenied
 from .limits import (
@@ -48,16 +48,15 @@ from .limits import (
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
 from .records import Shape, epoch, iso
-from .store import JsonStore, secure_dir
+from .store import UNCHANGED, Index, JsonStore, Records, secure_dir
 from .tokens import TokenSigner, load_secret
 from .usage import KeyUsage
 from .users import (
     ALL_SCOPES,
     ROLE_SCOPES,
+    USER_INDEXES,
     USER_SHAPE,
-    UserIndex,
     has_default_password,
-    index_users,
     new_user,
     password_change_due,
 )
@@ -114,10 +113,10 @@ class AuthState:
     settings: AuthSettings
     data_dir: Path
     clock: Callable[[], float]
-    users: JsonStore[UserIndex]
-    keys: JsonStore[dict[str, str]]
+    users: JsonStore
+    keys: JsonStore
     key_usage: KeyUsage
-    sessions: JsonStore[None]
+    sessions: JsonStore
     audit: AuditLog
     password_gate: PasswordGate
     trusted_proxies: tuple[str, ...] = ()
@@ -227,7 +226,7 @@ class AuthState:
         now = self.now()
         claims = self.signer.decode(token.strip(), token_type="access", now=now)
         session = sessions.live_session(
-            self.sessions.read().items, claims["sid"], claims["sub"], now, self.session_max_age
+            self.sessions.get(claims["sid"]), claims["sub"], now, self.session_max_age
         )
         if session is None:
             raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
@@ -278,13 +277,16 @@ class AuthState:
         digest = api_keys.lookup_digest(key)
         if digest is None:
             raise AuthenticationError("malformed API key", error_code="INVALID_API_KEY")
-        return self.live_key(self.keys.read().index.get(digest))
+        return self.usable_key(self.keys.find("hash", digest))
 
-    def live_key(
-        self, key_id: str | None, *, error_code: str = "INVALID_API_KEY"
-    ) -> dict[str, Any]:
+    def live_key(self, key_id: str, *, error_code: str = "INVALID_API_KEY") -> dict[str, Any]:
         """The record of key `key_id` if it is active and unexpired; raises 401 otherwise."""
-        record = self.keys.read().items.get(key_id) if key_id else None
+        return self.usable_key(self.keys.get(key_id), error_code=error_code)
+
+    def usable_key(
+        self, record: dict[str, Any] | None, *, error_code: str = "INVALID_API_KEY"
+    ) -> dict[str, Any]:
+        """`record` if it is a key that is active and unexpired; raises 401 otherwise."""
         if record is None or not record["is_active"]:
             raise AuthenticationError("invalid or revoked API key", error_code=error_code)
         expires_at = record.get("expires_at")
@@ -294,7 +296,7 @@ class AuthState:
 
     def active_user(self, user_id: str, *, error_code: str) -> dict[str, Any]:
         """The user `user_id` if it exists and is enabled; raises 401 with `error_code`."""
-        user = self.users.read().items.get(user_id)
+        user = self.users.get(user_id)
         if user is None or not user["is_active"]:
             raise AuthenticationError("this account is disabled or deleted", error_code=error_code)
         return user
@@ -307,11 +309,17 @@ class AuthState:
             )
 
     def start_background(self) -> None:
-        """This worker's timed jobs: writing key use, sweeping ended sessions (off the loop, on
-        one background thread)."""
+        """This worker's background work: writing key use, sweeping ended sessions, compacting
+        store journals (off the loop, on one background thread)."""
         self.key_usage.start(self.offload)
         sweep = functools.partial(self.offload.run, self.sweep_sessions)
         run_every(self.sweep_seconds, sweep, name="session-sweep")
+        for store in (self.users, self.keys, self.sessions, self.key_usage.store):
+            store.schedule_compaction = self.in_background
+
+    def in_background(self, job: Callable[[], Any]) -> None:
+        """Run `job` soon on this worker's background thread; the caller does not wait."""
+        run_soon(functools.partial(self.offload.run, job), name="background")
 
     def sweep_sessions(self) -> int:
         return sessions.sweep(self.sessions, now=self.now())
@@ -392,14 +400,12 @@ def open_state(
     """
     data_dir = secure_dir(Path(data_dir))
 
-    def store(
-        name: str, collection: str, shape: Shape, index: Callable[..., Any] = lambda items: None
-    ):
+    def store(name: str, collection: str, shape: Shape, indexes: dict[str, Index] | None = None):
         return JsonStore(
             data_dir / f"{name}.json",
             collection=collection,
             lock_timeout=lock_timeout,
-            index=index,
+            indexes=indexes or {},
             shape=shape,
         )
 
@@ -407,12 +413,12 @@ def open_state(
         settings=settings,
         data_dir=data_dir,
         clock=clock,
-        users=store("users", "users", USER_SHAPE, index_users),
-        keys=store("api_keys", "keys", api_keys.key_shape(ALL_SCOPES), api_keys.index_by_hash),
+        users=store("users", "users", USER_SHAPE, USER_INDEXES),
+        keys=store("api_keys", "keys", api_keys.key_shape(ALL_SCOPES), api_keys.KEY_INDEXES),
         key_usage=KeyUsage(
             store("api_key_usage", "keys", api_keys.USAGE_SHAPE), flush_seconds=usage_flush_seconds
         ),
-        sessions=store("sessions", "sessions", sessions.SESSION_SHAPE),
+        sessions=store("sessions", "sessions", sessions.SESSION_SHAPE, sessions.SESSION_INDEXES),
         audit=AuditLog(data_dir / "audit.log", max_bytes=audit_max_bytes, backups=audit_backups),
         password_gate=PasswordGate(data_dir, settings.password_hash_slots),
         trusted_proxies=tuple(trusted_proxies),
@@ -459,9 +465,8 @@ def _ensure_default_admin(state: AuthState) -> None:
     spec = state.settings.default_admin
     if spec is None:
         return
-    users = state.users.read().items
-    if users:
-        if any(has_default_password(u) for u in users.values()):
+    if len(state.users):
+        if state.users.ids("default_password", "yes"):
             log.warning(
                 "an admin still has the DEFAULT PASSWORD: change it (POST /auth/change-password); "
                 "until then it can only be used from this machine"
@@ -469,9 +474,9 @@ def _ensure_default_admin(state: AuthState) -> None:
         return
     password_hash = hash_password(spec.password, rounds=state.settings.bcrypt_rounds)
 
-    def change(items: dict[str, dict[str, Any]]) -> bool:
+    def change(items: Records) -> bool:
         if items:
-            return False  # another worker was first
+            return UNCHANGED  # another worker was first
         user = new_user(
             username=spec.username,
             email=spec.email,
@@ -484,7 +489,7 @@ def _ensure_default_admin(state: AuthState) -> None:
         items[user["id"]] = user
         return True
 
-    if state.users.update(change):
+    if state.users.update(change) is not UNCHANGED:
         log.warning(
             "created default admin %r with the DEFAULT PASSWORD: it can only be used from this "
             "machine until the password is changed (POST /auth/change-password)",

@@ -158,8 +158,7 @@ def login():
     field = "email" if "email" in body and "username" not in body else "username"
     identifier: str = text(body, field, max_len=256)  # type: ignore[assignment]
     password = _password_field(body, "password")
-    snapshot = state.users.read()
-    user = find_user(snapshot.items, snapshot.index, identifier)
+    user = find_user(state.users, identifier)
     if not state.try_password(user, password, name=identifier):
         state.audit.record(
             "auth.login", outcome="failed", **accounts.audit_identity(user, identifier)
@@ -181,7 +180,7 @@ def refresh():
     claims = state.signer.decode(token, token_type="refresh", now=now)  # type: ignore[arg-type]
     user = state.active_user(claims["sub"], error_code="INVALID_TOKEN")
     state.check_default_admin(user)
-    session = state.sessions.read().items.get(claims["sid"])
+    session = state.sessions.get(claims["sid"])
     if session is None or session["user_id"] != user["id"]:
         raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
     key_id = session.get("key_id")

@@ -12,7 +12,8 @@ that may be used next:
   and one started by a key login lives no longer than the key (see `AuthState.session_end`).
 
 Every change happens inside a store update, under the file lock, so of two concurrent refreshes
-with the same token exactly one finds its jti current. Expired sessions are pruned on each write.
+with the same token exactly one finds its jti current. Ended sessions of a user are pruned when
+the user's sessions change, and everyone's by a timed sweep (`sweep`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .records import Field, strings
-from .store import UNCHANGED, Items, JsonStore
+from .store import UNCHANGED, Index, JsonStore, Records
 
 REVOKED_KEEP_SECONDS = 24 * 3600
 SESSION_SHAPE = {
@@ -36,6 +37,7 @@ SESSION_SHAPE = {
     "scopes": Field((list, None), check=strings),
     "key_id": Field((str, None), required=False),
 }
+SESSION_INDEXES = {"user": Index(lambda s: (s["user_id"],), unique=False)}
 
 
 @dataclass(frozen=True)
@@ -50,29 +52,33 @@ def new_session_id() -> str:
     return "ses_" + secrets.token_hex(12)
 
 
-def _prune(items: Items, now: int) -> int:
-    ended = [
-        sid
-        for sid, s in items.items()
-        if s["expires_at"] < now
-        or (s["revoked_at"] and s["revoked_at"] < now - REVOKED_KEEP_SECONDS)
-    ]
-    for sid in ended:
-        del items[sid]
-    return len(ended)
+def _ended(session: dict[str, Any], now: int) -> bool:
+    revoked = session["revoked_at"]
+    return session["expires_at"] < now or bool(revoked and revoked < now - REVOKED_KEEP_SECONDS)
+
+
+def _prune_user(items: Records, user_id: str, now: int) -> None:
+    for sid in items.ids("user", user_id):
+        if _ended(items[sid], now):
+            del items[sid]
 
 
 def sweep(store: JsonStore, *, now: int) -> int:
     """Drop expired and long-revoked sessions; writes only if there were any. Returns how many.
 
-    Writes prune too, but a server that only refreshes and predicts would otherwise keep every
-    ended session for ever; the worker runs this on a timer, off its event loop.
+    The scan reads every session (O(N)) outside the lock; the write deletes only those found,
+    checked again under the lock. The worker runs this on a timer, off its event loop; the
+    sessions of one user are also pruned whenever that user logs in or sessions are revoked.
     """
+    found = [sid for sid, session in store.records() if _ended(session, now)]
 
-    def change(items: Items) -> int:
-        return _prune(items, now) or UNCHANGED
+    def change(items: Records) -> int:
+        gone = [sid for sid in found if sid in items and _ended(items[sid], now)]
+        for sid in gone:
+            del items[sid]
+        return len(gone) or UNCHANGED
 
-    dropped = store.update(change)
+    dropped = store.update(change) if found else UNCHANGED
     return 0 if dropped is UNCHANGED else dropped
 
 
@@ -87,8 +93,8 @@ def start_session(
     scopes: list[str] | None,
     key_id: str | None = None,
 ) -> None:
-    def change(items: Items) -> None:
-        _prune(items, now)
+    def change(items: Records) -> None:
+        _prune_user(items, user_id, now)
         items[sid] = {
             "user_id": user_id,
             "refresh_jti": refresh_jti,
@@ -107,7 +113,7 @@ def start_session(
 def rotate_refresh(
     store: JsonStore, *, sid: str, user_id: str, jti: str, new_jti: str, now: int, expires_at: int
 ) -> Rotation:
-    def change(items: Items) -> Rotation:
+    def change(items: Records) -> Rotation:
         session = items.get(sid)
         if session is None or session["user_id"] != user_id:
             return Rotation(refused="unknown")
@@ -133,11 +139,12 @@ def revoke_sessions(
 ) -> int:
     """Revoke the user's live sessions (just `only`, or all but `keep`); returns how many."""
 
-    def change(items: Items) -> int:
-        _prune(items, now)
+    def change(items: Records) -> int:
+        _prune_user(items, user_id, now)
         count = 0
-        for sid, session in items.items():
-            if session["user_id"] != user_id or session["revoked_at"]:
+        for sid in items.ids("user", user_id):
+            session = items[sid]
+            if session["revoked_at"]:
                 continue
             if (only is not None and sid != only) or sid == keep:
                 continue
@@ -149,10 +156,9 @@ def revoke_sessions(
 
 
 def live_session(
-    items: Items, sid: str, user_id: str, now: int, max_age: int
+    session: dict[str, Any] | None, user_id: str, now: int, max_age: int
 ) -> dict[str, Any] | None:
-    """The session `sid` of `user_id` if it is neither revoked, expired nor past `max_age`."""
-    session = items.get(sid)
+    """`session` if it is one of `user_id`'s and neither revoked, expired nor past `max_age`."""
     if (
         session is None
         or session["user_id"] != user_id

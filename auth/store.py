@@ -1,36 +1,54 @@
-"""A JSON document on disk, shared safely by threads and worker processes.
+"""Records on disk, shared by threads and worker processes, at a cost that follows the change.
 
-Each store is one file `<name>.json` holding `{"schema_version": N, "<collection>": {id: record}}`.
+Each store is two files: a snapshot `<name>.json` and a journal `<name>.journal.jsonl`.
 
-Reads come from an in-memory snapshot that is reused while the file's stat stamp (inode, mtime in
-nanoseconds, size) is unchanged, so the request hot path costs one `stat` and never reads the disk
-when nothing changed. Every write stamps the new file with an mtime strictly greater than the one it
-replaces, so a stamp cannot repeat even when the filesystem recycles an inode.
+- The snapshot is one JSON document, `{"schema_version": 2, "generation": G, "seal": ...,
+  "<collection>": {id: record}}`, written one record per line so that a person can read and edit it.
+- The journal starts with `{"generation": G}` and then holds one line per committed change:
+  `{"put": {id: record, ...}, "delete": [id, ...]}`. A change is appended and fsynced under the
+  separate `<name>.json.lock` file lock (with a timeout, mapped to 503) before it is acknowledged.
 
-Writes follow one protocol: take the separate `<name>.json.lock` file lock (with a timeout, mapped
-to 503), re-read the file, apply the change, write a temp file in the same directory, fsync it,
-`os.replace` it over the old one, fsync the directory. A reader therefore sees the old or the new
-version, never a mix, and a writer killed at any point leaves a committed version behind.
+Each process keeps the records in memory as compact JSON bytes (a third of the size of dicts) with
+its indexes, plus the journal offset it has applied. A read costs two `stat`s; when the journal
+grew, only the new lines are read and applied, and the indexes are updated by the change. A line
+without its newline is a write in progress or a writer that died mid-append: readers stop before
+it and the next writer cuts it off, so a change is either wholly there or not at all.
 
-Every record is checked against the store's shape (`records.py`) whenever the file is loaded; a
-record that does not fit makes the file as unusable as broken JSON, named down to the field.
-A file that cannot be parsed is never overwritten: at start-up it stops the server with a message
-naming the file; at run time the last good snapshot keeps serving reads and writes answer 503.
+When the journal outgrows half the snapshot, a writer folds it into a new snapshot with generation
+G+1 (`compact`, run off the event loop): temp file + fsync + `os.replace` for the snapshot, then
+the same for a fresh journal, then an fsync of the directory. A crash between the two replaces
+leaves a journal of generation G beside a snapshot of G+1, which already holds all of it, so the
+journal is ignored. Processes that had applied the old journal read its last lines through the
+descriptor they hold and go on with the new one: nobody reloads the snapshot because somebody else
+compacted.
+
+The snapshot's `seal` is a hash of its record lines. A sealed snapshot was written by this module
+from validated records, so loading it only splits lines; a snapshot without a matching seal (the
+format of earlier versions, or a hand edit) is parsed whole and every record checked against the
+store's shape (`records.py`). Records arriving through the journal are checked as they are applied.
+A file that cannot be parsed or a record that does not fit is never overwritten: at start-up it
+stops the server naming the file (record, field); at run time the last good state keeps serving
+reads and writes answer 503.
+
+Inside `update`, a change sees a `Records` mapping: what it reads is decoded into fresh dicts, and
+at commit only the records it put, deleted or modified are written.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from filelock import FileLock, Timeout
 
 from .errors import StorageBusy
@@ -38,10 +56,13 @@ from .records import Shape, record_problem
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 R = TypeVar("R")
-Items = dict[str, dict[str, Any]]
+Record = dict[str, Any]
 UNCHANGED: Any = object()  # what a change returns when it found nothing to write
+FORMAT = 2  # schema_version of the snapshot; 1 (one JSON document, no journal) still loads
+COMPACT_FLOOR = 256 * 1024  # a journal smaller than this is never worth compacting
+_HEADER = re.compile(rb'^\{"schema_version":2,"generation":(\d+),"seal":"([0-9a-f]{32})",')
+_SNAPSHOT_END = b"}}\n"
 
 
 class StoreCorrupt(Exception):
@@ -49,12 +70,12 @@ class StoreCorrupt(Exception):
 
 
 @dataclass(frozen=True)
-class Snapshot(Generic[T]):
-    """One committed version of a store: records by id plus a derived index. Read-only."""
+class Index:
+    """A lookup kept beside the records: `keys(record)` lists the keys it files the record
+    under. A unique index maps each key to one id, any other to the ids holding it."""
 
-    items: Items
-    index: T
-    stamp: tuple[int, int, int] | None
+    keys: Callable[[Record], Iterable[str]]
+    unique: bool = True
 
 
 def secure_dir(path: Path) -> Path:
@@ -64,111 +85,496 @@ def secure_dir(path: Path) -> Path:
     return path
 
 
-class JsonStore(Generic[T]):
-    def __init__(
-        self,
-        path: Path,
-        *,
-        collection: str,
-        schema_version: int = 1,
-        lock_timeout: float = 10.0,
-        index: Callable[[Items], T] = lambda items: None,  # type: ignore[assignment,return-value]
-        shape: Shape | None = None,
-    ) -> None:
-        self.path = path
-        self._stat_path = os.fspath(path)  # stat() on a str skips a Path conversion per request
-        self.lock_path = path.with_name(path.name + ".lock")
-        self.collection = collection
-        self.schema_version = schema_version
-        self.lock_timeout = lock_timeout
-        self._build_index = index
-        self._shape = shape
-        self._snapshot: Snapshot[T] | None = None
-        self._reload = threading.Lock()
+def encode(record: Record) -> bytes:
+    return orjson.dumps(record)
+
+
+def decode(raw: bytes) -> Record:
+    return orjson.loads(raw)
+
+
+def _seal(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _State:
+    """What one process has applied: the records (JSON bytes by id), their indexes, and where
+    in which journal it stands."""
+
+    records: dict[str, bytes]
+    indexes: dict[str, dict[str, Any]]
+    generation: int
+    snapshot: tuple[int, int, int] | None  # stamp of the snapshot file this state started from
+    snapshot_size: int
+    journal_fd: int | None = None  # kept open: after a compaction its last lines stay readable
+    journal_ino: int | None = None
+    offset: int = 0  # end of the last complete line applied
+    seen_size: int = 0  # journal size at the last look (a torn tail stays unread)
+    stale_journal: bool = False  # the journal predates the snapshot: the next writer resets it
+    broken: tuple[Any, ...] | None = None  # stamps of files found unreadable
+
+    def close(self) -> None:
+        if self.journal_fd is not None:
+            os.close(self.journal_fd)
+            self.journal_fd = None
+
+
+class Records(MutableMapping[str, Record]):
+    """The records as a change inside `update` sees them.
+
+    Reads decode fresh dicts, so a change may modify what it read; `put`, item assignment and
+    `del` stage writes. At commit, the records staged or modified (compared with what was read)
+    make one journal line. `find` and `ids` consult the indexes as committed before this change.
+    """
+
+    def __init__(self, store: JsonStore, state: _State) -> None:
+        self._store = store
+        self._state = state
+        self._read: dict[str, Record] = {}
+        self._put: dict[str, Record] = {}
+        self._deleted: set[str] = set()
+
+    def __getitem__(self, record_id: str) -> Record:
+        if record_id in self._put:
+            return self._put[record_id]
+        if record_id in self._deleted or record_id not in self._state.records:
+            raise KeyError(record_id)
+        record = self._read.get(record_id)
+        if record is None:
+            record = self._read[record_id] = decode(self._state.records[record_id])
+        return record
+
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._put or (
+            record_id not in self._deleted and record_id in self._state.records
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._put
+        for record_id in list(self._state.records):
+            if record_id not in self._put and record_id not in self._deleted:
+                yield record_id
+
+    def __len__(self) -> int:
+        committed = self._state.records
+        fresh = sum(1 for record_id in self._put if record_id not in committed)
+        gone = sum(1 for record_id in self._deleted if record_id in committed)
+        return len(committed) + fresh - gone
+
+    def __setitem__(self, record_id: str, record: Record) -> None:
+        self.put(record_id, record)
+
+    def __delitem__(self, record_id: str) -> None:
+        if record_id not in self:
+            raise KeyError(record_id)
+        self._put.pop(record_id, None)
+        self._read.pop(record_id, None)
+        self._deleted.add(record_id)
+
+    def put(self, record_id: str, record: Record) -> None:
+        self._deleted.discard(record_id)
+        self._read.pop(record_id, None)
+        self._put[record_id] = record
+
+    def find(self, index: str, key: str) -> Record | None:
+        """The record a unique index files under `key`, or None."""
+        record_id = self._state.indexes[index].get(key)
+        return self.get(record_id) if record_id is not None else None
+
+    def ids(self, index: str, key: str) -> list[str]:
+        """The ids a (non-unique) index files under `key`."""
+        return [i for i in self._state.indexes[index].get(key, ()) if i in self]
+
+    def changes(self) -> tuple[dict[str, bytes], list[str]]:
+        """What to commit: encoded records to put, ids to delete. A record that does not fit
+        the store's shape is a bug of the change, never written where it would stop the store."""
+        puts = {}
+        for record_id, record in [*self._put.items(), *self._read.items()]:
+            raw = encode(record)
+            if raw != self._state.records.get(record_id):
+                try:
+                    self._store._check(self._store.path, record_id, record)
+                except StoreCorrupt as exc:
+                    raise ValueError(f"refusing to write {exc}") from None
+                puts[record_id] = raw
+        deletes = [i for i in self._deleted if i in self._state.records]
+        return puts, deletes
+
+
+@dataclass
+class JsonStore:
+    path: Path
+    collection: str
+    lock_timeout: float = 10.0
+    shape: Shape | None = None
+    indexes: Mapping[str, Index] = field(default_factory=dict)
+    # How a compaction is run once a write finds the journal too long: inline by default; the
+    # server hands it to a background thread so that no request waits on O(N) work.
+    schedule_compaction: Callable[[Callable[[], None]], None] = lambda compact: compact()
+    compact_floor: int = COMPACT_FLOOR  # bytes of journal never worth compacting
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.journal_path = self.path.with_name(self.path.stem + ".journal.jsonl")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._snapshot_path = os.fspath(self.path)  # stat() on a str skips a conversion
+        self._journal_path = os.fspath(self.journal_path)
+        self._state: _State | None = None
+        self._mutex = threading.RLock()
         self._locks: dict[int, FileLock] = {}
-        self._broken_stamp: tuple[int, int, int] | None = None
+        self._compaction_due = False
 
     # -- reading ---------------------------------------------------------------------------
 
-    def open(self) -> Snapshot[T]:
-        """Load at start-up; raises StoreCorrupt (naming the file) instead of serving bad data."""
+    def open(self) -> None:
+        """Load at start-up; raises StoreCorrupt naming file, record and field instead of
+        serving bad data."""
         secure_dir(self.path.parent)
-        stamp = self._stamp()
-        snapshot = self._parse(stamp)
-        self._snapshot = snapshot
-        return snapshot
+        with self._mutex:
+            self._load()
 
-    def read(self) -> Snapshot[T]:
-        """The current snapshot; costs one stat unless the file changed since the last call."""
-        snapshot = self._snapshot
-        stamp = self._stamp()
-        if snapshot is not None and snapshot.stamp == stamp:
-            return snapshot
-        with self._reload:
-            snapshot = self._snapshot
-            if snapshot is not None and snapshot.stamp == stamp:
-                return snapshot
-            if snapshot is not None and stamp == self._broken_stamp:
-                return snapshot
+    def get(self, record_id: str | None) -> Record | None:
+        """A fresh copy of record `record_id`, or None."""
+        raw = self._current().records.get(record_id) if record_id is not None else None
+        return decode(raw) if raw is not None else None
+
+    def find(self, index: str, key: str) -> Record | None:
+        """The record a unique index files under `key`, or None."""
+        state = self._current()
+        record_id = state.indexes[index].get(key)
+        raw = state.records.get(record_id) if record_id is not None else None
+        return decode(raw) if raw is not None else None
+
+    def ids(self, index: str, key: str) -> list[str]:
+        """The ids a (non-unique) index files under `key`."""
+        return list(self._current().indexes[index].get(key, ()))
+
+    def records(self) -> list[tuple[str, Record]]:
+        """Every (id, record), decoded: O(N), for listings and sweeps, not for requests."""
+        return [(i, decode(raw)) for i, raw in list(self._current().records.items())]
+
+    def __len__(self) -> int:
+        return len(self._current().records)
+
+    def version(self) -> tuple[Any, ...]:
+        """Changes whenever the records may have changed."""
+        state = self._current()
+        return (state.generation, state.journal_ino, state.offset, state.snapshot)
+
+    def _current(self) -> _State:
+        state = self._state
+        if state is not None and self._unchanged(state):
+            return state
+        with self._mutex:
+            state = self._state
+            if state is not None and self._unchanged(state):
+                return state
+            stamps = self._stamps()
+            if state is not None and state.broken == stamps:
+                return state
             try:
-                self._snapshot = snapshot = self._parse(stamp)
-                self._broken_stamp = None
+                if state is None:
+                    return self._load()
+                self._catch_up(state)
             except StoreCorrupt as exc:
-                if snapshot is None:
+                if self._state is None:
                     raise StorageBusy(f"data file {self.path.name} is unreadable") from exc
                 log.error("%s; serving the last good copy and refusing writes", exc)
-                self._broken_stamp = stamp
-            return snapshot
+                self._state.broken = stamps
+            return self._state
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._stat_path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _stamps(self) -> tuple[Any, ...]:
+        return (_stamp(self._snapshot_path), _stamp(self._journal_path))
 
-    def _parse(self, stamp: tuple[int, int, int] | None) -> Snapshot[T]:
-        if stamp is None:
-            items: Items = {}
-        else:
+    def _unchanged(self, state: _State) -> bool:
+        journal = _stamp(self._journal_path)
+        if journal is None:
+            if state.journal_ino is not None:
+                return False
+        elif journal[0] != state.journal_ino or journal[2] != state.seen_size:
+            return False
+        return _stamp(self._snapshot_path) == state.snapshot
+
+    # -- loading and catching up -----------------------------------------------------------
+
+    def _load(self) -> _State:
+        """Read snapshot and journal from scratch; raises StoreCorrupt."""
+        snapshot = _stamp(self._snapshot_path)
+        records: dict[str, bytes] = {}
+        generation, size = 0, 0
+        if snapshot is not None:
             try:
-                with open(self.path, encoding="utf-8") as fh:
-                    document = json.load(fh)
-            except (OSError, ValueError) as exc:
-                raise StoreCorrupt(f"data file {self.path} is not valid JSON ({exc})") from None
-            items = self._validate(document)
-        return Snapshot(items=items, index=self._build_index(items), stamp=stamp)
+                with open(self.path, "rb") as fh:
+                    raw = fh.read()
+            except OSError as exc:
+                raise StoreCorrupt(f"data file {self.path} cannot be read ({exc})") from None
+            records, generation = self._parse_snapshot(raw)
+            size = len(raw)
+        state = _State(
+            records=records,
+            indexes={name: {} for name in self.indexes},
+            generation=generation,
+            snapshot=snapshot,
+            snapshot_size=size,
+        )
+        if self.indexes:
+            for record_id, raw_record in records.items():
+                self._index(state, record_id, decode(raw_record), add=True)
+        try:
+            self._open_journal(state)
+        except BaseException:
+            state.close()
+            raise
+        if self._state is not None:
+            self._state.close()
+        self._state = state
+        return state
 
-    def _validate(self, document: Any) -> Items:
+    def _parse_snapshot(self, raw: bytes) -> tuple[dict[str, bytes], int]:
+        head, _, rest = raw.partition(b"\n")
+        sealed = _HEADER.match(head)
+        if sealed and head.endswith(b'"' + self.collection.encode() + b'":{'):
+            body = rest[: -len(_SNAPSHOT_END)]
+            if rest.endswith(_SNAPSHOT_END) and _seal(body) == sealed.group(2).decode():
+                return self._split_lines(body), int(sealed.group(1))
+        return self._parse_document(raw)
+
+    @staticmethod
+    def _split_lines(body: bytes) -> dict[str, bytes]:
+        """Records of a sealed snapshot: one `"id":{...},` per line, split without parsing."""
+        records = {}
+        for line in body.split(b"\n")[:-1]:
+            if line.endswith(b","):
+                line = line[:-1]
+            cut = line.index(b'":')
+            if b"\\" in line[:cut]:  # an id with escapes: let the parser find where it ends
+                ((record_id, record),) = orjson.loads(b"{" + line + b"}").items()
+                records[record_id] = encode(record)
+            else:
+                records[line[1:cut].decode()] = line[cut + 2 :]
+        return records
+
+    def _parse_document(self, raw: bytes) -> tuple[dict[str, bytes], int]:
+        """An unsealed snapshot (an earlier version's file, a hand edit): every record checked."""
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise StoreCorrupt(f"data file {self.path} is not valid JSON ({exc})") from None
         if not isinstance(document, dict):
             raise StoreCorrupt(f"data file {self.path}: expected a JSON object")
         version = document.get("schema_version")
-        if version != self.schema_version:
+        if version not in (1, FORMAT):
             raise StoreCorrupt(
                 f"data file {self.path}: schema_version {version!r}, "
-                f"this server reads version {self.schema_version}"
+                f"this server reads versions 1 and {FORMAT}"
             )
+        generation = document.get("generation", 0)
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+            raise StoreCorrupt(f"data file {self.path}: 'generation' must be a whole number")
         items = document.get(self.collection)
-        if not isinstance(items, dict) or not all(isinstance(v, dict) for v in items.values()):
+        if not isinstance(items, dict):
             raise StoreCorrupt(
                 f"data file {self.path}: '{self.collection}' must map ids to objects"
             )
-        if self._shape is not None:
-            for record_id, record in items.items():
-                problem = record_problem(self._shape, record_id, record)
-                if problem:
-                    raise StoreCorrupt(f"data file {self.path}: record {record_id!r}: {problem}")
-        return items
+        for record_id, record in items.items():
+            self._check(self.path, record_id, record)
+        return {record_id: encode(record) for record_id, record in items.items()}, generation
+
+    def _check(self, path: Path, record_id: str, record: Any) -> None:
+        if not isinstance(record, dict):
+            raise StoreCorrupt(f"data file {path}: record {record_id!r} must be an object")
+        if self.shape is not None:
+            problem = record_problem(self.shape, record_id, record)
+            if problem:
+                raise StoreCorrupt(f"data file {path}: record {record_id!r}: {problem}")
+
+    def _open_journal(self, state: _State) -> None:
+        """Attach the journal on disk to `state` (which holds the snapshot) and apply it."""
+        try:
+            fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return
+        state.journal_fd, state.journal_ino = fd, os.fstat(fd).st_ino
+        header, state.offset = self._journal_header(fd)
+        header = header["generation"]
+        if header < state.generation:
+            state.stale_journal = True  # compacted into the snapshot before a crash
+            state.offset = state.seen_size = os.fstat(fd).st_size
+            return
+        if header > state.generation:
+            raise StoreCorrupt(
+                f"data file {self.journal_path} continues generation {header} but "
+                f"{self.path.name} is generation {state.generation} (was the snapshot replaced "
+                "by an older copy?)"
+            )
+        self._apply_new_lines(state)
+
+    def _journal_header(self, fd: int) -> tuple[dict[str, Any], int]:
+        """The journal's first line (its generation; after a compaction, the stamp of the
+        snapshot written with it) and where the changes start."""
+        first = os.pread(fd, 4096, 0).partition(b"\n")
+        try:
+            if not first[1]:
+                raise ValueError("no complete first line")
+            header = orjson.loads(first[0])
+            if not isinstance(header["generation"], int):
+                raise ValueError("generation must be a number")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreCorrupt(f"data file {self.journal_path}: bad first line ({exc})") from None
+        return header, len(first[0]) + 1
+
+    def _apply_new_lines(self, state: _State) -> None:
+        """Apply the complete lines after `state.offset` of the journal `state` holds open."""
+        assert state.journal_fd is not None
+        size = os.fstat(state.journal_fd).st_size
+        if size > state.offset:
+            chunk = os.pread(state.journal_fd, size - state.offset, state.offset)
+            for line in chunk[: chunk.rfind(b"\n") + 1].split(b"\n")[:-1]:
+                self._apply_line(state, line)
+                state.offset += len(line) + 1
+        state.seen_size = size
+
+    def _apply_line(self, state: _State, line: bytes) -> None:
+        try:
+            change = orjson.loads(line)
+            puts, deletes = change.get("put", {}), change.get("delete", [])
+            if not isinstance(puts, dict) or not isinstance(deletes, list):
+                raise ValueError("'put' must be an object and 'delete' a list")
+        except (ValueError, AttributeError) as exc:
+            raise StoreCorrupt(
+                f"data file {self.journal_path}: bad line at byte {state.offset} ({exc})"
+            ) from None
+        for record_id, record in puts.items():
+            self._check(self.journal_path, record_id, record)
+        self._commit(state, {i: encode(r) for i, r in puts.items()}, deletes)
+
+    def _commit(self, state: _State, puts: dict[str, bytes], deletes: Iterable[str]) -> None:
+        """Apply a change to the in-memory records and indexes."""
+        for record_id in deletes:
+            old = state.records.pop(record_id, None)
+            if old is not None and self.indexes:
+                self._index(state, record_id, decode(old), add=False)
+        for record_id, raw in puts.items():
+            old = state.records.get(record_id)
+            if old is not None and self.indexes:
+                self._index(state, record_id, decode(old), add=False)
+            state.records[record_id] = raw
+            if self.indexes:
+                self._index(state, record_id, decode(raw), add=True)
+
+    def _index(self, state: _State, record_id: str, record: Record, *, add: bool) -> None:
+        for name, spec in self.indexes.items():
+            table = state.indexes[name]
+            for key in spec.keys(record):
+                if spec.unique:
+                    if add:
+                        table[key] = record_id
+                    elif table.get(key) == record_id:
+                        del table[key]
+                elif add:
+                    table.setdefault(key, []).append(record_id)
+                else:
+                    ids = table.get(key, [])
+                    if record_id in ids:
+                        ids.remove(record_id)
+                    if not ids:
+                        table.pop(key, None)
+
+    def _catch_up(self, state: _State) -> None:
+        """Bring `state` to what is on disk, reading only what changed when it can."""
+        journal = _stamp(self._journal_path)
+        if _stamp(self._snapshot_path) != state.snapshot:
+            if not self._follow_compaction(state, journal):
+                self._load()
+            return
+        if journal is None:
+            if state.journal_ino is not None and not state.stale_journal:
+                self._load()  # the journal vanished: only a full read can say what holds
+            return
+        if journal[0] == state.journal_ino:
+            if not state.stale_journal:
+                self._apply_new_lines(state)
+            return
+        # A new journal beside the same snapshot: a writer replaced a stale one, or made the
+        # first one of a store that had none.
+        state.close()
+        state.stale_journal = False
+        self._open_journal(state)
+
+    def _follow_compaction(self, state: _State, journal: tuple[int, int, int] | None) -> bool:
+        """After another process compacted: finish the old journal through the descriptor still
+        open, then go on with the new one. False when that is not what happened."""
+        if journal is None or journal[0] == state.journal_ino or state.stale_journal:
+            return False
+        try:
+            fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return False
+        header, offset = self._journal_header(fd)
+        snapshot = _stamp(self._snapshot_path)
+        if (
+            header["generation"] != state.generation + 1
+            or header.get("snapshot") != (list(snapshot) if snapshot else None)
+            or state.journal_fd is None
+        ):
+            os.close(fd)  # not (only) a compaction: a hand edit, or more than one compaction
+            return False
+        if state.journal_fd is not None:
+            self._apply_new_lines(state)
+            state.close()
+        state.journal_fd, state.journal_ino, state.offset = fd, os.fstat(fd).st_ino, offset
+        state.generation = header["generation"]
+        state.snapshot = snapshot
+        state.snapshot_size = snapshot[2] if snapshot else 0
+        self._apply_new_lines(state)
+        return True
 
     # -- writing ---------------------------------------------------------------------------
 
-    def update(self, change: Callable[[Items], R], *, timeout: float | None = None) -> R:
-        """Apply `change` to a fresh copy of the records under the file lock and commit it.
+    def update(self, change: Callable[[Records], R], *, timeout: float | None = None) -> R:
+        """Apply `change` to the records under the file lock and commit what it changed.
 
-        `change` mutates the dict it is given and returns a value that `update` passes back. If it
-        raises, or returns `UNCHANGED` (it found nothing to do), nothing is written. Raises
-        StorageBusy when the lock cannot be had in time or the file on disk is unreadable.
+        `change` gets a `Records` mapping (put, assign, delete, or modify what it read) and
+        returns a value that `update` passes back. If it raises, or returns `UNCHANGED`,
+        nothing is written. Raises StorageBusy when the lock cannot be had in time or a file
+        on disk is unreadable.
         """
+        with self._locked(timeout):
+            with self._mutex:
+                state = self._fresh_for_write()
+                records = Records(self, state)
+                result = change(records)
+                if result is UNCHANGED:
+                    return result
+                puts, deletes = records.changes()
+                if puts or deletes:
+                    self._append(state, puts, deletes)
+                    self._commit(state, puts, deletes)
+                due = self._compaction_wanted(state)
+        if due:
+            self.schedule_compaction(self._compact_quietly)
+        return result
+
+    @contextmanager
+    def _locked(self, timeout: float | None) -> Iterator[None]:
+        """The store's file lock for one write, its timeout mapped to 503 STORAGE_BUSY."""
         lock = self._file_lock()
         try:
             lock.acquire(timeout=self.lock_timeout if timeout is None else timeout)
@@ -178,22 +584,7 @@ class JsonStore(Generic[T]):
                 headers={"Retry-After": "1"},
             ) from None
         try:
-            stamp = self._stamp()
-            try:
-                current = self._parse(stamp)
-            except StoreCorrupt as exc:
-                log.error("%s; refusing to write over it", exc)
-                raise StorageBusy(
-                    f"data file {self.path.name} is unreadable; changes are refused until an "
-                    "operator repairs it"
-                ) from None
-            items = current.items
-            result = change(items)
-            if result is UNCHANGED:
-                return result
-            new_stamp = self._write(items, previous=stamp)
-            self._snapshot = Snapshot(items=items, index=self._build_index(items), stamp=new_stamp)
-            return result
+            yield
         finally:
             lock.release()
 
@@ -205,33 +596,124 @@ class JsonStore(Generic[T]):
             lock = self._locks[pid] = FileLock(str(self.lock_path), mode=0o600)
         return lock
 
-    def _write(
-        self, items: Items, *, previous: tuple[int, int, int] | None
-    ) -> tuple[int, int, int]:
-        directory = self.path.parent
-        document = {"schema_version": self.schema_version, self.collection: items}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+    def _fresh_for_write(self) -> _State:
+        """The state caught up with disk, under the lock; StorageBusy if anything is broken."""
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(document, fh, separators=(",", ":"), sort_keys=True)
+            if self._state is None:
+                state = self._load()
+            else:
+                state = self._state
+                if not self._unchanged(state) or state.broken:
+                    self._catch_up(state)
+                    state = self._state
+                    state.broken = None
+        except StoreCorrupt as exc:
+            log.error("%s; refusing to write over it", exc)
+            raise StorageBusy(
+                f"data file {self.path.name} is unreadable; changes are refused until an "
+                "operator repairs it"
+            ) from None
+        assert state is not None
+        return state
+
+    def _append(self, state: _State, puts: dict[str, bytes], deletes: list[str]) -> None:
+        """Append one change to the journal and fsync it (making the journal if needed)."""
+        if state.journal_fd is None or state.stale_journal:
+            self._new_journal(state)
+        assert state.journal_fd is not None
+        fd = state.journal_fd
+        if os.fstat(fd).st_size != state.offset:
+            os.ftruncate(fd, state.offset)  # a torn line of a writer that died mid-append
+        parts = []
+        if puts:
+            body = b",".join(orjson.dumps(i) + b":" + raw for i, raw in puts.items())
+            parts.append(b'"put":{' + body + b"}")
+        if deletes:
+            parts.append(b'"delete":' + orjson.dumps(deletes))
+        line = b"{" + b",".join(parts) + b"}\n"
+        written = os.write(fd, line)
+        if written != len(line):  # a short write (a full disk): cut it and fail the change
+            os.ftruncate(fd, state.offset)
+            raise OSError(28, f"short write to {self.journal_path.name}")
+        os.fdatasync(fd)
+        state.offset += len(line)
+        state.seen_size = state.offset
+
+    def _new_journal(self, state: _State) -> None:
+        """Start an empty journal of the state's generation (atomically, header included)."""
+        header = orjson.dumps({"generation": state.generation}) + b"\n"
+        os.replace(self._write_temp(self.journal_path, [header]), self.journal_path)
+        _fsync_dir(self.path.parent)
+        self._attach_journal(state)
+
+    def _attach_journal(self, state: _State) -> None:
+        """Point `state` at the end of the journal file just written (under the lock)."""
+        state.close()
+        state.journal_fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
+        st = os.fstat(state.journal_fd)
+        state.journal_ino, state.offset, state.seen_size = st.st_ino, st.st_size, st.st_size
+        state.stale_journal = False
+
+    @staticmethod
+    def _write_temp(path: Path, chunks: Iterable[bytes]) -> str:
+        """A fsynced temp file (0600) beside `path` holding `chunks`; returns its name."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
-            mtime = time.time_ns()
-            if previous is not None and mtime <= previous[1]:
-                mtime = previous[1] + 1
-            os.utime(tmp, ns=(mtime, mtime))
-            os.replace(tmp, self.path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            os.unlink(tmp)
             raise
-        dir_fd = os.open(directory, os.O_RDONLY)
+        return tmp
+
+    # -- compaction ------------------------------------------------------------------------
+
+    def _compaction_wanted(self, state: _State) -> bool:
+        if self._compaction_due:
+            return False
+        if state.offset <= max(self.compact_floor, state.snapshot_size // 2):
+            return False
+        self._compaction_due = True
+        return True
+
+    def _compact_quietly(self) -> None:
         try:
-            os.fsync(dir_fd)
+            self.compact()
+        except (StorageBusy, OSError) as exc:
+            log.warning("could not compact %s: %s", self.journal_path.name, exc)
         finally:
-            os.close(dir_fd)
-        stamp = self._stamp()
-        assert stamp is not None
-        return stamp
+            self._compaction_due = False
+
+    def compact(self) -> None:
+        """Fold the journal into a new snapshot of the next generation and start a new journal.
+
+        O(N): the server runs it on a background thread, never on a request. Readers of this
+        process are not held up: nothing can change while the file lock is held, so the O(N)
+        part runs outside the in-process mutex."""
+        with self._locked(None):
+            with self._mutex:
+                state = self._fresh_for_write()
+                records = dict(state.records)
+                generation = state.generation + 1
+            body = b"".join(orjson.dumps(i) + b":" + raw + b",\n" for i, raw in records.items())
+            if body:
+                body = body[:-2] + b"\n"
+            head = orjson.dumps({"schema_version": FORMAT, "generation": generation})[:-1]
+            head += f',"seal":"{_seal(body)}","{self.collection}":{{\n'.encode()
+            snapshot = self._write_temp(self.path, [head, body, _SNAPSHOT_END])
+            stamp = _stamp(snapshot)  # os.replace keeps inode and mtime: how readers know it
+            header = {"generation": generation, "snapshot": stamp}
+            journal = self._write_temp(self.journal_path, [orjson.dumps(header) + b"\n"])
+            with self._mutex:
+                # The snapshot goes first: a crash in between leaves a journal of the previous
+                # generation, which the new snapshot already holds whole.
+                os.replace(snapshot, self.path)
+                os.replace(journal, self.journal_path)
+                _fsync_dir(self.path.parent)
+                state.generation = generation
+                state.snapshot = _stamp(self._snapshot_path)
+                state.snapshot_size = len(head) + len(body) + len(_SNAPSHOT_END)
+                self._attach_journal(state)

@@ -26,13 +26,13 @@ from .background import run_every
 from .errors import StorageBusy
 from .offload import ThreadOffload
 from .records import iso
-from .store import Items, JsonStore
+from .store import JsonStore, Records
 
 log = logging.getLogger(__name__)
 
 
 class KeyUsage:
-    def __init__(self, store: JsonStore[None], *, flush_seconds: float = 5.0) -> None:
+    def __init__(self, store: JsonStore, *, flush_seconds: float = 5.0) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
         self._noted: dict[str, int] = {}  # key id -> when this process last noted it
@@ -48,11 +48,18 @@ class KeyUsage:
             self._noted[key_id] = now
             self._pending[key_id] = now
 
-    def last_used(self) -> dict[str, str]:
-        """Key id -> last use, as written by every process plus what this one has pending."""
-        seen = {key_id: record["last_used"] for key_id, record in self.store.read().items.items()}
+    def last_used(self, key_ids: list[str]) -> dict[str, str]:
+        """Key id -> last use of `key_ids`, as written by every process plus what this one has
+        pending."""
+        seen = {}
+        for key_id in key_ids:
+            record = self.store.get(key_id)
+            if record is not None:
+                seen[key_id] = record["last_used"]
         with self._lock:
-            seen.update({key_id: iso(ts) for key_id, ts in self._pending.items()})
+            for key_id in key_ids:
+                if key_id in self._pending:
+                    seen[key_id] = iso(self._pending[key_id])
         return seen
 
     def flush(self) -> int:
@@ -72,7 +79,7 @@ class KeyUsage:
         return 0
 
     def _write(self, pending: dict[str, int]) -> bool:
-        def change(items: Items) -> None:
+        def change(items: Records) -> None:
             for key_id, ts in pending.items():
                 used = iso(ts)
                 written = items.get(key_id, {}).get("last_used")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import re
 import secrets
 import unicodedata
-from dataclasses import dataclass
 from typing import Any
 
 from .config import rate_limit
 from .errors import Conflict, ValidationError
 from .records import Field, one_of, strings, timestamp
-from .store import Items
+from .store import Index, JsonStore, Records
 
 # Managing the account itself (keys, password, profile) is a scope of its own: a password login
 # holds these, a key only when it was created with them, so a leaked prediction key cannot mint
@@ -60,29 +59,14 @@ USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
 
 
-@dataclass(frozen=True)
-class UserIndex:
-    by_username: dict[str, str]
-    by_email: dict[str, str]
-
-
-def index_users(items: Items) -> UserIndex:
-    return UserIndex(
-        by_username={u["username"].lower(): uid for uid, u in items.items()},
-        by_email={u["email"].lower(): uid for uid, u in items.items() if u.get("email")},
-    )
-
-
 def fold_name(identifier: str) -> str:
     """A username or email as the index keys it: NFKC form, lower case."""
     return unicodedata.normalize("NFKC", identifier).lower()
 
 
-def find_user(items: Items, index: UserIndex, identifier: str) -> dict[str, Any] | None:
+def find_user(users: JsonStore | Records, identifier: str) -> dict[str, Any] | None:
     """The user whose username or email is `identifier` (any case), or None."""
-    key = fold_name(identifier)
-    uid = index.by_username.get(key) or index.by_email.get(key)
-    return items.get(uid) if uid else None
+    return users.find("name", fold_name(identifier))
 
 
 def check_username(value: Any) -> str:
@@ -160,14 +144,25 @@ def password_change_due(user: dict[str, Any]) -> bool:
     return bool(user.get("must_change_password")) and not has_default_password(user)
 
 
-def add_user(items: Items, user: dict[str, Any]) -> None:
+def add_user(items: Records, user: dict[str, Any]) -> None:
     """Insert `user` into `items` (inside a store update), refusing duplicates of name or email."""
-    index = index_users(items)
-    if user["username"].lower() in index.by_username:
+    if find_user(items, user["username"]) is not None:
         raise Conflict("username is already taken", details={"field": "username"})
-    if user["email"].lower() in index.by_email:
+    if find_user(items, user["email"]) is not None:
         raise Conflict("email is already registered", details={"field": "email"})
     items[user["id"]] = user
+
+
+def _flag(holds: bool) -> tuple[str, ...]:
+    return ("yes",) if holds else ()
+
+
+# Usernames never hold '@' and emails always do, so both share one index.
+USER_INDEXES = {
+    "name": Index(lambda u: (fold_name(u["username"]), fold_name(u["email"]))),
+    "active_admin": Index(lambda u: _flag(u["role"] == "admin" and u["is_active"]), unique=False),
+    "default_password": Index(lambda u: _flag(has_default_password(u)), unique=False),
+}
 
 
 def profile(user: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,18 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from auth.store import JsonStore
 from inference_server import create_app
 from inference_server.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
+COLLECTIONS = {
+    "users": "users",
+    "api_keys": "keys",
+    "sessions": "sessions",
+    "api_key_usage": "keys",
+    "models_state": "models",
+}
 DEMO_MODEL = str(REPO / "data" / "models" / "demo.json")
 ADMIN = ("admin", "admin123")
 PASSWORD = "correct horse battery staple"
@@ -104,6 +112,25 @@ def app(make_app) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+def on_disk(data_dir: Path, name: str) -> dict[str, dict[str, Any]]:
+    """The records of store `name` as a process opening the data dir now would read them."""
+    return dict(JsonStore(data_dir / f"{name}.json", collection=COLLECTIONS[name]).records())
+
+
+def disk_text(data_dir: Path, name: str) -> str:
+    """Everything store `name` holds on disk (snapshot and journal), as text."""
+    files = (data_dir / f"{name}.json", data_dir / f"{name}.journal.jsonl")
+    return "".join(f.read_text() for f in files if f.exists())
+
+
+def compacted(data_dir: Path, name: str) -> Path:
+    """Fold the journal of store `name` into its snapshot (as the server does in the
+    background) and return the snapshot, ready for a hand edit."""
+    store = JsonStore(data_dir / f"{name}.json", collection=COLLECTIONS[name])
+    store.compact()
+    return store.path
 
 
 def assert_error(response, status: int, code: str) -> dict[str, Any]:

@@ -24,9 +24,7 @@ def admin(actor):
 
 
 def _uid(app, name):
-    return next(
-        u for u, r in app.extensions["auth"].users.read().items.items() if r["username"] == name
-    )
+    return next(u for u, r in app.extensions["auth"].users.records() if r["username"] == name)
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
@@ -157,7 +155,7 @@ def test_delete_user_revokes_everything(app, client, actor, admin):
     assert client.delete(f"/admin/users/{uid}", headers=admin).status_code == 200
     assert_error(actor.predict(headers), 401, "INVALID_TOKEN")
     assert_error(actor.predict({"X-API-Key": created["key"]}), 401, "INVALID_API_KEY")
-    keys = app.extensions["auth"].keys.read().items
+    keys = dict(app.extensions["auth"].keys.records())
     assert keys[created["id"]]["is_active"] is False
     assert_error(client.delete(f"/admin/users/{uid}", headers=admin), 404, "NOT_FOUND")
 

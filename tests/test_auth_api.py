@@ -7,7 +7,7 @@ import json
 import pytest
 
 from auth import api_keys
-from tests.conftest import ADMIN, PASSWORD, assert_error, bearer
+from tests.conftest import ADMIN, PASSWORD, assert_error, bearer, disk_text
 
 # -- registration ---------------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ def test_me_never_shows_a_hash(client, actor):
 
 
 def test_default_admin_is_created_once_with_change_due(app, client):
-    users = app.extensions["auth"].users.read().items
+    users = dict(app.extensions["auth"].users.records())
     assert [u["username"] for u in users.values()] == ["admin"]
     response = client.post("/auth/login", json={"username": "admin", "password": "admin123"})
     assert response.get_json()["password_change_required"] is True
@@ -216,16 +216,16 @@ def test_default_admin_works_remotely_after_password_change(client, actor):
 def test_no_default_admin_when_users_exist(make_app, app, actor):
     actor.register("lena", role="admin")
     state = app.extensions["auth"]
-    admin_id = next(u for u, rec in state.users.read().items.items() if rec["username"] == "admin")
+    admin_id = next(u for u, rec in state.users.records() if rec["username"] == "admin")
     state.users.update(lambda items: items.pop(admin_id))
     again = make_app()
-    names = [u["username"] for u in again.extensions["auth"].users.read().items.values()]
+    names = [u["username"] for u in dict(again.extensions["auth"].users.records()).values()]
     assert names == ["lena"]
 
 
 def test_default_admin_can_be_switched_off(make_app):
     app = make_app(auth={"default_admin": None})
-    assert app.extensions["auth"].users.read().items == {}
+    assert dict(app.extensions["auth"].users.records()) == {}
 
 
 # -- change password ------------------------------------------------------------------------
@@ -257,10 +257,10 @@ def test_api_key_format_and_storage(app, actor, data_dir):
     assert key.startswith("sk_live_") and api_keys.well_formed(key)
     assert created["prefix"] == key[:12]
     assert created["expires_at"] is not None
-    stored = (data_dir / "api_keys.json").read_text()
+    stored = disk_text(data_dir, "api_keys")
     assert key not in stored and key[12:] not in stored
     assert api_keys.hash_key(key) in stored
-    record = app.extensions["auth"].keys.read().items[created["id"]]
+    record = dict(app.extensions["auth"].keys.records())[created["id"]]
     assert set(record) >= {"hash", "prefix"} and "key" not in record
 
 
@@ -309,7 +309,7 @@ def test_last_used_is_noted_on_the_request_and_written_in_batches(app, actor, cl
             assert actor.predict({"X-API-Key": created["key"]}).status_code == 200
     assert writes == []  # no request wrote anything
     assert usage.flush() == 2 and len(writes) == 1  # both keys in one write
-    on_disk = usage.store.read().items
+    on_disk = dict(usage.store.records())
     assert on_disk[first["id"]]["last_used"] == on_disk[second["id"]]["last_used"]
 
     actor.predict({"X-API-Key": first["key"]})
@@ -317,7 +317,7 @@ def test_last_used_is_noted_on_the_request_and_written_in_batches(app, actor, cl
     clock.advance(61)
     actor.predict({"X-API-Key": first["key"]})
     assert usage.flush() == 1 and len(writes) == 2
-    assert usage.store.read().items[first["id"]]["last_used"] > on_disk[first["id"]]["last_used"]
+    assert dict(usage.store.records())[first["id"]]["last_used"] > on_disk[first["id"]]["last_used"]
 
 
 def test_a_failed_usage_write_keeps_the_notes_for_the_next_flush(app, actor, data_dir):
@@ -391,7 +391,7 @@ def test_key_scopes_shrink_when_role_shrinks(app, actor):
     headers = bearer(actor.login("walt", PASSWORD)["access_token"])
     created = actor.create_key(headers, scopes=["predict", "models:manage", "user:read"])
     state = app.extensions["auth"]
-    user_id = next(u for u, rec in state.users.read().items.items() if rec["username"] == "walt")
+    user_id = next(u for u, rec in state.users.records() if rec["username"] == "walt")
 
     def demote(items):
         items[user_id]["role"] = "user"
@@ -404,8 +404,8 @@ def test_key_scopes_shrink_when_role_shrinks(app, actor):
 def test_key_lookup_does_not_scan(app, actor):
     """The hot path finds a key through the hash index, not by walking the records."""
     created = actor.create_key(actor.user_headers("xena"))
-    snapshot = app.extensions["auth"].keys.read()
-    assert snapshot.index[api_keys.hash_key(created["key"])] == created["id"]
+    keys = app.extensions["auth"].keys
+    assert keys.find("hash", api_keys.hash_key(created["key"]))["id"] == created["id"]
 
 
 # -- credentials in odd places ---------------------------------------------------------------

@@ -11,7 +11,7 @@ import requests
 from click.testing import CliRunner
 
 from inference_server.cli import cli
-from tests.conftest import Actor, assert_error
+from tests.conftest import Actor, assert_error, disk_text
 from tests.live import REPO, live_server
 
 GOOD = "a long and private passphrase"
@@ -47,7 +47,7 @@ def test_create_admin_non_interactive_then_no_default_admin(run, make_app):
     result = _admin(run)
     assert "created admin root" in result.output and GOOD not in result.output
     app = make_app()
-    users = app.extensions["auth"].users.read().items.values()
+    users = dict(app.extensions["auth"].users.records()).values()
     assert [(u["username"], u["role"]) for u in users] == [("root", "admin")]
     client = app.test_client()
     assert_error(
@@ -93,7 +93,7 @@ def test_create_admin_with_key_prints_it_once(run, data_dir):
     )
     key = result.output.strip().splitlines()[-1]
     assert key.startswith("sk_live_")
-    assert key not in (data_dir / "api_keys.json").read_text()
+    assert key not in disk_text(data_dir, "api_keys")
 
 
 def test_users_commands(run):

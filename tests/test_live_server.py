@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
@@ -12,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.conftest import on_disk
 from tests.live import REPO, live_server
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,6 @@ def test_a_stopping_worker_writes_the_key_use_it_noted(tmp_path):
         key = server.admin_credentials()["api-key"]
         answer = requests.post(server.url("/predict"), json={"data": [[1, 2, 3]]}, headers=key)
         assert answer.status_code == 200
-        usage = data_dir / "api_key_usage.json"
-        assert not usage.exists()  # the request wrote nothing
-    written = json.loads(usage.read_text())["keys"]
+        assert on_disk(data_dir, "api_key_usage") == {}  # the request wrote nothing
+    written = on_disk(data_dir, "api_key_usage")
     assert len(written) == 1 and next(iter(written.values()))["last_used"]

@@ -30,7 +30,7 @@ def _bad_login(client, **request):
 
 
 def _user_id(app, name):
-    users = app.extensions["auth"].users.read().items
+    users = dict(app.extensions["auth"].users.records())
     return next(uid for uid, u in users.items() if u["username"] == name)
 
 

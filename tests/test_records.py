@@ -15,10 +15,12 @@ import pytest
 from auth import StoreCorrupt
 from inference_server import create_app
 from inference_server.settings import load_settings
-from tests.conftest import PASSWORD, assert_error, base_overrides, bearer
+from tests.conftest import PASSWORD, assert_error, base_overrides, bearer, compacted
 
 
-def _edit(path: Path, collection: str, change) -> bytes:
+def _edit(data_dir: Path, name: str, collection: str, change) -> bytes:
+    """A hand edit of the snapshot of store `name` (after folding its journal into it)."""
+    path = compacted(data_dir, name)
     document = json.loads(path.read_text())
     change(document[collection])
     path.write_text(json.dumps(document))
@@ -58,7 +60,7 @@ def _break(data_dir: Path, file: str, collection: str, change) -> bytes:
     def pick(records: dict) -> None:
         change(_user(records, "erin") if collection == "users" else next(iter(records.values())))
 
-    return _edit(data_dir / file, collection, pick)
+    return _edit(data_dir, file.removesuffix(".json"), collection, pick)
 
 
 @pytest.mark.parametrize(("file", "collection", "change", "message"), BROKEN)
@@ -107,7 +109,7 @@ def test_a_bad_model_state_record_stops_the_start(app, actor, data_dir):
     admin = actor.admin_headers()
     manage = {"action": "reload", "model": "demo"}
     assert actor.client.post("/models/manage", json=manage, headers=admin).status_code == 200
-    _edit(data_dir / "models_state.json", "models", lambda m: m["demo"].update(state="asleep"))
+    _edit(data_dir, "models_state", "models", lambda m: m["demo"].update(state="asleep"))
     with pytest.raises(StoreCorrupt, match=r"models_state.json: record 'demo': field 'state'"):
         create_app(load_settings(overrides=base_overrides(data_dir), environ={}))
 

@@ -1,4 +1,8 @@
-"""The JSON store: atomic writes, the stat-validated cache, corrupt files, locks, permissions."""
+"""The journal store: O(change) writes and reads, compaction, torn tails, corrupt files, locks.
+
+Two `JsonStore` objects on one path stand for two processes: each keeps its own state, file
+descriptors and lock (tests of real processes are in test_concurrency.py).
+"""
 
 from __future__ import annotations
 
@@ -6,129 +10,304 @@ import json
 import os
 
 import pytest
+from filelock import FileLock
 
+from auth import store as store_module
 from auth.errors import StorageBusy
-from auth.store import JsonStore, StoreCorrupt
+from auth.records import Field, one_of
+from auth.store import UNCHANGED, Index, JsonStore, StoreCorrupt
 from inference_server import create_app
 from inference_server.settings import load_settings
 from tests.conftest import assert_error, base_overrides
 
+SHAPE = {"value": Field((int,)), "colour": Field((str,), required=False, check=one_of(["red"]))}
+INDEXES = {
+    "value": Index(lambda r: (str(r["value"]),)),
+    "colour": Index(lambda r: (r["colour"],) if "colour" in r else (), unique=False),
+}
 
-@pytest.fixture
-def store(tmp_path):
+
+def _store(path, **options) -> JsonStore:
     s = JsonStore(
-        tmp_path / "data" / "things.json",
-        collection="things",
-        lock_timeout=0.2,
-        index=lambda items: sorted(items),
+        path, collection="things", lock_timeout=0.2, shape=SHAPE, indexes=INDEXES, **options
     )
     s.open()
     return s
 
 
-def _add(key, value=1):
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "data" / "things.json"
+
+
+@pytest.fixture
+def store(path):
+    return _store(path)
+
+
+def _add(key, value=1, **extra):
     def change(items):
-        items[key] = {"value": value}
+        items[key] = {"value": value, **extra}
         return key
 
     return change
 
 
-def test_write_then_read(store):
+def _journal_lines(store) -> list[dict]:
+    return [json.loads(line) for line in store.journal_path.read_text().splitlines()]
+
+
+def test_a_write_appends_one_line_and_reads_back(store):
     assert store.update(_add("a")) == "a"
-    document = json.loads(store.path.read_text())
-    assert document == {"schema_version": 1, "things": {"a": {"value": 1}}}
-    assert store.read().items == {"a": {"value": 1}}
-    assert store.read().index == ["a"]
+    assert store.update(_add("b", 2)) == "b"
+    assert not store.path.exists()  # nothing rewritten: the journal holds the changes
+    assert _journal_lines(store) == [
+        {"generation": 0},
+        {"put": {"a": {"value": 1}}},
+        {"put": {"b": {"value": 2}}},
+    ]
+    assert dict(store.records()) == {"a": {"value": 1}, "b": {"value": 2}}
+    assert store.get("a") == {"value": 1} and store.get("zz") is None
 
 
 def test_permissions(store):
     store.update(_add("a"))
+    store.compact()
     assert store.path.parent.stat().st_mode & 0o777 == 0o700
-    assert store.path.stat().st_mode & 0o777 == 0o600
-    assert store.lock_path.stat().st_mode & 0o777 == 0o600
-    assert store.lock_path != store.path
+    for file in (store.path, store.journal_path, store.lock_path):
+        assert file.stat().st_mode & 0o777 == 0o600
+    assert store.lock_path not in (store.path, store.journal_path)
 
 
-def test_cache_is_reused_until_the_file_changes(store, tmp_path, monkeypatch):
+def test_only_what_a_change_touched_is_written(store):
     store.update(_add("a"))
-    first = store.read()
-    opened = []
-    real_open = open
+    store.update(_add("b"))
 
-    def spy(path, *args, **kw):
-        opened.append(path)
-        return real_open(path, *args, **kw)
+    def touch(items):
+        items["a"]["value"] = 5  # modified in place: written
+        assert items["b"]["value"] == 1  # only read: not written
 
-    monkeypatch.setattr("builtins.open", spy)
-    assert store.read() is first
-    assert store.read() is first
-    assert opened == []  # no disk read when nothing changed: a stat only
-    other = JsonStore(store.path, collection="things")
-    other.update(_add("b"))  # another process's write
-    opened.clear()
-    assert store.read().items.keys() == {"a", "b"}
-    assert opened == [store.path]
-
-
-def test_mtime_strictly_increases_even_for_same_size_writes(store):
-    stamps = set()
-    for i in range(20):
-        store.update(_add("a", i % 2))
-        stamps.add(store.read().stamp)
-    assert len(stamps) == 20
+    store.update(touch)
+    assert _journal_lines(store)[-1] == {"put": {"a": {"value": 5}}}
+    size = store.journal_path.stat().st_size
+    store.update(lambda items: items["b"])  # a read-only change appends nothing
+    assert store.update(lambda items: UNCHANGED) is UNCHANGED
+    assert store.journal_path.stat().st_size == size
 
 
 def test_a_failed_change_writes_nothing(store):
     store.update(_add("a"))
-    before = store.path.read_bytes()
+    size = store.journal_path.stat().st_size
 
     def boom(items):
         items["b"] = {"value": 2}
+        items["a"]["value"] = 9
         raise ValueError("no")
 
     with pytest.raises(ValueError):
         store.update(boom)
-    assert store.path.read_bytes() == before
-    assert store.read().items == {"a": {"value": 1}}
-    assert [p.name for p in store.path.parent.iterdir() if p.suffix == ".tmp"] == []
+    assert store.journal_path.stat().st_size == size
+    assert dict(store.records()) == {"a": {"value": 1}}
+
+
+def test_a_record_that_does_not_fit_is_never_written(store):
+    with pytest.raises(ValueError, match="record 'a': field 'colour'"):
+        store.update(_add("a", colour="blue"))
+    assert dict(store.records()) == {}
+    assert not store.journal_path.exists()
+
+
+def test_another_process_reads_only_the_new_lines(path, monkeypatch):
+    writer, reader = _store(path), _store(path)
+    for i in range(50):
+        writer.update(_add(f"k{i}", i))
+    assert len(reader) == 50
+    read = []
+    real_pread = os.pread
+    monkeypatch.setattr(
+        store_module.os, "pread", lambda fd, n, at: read.append(n) or real_pread(fd, n, at)
+    )
+    assert reader.get("k3") == {"value": 3}
+    assert read == []  # nothing changed: a stat, no read
+    writer.update(_add("new", 99))
+    assert reader.get("new") == {"value": 99}
+    assert sum(read) == len(b'{"put":{"new":{"value":99}}}\n')
+
+
+def test_indexes_follow_every_change_in_every_process(path):
+    writer, reader = _store(path), _store(path)
+    writer.update(_add("a", 1, colour="red"))
+    writer.update(_add("b", 2, colour="red"))
+    for s in (writer, reader):
+        assert s.find("value", "1") == {"value": 1, "colour": "red"}
+        assert sorted(s.ids("colour", "red")) == ["a", "b"]
+
+    def move(items):
+        items["a"]["value"] = 3
+        del items["b"]
+        assert items.ids("colour", "red") == ["a"]
+
+    writer.update(move)
+    for s in (writer, reader):
+        assert s.find("value", "1") is None and s.find("value", "3")["value"] == 3
+        assert s.find("value", "2") is None
+        assert s.ids("colour", "red") == ["a"]
+
+
+def test_compaction_folds_the_journal_into_a_sealed_snapshot(path):
+    writer, follower = _store(path), _store(path)
+    for i in range(5):
+        writer.update(_add(f"k{i}", i))
+    writer.update(lambda items: items.pop("k0"))
+    assert len(follower) == 4
+    writer.compact()
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith('{"schema_version":2,"generation":1,"seal":"')
+    assert json.loads(path.read_text())["things"] == {f"k{i}": {"value": i} for i in range(1, 5)}
+    assert _journal_lines(writer)[0]["generation"] == 1 and len(_journal_lines(writer)) == 1
+    writer.update(_add("after", 7))
+    # The follower goes on from its own state: it never re-reads the snapshot.
+    opened = []
+    real_open = open
+
+    def spy(file, *args, **kw):
+        opened.append(str(file))
+        return real_open(file, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("builtins.open", spy)
+        assert follower.get("after") == {"value": 7} and len(follower) == 5
+    assert str(path) not in opened
+    assert dict(_store(path).records()) == dict(writer.records())  # a fresh process agrees
+
+
+def test_a_long_journal_is_compacted_by_the_writer_that_notices(path):
+    scheduled = []
+    writer = _store(path, compact_floor=200, schedule_compaction=scheduled.append)
+    for i in range(20):
+        writer.update(_add(f"k{i}", i))
+    assert len(scheduled) == 1  # scheduled once, not on every write while it is due
+    scheduled[0]()
+    assert json.loads(path.read_text())["generation"] == 1
+    assert len(_journal_lines(writer)) == 1 and len(writer) == 20
+    writer.update(_add("k20", 20))
+    assert len(scheduled) == 1
+
+
+def test_a_torn_last_line_is_ignored_then_cut_by_the_next_writer(path):
+    writer = _store(path)
+    writer.update(_add("a"))
+    with open(writer.journal_path, "ab") as fh:
+        fh.write(b'{"put":{"b":{"val')  # a writer killed mid-append
+    reader = _store(path)
+    assert dict(reader.records()) == {"a": {"value": 1}}
+    other = _store(path)
+    other.update(_add("c", 3))
+    assert _journal_lines(other)[1:] == [{"put": {"a": {"value": 1}}}, {"put": {"c": {"value": 3}}}]
+    assert dict(reader.records()) == {"a": {"value": 1}, "c": {"value": 3}}
+
+
+def test_a_crash_between_snapshot_and_journal_replace_loses_nothing(path, monkeypatch):
+    writer = _store(path)
+    writer.update(_add("a"))
+    writer.update(_add("b", 2))
+    real_replace = os.replace
+
+    def crash_on_journal(src, dst):
+        if str(dst).endswith(".journal.jsonl"):
+            raise OSError("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", crash_on_journal)
+    with pytest.raises(OSError, match="killed"):
+        writer.compact()
+    monkeypatch.setattr(store_module.os, "replace", real_replace)
+    # Snapshot of generation 1 beside the journal of generation 0 that it already holds.
+    assert json.loads(path.read_text())["generation"] == 1
+    assert _journal_lines(writer)[0] == {"generation": 0}
+    fresh = _store(path)
+    assert dict(fresh.records()) == {"a": {"value": 1}, "b": {"value": 2}}
+    fresh.update(_add("c", 3))  # the stale journal is replaced, not appended to
+    assert _journal_lines(fresh) == [{"generation": 1}, {"put": {"c": {"value": 3}}}]
+    assert len(_store(path)) == 3
+
+
+def test_a_snapshot_replaced_by_an_older_copy_is_named(path):
+    writer = _store(path)
+    writer.update(_add("a"))
+    writer.compact()
+    older = path.read_bytes()
+    writer.update(_add("b"))
+    writer.compact()
+    path.write_bytes(older.replace(b'"generation":1', b'"generation":0'))
+    with pytest.raises(StoreCorrupt, match="older copy"):
+        _store(path)
+
+
+def test_files_of_the_earlier_single_document_format_load_unchanged(path):
+    path.parent.mkdir(parents=True)
+    original = json.dumps({"schema_version": 1, "things": {"a": {"value": 1}}})
+    path.write_text(original)
+    s = _store(path)
+    assert dict(s.records()) == {"a": {"value": 1}}
+    s.update(_add("b", 2))
+    assert path.read_text() == original  # untouched until the first compaction
+    s.compact()
+    assert json.loads(path.read_text())["schema_version"] == 2
+    assert len(_store(path)) == 2
+
+
+def test_a_hand_edited_snapshot_is_checked_record_by_record(path):
+    s = _store(path)
+    s.update(_add("a"))
+    s.compact()
+    path.write_text(path.read_text().replace('{"value":1}', '{"value":"one"}'))
+    with pytest.raises(StoreCorrupt, match=r"things.json: record 'a': field 'value'"):
+        _store(path)
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("snapshot", "journal", "message"),
     [
-        b"{not json",
-        b"[]",
-        b'{"schema_version": 99, "things": {}}',
-        b'{"schema_version": 1}',
-        b'{"schema_version": 1, "things": {"a": 5}}',
+        (b"{not json", None, "not valid JSON"),
+        (b"[]", None, "expected a JSON object"),
+        (b'{"schema_version": 99, "things": {}}', None, "schema_version 99"),
+        (b'{"schema_version": 1}', None, "'things' must map ids to objects"),
+        (b'{"schema_version": 1, "things": {"a": 5}}', None, "record 'a' must be an object"),
+        (None, b"not a header\n", "bad first line"),
+        (None, b'{"generation":0}\n{"put": [1]}\n', "bad line at byte 17"),
+        (None, b'{"generation":0}\n{"put":{"a":{"value":true}}}\n', "record 'a': field 'value'"),
     ],
 )
-def test_corrupt_file_at_start_up_names_the_file_and_is_kept(tmp_path, content):
-    path = tmp_path / "things.json"
-    path.write_bytes(content)
-    with pytest.raises(StoreCorrupt, match="things.json"):
-        JsonStore(path, collection="things").open()
-    assert path.read_bytes() == content
+def test_corrupt_files_at_start_up_are_named_and_kept(path, snapshot, journal, message):
+    path.parent.mkdir(parents=True)
+    files = {path: snapshot, path.with_name("things.journal.jsonl"): journal}
+    for file, content in files.items():
+        if content is not None:
+            file.write_bytes(content)
+    with pytest.raises(StoreCorrupt, match=message):
+        _store(path)
+    for file, content in files.items():
+        assert (file.read_bytes() if file.exists() else None) == content
 
 
-def test_corrupt_file_while_running_serves_last_good_and_refuses_writes(store):
+def test_corrupt_while_running_serves_last_good_and_refuses_writes(store):
     store.update(_add("a"))
-    store.path.write_text("{broken by hand")
-    assert store.read().items == {"a": {"value": 1}}
+    with open(store.journal_path, "ab") as fh:
+        fh.write(b'{"put":{"b":{"value":"two"}}}\n')  # a record that does not fit
+    assert dict(store.records()) == {"a": {"value": 1}}
     with pytest.raises(StorageBusy):
-        store.update(_add("b"))
-    assert store.path.read_text() == "{broken by hand"
-    store.path.write_text(json.dumps({"schema_version": 1, "things": {"z": {}}}))
-    assert store.read().items == {"z": {}}
+        store.update(_add("c"))
+    assert store.journal_path.read_bytes().endswith(b'{"value":"two"}}}\n')  # kept as it is
+    store.path.write_text(json.dumps({"schema_version": 1, "things": {"z": {"value": 0}}}))
+    store.journal_path.unlink()  # the operator repairs by hand
+    assert dict(store.records()) == {"z": {"value": 0}}
     store.update(_add("b"))
+    assert dict(_store(store.path).records()) == {"z": {"value": 0}, "b": {"value": 1}}
 
 
 def test_lock_timeout_is_storage_busy(store):
-    from filelock import FileLock
-
-    holder = FileLock(str(store.lock_path))
-    with holder:
+    with FileLock(str(store.lock_path)):
         with pytest.raises(StorageBusy) as info:
             store.update(_add("a"))
     assert info.value.code == 503
@@ -136,8 +315,6 @@ def test_lock_timeout_is_storage_busy(store):
 
 
 def test_lock_timeout_over_http_is_503_storage_busy(make_app, data_dir):
-    from filelock import FileLock
-
     app = make_app(storage={"lock_timeout_seconds": 0.05})
     client = app.test_client()
     token = client.post("/auth/login", json={"username": "admin", "password": "admin123"})

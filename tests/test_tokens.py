@@ -195,7 +195,7 @@ def test_user_disabled_or_deleted_fails_at_once(app, actor):
     headers = actor.user_headers("dave")
     key = actor.create_key(headers)["key"]
     state = app.extensions["auth"]
-    user_id = next(u for u, rec in state.users.read().items.items() if rec["username"] == "dave")
+    user_id = next(u for u, rec in state.users.records() if rec["username"] == "dave")
 
     def disable(items):
         items[user_id]["is_active"] = False

@@ -25,7 +25,7 @@ from typing import Any
 
 from auth.errors import Conflict, NotFound
 from auth.records import Field, one_of
-from auth.store import JsonStore
+from auth.store import JsonStore, Records
 
 from ..settings import ConfigError, ModelSettings, ModelSpec, parse_section
 from . import builtin, onnx_backend, torchscript
@@ -75,7 +75,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 
 class ModelRegistry:
-    def __init__(self, settings: ModelSettings, *, store: JsonStore[None]) -> None:
+    def __init__(self, settings: ModelSettings, *, store: JsonStore) -> None:
         self._config = {spec.name: spec for spec in settings.registry}
         self._config_default = settings.default
         self.max_batch_size = settings.max_batch_size
@@ -91,16 +91,16 @@ class ModelRegistry:
 
     def sync(self) -> None:
         """Reconcile the loaded models with config + state file, if the file changed (a stat)."""
-        if self._store.read().stamp == self._synced:
+        if self._store.version() == self._synced:
             return
         with self._lock:
-            snapshot = self._store.read()
-            if snapshot.stamp == self._synced:
+            version = self._store.version()
+            if version == self._synced:
                 return
-            wanted, default = self._wanted(snapshot.items)
+            wanted, default = self._wanted(dict(self._store.records()))
             self._entries = {name: self._realise(name, want) for name, want in wanted.items()}
             self._default = default
-            self._synced = snapshot.stamp
+            self._synced = version
 
     def _wanted(self, overlay: Mapping[str, dict[str, Any]]) -> tuple[dict[str, Wanted], str]:
         wanted = {name: Wanted(spec, "loaded", 0, "config") for name, spec in self._config.items()}
@@ -216,7 +216,7 @@ class ModelRegistry:
     def manage(self, action: str, name: str) -> dict[str, Any]:
         """Apply an admin action durably (state file) and at once here; returns the model's view."""
 
-        def change(items: dict[str, dict[str, Any]]) -> None:
+        def change(items: Records) -> None:
             wanted, default = self._wanted(items)
             if name not in wanted:
                 raise NotFound(f"no model named {name!r}", details={"models": sorted(wanted)})
@@ -258,7 +258,7 @@ class ModelRegistry:
         """Add (or replace an API-added) model from a spec mapping; persists across restarts."""
         name = spec["name"]
 
-        def change(items: dict[str, dict[str, Any]]) -> None:
+        def change(items: Records) -> None:
             wanted, _ = self._wanted(items)
             if name in wanted and wanted[name].source == "config":
                 raise Conflict(f"{name!r} is a model from the config file; choose another name")
