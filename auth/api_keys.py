@@ -22,8 +22,8 @@ import string
 import zlib
 from typing import Any
 
+from .indexes import Index
 from .records import Field, list_of, timestamp
-from .store import Index
 
 PREFIX = "sk_live_"
 BODY_LENGTH = 32

@@ -34,6 +34,7 @@ from .audit import AuditLog
 from .background import run_every, run_soon
 from .config import AuthSettings, RateLimitSettings
 from .errors import AuthenticationError, PermissionDenied
+from .indexes import Index
 from .limits import (
     BadCredentialWatch,
     FailureBudget,
@@ -48,7 +49,7 @@ from .limits import (
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
 from .records import Shape, epoch, iso
-from .store import UNCHANGED, Index, JsonStore, Records, secure_dir
+from .store import UNCHANGED, JsonStore, Records, secure_dir
 from .tokens import TokenSigner, load_secret
 from .usage import KeyUsage
 from .users import (
@@ -317,6 +318,11 @@ class AuthState:
         for store in (self.users, self.keys, self.sessions, self.key_usage.store):
             store.schedule_compaction = self.in_background
 
+    def warm(self) -> None:
+        """Build the indexes that requests consult, before the first request needs them."""
+        for store in (self.users, self.keys, self.sessions):
+            store.warm()
+
     def in_background(self, job: Callable[[], Any]) -> None:
         """Run `job` soon on this worker's background thread; the caller does not wait."""
         run_soon(functools.partial(self.offload.run, job), name="background")
@@ -466,7 +472,8 @@ def _ensure_default_admin(state: AuthState) -> None:
     if spec is None:
         return
     if len(state.users):
-        if state.users.ids("default_password", "yes"):
+        admins = (state.users.get(i) for i in state.users.ids("active_admin", "yes"))
+        if any(admin is not None and has_default_password(admin) for admin in admins):
             log.warning(
                 "an admin still has the DEFAULT PASSWORD: change it (POST /auth/change-password); "
                 "until then it can only be used from this machine"

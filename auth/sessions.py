@@ -22,8 +22,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from .indexes import Index
 from .records import Field, strings
-from .store import UNCHANGED, Index, JsonStore, Records
+from .store import UNCHANGED, JsonStore, Records
 
 REVOKED_KEEP_SECONDS = 24 * 3600
 SESSION_SHAPE = {

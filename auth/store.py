@@ -36,10 +36,8 @@ at commit only the records it put, deleted or modified are written.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -51,31 +49,18 @@ from typing import Any, TypeVar
 import orjson
 from filelock import FileLock, Timeout
 
+from . import snapshot as snapshot_file
 from .errors import StorageBusy
+from .indexes import Index, Indexes
 from .records import Shape, record_problem
+from .snapshot import StoreCorrupt, decode, encode
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 Record = dict[str, Any]
 UNCHANGED: Any = object()  # what a change returns when it found nothing to write
-FORMAT = 2  # schema_version of the snapshot; 1 (one JSON document, no journal) still loads
 COMPACT_FLOOR = 256 * 1024  # a journal smaller than this is never worth compacting
-_HEADER = re.compile(rb'^\{"schema_version":2,"generation":(\d+),"seal":"([0-9a-f]{32})",')
-_SNAPSHOT_END = b"}}\n"
-
-
-class StoreCorrupt(Exception):
-    """A data file exists but is not a valid document of its store; it was left untouched."""
-
-
-@dataclass(frozen=True)
-class Index:
-    """A lookup kept beside the records: `keys(record)` lists the keys it files the record
-    under. A unique index maps each key to one id, any other to the ids holding it."""
-
-    keys: Callable[[Record], Iterable[str]]
-    unique: bool = True
 
 
 def secure_dir(path: Path) -> Path:
@@ -83,18 +68,6 @@ def secure_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
-
-
-def encode(record: Record) -> bytes:
-    return orjson.dumps(record)
-
-
-def decode(raw: bytes) -> Record:
-    return orjson.loads(raw)
-
-
-def _seal(body: bytes) -> str:
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
@@ -119,7 +92,7 @@ class _State:
     in which journal it stands."""
 
     records: dict[str, bytes]
-    indexes: dict[str, dict[str, Any]]
+    indexes: Indexes
     generation: int
     snapshot: tuple[int, int, int] | None  # stamp of the snapshot file this state started from
     snapshot_size: int
@@ -195,12 +168,12 @@ class Records(MutableMapping[str, Record]):
 
     def find(self, index: str, key: str) -> Record | None:
         """The record a unique index files under `key`, or None."""
-        record_id = self._state.indexes[index].get(key)
+        record_id = self._state.indexes.one(index, key, self._state.records)
         return self.get(record_id) if record_id is not None else None
 
     def ids(self, index: str, key: str) -> list[str]:
         """The ids a (non-unique) index files under `key`."""
-        return [i for i in self._state.indexes[index].get(key, ()) if i in self]
+        return [i for i in self._state.indexes.all(index, key, self._state.records) if i in self]
 
     def changes(self) -> tuple[dict[str, bytes], list[str]]:
         """What to commit: encoded records to put, ids to delete. A record that does not fit
@@ -244,11 +217,13 @@ class JsonStore:
     # -- reading ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Load at start-up; raises StoreCorrupt naming file, record and field instead of
-        serving bad data."""
+        """Check the files at start-up: raises StoreCorrupt naming file, record and field
+        instead of serving bad data. The records are loaded when first read (or by `warm`), so
+        a process that only checks (the server's start, before its workers) or touches one
+        store (the CLI) never loads the others; a sealed snapshot is checked by its hash."""
         secure_dir(self.path.parent)
         with self._mutex:
-            self._load()
+            self._load(keep=False)
 
     def get(self, record_id: str | None) -> Record | None:
         """A fresh copy of record `record_id`, or None."""
@@ -257,14 +232,27 @@ class JsonStore:
 
     def find(self, index: str, key: str) -> Record | None:
         """The record a unique index files under `key`, or None."""
-        state = self._current()
-        record_id = state.indexes[index].get(key)
-        raw = state.records.get(record_id) if record_id is not None else None
-        return decode(raw) if raw is not None else None
+        state = self._indexed(index)
+        return self.get(state.indexes.one(index, key, state.records))
 
     def ids(self, index: str, key: str) -> list[str]:
         """The ids a (non-unique) index files under `key`."""
-        return list(self._current().indexes[index].get(key, ()))
+        state = self._indexed(index)
+        return state.indexes.all(index, key, state.records)
+
+    def warm(self) -> None:
+        """Build every index now (a worker does at start, so that no request pays for it)."""
+        with self._mutex:
+            state = self._current()
+            state.indexes.build(state.records)
+
+    def _indexed(self, index: str) -> _State:
+        state = self._current()
+        if not state.indexes.has(index):
+            with self._mutex:  # a first build walks the records: no change may land meanwhile
+                state = self._current()
+                state.indexes.build(state.records, [index])
+        return state
 
     def records(self) -> list[tuple[str, Record]]:
         """Every (id, record), decoded: O(N), for listings and sweeps, not for requests."""
@@ -314,8 +302,9 @@ class JsonStore:
 
     # -- loading and catching up -----------------------------------------------------------
 
-    def _load(self) -> _State:
-        """Read snapshot and journal from scratch; raises StoreCorrupt."""
+    def _load(self, *, keep: bool = True) -> _State:
+        """Read snapshot and journal from scratch; raises StoreCorrupt. With `keep` false,
+        only check them: a sealed snapshot's records are not even split out."""
         snapshot = _stamp(self._snapshot_path)
         records: dict[str, bytes] = {}
         generation, size = 0, 0
@@ -325,77 +314,29 @@ class JsonStore:
                     raw = fh.read()
             except OSError as exc:
                 raise StoreCorrupt(f"data file {self.path} cannot be read ({exc})") from None
-            records, generation = self._parse_snapshot(raw)
+            records, generation = snapshot_file.parse(
+                raw, path=self.path, collection=self.collection, check=self._check, split=keep
+            )
             size = len(raw)
         state = _State(
             records=records,
-            indexes={name: {} for name in self.indexes},
+            indexes=Indexes(self.indexes),
             generation=generation,
             snapshot=snapshot,
             snapshot_size=size,
         )
-        if self.indexes:
-            for record_id, raw_record in records.items():
-                self._index(state, record_id, decode(raw_record), add=True)
         try:
             self._open_journal(state)
         except BaseException:
             state.close()
             raise
+        if not keep:
+            state.close()
+            return state
         if self._state is not None:
             self._state.close()
         self._state = state
         return state
-
-    def _parse_snapshot(self, raw: bytes) -> tuple[dict[str, bytes], int]:
-        head, _, rest = raw.partition(b"\n")
-        sealed = _HEADER.match(head)
-        if sealed and head.endswith(b'"' + self.collection.encode() + b'":{'):
-            body = rest[: -len(_SNAPSHOT_END)]
-            if rest.endswith(_SNAPSHOT_END) and _seal(body) == sealed.group(2).decode():
-                return self._split_lines(body), int(sealed.group(1))
-        return self._parse_document(raw)
-
-    @staticmethod
-    def _split_lines(body: bytes) -> dict[str, bytes]:
-        """Records of a sealed snapshot: one `"id":{...},` per line, split without parsing."""
-        records = {}
-        for line in body.split(b"\n")[:-1]:
-            if line.endswith(b","):
-                line = line[:-1]
-            cut = line.index(b'":')
-            if b"\\" in line[:cut]:  # an id with escapes: let the parser find where it ends
-                ((record_id, record),) = orjson.loads(b"{" + line + b"}").items()
-                records[record_id] = encode(record)
-            else:
-                records[line[1:cut].decode()] = line[cut + 2 :]
-        return records
-
-    def _parse_document(self, raw: bytes) -> tuple[dict[str, bytes], int]:
-        """An unsealed snapshot (an earlier version's file, a hand edit): every record checked."""
-        try:
-            document = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise StoreCorrupt(f"data file {self.path} is not valid JSON ({exc})") from None
-        if not isinstance(document, dict):
-            raise StoreCorrupt(f"data file {self.path}: expected a JSON object")
-        version = document.get("schema_version")
-        if version not in (1, FORMAT):
-            raise StoreCorrupt(
-                f"data file {self.path}: schema_version {version!r}, "
-                f"this server reads versions 1 and {FORMAT}"
-            )
-        generation = document.get("generation", 0)
-        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
-            raise StoreCorrupt(f"data file {self.path}: 'generation' must be a whole number")
-        items = document.get(self.collection)
-        if not isinstance(items, dict):
-            raise StoreCorrupt(
-                f"data file {self.path}: '{self.collection}' must map ids to objects"
-            )
-        for record_id, record in items.items():
-            self._check(self.path, record_id, record)
-        return {record_id: encode(record) for record_id, record in items.items()}, generation
 
     def _check(self, path: Path, record_id: str, record: Any) -> None:
         if not isinstance(record, dict):
@@ -466,36 +407,19 @@ class JsonStore:
         self._commit(state, {i: encode(r) for i, r in puts.items()}, deletes)
 
     def _commit(self, state: _State, puts: dict[str, bytes], deletes: Iterable[str]) -> None:
-        """Apply a change to the in-memory records and indexes."""
+        """Apply a change to the in-memory records and the indexes built so far."""
+        indexes = state.indexes if state.indexes.built else None
         for record_id in deletes:
             old = state.records.pop(record_id, None)
-            if old is not None and self.indexes:
-                self._index(state, record_id, decode(old), add=False)
+            if indexes is not None and old is not None:
+                indexes.remove(record_id, decode(old))
         for record_id, raw in puts.items():
             old = state.records.get(record_id)
-            if old is not None and self.indexes:
-                self._index(state, record_id, decode(old), add=False)
+            if indexes is not None and old is not None:
+                indexes.remove(record_id, decode(old))
             state.records[record_id] = raw
-            if self.indexes:
-                self._index(state, record_id, decode(raw), add=True)
-
-    def _index(self, state: _State, record_id: str, record: Record, *, add: bool) -> None:
-        for name, spec in self.indexes.items():
-            table = state.indexes[name]
-            for key in spec.keys(record):
-                if spec.unique:
-                    if add:
-                        table[key] = record_id
-                    elif table.get(key) == record_id:
-                        del table[key]
-                elif add:
-                    table.setdefault(key, []).append(record_id)
-                else:
-                    ids = table.get(key, [])
-                    if record_id in ids:
-                        ids.remove(record_id)
-                    if not ids:
-                        table.pop(key, None)
+            if indexes is not None:
+                indexes.add(record_id, decode(raw))
 
     def _catch_up(self, state: _State) -> None:
         """Bring `state` to what is on disk, reading only what changed when it can."""
@@ -698,12 +622,10 @@ class JsonStore:
                 state = self._fresh_for_write()
                 records = dict(state.records)
                 generation = state.generation + 1
-            body = b"".join(orjson.dumps(i) + b":" + raw + b",\n" for i, raw in records.items())
-            if body:
-                body = body[:-2] + b"\n"
-            head = orjson.dumps({"schema_version": FORMAT, "generation": generation})[:-1]
-            head += f',"seal":"{_seal(body)}","{self.collection}":{{\n'.encode()
-            snapshot = self._write_temp(self.path, [head, body, _SNAPSHOT_END])
+            chunks = snapshot_file.render(
+                records, generation=generation, collection=self.collection
+            )
+            snapshot = self._write_temp(self.path, chunks)
             stamp = _stamp(snapshot)  # os.replace keeps inode and mtime: how readers know it
             header = {"generation": generation, "snapshot": stamp}
             journal = self._write_temp(self.journal_path, [orjson.dumps(header) + b"\n"])
@@ -714,6 +636,6 @@ class JsonStore:
                 os.replace(journal, self.journal_path)
                 _fsync_dir(self.path.parent)
                 state.generation = generation
-                state.snapshot = _stamp(self._snapshot_path)
-                state.snapshot_size = len(head) + len(body) + len(_SNAPSHOT_END)
+                state.snapshot = stamp
+                state.snapshot_size = sum(map(len, chunks))
                 self._attach_journal(state)

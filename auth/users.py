@@ -14,8 +14,9 @@ from typing import Any
 
 from .config import rate_limit
 from .errors import Conflict, ValidationError
+from .indexes import Index
 from .records import Field, one_of, strings, timestamp
-from .store import Index, JsonStore, Records
+from .store import JsonStore, Records
 
 # Managing the account itself (keys, password, profile) is a scope of its own: a password login
 # holds these, a key only when it was created with them, so a leaked prediction key cannot mint
@@ -61,6 +62,8 @@ EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
 
 def fold_name(identifier: str) -> str:
     """A username or email as the index keys it: NFKC form, lower case."""
+    if identifier.isascii():  # NFKC leaves ASCII as it is: skip the table lookups
+        return identifier.lower()
     return unicodedata.normalize("NFKC", identifier).lower()
 
 
@@ -161,7 +164,6 @@ def _flag(holds: bool) -> tuple[str, ...]:
 USER_INDEXES = {
     "name": Index(lambda u: (fold_name(u["username"]), fold_name(u["email"]))),
     "active_admin": Index(lambda u: _flag(u["role"] == "admin" and u["is_active"]), unique=False),
-    "default_password": Index(lambda u: _flag(has_default_password(u)), unique=False),
 }
 
 

@@ -13,4 +13,5 @@ from .cli import LOG_FORMAT
 
 logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 app = create_app()
+app.extensions["auth"].warm()  # indexes built before the first request, not by it
 app.extensions["auth"].start_background()  # key use written, ended sessions swept

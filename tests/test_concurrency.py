@@ -10,7 +10,8 @@ import random
 import signal
 from pathlib import Path
 
-from auth.store import Index, JsonStore
+from auth.indexes import Index
+from auth.store import JsonStore
 from inference_server import create_app
 from inference_server.settings import load_settings
 from tests.conftest import PASSWORD, base_overrides, on_disk

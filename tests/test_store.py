@@ -14,8 +14,9 @@ from filelock import FileLock
 
 from auth import store as store_module
 from auth.errors import StorageBusy
+from auth.indexes import Index
 from auth.records import Field, one_of
-from auth.store import UNCHANGED, Index, JsonStore, StoreCorrupt
+from auth.store import UNCHANGED, JsonStore, StoreCorrupt
 from inference_server import create_app
 from inference_server.settings import load_settings
 from tests.conftest import assert_error, base_overrides

@@ -72,6 +72,15 @@ def wrk(url: str, headers: dict[str, str], *, seconds: int, connections: int, sc
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
+def rate_and_p99(url, headers, *, seconds, connections, script) -> tuple[float, float]:
+    """Requests per second and p99 latency (ms) of one wrk run."""
+    out = run_wrk(
+        url, headers, seconds=seconds, connections=connections, script=script, latency=True
+    )
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return rate, _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+
+
 def _ms(text: str) -> float:
     match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
     if match is None:

@@ -5,8 +5,9 @@ session and a recorded key use each; one store write per store, so building is n
 measured), starts the real server with 2 workers on it and prints:
 
 - start-up: from launch until /health answers; RSS of each worker afterwards;
-- POST /predict req/s (wrk) with one API key, with 1,000 distinct keys in rotation (each one's
-  first use noted), and with a JWT;
+- POST /predict req/s and p99 (wrk) with one API key, quiet and while one login a second runs
+  (the login writes a session), with 1,000 distinct keys in rotation (each one's first use
+  noted), and with a JWT;
 - the median latency of single writes through the API (register, key create, login, refresh,
   logout, admin PATCH; bcrypt at cost 4 so hashing does not hide the store) and of the CLI's
   `keys create`.
@@ -24,7 +25,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -37,7 +40,7 @@ from auth.records import iso  # noqa: E402
 from auth.users import new_user  # noqa: E402
 from inference_server import open_auth_state  # noqa: E402
 from inference_server.settings import load_settings  # noqa: E402
-from tests.benchmarks.auth_overhead import BENCH_ENV, PREDICT, lua, wrk  # noqa: E402
+from tests.benchmarks.auth_overhead import BENCH_ENV, PREDICT, lua, rate_and_p99  # noqa: E402
 from tests.live import REPO, live_server  # noqa: E402
 
 ADMIN_PASSWORD = "benchmark admin passphrase"
@@ -109,6 +112,7 @@ def build(data_dir: Path, size: int) -> list[str]:
         (state.key_usage.store, usage),
     ):
         store.update(lambda items, records=records: items.update(records))
+        store.compact()  # the steady state: a snapshot and a short journal
     return plain
 
 
@@ -121,6 +125,25 @@ def rotation_script(path: Path, keys: list[str]) -> Path:
         "  return wrk.format(nil, nil, headers)\nend\n"
     )
     return path
+
+
+@contextmanager
+def logins_every_second(server):
+    """One password login a second (each writes a session) for the life of the block."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(1.0):
+            body = {"username": "user000002", "password": USER_PASSWORD}
+            requests.post(server.url("/auth/login"), json=body, timeout=60).raise_for_status()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def worker_rss_mb(master: int) -> list[float]:
@@ -225,14 +248,23 @@ def measure(size: int, tmp: Path, opts) -> dict[str, float | str]:
         ).json()["access_token"]
         run = {"seconds": opts.seconds, "connections": opts.connections}
         url = server.url("/predict")
-        wrk(url, one_key, seconds=1, connections=opts.connections, script=script)  # warm up
+        rate_and_p99(url, one_key, seconds=1, connections=opts.connections, script=script)
+        quiet = rate_and_p99(url, one_key, script=script, **run)
+        with logins_every_second(server):
+            busy = rate_and_p99(url, one_key, script=script, **run)
+        rotating = rate_and_p99(url, {}, script=rotation, **run)
+        jwt = rate_and_p99(url, {"Authorization": f"Bearer {token}"}, script=script, **run)
         row: dict[str, float | str] = {
             "users": f"{size:,}",
             "start-up s": startup,
             "RSS/worker MB": max(worker_rss_mb(server.process.pid) or [0.0]),
-            "key req/s": wrk(url, one_key, script=script, **run),
-            "1,000 keys req/s": wrk(url, {}, script=rotation, **run),
-            "JWT req/s": wrk(url, {"Authorization": f"Bearer {token}"}, script=script, **run),
+            "key req/s": quiet[0],
+            "key p99 ms": quiet[1],
+            "+login/s req/s": busy[0],
+            "+login/s p99 ms": busy[1],
+            "1,000 keys req/s": rotating[0],
+            "1,000 keys p99 ms": rotating[1],
+            "JWT req/s": jwt[0],
         }
         for name, ms in writes(server, data_dir, opts.writes, str(size)).items():
             row[f"{name} ms"] = ms

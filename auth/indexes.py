@@ -1,0 +1,107 @@
+"""Lookups kept beside a store's records, built on first use and then kept up by each change.
+
+An index files each record under the keys `Index.keys(record)` lists: a unique index maps a key
+to one id (usernames, key hashes), any other to the ids that hold it (the sessions of a user).
+A table is built from all records the first time it is consulted (the server builds them all
+when a worker starts, so no request pays for it); from then on every change a process applies,
+its own or another process's, updates it, so lookups never scan.
+
+Records are held as JSON bytes; building a table decodes each record once.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Index:
+    keys: Callable[[Record], Iterable[str]]
+    unique: bool = True
+
+
+class Indexes:
+    """The tables of one process's copy of a store. A non-unique entry holds one id as a str
+    and several as a list, which keeps the usual one-session-per-user case small."""
+
+    def __init__(self, specs: Mapping[str, Index]) -> None:
+        self.specs = specs
+        self._tables: dict[str, dict[str, Any]] = {}
+
+    def one(self, name: str, key: str, records: Mapping[str, bytes]) -> str | None:
+        return self._table(name, records).get(key)
+
+    def all(self, name: str, key: str, records: Mapping[str, bytes]) -> list[str]:
+        held = self._table(name, records).get(key)
+        if held is None:
+            return []
+        return [held] if isinstance(held, str) else list(held)
+
+    def build(self, records: Mapping[str, bytes], names: Iterable[str] | None = None) -> None:
+        """Build the tables `names` (default: all not built yet) in one pass over `records`."""
+        wanted = [n for n in (self.specs if names is None else names) if n not in self._tables]
+        if not wanted:
+            return
+        tables = {name: {} for name in wanted}
+        fill = [(tables[n], self.specs[n].keys, self.specs[n].unique) for n in wanted]
+        collecting = gc.isenabled()
+        gc.disable()  # a pass over every record allocates much and frees all: nothing to collect
+        try:
+            for record_id, raw in records.items():
+                record = orjson.loads(raw)
+                for table, keys, unique in fill:
+                    for key in keys(record):
+                        _file(table, key, record_id, unique)
+        finally:
+            if collecting:
+                gc.enable()
+        self._tables.update(tables)
+
+    def add(self, record_id: str, record: Record) -> None:
+        for name, table in self._tables.items():
+            spec = self.specs[name]
+            for key in spec.keys(record):
+                _file(table, key, record_id, spec.unique)
+
+    def remove(self, record_id: str, record: Record) -> None:
+        for name, table in self._tables.items():
+            for key in self.specs[name].keys(record):
+                held = table.get(key)
+                if held == record_id:
+                    del table[key]
+                elif isinstance(held, list) and record_id in held:
+                    held.remove(record_id)
+                    if len(held) == 1:
+                        table[key] = held[0]
+
+    def has(self, name: str) -> bool:
+        return name in self._tables
+
+    @property
+    def built(self) -> bool:
+        """True if any table is kept (only then must a change decode records to update it)."""
+        return bool(self._tables)
+
+    def _table(self, name: str, records: Mapping[str, bytes]) -> dict[str, Any]:
+        table = self._tables.get(name)
+        if table is None:
+            self.build(records, [name])
+            table = self._tables[name]
+        return table
+
+
+def _file(table: dict[str, Any], key: str, record_id: str, unique: bool) -> None:
+    held = table.get(key)
+    if unique or held is None or held == record_id:
+        table[key] = record_id
+    elif isinstance(held, list):
+        held.append(record_id)
+    else:
+        table[key] = [held, record_id]

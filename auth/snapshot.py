@@ -1,0 +1,115 @@
+"""The snapshot file of a store: one JSON document, one record per line, sealed by a hash.
+
+    {"schema_version":2,"generation":7,"seal":"<blake2b of the record lines>","users":{
+    "usr_1a2b":{...},
+    "usr_3c4d":{...}
+    }}
+
+A person can read and edit it like any JSON file. The seal says the record lines are exactly as
+this module wrote them from records that were checked before they were committed, so a sealed
+snapshot loads by splitting lines, with no parsing and no per-record check. Anything else (an
+earlier version's single document, an edit by hand, a flipped byte) is parsed whole and every
+record checked, so a bad one is named before it is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+FORMAT = 2  # schema_version written; 1 (one JSON document, no journal) still loads
+_HEADER = re.compile(rb'^\{"schema_version":2,"generation":(\d+),"seal":"([0-9a-f]{32})",')
+_END = b"}}\n"
+
+Record = dict[str, Any]
+Check = Callable[[Path, str, Any], None]
+
+
+class StoreCorrupt(Exception):
+    """A data file exists but is not a valid document of its store; it was left untouched."""
+
+
+def encode(record: Record) -> bytes:
+    return orjson.dumps(record)
+
+
+def decode(raw: bytes) -> Record:
+    return orjson.loads(raw)
+
+
+def _seal(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def render(records: dict[str, bytes], *, generation: int, collection: str) -> list[bytes]:
+    """The snapshot of `records` (id -> encoded record), as chunks to write in order."""
+    body = b"".join(orjson.dumps(i) + b":" + raw + b",\n" for i, raw in records.items())
+    if body:
+        body = body[:-2] + b"\n"
+    head = orjson.dumps({"schema_version": FORMAT, "generation": generation})[:-1]
+    head += f',"seal":"{_seal(body)}","{collection}":{{\n'.encode()
+    return [head, body, _END]
+
+
+def parse(
+    raw: bytes, *, path: Path, collection: str, check: Check, split: bool = True
+) -> tuple[dict[str, bytes], int]:
+    """The records (id -> encoded record) and generation of snapshot `raw`; StoreCorrupt
+    (naming `path`, record and field) if it is not a valid snapshot of `collection`. With
+    `split` false a sealed snapshot's records are only vouched for, not returned."""
+    head, _, rest = raw.partition(b"\n")
+    sealed = _HEADER.match(head)
+    if sealed and head.endswith(b'"' + collection.encode() + b'":{') and rest.endswith(_END):
+        body = rest[: -len(_END)]
+        if _seal(body) == sealed.group(2).decode():
+            return (_split_lines(body) if split else {}), int(sealed.group(1))
+    return _parse_document(raw, path=path, collection=collection, check=check)
+
+
+def _split_lines(body: bytes) -> dict[str, bytes]:
+    """Records of a sealed snapshot: one `"id":{...},` per line, cut out without parsing."""
+    records = {}
+    find, pos, size = body.find, 0, len(body)
+    while pos < size:
+        cut = find(b'":', pos)
+        end = find(b"\n", cut)
+        raw_id = body[pos + 1 : cut]
+        stop = end - 1 if body[end - 1] == 44 else end  # 44: the comma between records
+        if 92 in raw_id:  # a backslash: an id with escapes, let the parser read the line
+            ((record_id, record),) = orjson.loads(b"{" + body[pos:stop] + b"}").items()
+            records[record_id] = encode(record)
+        else:
+            records[raw_id.decode()] = body[cut + 2 : stop]
+        pos = end + 1
+    return records
+
+
+def _parse_document(
+    raw: bytes, *, path: Path, collection: str, check: Check
+) -> tuple[dict[str, bytes], int]:
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StoreCorrupt(f"data file {path} is not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise StoreCorrupt(f"data file {path}: expected a JSON object")
+    version = document.get("schema_version")
+    if version not in (1, FORMAT):
+        raise StoreCorrupt(
+            f"data file {path}: schema_version {version!r}, this server reads versions 1 and "
+            f"{FORMAT}"
+        )
+    generation = document.get("generation", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise StoreCorrupt(f"data file {path}: 'generation' must be a whole number")
+    items = document.get(collection)
+    if not isinstance(items, dict):
+        raise StoreCorrupt(f"data file {path}: '{collection}' must map ids to objects")
+    for record_id, record in items.items():
+        check(path, record_id, record)
+    return {record_id: encode(record) for record_id, record in items.items()}, generation
