@@ -97,7 +97,11 @@ def lookup_digest(key: str) -> str | None:
 KEY_INDEXES = {
     "hash": Index(lambda r: (r["hash"],)),
     "user": Index(lambda r: (r["user_id"],), unique=False),
-    "parent": Index(lambda r: (r["parent_id"],) if r.get("parent_id") else (), unique=False),
+    "parent": Index(
+        lambda r: (r["parent_id"],) if r.get("parent_id") else (),
+        unique=False,
+        only_if=b'"parent_id":"',
+    ),
 }
 
 

@@ -163,7 +163,11 @@ def _flag(holds: bool) -> tuple[str, ...]:
 # Usernames never hold '@' and emails always do, so both share one index.
 USER_INDEXES = {
     "name": Index(lambda u: (fold_name(u["username"]), fold_name(u["email"]))),
-    "active_admin": Index(lambda u: _flag(u["role"] == "admin" and u["is_active"]), unique=False),
+    "active_admin": Index(
+        lambda u: _flag(u["role"] == "admin" and u["is_active"]),
+        unique=False,
+        only_if=b'"role":"admin"',
+    ),
 }
 
 
