@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -592,6 +593,19 @@ class JsonStore:
             os.unlink(tmp)
             raise
         return tmp
+
+    def copy_to(self, directory: Path) -> list[str]:
+        """Copy this store's files into `directory` as one consistent version (under the lock,
+        so no change lands between the snapshot and the journal); returns the names copied."""
+        copied = []
+        with self._locked(None):
+            for source in (self.path, self.journal_path):
+                if source.exists():
+                    target = directory / source.name
+                    shutil.copyfile(source, target)
+                    os.chmod(target, 0o600)
+                    copied.append(source.name)
+        return copied
 
     # -- compaction ------------------------------------------------------------------------
 

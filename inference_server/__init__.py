@@ -38,6 +38,16 @@ def open_auth_state(
     )
 
 
+def models_store(settings: Settings) -> JsonStore:
+    """The store of model changes made through the API (`data/models_state.json`)."""
+    return JsonStore(
+        settings.data_dir / models.STATE_FILE,
+        collection="models",
+        shape=models.STATE_SHAPE,
+        lock_timeout=settings.storage.lock_timeout_seconds,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -57,15 +67,7 @@ def create_app(
     auth.init_app(
         app, open_auth_state(settings, clock=clock, sleep=sleep), limits=settings.rate_limits
     )
-    app.extensions["models"] = models.ModelRegistry(
-        settings.models,
-        store=JsonStore(
-            settings.data_dir / models.STATE_FILE,
-            collection="models",
-            shape=models.STATE_SHAPE,
-            lock_timeout=settings.storage.lock_timeout_seconds,
-        ),
-    )
+    app.extensions["models"] = models.ModelRegistry(settings.models, store=models_store(settings))
     predict.init_app(
         app,
         threads=settings.models.inference_threads,

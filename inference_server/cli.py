@@ -19,9 +19,12 @@ import functools
 import getpass
 import json
 import logging
+import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -294,6 +297,35 @@ def keys_revoke(config, key_id) -> None:
     """Revoke a key by id; it stops working at once."""
     accounts.revoke_key(_state(config), key_id, actor=_actor())
     click.echo(f"{key_id}: revoked")
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.argument("destination", type=click.Path(file_okay=False))
+def backup(config, destination) -> None:
+    """Copy the data files into DESTINATION, safe while the server runs.
+
+    Each store is copied under its lock, so its snapshot and journal are one consistent
+    version; restore by stopping the server and copying the files back into the data dir."""
+    from auth.store import secure_dir
+    from auth.tokens import SECRET_FILE
+
+    from . import models_store
+
+    settings = _load(config)
+    state = _state(config)
+    target = secure_dir(Path(destination))
+    stores = (state.users, state.keys, state.key_usage.store, state.sessions)
+    copied = [name for store in (*stores, models_store(settings)) for name in store.copy_to(target)]
+    secret = settings.data_dir / SECRET_FILE
+    if secret.exists():
+        shutil.copyfile(secret, target / SECRET_FILE)
+        os.chmod(target / SECRET_FILE, 0o600)
+        copied.append(SECRET_FILE)
+    click.echo(f"copied {', '.join(copied)} to {target}")
 
 
 # -- config and audit ----------------------------------------------------------------------

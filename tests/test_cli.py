@@ -10,8 +10,10 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from inference_server import create_app
 from inference_server.cli import cli
-from tests.conftest import Actor, assert_error, disk_text
+from inference_server.settings import load_settings
+from tests.conftest import Actor, assert_error, base_overrides, disk_text, on_disk
 from tests.live import REPO, live_server
 
 GOOD = "a long and private passphrase"
@@ -79,7 +81,8 @@ def test_create_admin_refuses_a_weak_password(run):
     assert "too common" in result.output
 
 
-def test_create_admin_with_key_prints_it_once(run, data_dir):
+def _admin_key(run) -> str:
+    """Make admin root with a key named ops through the CLI; returns the key."""
     result = run(
         "create-admin",
         "--username",
@@ -91,7 +94,11 @@ def test_create_admin_with_key_prints_it_once(run, data_dir):
         "ops",
         input=GOOD + "\n",
     )
-    key = result.output.strip().splitlines()[-1]
+    return result.output.strip().splitlines()[-1]
+
+
+def test_create_admin_with_key_prints_it_once(run, data_dir):
+    key = _admin_key(run)
     assert key.startswith("sk_live_")
     assert key not in disk_text(data_dir, "api_keys")
 
@@ -259,3 +266,22 @@ def test_readme_operator_commands_run_as_written(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "created admin ops" in done.stdout and "alice: deleted" in done.stdout
     assert "revoked" in done.stdout and "# configuration is valid" in done.stderr
+
+
+def test_backup_copies_a_consistent_data_dir_that_serves(run, data_dir, tmp_path):
+    key = _admin_key(run)
+    assert run("keys", "create", "--user", "root", "--name", "second").exit_code == 0
+    create_app(load_settings(overrides=base_overrides(data_dir), environ={}))  # makes the secret
+    target = tmp_path / "backup"
+    result = run("backup", str(target))
+    assert result.exit_code == 0, result.output
+    assert "users.journal.jsonl" in result.output and "jwt_secret" in result.output
+    assert target.stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in target.iterdir())
+    assert (target / "jwt_secret").read_bytes() == (data_dir / "jwt_secret").read_bytes()
+    restored = create_app(load_settings(overrides=base_overrides(target), environ={}))
+    answer = restored.test_client().post(
+        "/predict", json={"data": [[1, 2, 3]]}, headers={"X-API-Key": key}
+    )
+    assert answer.status_code == 200
+    assert {k["name"] for k in on_disk(target, "api_keys").values()} == {"ops", "second"}
