@@ -329,11 +329,21 @@ class AuthState:
             store.schedule_compaction = self.in_background
 
     def warm(self) -> None:
-        """Load the stores requests read and build their indexes, before the first request
-        needs them; then hand the load's scratch memory back to the system."""
-        for store in (self.users, self.keys, self.sessions):
-            store.warm()
+        """Load what every request reads (users, keys and their hashes, sessions) before the
+        first request; the indexes that only logins, listings and revocations consult are
+        built just after, on the background thread. Then hand the load's scratch memory back
+        to the system."""
+        self.users.warm([])
+        self.keys.warm(["hash"])
+        self.sessions.warm([])
         _trim_heap()
+
+        def rest() -> None:
+            for store in (self.users, self.keys, self.sessions):
+                store.warm()
+            _trim_heap()
+
+        self.in_background(rest)
 
     def in_background(self, job: Callable[[], Any]) -> None:
         """Run `job` soon on this worker's background thread; the caller does not wait."""

@@ -12,7 +12,7 @@ Records are held as JSON bytes; building a table decodes each record once.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,11 @@ class Index:
     keys: Callable[[Record], Iterable[str]]
     unique: bool = True
     only_if: bytes | None = None
+    # Bytes that the JSON of every all-ASCII record filed under `key` contains once lower-cased,
+    # or None when that cannot be said. A process that has not built the table (the CLI,
+    # looking up one user) then scans for them instead of decoding every record to build it;
+    # records holding other characters (which may fold to the key) are always decoded.
+    appears: Callable[[str], bytes | None] | None = None
 
 
 class Indexes:
@@ -41,7 +46,24 @@ class Indexes:
         self._tables: dict[str, dict[str, Any]] = {}
 
     def one(self, name: str, key: str, records: Mapping[str, bytes]) -> str | None:
+        if name not in self._tables:
+            needle = self._needle(name, key)
+            if needle is not None:
+                return next(self._scan(name, key, needle, records), None)
         return self._table(name, records).get(key)
+
+    def _needle(self, name: str, key: str) -> bytes | None:
+        appears = self.specs[name].appears
+        return appears(key) if appears is not None else None
+
+    def _scan(
+        self, name: str, key: str, needle: bytes, records: Mapping[str, bytes]
+    ) -> Iterator[str]:
+        keys = self.specs[name].keys
+        for record_id, raw in records.items():
+            maybe = needle in raw.lower() or not raw.isascii()
+            if maybe and key in keys(orjson.loads(raw)):
+                yield record_id
 
     def all(self, name: str, key: str, records: Mapping[str, bytes]) -> list[str]:
         held = self._table(name, records).get(key)

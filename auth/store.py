@@ -59,6 +59,7 @@ from .snapshot import StoreCorrupt, decode, encode
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+T = TypeVar("T")
 Record = dict[str, Any]
 UNCHANGED: Any = object()  # what a change returns when it found nothing to write
 COMPACT_FLOOR = 256 * 1024  # a journal smaller than this is never worth compacting
@@ -214,6 +215,7 @@ class JsonStore:
         self._mutex = threading.RLock()
         self._locks: dict[int, FileLock] = {}
         self._compaction_due = False
+        self._sealed: tuple[int, int, int] | None = None  # stamp of a snapshot whose seal held
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -233,27 +235,24 @@ class JsonStore:
 
     def find(self, index: str, key: str) -> Record | None:
         """The record a unique index files under `key`, or None."""
-        state = self._indexed(index)
-        return self.get(state.indexes.one(index, key, state.records))
+        return self.get(self._look_up(index, lambda s: s.indexes.one(index, key, s.records)))
 
     def ids(self, index: str, key: str) -> list[str]:
         """The ids a (non-unique) index files under `key`."""
-        state = self._indexed(index)
-        return state.indexes.all(index, key, state.records)
+        return self._look_up(index, lambda s: s.indexes.all(index, key, s.records))
 
-    def warm(self) -> None:
-        """Build every index now (a worker does at start, so that no request pays for it)."""
+    def warm(self, indexes: Iterable[str] | None = None) -> None:
+        """Load the records and build `indexes` (default: all) now, so that no request pays."""
         with self._mutex:
             state = self._current()
-            state.indexes.build(state.records)
+            state.indexes.build(state.records, indexes)
 
-    def _indexed(self, index: str) -> _State:
+    def _look_up(self, index: str, look: Callable[[_State], T]) -> T:
         state = self._current()
-        if not state.indexes.has(index):
-            with self._mutex:  # a first build walks the records: no change may land meanwhile
-                state = self._current()
-                state.indexes.build(state.records, [index])
-        return state
+        if state.indexes.has(index):
+            return look(state)
+        with self._mutex:  # a first build or a scan walks the records: no change meanwhile
+            return look(self._current())
 
     def records(self) -> list[tuple[str, Record]]:
         """Every (id, record), decoded: O(N), for listings and sweeps, not for requests."""
@@ -315,9 +314,15 @@ class JsonStore:
                     raw = fh.read()
             except OSError as exc:
                 raise StoreCorrupt(f"data file {self.path} cannot be read ({exc})") from None
-            records, generation = snapshot_file.parse(
-                raw, path=self.path, collection=self.collection, check=self._check, split=keep
+            records, generation, sealed = snapshot_file.parse(
+                raw,
+                path=self.path,
+                collection=self.collection,
+                check=self._check,
+                split=keep,
+                seal_checked=snapshot == self._sealed,
             )
+            self._sealed = snapshot if sealed else None
             size = len(raw)
         state = _State(
             records=records,
@@ -624,6 +629,7 @@ class JsonStore:
             log.warning("could not compact %s: %s", self.journal_path.name, exc)
         finally:
             self._compaction_due = False
+        self._sealed: tuple[int, int, int] | None = None  # stamp of a snapshot whose seal held
 
     def compact(self) -> None:
         """Fold the journal into a new snapshot of the next generation and start a new journal.

@@ -162,7 +162,10 @@ def _flag(holds: bool) -> tuple[str, ...]:
 
 # Usernames never hold '@' and emails always do, so both share one index.
 USER_INDEXES = {
-    "name": Index(lambda u: (fold_name(u["username"]), fold_name(u["email"]))),
+    "name": Index(
+        lambda u: (fold_name(u["username"]), fold_name(u["email"])),
+        appears=lambda key: f'"{key}"'.encode() if key.isascii() and '"' not in key else None,
+    ),
     "active_admin": Index(
         lambda u: _flag(u["role"] == "admin" and u["is_active"]),
         unique=False,

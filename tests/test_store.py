@@ -15,8 +15,9 @@ from filelock import FileLock
 from auth import store as store_module
 from auth.errors import StorageBusy
 from auth.indexes import Index
-from auth.records import Field, one_of
+from auth.records import Field, iso, one_of
 from auth.store import UNCHANGED, JsonStore, StoreCorrupt
+from auth.users import USER_INDEXES, USER_SHAPE, add_user, fold_name, new_user
 from inference_server import create_app
 from inference_server.settings import load_settings
 from tests.conftest import assert_error, base_overrides
@@ -342,3 +343,41 @@ def test_hand_broken_file_while_serving_answers_503_and_is_not_overwritten(app, 
     response = actor.client.post("/auth/api-keys", json={"name": "again"}, headers=headers)
     assert_error(response, 503, "STORAGE_BUSY")
     assert path.read_text() == "oops"
+
+
+def test_ids_with_quotes_and_backslashes_survive_a_compaction(path):
+    s = _store(path)
+    odd = ['say "hi"', "back\\slash", 'colon":{x', "naïve ✓"]
+    for i, record_id in enumerate(odd):
+        s.update(_add(record_id, i))
+    s.compact()
+    assert path.read_text().startswith('{"schema_version":2,')  # sealed: loaded by splitting
+    assert dict(_store(path).records()) == {rid: {"value": i} for i, rid in enumerate(odd)}
+
+
+def _user(name: str, email: str, role: str = "user") -> dict:
+    return new_user(username=name, email=email, password_hash="h", role=role, now_iso=iso(0))
+
+
+def test_user_lookups_agree_before_and_after_the_indexes_are_built(tmp_path):
+    def users() -> JsonStore:
+        s = JsonStore(
+            tmp_path / "users.json", collection="users", shape=USER_SHAPE, indexes=USER_INDEXES
+        )
+        s.open()
+        return s
+
+    writer = users()
+    people = [_user("Alice", "Alice@Example.org", "admin"), _user("bob", "ｂｏｂ@example.org")]
+    for person in people:
+        writer.update(lambda items, p=person: add_user(items, p))
+    scanned, built = users(), users()  # one looks up without the tables, one builds them all
+    built.warm()
+    for s in (scanned, built):
+        assert s.find("name", fold_name("ALICE"))["id"] == people[0]["id"]
+        assert s.find("name", fold_name("alice@example.ORG"))["id"] == people[0]["id"]
+        assert s.find("name", fold_name("bob@example.org"))["id"] == people[1]["id"]
+        assert s.find("name", "nobody") is None
+        assert s.ids("active_admin", "yes") == [people[0]["id"]]
+    writer.update(lambda items: items[people[0]["id"]].update(is_active=False))
+    assert built.ids("active_admin", "yes") == [] == users().ids("active_admin", "yes")
