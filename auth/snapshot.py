@@ -81,6 +81,18 @@ def parse(
     return (*_parse_document(raw, path=path, collection=collection, check=check), False)
 
 
+def sealed_generation(path: str) -> int | None:
+    """The generation of the sealed snapshot at `path` read from its first line (0 when there
+    is none), or None when only a full read can tell (an earlier format, a hand edit)."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(4096)
+    except FileNotFoundError:
+        return 0
+    header = _HEADER.match(first)
+    return int(header.group(1)) if header else None
+
+
 def _split_lines(raw: bytes, pos: int, size: int) -> dict[str, bytes]:
     """Records of a sealed snapshot (lines between offsets `pos` and `size` of `raw`): one
     `"id":{...},` per line, cut out without parsing."""

@@ -80,6 +80,20 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _end_of_last_line(fd: int) -> int:
+    """Where the last complete line of the file open as `fd` ends (a torn line after it is a
+    writer that died mid-append)."""
+    end = os.fstat(fd).st_size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -184,10 +198,7 @@ class Records(MutableMapping[str, Record]):
         for record_id, record in [*self._put.items(), *self._read.items()]:
             raw = encode(record)
             if raw != self._state.records.get(record_id):
-                try:
-                    self._store._check(self._store.path, record_id, record)
-                except StoreCorrupt as exc:
-                    raise ValueError(f"refusing to write {exc}") from None
+                self._store.check_new(record_id, record)
                 puts[record_id] = raw
         deletes = [i for i in self._deleted if i in self._state.records]
         return puts, deletes
@@ -344,6 +355,14 @@ class JsonStore:
         self._state = state
         return state
 
+    def check_new(self, record_id: str, record: Record) -> None:
+        """A record about to be written must fit: one that does not is a bug of the code
+        writing it, and must never reach the disk where it would stop the store."""
+        try:
+            self._check(self.path, record_id, record)
+        except StoreCorrupt as exc:
+            raise ValueError(f"refusing to write {exc}") from None
+
     def _check(self, path: Path, record_id: str, record: Any) -> None:
         if not isinstance(record, dict):
             raise StoreCorrupt(f"data file {path}: record {record_id!r} must be an object")
@@ -457,7 +476,11 @@ class JsonStore:
             fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
         except FileNotFoundError:
             return False
-        header, offset = self._journal_header(fd)
+        try:
+            header, offset = self._journal_header(fd)
+        except StoreCorrupt:
+            os.close(fd)
+            raise
         snapshot = _stamp(self._snapshot_path)
         if (
             header["generation"] != state.generation + 1
@@ -544,6 +567,63 @@ class JsonStore:
                 "operator repairs it"
             ) from None
         assert state is not None
+        return state
+
+    def append(self, puts: Mapping[str, Record]) -> None:
+        """Write `puts` without reading the store first (the last write wins): for bookkeeping
+        written far more often than it is read (when keys were used). A process that has not
+        loaded the store does not load it for this: it appends after the journal's last
+        complete line and closes it again."""
+        encoded = {}
+        for record_id, record in puts.items():
+            self.check_new(record_id, record)
+            encoded[record_id] = encode(record)
+        with self._locked(None):
+            with self._mutex:
+                tail = self._tail() if self._state is None else None
+                state = tail or self._fresh_for_write()
+                try:
+                    self._append(state, encoded, [])
+                finally:
+                    if tail is not None:
+                        tail.close()
+                if tail is None:
+                    self._commit(state, encoded, [])
+                due = self._compaction_wanted(state)
+        if due:
+            self.schedule_compaction(self._compact_quietly)
+
+    def _tail(self) -> _State | None:
+        """A state without records that knows where the journal's complete lines end: enough
+        to append. None when the snapshot's generation needs a full read."""
+        generation = snapshot_file.sealed_generation(self._snapshot_path)
+        if generation is None:
+            return None
+        snapshot = _stamp(self._snapshot_path)
+        state = _State(
+            records={},
+            indexes=Indexes({}),
+            generation=generation,
+            snapshot=snapshot,
+            snapshot_size=snapshot[2] if snapshot else 0,
+        )
+        try:
+            fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return state  # `_append` starts a journal
+        state.journal_fd = fd
+        try:
+            header, _ = self._journal_header(fd)
+        except StoreCorrupt as exc:
+            state.close()
+            log.error("%s; refusing to write over it", exc)
+            raise StorageBusy(f"data file {self.journal_path.name} is unreadable") from None
+        if header["generation"] != generation:
+            state.stale_journal = True  # older: compacted before a crash; newer: `_append` refuses
+            if header["generation"] > generation:
+                state.close()
+                raise StorageBusy(f"data file {self.journal_path.name} does not fit its snapshot")
+        state.offset = state.seen_size = _end_of_last_line(fd)
         return state
 
     def _append(self, state: _State, puts: dict[str, bytes], deletes: list[str]) -> None:
@@ -636,9 +716,11 @@ class JsonStore:
 
         O(N): the server runs it on a background thread, never on a request. Readers of this
         process are not held up: nothing can change while the file lock is held, so the O(N)
-        part runs outside the in-process mutex."""
+        part runs outside the in-process mutex. A store this process had not loaded is
+        dropped from memory again afterwards."""
         with self._locked(None):
             with self._mutex:
+                unload = self._state is None
                 state = self._fresh_for_write()
                 records = dict(state.records)
                 generation = state.generation + 1
@@ -659,3 +741,6 @@ class JsonStore:
                 state.snapshot = stamp
                 state.snapshot_size = sum(map(len, chunks))
                 self._attach_journal(state)
+                if unload:
+                    state.close()
+                    self._state = None

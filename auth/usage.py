@@ -1,11 +1,14 @@
 """When API keys were last used: noted in memory on the request, written in batches off it.
 
 A request that presents a key only notes the time in this process's memory (at most once a
-minute per key). What was noted is written in one store update every `flush_seconds` by a
-background job (`background.run_every`; the write itself runs on a real thread) and once more
-when the process exits. So no request ever waits for a lock or an fsync over bookkeeping: with
-a thousand keys in rotation the old way put one fsynced rewrite on every key's first request of
-each minute.
+minute per key). What was noted is appended to the store in one journal line every
+`flush_seconds` by a background job (`background.run_every`; the write itself runs on a real
+thread) and once more when the process exits. So no request ever waits for a lock or an fsync
+over bookkeeping: with a thousand keys in rotation the old way put one fsynced rewrite on every
+key's first request of each minute. The append does not read the store (`JsonStore.append`): a
+worker never holds every key's last use in memory unless it lists keys. Of two workers that
+noted the same key within a minute, the later flush wins, which may be the earlier use by a
+few seconds.
 
 Readers merge what this process noted but has not written yet, so a key's owner sees its use at
 once; another worker's notes arrive within one flush interval. A process killed with SIGKILL
@@ -26,7 +29,7 @@ from .background import run_every
 from .errors import StorageBusy
 from .offload import ThreadOffload
 from .records import iso
-from .store import JsonStore, Records
+from .store import JsonStore
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +82,8 @@ class KeyUsage:
         return 0
 
     def _write(self, pending: dict[str, int]) -> bool:
-        def change(items: Records) -> None:
-            for key_id, ts in pending.items():
-                used = iso(ts)
-                written = items.get(key_id, {}).get("last_used")
-                if written is None or written < used:
-                    items[key_id] = {"last_used": used}
-
         try:
-            self.store.update(change)
+            self.store.append({key_id: {"last_used": iso(ts)} for key_id, ts in pending.items()})
         except (StorageBusy, OSError) as exc:
             log.warning("could not write the last use of %d key(s): %s", len(pending), exc)
             return False

@@ -381,3 +381,19 @@ def test_user_lookups_agree_before_and_after_the_indexes_are_built(tmp_path):
         assert s.ids("active_admin", "yes") == [people[0]["id"]]
     writer.update(lambda items: items[people[0]["id"]].update(is_active=False))
     assert built.ids("active_admin", "yes") == [] == users().ids("active_admin", "yes")
+
+
+def test_append_writes_without_loading_and_cuts_a_torn_tail(path):
+    reader = _store(path)
+    reader.update(_add("a"))
+    reader.compact()
+    with open(reader.journal_path, "ab") as fh:
+        fh.write(b'{"put":{"x":{"val')  # a writer killed mid-append
+    blind = JsonStore(path, collection="things", shape=SHAPE)
+    blind.append({"b": {"value": 2}, "a": {"value": 3}})
+    assert blind._state is None  # nothing was loaded to write
+    assert _journal_lines(reader)[1:] == [{"put": {"b": {"value": 2}, "a": {"value": 3}}}]
+    assert dict(reader.records()) == {"a": {"value": 3}, "b": {"value": 2}}
+    with pytest.raises(ValueError, match="field 'value'"):
+        blind.append({"c": {"value": "three"}})
+    assert len(_store(path)) == 2

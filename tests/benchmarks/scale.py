@@ -4,10 +4,11 @@ For each size it builds a data dir through the project's own code (users with a 
 session and a recorded key use each; one store write per store, so building is not what is
 measured), starts the real server with 2 workers on it and prints:
 
-- start-up: from launch until /health answers; RSS of each worker afterwards;
-- POST /predict req/s and p99 (wrk) with one API key, quiet and while one login a second runs
-  (the login writes a session), with 1,000 distinct keys in rotation (each one's first use
-  noted), and with a JWT;
+- start-up: from launch until /health answers; the largest worker's RSS once the predictions
+  below have run;
+- POST /predict req/s and p99 (wrk, medians of alternating rounds) with one API key, quiet and
+  while one login a second runs (the login writes a session), with 1,000 distinct keys in
+  rotation (each one's first use noted), and with a JWT;
 - the median latency of single writes through the API (register, key create, login, refresh,
   logout, admin PATCH; bcrypt at cost 4 so hashing does not hide the store) and of the CLI's
   `keys create`.
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import requests
@@ -248,24 +249,28 @@ def measure(size: int, tmp: Path, opts) -> dict[str, float | str]:
         ).json()["access_token"]
         run = {"seconds": opts.seconds, "connections": opts.connections}
         url = server.url("/predict")
+        time.sleep(2)  # let the indexes built after start-up settle before measuring
         rate_and_p99(url, one_key, seconds=1, connections=opts.connections, script=script)
-        quiet = rate_and_p99(url, one_key, script=script, **run)
-        with logins_every_second(server):
-            busy = rate_and_p99(url, one_key, script=script, **run)
-        rotating = rate_and_p99(url, {}, script=rotation, **run)
-        jwt = rate_and_p99(url, {"Authorization": f"Bearer {token}"}, script=script, **run)
+        jwt = {"Authorization": f"Bearer {token}"}
+        runs: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(opts.rounds):  # alternating rounds, so that drift hits every variant
+            for name, headers, lua_script, logins in (
+                ("key", one_key, script, False),
+                ("+login/s", one_key, script, True),
+                ("1,000 keys", {}, rotation, False),
+                ("JWT", jwt, script, False),
+            ):
+                with logins_every_second(server) if logins else nullcontext():
+                    figures = rate_and_p99(url, headers, script=lua_script, **run)
+                runs.setdefault(name, []).append(figures)
         row: dict[str, float | str] = {
             "users": f"{size:,}",
             "start-up s": startup,
             "RSS/worker MB": max(worker_rss_mb(server.process.pid) or [0.0]),
-            "key req/s": quiet[0],
-            "key p99 ms": quiet[1],
-            "+login/s req/s": busy[0],
-            "+login/s p99 ms": busy[1],
-            "1,000 keys req/s": rotating[0],
-            "1,000 keys p99 ms": rotating[1],
-            "JWT req/s": jwt[0],
         }
+        for name, figures in runs.items():
+            row[f"{name} req/s"] = statistics.median(rate for rate, _ in figures)
+            row[f"{name} p99 ms"] = statistics.median(p99 for _, p99 in figures)
         for name, ms in writes(server, data_dir, opts.writes, str(size)).items():
             row[f"{name} ms"] = ms
         return row
@@ -277,6 +282,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--writes", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3, help="quiet / one-login-a-second pairs")
     opts = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
