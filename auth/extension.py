@@ -361,9 +361,15 @@ class Auth:
     """Flask extension: `auth = Auth(); auth.init_app(app, open_state(settings=..., ...))`."""
 
     def init_app(
-        self, app: Flask, state: AuthState, *, limits: RateLimitSettings | None = None
+        self,
+        app: Flask,
+        state: AuthState,
+        *,
+        limits: RateLimitSettings | None = None,
+        default_admin: bool = True,
     ) -> AuthState:
-        """Serve `state` (see `open_state`) from `app`: hooks, limits, routes, default admin."""
+        """Serve `state` (see `open_state`) from `app`: hooks, limits, routes, and (unless told
+        not to) the default admin of an empty users store."""
         settings = state.settings
         app.extensions["auth"] = state
         errors.init_app(app)
@@ -374,7 +380,8 @@ class Auth:
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             )
-            _ensure_default_admin(state)
+            if default_admin:
+                _ensure_default_admin(state)
         # Order matters: the limiter's before_request must run after these two.
         app.before_request(_authenticate_request)
         app.before_request(stamp_login_arrival)
@@ -428,20 +435,27 @@ def open_state(
     """
     data_dir = secure_dir(Path(data_dir))
 
-    def store(name: str, collection: str, shape: Shape, indexes: dict[str, Index] | None = None):
+    def store(
+        name: str,
+        collection: str,
+        shape: Shape,
+        indexes: dict[str, Index] | None = None,
+        intern_ids: bool = False,
+    ):
         return JsonStore(
             data_dir / f"{name}.json",
             collection=collection,
             lock_timeout=lock_timeout,
             indexes=indexes or {},
             shape=shape,
+            intern_ids=intern_ids,
         )
 
     state = AuthState(
         settings=settings,
         data_dir=data_dir,
         clock=clock,
-        users=store("users", "users", USER_SHAPE, USER_INDEXES),
+        users=store("users", "users", USER_SHAPE, USER_INDEXES, intern_ids=True),
         keys=store("api_keys", "keys", api_keys.key_shape(ALL_SCOPES), api_keys.KEY_INDEXES),
         key_usage=KeyUsage(
             store("api_key_usage", "keys", api_keys.USAGE_SHAPE), flush_seconds=usage_flush_seconds

@@ -12,6 +12,7 @@ Records are held as JSON bytes; building a table decodes each record once.
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,10 @@ class Indexes:
         # Records without the bytes every filter asks for are skipped without decoding.
         filters = [spec.only_if for spec in specs]
         screen = None if None in filters else filters
+        if screen is not None and len(screen) == 1:
+            (needle,) = screen
+            records = {i: raw for i, raw in records.items() if needle in raw}
+            screen = None
         collecting = gc.isenabled()
         gc.disable()  # a pass over every record allocates much and frees all: nothing to collect
         try:
@@ -135,6 +140,10 @@ class Indexes:
 
 
 def _file(table: dict[str, Any], key: str, record_id: str, unique: bool) -> None:
+    if not unique:
+        # Keys many records share are often ids of another store (the user of a session or a
+        # key): interned, every table and the users store hold one copy of each.
+        key = sys.intern(key)
     held = table.get(key)
     if unique or held is None or held == record_id:
         table[key] = record_id

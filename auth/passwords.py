@@ -14,9 +14,9 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import sys
 
 import bcrypt
-from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
 MAX_PASSWORD_LENGTH = 128
 
@@ -47,7 +47,15 @@ def verify_password(password: str, hashed: str | None, *, rounds: int) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _common_passwords() -> frozenset[str]:
-    return frozenset(FREQUENCY_LISTS["passwords"])
+    # zxcvbn keeps every list it ships in memory (about 13 MB per process, with its dictionaries
+    # of words and names); only the passwords are needed, and only when a password is set. So
+    # it is imported on first use, the set kept, and the package let go again.
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    common = frozenset(FREQUENCY_LISTS["passwords"])
+    for name in [m for m in sys.modules if m == "zxcvbn" or m.startswith("zxcvbn.")]:
+        del sys.modules[name]
+    return common
 
 
 def password_problem(password: str, *, min_length: int, username: str = "") -> str | None:

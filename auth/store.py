@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -215,6 +216,9 @@ class JsonStore:
     # server hands it to a background thread so that no request waits on O(N) work.
     schedule_compaction: Callable[[Callable[[], None]], None] = lambda compact: compact()
     compact_floor: int = COMPACT_FLOOR  # bytes of journal never worth compacting
+    # Intern the record ids: for a store whose ids other stores' indexes are keyed by (users),
+    # so that each id is held once in memory.
+    intern_ids: bool = False
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -335,6 +339,8 @@ class JsonStore:
             )
             self._sealed = snapshot if sealed else None
             size = len(raw)
+            if self.intern_ids:
+                records = {sys.intern(i): raw_record for i, raw_record in records.items()}
         state = _State(
             records=records,
             indexes=Indexes(self.indexes),

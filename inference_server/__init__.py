@@ -54,9 +54,12 @@ def create_app(
     overrides: Mapping[str, Any] | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] | None = None,
+    check_only: bool = False,
 ) -> Flask:
     """Build the app from `settings`, or from the config layers plus test `overrides`;
-    `clock` and `sleep` let tests control time."""
+    `clock` and `sleep` let tests control time. `check_only` builds it only to prove that it
+    can start (the server's check before its workers): the data files are checked, not
+    loaded, and making the default admin is left to the workers."""
     if settings is None:
         settings = load_settings(overrides=overrides)
     app = Flask(__name__, static_folder=None)
@@ -65,7 +68,10 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["settings"] = settings
     auth.init_app(
-        app, open_auth_state(settings, clock=clock, sleep=sleep), limits=settings.rate_limits
+        app,
+        open_auth_state(settings, clock=clock, sleep=sleep),
+        limits=settings.rate_limits,
+        default_admin=not check_only,
     )
     app.extensions["models"] = models.ModelRegistry(settings.models, store=models_store(settings))
     predict.init_app(

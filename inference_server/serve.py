@@ -81,7 +81,8 @@ def worker_environment(settings: Settings, config_file: str | None) -> dict[str,
 
 
 def serve(settings: Settings, *, config_file: str | None = None) -> NoReturn:
-    create_app(settings)  # fail fast, in one process, on anything that would stop every worker
+    # Fail fast, in one process, on anything that would stop every worker.
+    create_app(settings, check_only=True)
     for warning in startup_warnings(settings):
         log.warning(warning)
     command = gunicorn_command(settings)
