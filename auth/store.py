@@ -1,18 +1,16 @@
 """Records on disk, shared by threads and worker processes, at a cost that follows the change.
 
-Each store is two files: a snapshot `<name>.json` and a journal `<name>.journal.jsonl`.
+Each store is two files: a snapshot `<name>.json` (one JSON document, one record per line: see
+`snapshot.py`) and a journal `<name>.journal.jsonl` (a generation, then one line per change: see
+`journal.py`). A change is appended and fsynced under the separate `<name>.json.lock` file lock
+(with a timeout, mapped to 503) before it is acknowledged.
 
-- The snapshot is one JSON document, `{"schema_version": 2, "generation": G, "seal": ...,
-  "<collection>": {id: record}}`, written one record per line so that a person can read and edit it.
-- The journal starts with `{"generation": G}` and then holds one line per committed change:
-  `{"put": {id: record, ...}, "delete": [id, ...]}`. A change is appended and fsynced under the
-  separate `<name>.json.lock` file lock (with a timeout, mapped to 503) before it is acknowledged.
-
-Each process keeps the records in memory as compact JSON bytes (a third of the size of dicts) with
-its indexes, plus the journal offset it has applied. A read costs two `stat`s; when the journal
-grew, only the new lines are read and applied, and the indexes are updated by the change. A line
-without its newline is a write in progress or a writer that died mid-append: readers stop before
-it and the next writer cuts it off, so a change is either wholly there or not at all.
+Each process keeps the records in memory as compact JSON bytes (a third of the size of dicts)
+with its indexes (`indexes.py`), plus the journal offset it has applied. A read costs two
+`stat`s; when the journal grew, only the new lines are read and applied, and the indexes are
+updated by the change. A line without its newline is a write in progress or a writer that died
+mid-append: readers stop before it and the next writer cuts it off, so a change is either wholly
+there or not at all.
 
 When the journal outgrows half the snapshot, a writer folds it into a new snapshot with generation
 G+1 (`compact`, run off the event loop): temp file + fsync + `os.replace` for the snapshot, then
@@ -22,10 +20,10 @@ journal is ignored. Processes that had applied the old journal read its last lin
 descriptor they hold and go on with the new one: nobody reloads the snapshot because somebody else
 compacted.
 
-The snapshot's `seal` is a hash of its record lines. A sealed snapshot was written by this module
-from validated records, so loading it only splits lines; a snapshot without a matching seal (the
-format of earlier versions, or a hand edit) is parsed whole and every record checked against the
-store's shape (`records.py`). Records arriving through the journal are checked as they are applied.
+A sealed snapshot loads by splitting lines; any other (an earlier version's file, a hand edit) is
+parsed whole and every record checked against the store's shape (`records.py`). Records arriving
+through the journal are checked as they are applied, and records are checked before they are
+written.
 A file that cannot be parsed or a record that does not fit is never overwritten: at start-up it
 stops the server naming the file (record, field); at run time the last good state keeps serving
 reads and writes answer 503.
@@ -48,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
 from filelock import FileLock, Timeout
 
+from . import journal as journal_file
 from . import snapshot as snapshot_file
 from .errors import StorageBusy
 from .indexes import Index, Indexes
@@ -79,20 +77,6 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _end_of_last_line(fd: int) -> int:
-    """Where the last complete line of the file open as `fd` ends (a torn line after it is a
-    writer that died mid-append)."""
-    end = os.fstat(fd).st_size
-    while end > 0:
-        start = max(0, end - 65536)
-        chunk = os.pread(fd, end - start, start)
-        newline = chunk.rfind(b"\n")
-        if newline >= 0:
-            return start + newline + 1
-        end = start
-    return 0
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -384,7 +368,7 @@ class JsonStore:
         except FileNotFoundError:
             return
         state.journal_fd, state.journal_ino = fd, os.fstat(fd).st_ino
-        header, state.offset = self._journal_header(fd)
+        header, state.offset = journal_file.read_header(fd, self.journal_path)
         header = header["generation"]
         if header < state.generation:
             state.stale_journal = True  # compacted into the snapshot before a crash
@@ -398,41 +382,18 @@ class JsonStore:
             )
         self._apply_new_lines(state)
 
-    def _journal_header(self, fd: int) -> tuple[dict[str, Any], int]:
-        """The journal's first line (its generation; after a compaction, the stamp of the
-        snapshot written with it) and where the changes start."""
-        first = os.pread(fd, 4096, 0).partition(b"\n")
-        try:
-            if not first[1]:
-                raise ValueError("no complete first line")
-            header = orjson.loads(first[0])
-            if not isinstance(header["generation"], int):
-                raise ValueError("generation must be a number")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreCorrupt(f"data file {self.journal_path}: bad first line ({exc})") from None
-        return header, len(first[0]) + 1
-
     def _apply_new_lines(self, state: _State) -> None:
         """Apply the complete lines after `state.offset` of the journal `state` holds open."""
         assert state.journal_fd is not None
         size = os.fstat(state.journal_fd).st_size
         if size > state.offset:
-            chunk = os.pread(state.journal_fd, size - state.offset, state.offset)
-            for line in chunk[: chunk.rfind(b"\n") + 1].split(b"\n")[:-1]:
+            for line in journal_file.complete_lines(state.journal_fd, state.offset, size):
                 self._apply_line(state, line)
                 state.offset += len(line) + 1
         state.seen_size = size
 
     def _apply_line(self, state: _State, line: bytes) -> None:
-        try:
-            change = orjson.loads(line)
-            puts, deletes = change.get("put", {}), change.get("delete", [])
-            if not isinstance(puts, dict) or not isinstance(deletes, list):
-                raise ValueError("'put' must be an object and 'delete' a list")
-        except (ValueError, AttributeError) as exc:
-            raise StoreCorrupt(
-                f"data file {self.journal_path}: bad line at byte {state.offset} ({exc})"
-            ) from None
+        puts, deletes = journal_file.parse_change(line, self.journal_path, state.offset)
         for record_id, record in puts.items():
             self._check(self.journal_path, record_id, record)
         self._commit(state, {i: encode(r) for i, r in puts.items()}, deletes)
@@ -483,7 +444,7 @@ class JsonStore:
         except FileNotFoundError:
             return False
         try:
-            header, offset = self._journal_header(fd)
+            header, offset = journal_file.read_header(fd, self.journal_path)
         except StoreCorrupt:
             os.close(fd)
             raise
@@ -619,7 +580,7 @@ class JsonStore:
             return state  # `_append` starts a journal
         state.journal_fd = fd
         try:
-            header, _ = self._journal_header(fd)
+            header, _ = journal_file.read_header(fd, self.journal_path)
         except StoreCorrupt as exc:
             state.close()
             log.error("%s; refusing to write over it", exc)
@@ -629,7 +590,7 @@ class JsonStore:
             if header["generation"] > generation:
                 state.close()
                 raise StorageBusy(f"data file {self.journal_path.name} does not fit its snapshot")
-        state.offset = state.seen_size = _end_of_last_line(fd)
+        state.offset = state.seen_size = journal_file.end_of_last_line(fd)
         return state
 
     def _append(self, state: _State, puts: dict[str, bytes], deletes: list[str]) -> None:
@@ -640,13 +601,7 @@ class JsonStore:
         fd = state.journal_fd
         if os.fstat(fd).st_size != state.offset:
             os.ftruncate(fd, state.offset)  # a torn line of a writer that died mid-append
-        parts = []
-        if puts:
-            body = b",".join(orjson.dumps(i) + b":" + raw for i, raw in puts.items())
-            parts.append(b'"put":{' + body + b"}")
-        if deletes:
-            parts.append(b'"delete":' + orjson.dumps(deletes))
-        line = b"{" + b",".join(parts) + b"}\n"
+        line = journal_file.change_line(puts, deletes)
         written = os.write(fd, line)
         if written != len(line):  # a short write (a full disk): cut it and fail the change
             os.ftruncate(fd, state.offset)
@@ -657,7 +612,7 @@ class JsonStore:
 
     def _new_journal(self, state: _State) -> None:
         """Start an empty journal of the state's generation (atomically, header included)."""
-        header = orjson.dumps({"generation": state.generation}) + b"\n"
+        header = journal_file.header_line(state.generation)
         os.replace(self._write_temp(self.journal_path, [header]), self.journal_path)
         _fsync_dir(self.path.parent)
         self._attach_journal(state)
@@ -735,8 +690,8 @@ class JsonStore:
             )
             snapshot = self._write_temp(self.path, chunks)
             stamp = _stamp(snapshot)  # os.replace keeps inode and mtime: how readers know it
-            header = {"generation": generation, "snapshot": stamp}
-            journal = self._write_temp(self.journal_path, [orjson.dumps(header) + b"\n"])
+            header = journal_file.header_line(generation, stamp)
+            journal = self._write_temp(self.journal_path, [header])
             with self._mutex:
                 # The snapshot goes first: a crash in between leaves a journal of the previous
                 # generation, which the new snapshot already holds whole.
