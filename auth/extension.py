@@ -375,7 +375,9 @@ class Auth:
         errors.init_app(app)
         if settings.enabled:
             state.signer = TokenSigner(
-                secret=load_secret(settings.jwt_secret, state.data_dir),
+                secret=load_secret(
+                    settings.jwt_secret, state.data_dir, may_create=not state.sessions.on_disk()
+                ),
                 algorithm=settings.jwt_algorithm,
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,

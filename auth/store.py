@@ -226,6 +226,19 @@ class JsonStore:
         secure_dir(self.path.parent)
         with self._mutex:
             self._load(keep=False)
+        try:
+            with self._locked(0):
+                self._remove_dead_temp_files()
+        except StorageBusy:
+            pass  # a writer is at work: the next compaction cleans up
+
+    def _remove_dead_temp_files(self) -> None:
+        """Temp files left by writers killed mid-compaction (only under the lock: then no
+        writer of this store is alive to own one)."""
+        for name in (self.path.name, self.journal_path.name):
+            for leftover in self.path.parent.glob(f".{name}.*.tmp"):
+                log.warning("removing %s, left by a writer that died", leftover.name)
+                leftover.unlink(missing_ok=True)
 
     def get(self, record_id: str | None) -> Record | None:
         """A fresh copy of record `record_id`, or None."""
@@ -252,6 +265,10 @@ class JsonStore:
             return look(state)
         with self._mutex:  # a first build or a scan walks the records: no change meanwhile
             return look(self._current())
+
+    def on_disk(self) -> bool:
+        """True once anything was ever written to this store."""
+        return self.path.exists() or self.journal_path.exists()
 
     def records(self) -> list[tuple[str, Record]]:
         """Every (id, record), decoded: O(N), for listings and sweeps, not for requests."""
@@ -416,13 +433,23 @@ class JsonStore:
     def _catch_up(self, state: _State) -> None:
         """Bring `state` to what is on disk, reading only what changed when it can."""
         journal = _stamp(self._journal_path)
-        if _stamp(self._snapshot_path) != state.snapshot:
+        snapshot = _stamp(self._snapshot_path)
+        gone = (state.snapshot is not None and snapshot is None) or (
+            journal is None
+            and state.journal_ino is not None
+            and not state.stale_journal
+            and snapshot == state.snapshot  # a new snapshot without journal: a repair by hand
+        )
+        if gone:
+            # Serving what is left would silently undo every change the vanished file held:
+            # revocations included. The last good copy serves; writes wait for the operator.
+            name = self.path.name if snapshot is None else self.journal_path.name
+            raise StoreCorrupt(f"data file {name} has disappeared from {self.path.parent}")
+        if snapshot != state.snapshot:
             if not self._follow_compaction(state, journal):
                 self._load()
             return
         if journal is None:
-            if state.journal_ino is not None and not state.stale_journal:
-                self._load()  # the journal vanished: only a full read can say what holds
             return
         if journal[0] == state.journal_ino:
             if not state.stale_journal:
@@ -495,6 +522,7 @@ class JsonStore:
     @contextmanager
     def _locked(self, timeout: float | None) -> Iterator[None]:
         """The store's file lock for one write, its timeout mapped to 503 STORAGE_BUSY."""
+        secure_dir(self.path.parent)  # else the lock file would bring it back with mode 0755
         lock = self._file_lock()
         try:
             lock.acquire(timeout=self.lock_timeout if timeout is None else timeout)
@@ -680,6 +708,7 @@ class JsonStore:
         part runs outside the in-process mutex. A store this process had not loaded is
         dropped from memory again afterwards."""
         with self._locked(None):
+            self._remove_dead_temp_files()
             with self._mutex:
                 unload = self._state is None
                 state = self._fresh_for_write()

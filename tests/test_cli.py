@@ -254,10 +254,10 @@ def test_readme_operator_commands_run_as_written(tmp_path):
         "PATH": "/usr/bin:/bin",
         "PYTHON": sys.executable,
     }
-    script = block.replace("python run.py", '"$PYTHON" run.py')
+    script = block.replace("python run.py", f'"$PYTHON" {REPO / "run.py"}')
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
-        cwd=REPO,
+        cwd=tmp_path,  # what the block writes (a backup) lands here, not in the checkout
         env=env,
         capture_output=True,
         text=True,
@@ -266,6 +266,8 @@ def test_readme_operator_commands_run_as_written(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "created admin ops" in done.stdout and "alice: deleted" in done.stdout
     assert "revoked" in done.stdout and "# configuration is valid" in done.stderr
+    (backup,) = tmp_path.glob("backup-*")
+    assert (backup / "users.journal.jsonl").exists()
 
 
 def test_backup_copies_a_consistent_data_dir_that_serves(run, data_dir, tmp_path):
