@@ -12,6 +12,7 @@ safe across processes, which is why this is done by hand.)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -24,6 +25,8 @@ from flask import has_request_context
 
 from .errors import request_id
 from .limits import client_address
+
+log = logging.getLogger(__name__)
 
 
 class AuditLog:
@@ -43,12 +46,17 @@ class AuditLog:
             entry["ip"] = client_address()
         entry.update(fields)
         line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
-        self._rotate_if_full()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            self._rotate_if_full()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # The change it records is committed already: failing the request now would tell
+            # the client it did not happen. The event goes to the server log instead.
+            log.error("could not write %s (%s): %s", self.path.name, exc.strerror, event)
 
     def _size(self) -> int:
         try:

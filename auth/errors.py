@@ -100,6 +100,13 @@ class StorageBusy(ApiError):
     code, error_code = 503, "STORAGE_BUSY"
 
 
+class StorageUnavailable(ApiError):
+    """The disk refused a write (full, over quota, read-only, I/O error): nothing was changed,
+    and the same request may succeed once the operator has made room."""
+
+    code, error_code = 503, "STORAGE_UNAVAILABLE"
+
+
 def request_id() -> str:
     """The id of the current request: the client's X-Request-ID if sane, else a new one."""
     rid = g.get("request_id")
@@ -123,6 +130,8 @@ def render_error(exc: HTTPException) -> Response:
     response = exc.get_response()
     code = getattr(exc, "error_code", None) or _CODES_BY_STATUS.get(exc.code or 500, "ERROR")
     message = exc.description or exc.name
+    if (exc.code or 500) >= 500:  # the server's trouble, not the client's: the operator must know
+        log.error("%s %s answered %s %s: %s", request.method, request.path, exc.code, code, message)
     response.set_data(json.dumps(error_body(code, message, getattr(exc, "details", None))))
     response.content_type = "application/json"
     return response

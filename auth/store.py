@@ -34,6 +34,7 @@ at commit only the records it put, deleted or modified are written.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -50,7 +51,7 @@ from filelock import FileLock, Timeout
 
 from . import journal as journal_file
 from . import snapshot as snapshot_file
-from .errors import StorageBusy
+from .errors import StorageBusy, StorageUnavailable
 from .indexes import Index, Indexes
 from .records import Shape, record_problem
 from .snapshot import StoreCorrupt, decode, encode
@@ -61,6 +62,17 @@ R = TypeVar("R")
 T = TypeVar("T")
 Record = dict[str, Any]
 UNCHANGED: Any = object()  # what a change returns when it found nothing to write
+# What the disk may answer a write with that is the operator's to fix, not a bug: full, over
+# quota, read-only, permissions, failing hardware, file too large.
+REFUSED_WRITES = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.EFBIG,
+}
 COMPACT_FLOOR = 256 * 1024  # a journal smaller than this is never worth compacting
 
 
@@ -108,6 +120,9 @@ class _State:
         if self.journal_fd is not None:
             os.close(self.journal_fd)
             self.journal_fd = None
+
+    def __del__(self) -> None:  # a raw descriptor, not a file object: close it ourselves
+        self.close()
 
 
 class Records(MutableMapping[str, Record]):
@@ -265,6 +280,13 @@ class JsonStore:
             return look(state)
         with self._mutex:  # a first build or a scan walks the records: no change meanwhile
             return look(self._current())
+
+    def close(self) -> None:
+        """Let go of the files (and the records in memory); the next read loads again."""
+        with self._mutex:
+            if self._state is not None:
+                self._state.close()
+                self._state = None
 
     def on_disk(self) -> bool:
         """True once anything was ever written to this store."""
@@ -522,19 +544,28 @@ class JsonStore:
     @contextmanager
     def _locked(self, timeout: float | None) -> Iterator[None]:
         """The store's file lock for one write, its timeout mapped to 503 STORAGE_BUSY."""
-        secure_dir(self.path.parent)  # else the lock file would bring it back with mode 0755
-        lock = self._file_lock()
         try:
-            lock.acquire(timeout=self.lock_timeout if timeout is None else timeout)
-        except Timeout:
-            raise StorageBusy(
-                f"data file {self.path.name} is locked by another writer; try again",
-                headers={"Retry-After": "1"},
+            secure_dir(self.path.parent)  # else the lock file would bring it back as 0755
+            lock = self._file_lock()
+            try:
+                lock.acquire(timeout=self.lock_timeout if timeout is None else timeout)
+            except Timeout:
+                raise StorageBusy(
+                    f"data file {self.path.name} is locked by another writer; try again",
+                    headers={"Retry-After": "1"},
+                ) from None
+            try:
+                yield
+            finally:
+                lock.release()
+        except OSError as exc:
+            if exc.errno not in REFUSED_WRITES:
+                raise
+            raise StorageUnavailable(
+                f"data file {self.path.name} cannot be written ({exc.strerror}); nothing was "
+                "changed: try again once the server's disk has room",
+                headers={"Retry-After": "30"},
             ) from None
-        try:
-            yield
-        finally:
-            lock.release()
 
     def _file_lock(self) -> FileLock:
         # A lock object must not cross a fork (gunicorn --preload): one per process.
@@ -630,11 +661,13 @@ class JsonStore:
         if os.fstat(fd).st_size != state.offset:
             os.ftruncate(fd, state.offset)  # a torn line of a writer that died mid-append
         line = journal_file.change_line(puts, deletes)
-        written = os.write(fd, line)
-        if written != len(line):  # a short write (a full disk): cut it and fail the change
-            os.ftruncate(fd, state.offset)
-            raise OSError(28, f"short write to {self.journal_path.name}")
-        os.fdatasync(fd)
+        try:
+            if os.write(fd, line) != len(line):  # a short write: the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fdatasync(fd)
+        except OSError:
+            os.ftruncate(fd, state.offset)  # no part of a refused change stays behind
+            raise
         state.offset += len(line)
         state.seen_size = state.offset
 
@@ -694,7 +727,7 @@ class JsonStore:
     def _compact_quietly(self) -> None:
         try:
             self.compact()
-        except (StorageBusy, OSError) as exc:
+        except (StorageBusy, StorageUnavailable, OSError) as exc:
             log.warning("could not compact %s: %s", self.journal_path.name, exc)
         finally:
             self._compaction_due = False

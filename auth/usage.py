@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from .api_keys import LAST_USED_EVERY_SECONDS
 from .background import run_every
-from .errors import StorageBusy
+from .errors import StorageBusy, StorageUnavailable
 from .offload import ThreadOffload
 from .records import iso
 from .store import JsonStore
@@ -84,7 +84,7 @@ class KeyUsage:
     def _write(self, pending: dict[str, int]) -> bool:
         try:
             self.store.append({key_id: {"last_used": iso(ts)} for key_id, ts in pending.items()})
-        except (StorageBusy, OSError) as exc:
+        except (StorageBusy, StorageUnavailable, OSError) as exc:
             log.warning("could not write the last use of %d key(s): %s", len(pending), exc)
             return False
         return True

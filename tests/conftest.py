@@ -116,7 +116,11 @@ def client(app: Flask) -> FlaskClient:
 
 def on_disk(data_dir: Path, name: str) -> dict[str, dict[str, Any]]:
     """The records of store `name` as a process opening the data dir now would read them."""
-    return dict(JsonStore(data_dir / f"{name}.json", collection=COLLECTIONS[name]).records())
+    store = JsonStore(data_dir / f"{name}.json", collection=COLLECTIONS[name])
+    try:
+        return dict(store.records())
+    finally:
+        store.close()
 
 
 def disk_text(data_dir: Path, name: str) -> str:

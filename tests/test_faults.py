@@ -7,14 +7,26 @@ JSON error shape, never a 500.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from auth import SecretError, StoreCorrupt
 from inference_server import create_app
 from inference_server.settings import load_settings
-from tests.conftest import PASSWORD, assert_error, base_overrides, compacted
+from tests.conftest import (
+    PASSWORD,
+    REPO,
+    Actor,
+    assert_error,
+    base_overrides,
+    compacted,
+    on_disk,
+)
 
 
 def _restart(data_dir):
@@ -87,3 +99,123 @@ def test_temp_files_of_dead_writers_are_removed_at_start(app, actor, data_dir):
     _restart(data_dir)
     assert [f for f in leftovers if f.exists()] == []
     assert (data_dir / "users.journal.jsonl").exists()  # the real files are untouched
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB file system (tmpfs) for the data dir, unmounted afterwards."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:  # .ci/run runs as root, where this works
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    apps: list = []
+    try:
+        yield mount_point, apps
+    finally:
+        for app in apps:  # let go of the files, or the file system stays busy
+            state = app.extensions["auth"]
+            for store in (state.users, state.keys, state.sessions, state.key_usage.store):
+                store.close()
+            app.extensions["models"]._store.close()
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def _fill(directory) -> None:
+    """Write until the file system answers ENOSPC."""
+    with open(directory / "filler", "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+def _until_refused(write, tries: int = 60):
+    """Call `write(i)` until it is refused; a change may still fit in the last page of a
+    journal. Returns the refusal and how many were acknowledged before it."""
+    for i in range(tries):
+        answer = write(i)
+        if answer.status_code >= 400:
+            return answer, i
+    raise AssertionError("the full disk never refused a write")
+
+
+def test_a_full_disk_refuses_writes_with_503_and_service_resumes_by_itself(
+    small_disk, make_app, clock
+):
+    disk, apps = small_disk
+    data_dir = disk / "data"
+    app = make_app(storage={"data_dir": str(data_dir)})
+    apps.append(app)
+    actor = Actor(app.test_client())
+    admin = actor.admin_headers()
+    key = actor.create_key(admin)["key"]
+    refresh = [actor.login("admin", "admin123")["refresh_token"]]
+    _fill(disk)
+
+    def refreshed(i):
+        answer = actor.client.post("/auth/refresh", json={"refresh_token": refresh[-1]})
+        if answer.status_code == 200:
+            refresh.append(answer.get_json()["refresh_token"])
+        return answer
+
+    writes = {
+        "users.json": lambda i: _register(actor, admin, f"full{i}"),
+        "api_keys.json": lambda i: actor.client.post(
+            "/auth/api-keys", json={"name": f"k{i}"}, headers=admin
+        ),
+        "sessions.json": refreshed,
+    }
+    registered = 0
+    for file, write in writes.items():
+        refused, acknowledged = _until_refused(write)
+        error = assert_error(refused, 503, "STORAGE_UNAVAILABLE")
+        assert file in error["message"] and "No space left" in error["message"]
+        registered = acknowledged if file == "users.json" else registered
+    login = {"username": "admin", "password": "admin123"}
+    assert_error(actor.client.post("/auth/login", json=login), 503, "STORAGE_UNAVAILABLE")
+    # Reads and predictions go on; a key's first use in a minute is only noted.
+    clock.advance(120)
+    assert actor.predict({"X-API-Key": key}).status_code == 200
+    assert actor.client.get("/models", headers={"X-API-Key": key}).status_code == 200
+    usage = app.extensions["auth"].key_usage
+    assert usage.flush() == 0  # refused: kept for the next flush
+
+    (disk / "filler").unlink()  # the operator makes room
+    assert _register(actor, admin, "after").status_code == 201
+    assert refreshed(0).status_code == 200
+    assert usage.flush() == 1
+    names = {u["username"] for u in on_disk(data_dir, "users").values()}
+    expected = {"admin", "after", *(f"full{i}" for i in range(registered))}
+    assert names == expected  # nothing acknowledged lost, no half change left behind
+
+
+def test_the_cli_on_a_full_disk_prints_one_line_and_exits_1(small_disk):
+    disk, _ = small_disk
+    data_dir = disk / "data"
+    env = {**os.environ, "INFERENCE_STORAGE__DATA_DIR": str(data_dir)}
+    make = [sys.executable, str(REPO / "run.py"), "create-admin", "--username", "root"]
+    make += ["--email", "r@example.org", "--password-stdin"]
+    made = subprocess.run(make, input=PASSWORD + "\n", env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    _fill(disk)
+    results = [
+        subprocess.run(
+            [sys.executable, str(REPO / "run.py"), "keys", "create", "--user", "root", "--name", n],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        for n in ("a", "b", "c", "d", "e", "f", "g", "h")
+    ]
+    failed = [r for r in results if r.returncode != 0]
+    assert failed, "the full disk never refused a key"
+    assert failed[0].returncode == 1 and "Traceback" not in failed[0].stderr
+    assert "No space left on device" in failed[0].stderr
+    assert len(failed[0].stderr.strip().splitlines()) == 1
