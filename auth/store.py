@@ -405,6 +405,11 @@ class JsonStore:
         try:
             fd = os.open(self._journal_path, os.O_RDWR | os.O_APPEND)
         except FileNotFoundError:
+            if state.generation > 0:  # every compaction leaves a journal: this one was deleted
+                raise StoreCorrupt(
+                    f"data file {self.journal_path} is missing: {self.path.name} (generation "
+                    f"{state.generation}) does not hold the changes made since it was written"
+                ) from None
             return
         state.journal_fd, state.journal_ino = fd, os.fstat(fd).st_ino
         header, state.offset = journal_file.read_header(fd, self.journal_path)
@@ -456,6 +461,16 @@ class JsonStore:
         """Bring `state` to what is on disk, reading only what changed when it can."""
         journal = _stamp(self._journal_path)
         snapshot = _stamp(self._snapshot_path)
+        if state.journal_fd is not None and not state.stale_journal:
+            # First whatever was appended to the journal this process holds open, even if the
+            # file was since compacted away, deleted or broken beside: a disable or revocation
+            # committed before the trouble is then honoured whatever comes next.
+            try:
+                self._apply_new_lines(state)
+            except StoreCorrupt:
+                if journal is not None and journal[0] == state.journal_ino:
+                    raise
+                # A bad line in a journal the operator has since replaced: their repair rules.
         gone = (state.snapshot is not None and snapshot is None) or (
             journal is None
             and state.journal_ino is not None

@@ -219,3 +219,46 @@ def test_the_cli_on_a_full_disk_prints_one_line_and_exits_1(small_disk):
     assert failed[0].returncode == 1 and "Traceback" not in failed[0].stderr
     assert "No space left on device" in failed[0].stderr
     assert len(failed[0].stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def two_workers(make_app):
+    """Two apps on one data dir, as two worker processes, both past their first request."""
+    first, second = make_app(), make_app()
+    for app in (first, second):
+        app.extensions["auth"].warm()  # as each gunicorn worker does before serving
+    return Actor(first.test_client()), Actor(second.test_client())
+
+
+def test_a_key_made_just_before_its_journal_was_deleted_works_in_every_worker(
+    two_workers, data_dir
+):
+    one, other = two_workers
+    admin = one.admin_headers()
+    key = one.create_key(admin)["key"]
+    compacted(data_dir, "api_keys")
+    assert other.predict({"X-API-Key": key}).status_code == 200  # each request follows the files
+    second_key = one.create_key(admin)["key"]
+    (data_dir / "api_keys.journal.jsonl").unlink()
+    for credential in (key, second_key):
+        answers = [w.predict({"X-API-Key": credential}).status_code for w in (one, other)]
+        assert answers == [200, 200]
+    for worker in (one, other):
+        refused = worker.client.post("/auth/api-keys", json={"name": "k"}, headers=admin)
+        assert_error(refused, 503, "STORAGE_BUSY")
+    with pytest.raises(StoreCorrupt, match="api_keys.journal.jsonl is missing"):
+        _restart(data_dir)  # a restart would lose the second key: it refuses instead
+
+
+def test_a_disable_committed_before_the_file_broke_holds_in_every_worker(two_workers, data_dir):
+    one, other = two_workers
+    admin = one.admin_headers()
+    june = other.user_headers("june")
+    key = {"X-API-Key": other.create_key(june)["key"]}
+    june_id = other.client.get("/auth/me", headers=june).get_json()["id"]
+    assert [w.predict(key).status_code for w in (one, other)] == [200, 200]
+    disabled = one.client.patch(f"/admin/users/{june_id}", json={"is_active": False}, headers=admin)
+    assert disabled.status_code == 200
+    compacted(data_dir, "users").write_text("{broken by hand")
+    # The key's own record is untouched: only the users store can say June is disabled.
+    assert [w.predict(key).status_code for w in (one, other) * 2] == [401, 401, 401, 401]
