@@ -33,10 +33,20 @@ _CODES_BY_STATUS = {
     405: "METHOD_NOT_ALLOWED",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
     415: "UNSUPPORTED_MEDIA_TYPE",
+    417: "EXPECTATION_FAILED",
     429: "RATE_LIMIT_EXCEEDED",
+    431: "HEADERS_TOO_LARGE",
+    500: "INTERNAL_ERROR",
+    501: "NOT_IMPLEMENTED",
     503: "SERVICE_UNAVAILABLE",
 }
+
+
+def error_code(status: int) -> str:
+    """The code of an error that carries none of its own (werkzeug's, gunicorn's)."""
+    return _CODES_BY_STATUS.get(status, "ERROR")
 
 
 class ApiError(HTTPException):
@@ -128,7 +138,7 @@ def error_body(
 
 def render_error(exc: HTTPException) -> Response:
     response = exc.get_response()
-    code = getattr(exc, "error_code", None) or _CODES_BY_STATUS.get(exc.code or 500, "ERROR")
+    code = getattr(exc, "error_code", None) or error_code(exc.code or 500)
     message = exc.description or exc.name
     if (exc.code or 500) >= 500:  # the server's trouble, not the client's: the operator must know
         log.error("%s %s answered %s %s: %s", request.method, request.path, exc.code, code, message)

@@ -345,6 +345,11 @@ class AuthState:
 
         self.in_background(rest)
 
+    def storage_problems(self) -> list[str]:
+        """Why any store cannot be read or written now (for readiness checks)."""
+        stores = (self.users, self.keys, self.sessions, self.key_usage.store)
+        return [problem for problem in map(JsonStore.problem, stores) if problem]
+
     def in_background(self, job: Callable[[], Any]) -> None:
         """Run `job` soon on this worker's background thread; the caller does not wait."""
         run_soon(functools.partial(self.offload.run, job), name="background")

@@ -288,6 +288,18 @@ class JsonStore:
                 self._state.close()
                 self._state = None
 
+    def problem(self) -> str | None:
+        """Why this store cannot take writes now (for readiness checks), or None."""
+        try:
+            state = self._current()
+        except StorageBusy as exc:
+            return exc.description
+        if state.broken:
+            return f"data file {self.path.name} is unreadable; writes are refused"
+        if not os.access(self.path.parent, os.W_OK):
+            return f"the data dir is not writable for {self.path.name}"
+        return None
+
     def on_disk(self) -> bool:
         """True once anything was ever written to this store."""
         return self.path.exists() or self.journal_path.exists()

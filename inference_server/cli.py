@@ -59,7 +59,7 @@ def _load(config: str | None, **server: object) -> Settings:
 
 
 def _state(config: str | None) -> AuthState:
-    from . import open_auth_state
+    from .app import open_auth_state
 
     try:
         return open_auth_state(_load(config))
@@ -313,7 +313,7 @@ def backup(config, destination) -> None:
     from auth.store import secure_dir
     from auth.tokens import SECRET_FILE
 
-    from . import models_store
+    from .app import models_store
 
     settings = _load(config)
     state = _state(config)

@@ -1,13 +1,26 @@
-"""GET /health: liveness for load balancers, reachable without credentials."""
+"""GET /health (liveness) and GET /ready (readiness), reachable without credentials.
+
+`/health` says the process answers. `/ready` says this worker can do its work: every model that
+should be serving is loaded, every store can be read and written, and the rate limit storage
+(Redis, when configured) answers. A load balancer takes a worker that is not ready out of
+rotation; the 503 says which part is not, with no secret in it (never a storage URI).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
-from auth import public
+from auth import auth_state, public
+from auth.errors import ApiError
 from auth.limits import exempt
 
+from .predict import registry
+
 bp = Blueprint("health", __name__)
+
+
+class NotReady(ApiError):
+    code, error_code = 503, "SERVICE_UNAVAILABLE"
 
 
 @bp.get("/health")
@@ -15,3 +28,29 @@ bp = Blueprint("health", __name__)
 @exempt
 def health():
     return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+@public
+@exempt
+def ready():
+    checks = {
+        "storage": auth_state().storage_problems(),
+        "models": registry().problems(),
+        "rate_limits": _rate_limit_problems(),
+    }
+    failing = {part: problems for part, problems in checks.items() if problems}
+    if failing:
+        raise NotReady(
+            f"not ready: {'; '.join(p for problems in failing.values() for p in problems)}",
+            details=failing,
+            headers={"Retry-After": "5"},
+        )
+    return jsonify({"status": "ready", "checks": {part: "ok" for part in checks}})
+
+
+def _rate_limit_problems() -> list[str]:
+    for limiter in current_app.extensions.get("limiter", ()):
+        if not limiter.storage.check():
+            return ["the rate limit storage does not answer"]
+    return []

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from . import create_app
+from .app import create_app
 from .settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def gunicorn_command(settings: Settings) -> list[str]:
         "gunicorn",
         f"--bind={server.host}:{server.port}",
         f"--workers={server.workers}",
-        "--worker-class=gevent",
+        "--worker-class=inference_server.worker.Worker",
         f"--worker-connections={server.worker_connections}",
         "--keep-alive=0",
         "--timeout=60",

@@ -1,17 +1,30 @@
-"""The app as gunicorn's workers load it: `gunicorn -k gevent inference_server.wsgi:app`.
+"""The app as gunicorn's workers load it (`-k inference_server.worker.Worker ...wsgi:app`).
 
 Settings come from the usual layers (config/default.yaml, `INFERENCE_CONFIG`, `INFERENCE_*`
-variables); `python run.py` sets those so its workers load what it checked before starting.
+variables); `python run.py` sets those so its workers load what it checked before starting. A
+worker that meets a broken data file stands by instead of halting the server (`standby.py`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from . import create_app
+from flask import Flask
+
+from . import standby
+from .app import create_app
 from .cli import LOG_FORMAT
+from .settings import load_settings
 
 logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-app = create_app()
-app.extensions["auth"].warm()  # indexes built before the first request, not by it
-app.extensions["auth"].start_background()  # key use written, ended sessions swept
+settings = load_settings()
+
+
+def serving_app() -> Flask:
+    app = create_app(settings)
+    app.extensions["auth"].warm()  # indexes built before the first request, not by it
+    app.extensions["auth"].start_background()  # key use written, ended sessions swept
+    return app
+
+
+app = standby.start(serving_app, settings.data_dir)

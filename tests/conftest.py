@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from auth.store import JsonStore
-from inference_server import create_app
+from inference_server.app import create_app
 from inference_server.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,9 +138,12 @@ def compacted(data_dir: Path, name: str) -> Path:
 
 
 def assert_error(response, status: int, code: str) -> dict[str, Any]:
-    """Pin the one error shape: status, code, message, request id, details; returns the error."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
+    """Pin the one error shape: status, code, message, request id, details; returns the error.
+    `response` is the test client's or, from a live server, one of `requests`."""
+    live = not hasattr(response, "get_json")
+    assert response.status_code == status, response.text if live else response.get_data()
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json() if live else response.get_json()
     assert set(body) == {"error"}
     error = body["error"]
     assert set(error) == {"code", "message", "request_id", "details"}

@@ -17,6 +17,7 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 60
+ENDED = "(the server's output ended)"
 
 
 def free_port() -> int:
@@ -28,8 +29,33 @@ def free_port() -> int:
 class LiveServer:
     def __init__(self, process: subprocess.Popen, port: int) -> None:
         self.process = process
+        self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.log: list[str] = []
+        self.logged = threading.Condition()
+
+    def note(self, line: str) -> None:
+        with self.logged:
+            self.log.append(line)
+            self.logged.notify_all()
+
+    def wait_for_log(self, text: str, count: int) -> None:
+        """Wait until `text` has appeared in `count` lines of the server's output; fails if the
+        server ends first."""
+
+        def seen() -> bool:
+            return sum(text in line for line in self.log) >= count
+
+        with self.logged:
+            self.logged.wait_for(lambda: ENDED in self.log or seen(), READY_TIMEOUT)
+            if ENDED in self.log or not seen():
+                raise AssertionError(f"{text!r} not seen {count} times:\n" + "".join(self.log))
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers: the children of the server's process."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(child) for child in children.split()]
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -92,24 +118,17 @@ def live_server(
         text=True,
     )
     server = LiveServer(process, port)
-    booted = threading.Event()
-    seen = {"workers": 0}
 
     def drain() -> None:
         assert process.stdout is not None
         for line in process.stdout:
-            server.log.append(line)
-            if "Booting worker" in line:
-                seen["workers"] += 1
-                if seen["workers"] == workers:
-                    booted.set()
-        booted.set()  # the process ended: let the waiter see it
+            server.note(line)
+        server.note(ENDED)  # let a waiter see it
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        if not booted.wait(READY_TIMEOUT) or process.poll() is not None:
-            raise RuntimeError("server did not start:\n" + "".join(server.log))
+        server.wait_for_log("Booting worker", workers)
         yield server
     finally:
         process.send_signal(signal.SIGTERM)

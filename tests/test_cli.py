@@ -10,7 +10,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from inference_server import create_app
+from inference_server.app import create_app
 from inference_server.cli import cli
 from inference_server.settings import load_settings
 from tests.conftest import Actor, assert_error, base_overrides, disk_text, on_disk

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from auth.indexes import Index
 from auth.store import JsonStore
-from inference_server import create_app
+from inference_server.app import create_app
 from inference_server.settings import load_settings
 from tests.conftest import PASSWORD, base_overrides, on_disk
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import PASSWORD, assert_error, bearer
 
-PUBLIC = {("GET", "/health"), ("POST", "/auth/login"), ("POST", "/auth/refresh")}
+PUBLIC = {("GET", "/health"), ("GET", "/ready"), ("POST", "/auth/login"), ("POST", "/auth/refresh")}
 PREDICT = {"/predict", "/<model_name>/predict", "/predict/batch"}
 SAMPLE = {"model_name": "demo", "key_id": "key_0", "user_id": "usr_0", "name": "demo"}
 

@@ -8,15 +8,19 @@ JSON error shape, never a 500.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 
 import pytest
+import requests
 
 from auth import SecretError, StoreCorrupt
-from inference_server import create_app
+from inference_server.app import create_app
 from inference_server.settings import load_settings
 from tests.conftest import (
     PASSWORD,
@@ -27,6 +31,7 @@ from tests.conftest import (
     compacted,
     on_disk,
 )
+from tests.live import live_server
 
 
 def _restart(data_dir):
@@ -262,3 +267,50 @@ def test_a_disable_committed_before_the_file_broke_holds_in_every_worker(two_wor
     compacted(data_dir, "users").write_text("{broken by hand")
     # The key's own record is untouched: only the users store can say June is disabled.
     assert [w.predict(key).status_code for w in (one, other) * 2] == [401, 401, 401, 401]
+
+
+def _predict(server, headers):
+    body = {"data": [[1.0, 2.0, 3.0]]}
+    return requests.post(server.url("/predict"), json=body, headers=headers, timeout=60)
+
+
+@pytest.mark.slow
+def test_workers_that_start_while_a_store_is_broken_stand_by_and_the_server_stays_up(tmp_path):
+    data_dir = tmp_path / "data"
+    with live_server(data_dir, workers=2) as server:
+        key = server.admin_credentials()["api-key"]
+        assert _predict(server, key).status_code == 200
+        users = compacted(data_dir, "users")
+        good = users.read_bytes()
+        users.write_text("{broken by hand")
+        for pid in server.worker_pids():  # gunicorn starts new ones: they meet the broken file
+            os.kill(pid, signal.SIGKILL)
+        server.wait_for_log("this worker cannot serve", 2)
+        assert server.process.poll() is None  # the master did not halt
+        assert requests.get(server.url("/health"), timeout=60).status_code == 200
+        not_ready = assert_error(
+            requests.get(server.url("/ready"), timeout=60), 503, "SERVICE_UNAVAILABLE"
+        )
+        assert "users.json" in not_ready["message"]
+        assert str(data_dir) not in not_ready["message"]  # no server paths
+        # Nothing is served from a partial copy: the key is neither let in nor called invalid.
+        assert_error(_predict(server, key), 503, "SERVICE_UNAVAILABLE")
+
+        users.write_bytes(good)  # the operator repairs the file: each worker takes it up
+        assert [_predict(server, key).status_code for _ in range(4)] == [200] * 4
+        assert requests.get(server.url("/ready"), timeout=60).status_code == 200
+
+
+@pytest.mark.slow
+def test_requests_gunicorn_refuses_answer_in_the_error_shape(tmp_path):
+    with live_server(tmp_path / "data") as server:
+        huge = requests.get(server.url("/health"), headers={"X-Big": "x" * 9000}, timeout=60)
+        error = assert_error(huge, 431, "HEADERS_TOO_LARGE")
+        assert error["details"] == {"refused_by": "gunicorn"}
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(b"GET /health HTTP/1.1 extra\r\nHost: x\r\n\r\n")
+            raw = b"".join(iter(lambda: sock.recv(65536), b""))
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert b"Content-Type: application/json" in head
+        assert json.loads(body)["error"]["code"] == "VALIDATION_ERROR"

@@ -10,6 +10,7 @@ from tests.conftest import assert_error
 
 PUBLIC = {
     ("GET", "/health"),
+    ("GET", "/ready"),
     ("POST", "/auth/login"),
     ("POST", "/auth/refresh"),
     # Registration decides for itself, per auth.registration; under admin_only it is a 401 too.

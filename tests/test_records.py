@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from auth import StoreCorrupt
-from inference_server import create_app
+from inference_server.app import create_app
 from inference_server.settings import load_settings
 from tests.conftest import PASSWORD, assert_error, base_overrides, bearer, compacted
 

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.conftest import assert_error
 from tests.live import live_server, redis_server
 
 pytestmark = [
@@ -37,6 +38,7 @@ def _predict(server, headers) -> requests.Response:
 
 def test_two_workers_share_one_budget(tmp_path):
     with redis_server() as uri, live_server(tmp_path / "data", workers=2, env=_env(uri)) as server:
+        assert requests.get(server.url("/ready"), timeout=30).status_code == 200
         headers = _admin_headers(server)
         with ThreadPoolExecutor(6) as pool:
             codes = list(pool.map(lambda _: _predict(server, headers).status_code, range(30)))
@@ -59,6 +61,11 @@ def test_redis_down_fails_closed_by_default(tmp_path):
         assert login.status_code == 503
         body = login.json()["error"]
         assert body["code"] == "STORAGE_BUSY" and "rate limit" in body["message"]
+        not_ready = assert_error(
+            requests.get(server.url("/ready"), timeout=30), 503, "SERVICE_UNAVAILABLE"
+        )
+        assert list(not_ready["details"]) == ["rate_limits"]
+        assert "redis" not in not_ready["message"]  # the URI may hold a password
         assert "Traceback" not in "".join(server.log)
     finally:
         server_cm.__exit__(None, None, None)

@@ -18,7 +18,7 @@ from auth.indexes import Index
 from auth.records import Field, iso, one_of
 from auth.store import UNCHANGED, JsonStore, StoreCorrupt
 from auth.users import USER_INDEXES, USER_SHAPE, add_user, fold_name, new_user
-from inference_server import create_app
+from inference_server.app import create_app
 from inference_server.settings import load_settings
 from tests.conftest import assert_error, base_overrides
 

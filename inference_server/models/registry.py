@@ -182,6 +182,19 @@ class ModelRegistry:
                 self._entries = {**self._entries, name: entry}
             return entry
 
+    def problems(self) -> list[str]:
+        """Why a model that should be serving is not, or why model changes cannot be stored
+        (for readiness checks); lazy and unloaded models are as they should be."""
+        problem = self._store.problem()
+        if problem:
+            return [problem]
+        self.sync()
+        found = []
+        for name, entry in sorted(self._entries.items()):
+            if entry.status == "error":
+                found.append(f"model {name!r} failed to load: {entry.error}")
+        return found
+
     def describe(self, name: str | None = None) -> list[dict[str, Any]] | dict[str, Any]:
         """Public view of every model, or of one (404 if unknown)."""
         self.sync()

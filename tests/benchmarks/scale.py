@@ -39,7 +39,7 @@ from auth import api_keys, sessions  # noqa: E402
 from auth.passwords import hash_password  # noqa: E402
 from auth.records import iso  # noqa: E402
 from auth.users import new_user  # noqa: E402
-from inference_server import open_auth_state  # noqa: E402
+from inference_server.app import open_auth_state  # noqa: E402
 from inference_server.settings import load_settings  # noqa: E402
 from tests.benchmarks.auth_overhead import BENCH_ENV, PREDICT, lua, rate_and_p99  # noqa: E402
 from tests.live import REPO, live_server  # noqa: E402

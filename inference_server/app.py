@@ -1,0 +1,84 @@
+"""The app factory: `create_app()` wires settings, auth, models and routes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+
+from auth import Auth, AuthState, open_state
+from auth.store import JsonStore
+
+from . import health, model_admin, models, predict
+from .settings import Settings, load_settings
+
+auth = Auth()
+
+
+def open_auth_state(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] | None = None,
+) -> AuthState:
+    """The auth stores for these settings; the server and the command line both use this."""
+    return open_state(
+        settings=settings.auth,
+        data_dir=settings.data_dir,
+        trusted_proxies=settings.server.trusted_proxies,
+        lock_timeout=settings.storage.lock_timeout_seconds,
+        audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
+        audit_backups=settings.storage.audit_backups,
+        usage_flush_seconds=settings.storage.usage_flush_seconds,
+        sweep_seconds=settings.storage.session_sweep_minutes * 60,
+        clock=clock,
+        sleep=sleep,
+    )
+
+
+def models_store(settings: Settings) -> JsonStore:
+    """The store of model changes made through the API (`data/models_state.json`)."""
+    return JsonStore(
+        settings.data_dir / models.STATE_FILE,
+        collection="models",
+        shape=models.STATE_SHAPE,
+        lock_timeout=settings.storage.lock_timeout_seconds,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] | None = None,
+    check_only: bool = False,
+) -> Flask:
+    """Build the app from `settings`, or from the config layers plus test `overrides`;
+    `clock` and `sleep` let tests control time. `check_only` builds it only to prove that it
+    can start (the server's check before its workers): the data files are checked, not
+    loaded, and making the default admin is left to the workers."""
+    if settings is None:
+        settings = load_settings(overrides=overrides)
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = int(settings.server.max_request_mb * 1024 * 1024)
+    app.config["MAX_JSON_DEPTH"] = settings.server.max_json_depth
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["settings"] = settings
+    auth.init_app(
+        app,
+        open_auth_state(settings, clock=clock, sleep=sleep),
+        limits=settings.rate_limits,
+        default_admin=not check_only,
+    )
+    app.extensions["models"] = models.ModelRegistry(settings.models, store=models_store(settings))
+    predict.init_app(
+        app,
+        threads=settings.models.inference_threads,
+        max_samples=settings.models.max_samples_per_request,
+    )
+    for blueprint in (health.bp, model_admin.bp):
+        app.register_blueprint(blueprint)
+    return app
