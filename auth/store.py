@@ -74,6 +74,7 @@ REFUSED_WRITES = {
     errno.EFBIG,
 }
 COMPACT_FLOOR = 256 * 1024  # a journal smaller than this is never worth compacting
+_EMPTY_JOURNAL = len(journal_file.header_line(0))  # what `open` starts a new store with
 
 
 def secure_dir(path: Path) -> Path:
@@ -241,11 +242,23 @@ class JsonStore:
         secure_dir(self.path.parent)
         with self._mutex:
             self._load(keep=False)
+        if not self.path.exists() and not self.journal_path.exists():
+            self._start_journal()
         try:
             with self._locked(0):
                 self._remove_dead_temp_files()
         except StorageBusy:
             pass  # a writer is at work: the next compaction cleans up
+
+    def _start_journal(self) -> None:
+        """Give a new store its empty journal at once, so that every process attaches to that
+        one file from its start: a change appended later is then read by each through the
+        descriptor it holds, even if the file is deleted before it looked."""
+        with self._locked(None):
+            if not self.path.exists() and not self.journal_path.exists():
+                header = journal_file.header_line(0)
+                os.replace(self._write_temp(self.journal_path, [header]), self.journal_path)
+                _fsync_dir(self.path.parent)
 
     def _remove_dead_temp_files(self) -> None:
         """Temp files left by writers killed mid-compaction (only under the lock: then no
@@ -301,8 +314,9 @@ class JsonStore:
         return None
 
     def on_disk(self) -> bool:
-        """True once anything was ever written to this store."""
-        return self.path.exists() or self.journal_path.exists()
+        """True once a change was ever written to this store (more than an empty journal)."""
+        journal = _stamp(self._journal_path)
+        return self.path.exists() or (journal is not None and journal[2] > _EMPTY_JOURNAL)
 
     def records(self) -> list[tuple[str, Record]]:
         """Every (id, record), decoded: O(N), for listings and sweeps, not for requests."""

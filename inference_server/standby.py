@@ -81,7 +81,6 @@ class Standby:
         try:
             if self._app is None:
                 self._app = self._build()
-                log.info("the data dir loads again: this worker is serving")
         except DATA_FAULTS as exc:
             self._standing_by(exc)
         finally:

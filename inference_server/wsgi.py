@@ -17,6 +17,7 @@ from .cli import LOG_FORMAT
 from .settings import load_settings
 
 logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+log = logging.getLogger(__name__)
 settings = load_settings()
 
 
@@ -24,6 +25,7 @@ def serving_app() -> Flask:
     app = create_app(settings)
     app.extensions["auth"].warm()  # indexes built before the first request, not by it
     app.extensions["auth"].start_background()  # key use written, ended sessions swept
+    log.info("this worker is serving")
     return app
 
 

@@ -88,7 +88,7 @@ def live_server(
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
 ) -> Iterator[LiveServer]:
-    """Start the server and yield once every worker has booted; always stop it afterwards."""
+    """Start the server and yield once every worker is serving; always stop it afterwards."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
     environ.update(
@@ -128,7 +128,7 @@ def live_server(
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        server.wait_for_log("Booting worker", workers)
+        server.wait_for_log("this worker is serving", workers)
         yield server
     finally:
         process.send_signal(signal.SIGTERM)
