@@ -381,7 +381,7 @@ class Auth:
         if settings.enabled:
             state.signer = TokenSigner(
                 secret=load_secret(
-                    settings.jwt_secret, state.data_dir, may_create=not state.sessions.on_disk()
+                    settings.jwt_secret, state.data_dir, may_create=lambda: len(state.sessions) == 0
                 ),
                 algorithm=settings.jwt_algorithm,
                 issuer=settings.jwt_issuer,

@@ -12,6 +12,10 @@ updated by the change. A line without its newline is a write in progress or a wr
 mid-append: readers stop before it and the next writer cuts it off, so a change is either wholly
 there or not at all.
 
+A new store is created as an empty snapshot of generation 1 and its journal, so every process
+attaches to the same journal from its start, and a journal missing beside its snapshot is always
+a loss (refused), never a new store.
+
 When the journal outgrows half the snapshot, a writer folds it into a new snapshot with generation
 G+1 (`compact`, run off the event loop): temp file + fsync + `os.replace` for the snapshot, then
 the same for a fresh journal, then an fsync of the directory. A crash between the two replaces
@@ -74,7 +78,6 @@ REFUSED_WRITES = {
     errno.EFBIG,
 }
 COMPACT_FLOOR = 256 * 1024  # a journal smaller than this is never worth compacting
-_EMPTY_JOURNAL = len(journal_file.header_line(0))  # what `open` starts a new store with
 
 
 def secure_dir(path: Path) -> Path:
@@ -243,22 +246,22 @@ class JsonStore:
         with self._mutex:
             self._load(keep=False)
         if not self.path.exists() and not self.journal_path.exists():
-            self._start_journal()
+            self._create()
         try:
             with self._locked(0):
                 self._remove_dead_temp_files()
         except StorageBusy:
             pass  # a writer is at work: the next compaction cleans up
 
-    def _start_journal(self) -> None:
-        """Give a new store its empty journal at once, so that every process attaches to that
-        one file from its start: a change appended later is then read by each through the
-        descriptor it holds, even if the file is deleted before it looked."""
+    def _create(self) -> None:
+        """Give a new store its files at once: an empty snapshot of generation 1 and its
+        journal. Every process then attaches to that one journal from its start and reads a
+        change appended later through its descriptor, even if the file is deleted before it
+        looked; and a journal missing beside its snapshot is always seen as lost, never taken
+        for a new store."""
         with self._locked(None):
             if not self.path.exists() and not self.journal_path.exists():
-                header = journal_file.header_line(0)
-                os.replace(self._write_temp(self.journal_path, [header]), self.journal_path)
-                _fsync_dir(self.path.parent)
+                self.compact()
 
     def _remove_dead_temp_files(self) -> None:
         """Temp files left by writers killed mid-compaction (only under the lock: then no
@@ -312,11 +315,6 @@ class JsonStore:
         if not os.access(self.path.parent, os.W_OK):
             return f"the data dir is not writable for {self.path.name}"
         return None
-
-    def on_disk(self) -> bool:
-        """True once a change was ever written to this store (more than an empty journal)."""
-        journal = _stamp(self._journal_path)
-        return self.path.exists() or (journal is not None and journal[2] > _EMPTY_JOURNAL)
 
     def records(self) -> list[tuple[str, Record]]:
         """Every (id, record), decoded: O(N), for listings and sweeps, not for requests."""

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,19 +123,22 @@ def secret_problem(secret: str) -> str | None:
     return None
 
 
-def load_secret(configured: str | None, data_dir: Path, *, may_create: bool = True) -> str:
+def load_secret(
+    configured: str | None, data_dir: Path, *, may_create: Callable[[], bool] = lambda: True
+) -> str:
     """The configured secret if strong enough, else the one kept in `data_dir` (made once, 0600).
 
-    A secret is made only while no token was ever signed (`may_create`: the data dir holds no
-    sessions): one that vanished after that stops the start, since a worker making a new one
-    would disagree with every other worker about every token."""
+    A secret is made only while no token can be alive (`may_create()`, asked only when the
+    file is missing: the data dir holds no sessions): one that vanished after that stops the
+    start, since a worker making a new one would disagree with every other worker about every
+    token."""
     if configured is not None:
         problem = secret_problem(configured)
         if problem:
             raise SecretError(problem)
         return configured
     path = data_dir / SECRET_FILE
-    if not path.exists() and not may_create:
+    if not path.exists() and not may_create():
         raise SecretError(
             f"{path} is missing, but tokens were signed with it (the data dir has sessions): "
             "restore it from a backup, or delete sessions.json and sessions.journal.jsonl to "

@@ -324,10 +324,12 @@ def test_a_failed_usage_write_keeps_the_notes_for_the_next_flush(app, actor, dat
     created = actor.create_key(actor.user_headers("pia3"))
     actor.predict({"X-API-Key": created["key"]})
     usage = app.extensions["auth"].key_usage
-    (data_dir / "api_key_usage.json").write_text("broken by hand")
+    snapshot = data_dir / "api_key_usage.json"
+    good = snapshot.read_bytes()
+    snapshot.write_text("broken by hand")
     assert usage.flush() == 0  # 503-class refusal: nothing lost, nothing overwritten
-    assert (data_dir / "api_key_usage.json").read_text() == "broken by hand"
-    (data_dir / "api_key_usage.json").unlink()
+    assert snapshot.read_text() == "broken by hand"
+    snapshot.write_bytes(good)  # the operator's repair
     assert usage.flush() == 1
 
 

@@ -60,11 +60,13 @@ def _journal_lines(store) -> list[dict]:
 
 
 def test_a_write_appends_one_line_and_reads_back(store):
+    empty = store.path.read_bytes()  # a new store starts with an empty snapshot of generation 1
     assert store.update(_add("a")) == "a"
     assert store.update(_add("b", 2)) == "b"
-    assert not store.path.exists()  # nothing rewritten: the journal holds the changes
-    assert _journal_lines(store) == [
-        {"generation": 0},
+    assert store.path.read_bytes() == empty  # nothing rewritten: the journal holds the changes
+    header, *changes = _journal_lines(store)
+    assert header["generation"] == 1
+    assert changes == [
         {"put": {"a": {"value": 1}}},
         {"put": {"b": {"value": 2}}},
     ]
@@ -113,10 +115,22 @@ def test_a_failed_change_writes_nothing(store):
 
 
 def test_a_record_that_does_not_fit_is_never_written(store):
+    empty = store.journal_path.read_bytes()
     with pytest.raises(ValueError, match="record 'a': field 'colour'"):
         store.update(_add("a", colour="blue"))
     assert dict(store.records()) == {}
-    assert not store.on_disk()  # not a line of it was written
+    assert store.journal_path.read_bytes() == empty  # not a line of it was written
+
+
+def test_a_new_store_starts_with_both_files_so_a_lost_journal_is_never_a_new_store(path):
+    _store(path)
+    assert path.exists() and _store(path).journal_path.exists()
+    writer = _store(path)
+    writer.update(_add("a"))
+    writer.journal_path.unlink()
+    writer.close()
+    with pytest.raises(StoreCorrupt, match="things.journal.jsonl is missing"):
+        _store(path)
 
 
 def test_another_process_reads_only_the_new_lines(path, monkeypatch):
@@ -164,9 +178,9 @@ def test_compaction_folds_the_journal_into_a_sealed_snapshot(path):
     assert len(follower) == 4
     writer.compact()
     first_line = path.read_text().splitlines()[0]
-    assert first_line.startswith('{"schema_version":2,"generation":1,"seal":"')
+    assert first_line.startswith('{"schema_version":2,"generation":2,"seal":"')
     assert json.loads(path.read_text())["things"] == {f"k{i}": {"value": i} for i in range(1, 5)}
-    assert _journal_lines(writer)[0]["generation"] == 1 and len(_journal_lines(writer)) == 1
+    assert _journal_lines(writer)[0]["generation"] == 2 and len(_journal_lines(writer)) == 1
     writer.update(_add("after", 7))
     # The follower goes on from its own state: it never re-reads the snapshot.
     opened = []
@@ -190,7 +204,7 @@ def test_a_long_journal_is_compacted_by_the_writer_that_notices(path):
         writer.update(_add(f"k{i}", i))
     assert len(scheduled) == 1  # scheduled once, not on every write while it is due
     scheduled[0]()
-    assert json.loads(path.read_text())["generation"] == 1
+    assert json.loads(path.read_text())["generation"] == 2
     assert len(_journal_lines(writer)) == 1 and len(writer) == 20
     writer.update(_add("k20", 20))
     assert len(scheduled) == 1
@@ -224,13 +238,13 @@ def test_a_crash_between_snapshot_and_journal_replace_loses_nothing(path, monkey
     with pytest.raises(OSError, match="killed"):
         writer.compact()
     monkeypatch.setattr(store_module.os, "replace", real_replace)
-    # Snapshot of generation 1 beside the journal of generation 0 that it already holds.
-    assert json.loads(path.read_text())["generation"] == 1
-    assert _journal_lines(writer)[0] == {"generation": 0}
+    # Snapshot of generation 2 beside the journal of generation 1 that it already holds.
+    assert json.loads(path.read_text())["generation"] == 2
+    assert _journal_lines(writer)[0]["generation"] == 1
     fresh = _store(path)
     assert dict(fresh.records()) == {"a": {"value": 1}, "b": {"value": 2}}
     fresh.update(_add("c", 3))  # the stale journal is replaced, not appended to
-    assert _journal_lines(fresh) == [{"generation": 1}, {"put": {"c": {"value": 3}}}]
+    assert _journal_lines(fresh) == [{"generation": 2}, {"put": {"c": {"value": 3}}}]
     assert len(_store(path)) == 3
 
 
@@ -241,7 +255,7 @@ def test_a_snapshot_replaced_by_an_older_copy_is_named(path):
     older = path.read_bytes()
     writer.update(_add("b"))
     writer.compact()
-    path.write_bytes(older.replace(b'"generation":1', b'"generation":0'))
+    path.write_bytes(older.replace(b'"generation":2', b'"generation":1'))
     with pytest.raises(StoreCorrupt, match="older copy"):
         _store(path)
 
