@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from . import accounts
+from . import accounts, schemas
 from .decorators import admin_required
 from .errors import NotFound, ValidationError
 from .extension import auth_state, require_enabled
 from .inputs import json_body, text
+from .openapi import doc
 from .passwords import MAX_PASSWORD_LENGTH
 from .users import profile
 
@@ -35,6 +36,14 @@ def _query_int(name: str, default: int, *, low: int, high: int) -> int:
 
 
 @bp.get("/users")
+@doc(
+    "Users, a page at a time",
+    query={
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+        "offset": {"type": "integer", "minimum": 0, "maximum": 10**9},
+    },
+    responses={200: schemas.USER_PAGE},
+)
 @admin_required
 def list_users():
     limit = _query_int("limit", 50, low=1, high=MAX_PAGE)
@@ -45,6 +54,7 @@ def list_users():
 
 
 @bp.get("/users/<user_id>")
+@doc("One user", responses={200: schemas.ADMIN_USER})
 @admin_required
 def show_user(user_id: str):
     state = auth_state()
@@ -56,6 +66,12 @@ def show_user(user_id: str):
 
 
 @bp.patch("/users/<user_id>")
+@doc(
+    "Change a user's role, state, rate limit, email or name",
+    body=schemas.UPDATE_USER,
+    responses={200: schemas.PROFILE},
+    errors=(409,),
+)
 @admin_required
 def update_user(user_id: str):
     user = accounts.update_user(auth_state(), user_id, json_body(), actor=g.principal.id)
@@ -63,6 +79,11 @@ def update_user(user_id: str):
 
 
 @bp.delete("/users/<user_id>")
+@doc(
+    "Delete a user: their sessions end and keys stop at once",
+    responses={200: schemas.USER_DELETED},
+    errors=(409,),
+)
 @admin_required
 def delete_user(user_id: str):
     accounts.delete_user(auth_state(), user_id, actor=g.principal.id)
@@ -70,6 +91,11 @@ def delete_user(user_id: str):
 
 
 @bp.post("/users/<user_id>/reset-password")
+@doc(
+    "Set a temporary password; the user's sessions end",
+    body=schemas.RESET_PASSWORD,
+    responses={200: schemas.SESSIONS_ENDED},
+)
 @admin_required
 def reset_password(user_id: str):
     state = auth_state()
@@ -81,6 +107,12 @@ def reset_password(user_id: str):
 
 
 @bp.get("/api-keys")
+@doc(
+    "Every API key, or one user's",
+    query={"user": {"type": "string", "description": "id, username or email"}},
+    responses={200: schemas.KEY_LIST},
+    errors=(404,),
+)
 @admin_required
 def list_api_keys():
     user = request.args.get("user")

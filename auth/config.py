@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from limits import parse_many
 
+from .passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+
 
 def setting(default: Any = None, *, help: str, factory: Any = None, **bounds: Any) -> Any:
     """Declare a settings field: its default, what it means, and the bounds it must respect.
@@ -100,7 +102,12 @@ class AuthSettings:
     registration: Literal["open", "admin_only", "closed"] = setting(
         "admin_only", help="who may call POST /auth/register"
     )
-    password_min_length: int = setting(8, min=8, max=128, help="shortest password accepted")
+    password_min_length: int = setting(
+        MIN_PASSWORD_LENGTH,
+        min=MIN_PASSWORD_LENGTH,
+        max=MAX_PASSWORD_LENGTH,
+        help="shortest password accepted",
+    )
     bcrypt_rounds: int = setting(12, min=4, max=16, help="bcrypt cost factor (log2 rounds)")
     password_hash_slots: int = setting(
         1,

@@ -17,6 +17,7 @@ from werkzeug.local import LocalProxy
 
 from .errors import AuthenticationError, PermissionDenied
 from .extension import PUBLIC_ATTR, Principal, auth_state
+from .openapi import SCOPES_ATTR
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,6 +64,7 @@ def require_auth(view: F | None = None, *, scopes: Iterable[str] = (), admin: bo
                     )
             return fn(*args, **kwargs)
 
+        setattr(wrapper, SCOPES_ATTR, needed)  # what the API description says it needs
         return wrapper  # type: ignore[return-value]
 
     return decorate(view) if view is not None else decorate

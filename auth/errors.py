@@ -24,29 +24,42 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-# Codes for errors that werkzeug or Flask raise themselves.
-_CODES_BY_STATUS = {
-    400: "VALIDATION_ERROR",
-    401: "AUTHENTICATION_REQUIRED",
-    403: "INSUFFICIENT_PERMISSIONS",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    409: "CONFLICT",
-    413: "PAYLOAD_TOO_LARGE",
-    414: "URI_TOO_LONG",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-    417: "EXPECTATION_FAILED",
-    429: "RATE_LIMIT_EXCEEDED",
-    431: "HEADERS_TOO_LARGE",
-    500: "INTERNAL_ERROR",
-    501: "NOT_IMPLEMENTED",
-    503: "SERVICE_UNAVAILABLE",
+# Every code an answer of each status may carry; the first is the one given to errors that carry
+# none of their own (werkzeug's, gunicorn's). The API description lists them per status.
+ERROR_CODES: dict[int, tuple[str, ...]] = {
+    400: ("VALIDATION_ERROR",),
+    401: (
+        "AUTHENTICATION_REQUIRED",
+        "INVALID_CREDENTIALS",
+        "INVALID_TOKEN",
+        "TOKEN_EXPIRED",
+        "INVALID_API_KEY",
+    ),
+    403: ("INSUFFICIENT_PERMISSIONS", "REGISTRATION_CLOSED"),
+    404: ("NOT_FOUND",),
+    405: ("METHOD_NOT_ALLOWED",),
+    409: ("CONFLICT",),
+    413: ("PAYLOAD_TOO_LARGE",),
+    414: ("URI_TOO_LONG",),
+    415: ("UNSUPPORTED_MEDIA_TYPE",),
+    417: ("EXPECTATION_FAILED",),
+    429: ("RATE_LIMIT_EXCEEDED",),
+    431: ("HEADERS_TOO_LARGE",),
+    500: ("INTERNAL_ERROR",),
+    501: ("NOT_IMPLEMENTED",),
+    503: (
+        "SERVICE_UNAVAILABLE",
+        "STORAGE_BUSY",
+        "STORAGE_UNAVAILABLE",
+        "MODEL_UNAVAILABLE",
+    ),
 }
 
 
 def error_code(status: int) -> str:
     """The code of an error that carries none of its own (werkzeug's, gunicorn's)."""
-    return _CODES_BY_STATUS.get(status, "ERROR")
+    codes = ERROR_CODES.get(status)
+    return codes[0] if codes else "ERROR"
 
 
 class ApiError(HTTPException):

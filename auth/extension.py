@@ -228,10 +228,13 @@ class AuthState:
         return principal
 
     def _from_bearer(self) -> Principal | None:
-        header = request.headers.get("Authorization", "")
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
-            return None
+            # A credential that is sent is checked, never ignored in favour of another one.
+            raise AuthenticationError("the Authorization header must be 'Bearer <access token>'")
         if self.signer is None:
             raise AuthenticationError("bearer tokens are not accepted", error_code="INVALID_TOKEN")
         now = self.now()

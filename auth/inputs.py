@@ -10,6 +10,7 @@ from typing import Any
 from flask import current_app, request
 
 from .errors import ValidationError
+from .openapi import body_schema
 
 _MISSING = object()
 DEFAULT_MAX_DEPTH = 64
@@ -38,10 +39,29 @@ def nested_deeper_than(raw: bytes, limit: int) -> bool:
 
 
 def json_body(*, allow_form: bool = False) -> dict[str, Any]:
-    """The request body as a dict: JSON, or form-urlencoded where `allow_form`."""
+    """The request body as a dict: JSON, or form-urlencoded where `allow_form`; a field the
+    view does not declare is refused (`refuse_unknown_fields`)."""
     if allow_form and request.mimetype == "application/x-www-form-urlencoded":
-        return request.form.to_dict()
-    return parse_json_object(json_bytes(allow_form=allow_form), max_depth=max_json_depth())
+        body = request.form.to_dict()
+    else:
+        body = parse_json_object(json_bytes(allow_form=allow_form), max_depth=max_json_depth())
+    return refuse_unknown_fields(body)
+
+
+def refuse_unknown_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """`body`, if it holds only the fields the current view declares (`openapi.doc`): a
+    misspelt field, or a body meant for another API, must be an error rather than a guess."""
+    schema = body_schema(current_app.view_functions.get(request.endpoint or ""))
+    if schema is None or schema.get("additionalProperties", True):
+        return body
+    allowed = schema["properties"]
+    unknown = [name for name in body if name not in allowed]
+    if unknown:
+        raise ValidationError(
+            f"unknown field {unknown[0]!r}; this endpoint takes: {', '.join(allowed)}",
+            details={"field": unknown[0], "allowed": list(allowed)},
+        )
+    return body
 
 
 def max_json_depth() -> int:

@@ -19,6 +19,7 @@ import sys
 import bcrypt
 
 MAX_PASSWORD_LENGTH = 128
+MIN_PASSWORD_LENGTH = 8  # the least auth.password_min_length may be
 
 
 def _prehash(password: str) -> bytes:

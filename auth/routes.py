@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from . import accounts, api_keys, sessions
+from . import accounts, api_keys, schemas, sessions
 from .decorators import public, require_auth
 from .errors import AuthenticationError, PermissionDenied, ValidationError
 from .extension import (
@@ -25,6 +25,7 @@ from .extension import (
 )
 from .inputs import integer, json_body, string_list, text
 from .limits import client_address
+from .openapi import doc
 from .passwords import MAX_PASSWORD_LENGTH
 from .users import (
     ALL_SCOPES,
@@ -104,6 +105,12 @@ def _token_response(user: dict[str, Any], pair: TokenPair) -> Response:
 
 
 @bp.post("/register")
+@doc(
+    "Register a user",
+    body=schemas.REGISTER,
+    responses={201: schemas.REGISTERED},
+    errors=(401, 403, 409),
+)
 @public
 def register():
     state = auth_state()
@@ -142,6 +149,13 @@ def register():
 
 
 @bp.post("/login")
+@doc(
+    "Log in: a password or an API key for an access and a refresh token",
+    body=schemas.LOGIN,
+    form=True,
+    responses={200: schemas.TOKENS},
+    errors=(401,),
+)
 @public
 def login():
     state = auth_state()
@@ -171,6 +185,13 @@ def login():
 
 
 @bp.post("/refresh")
+@doc(
+    "Trade a refresh token for a new access and refresh token",
+    body=schemas.REFRESH,
+    form=True,
+    responses={200: schemas.TOKENS},
+    errors=(401,),
+)
 @public
 def refresh():
     state = auth_state()
@@ -213,6 +234,7 @@ def refresh():
 
 
 @bp.post("/logout")
+@doc("End this login session", responses={200: schemas.MESSAGE}, errors=(400,))
 @require_auth
 def logout():
     state = auth_state()
@@ -233,6 +255,7 @@ def logout():
 
 
 @bp.get("/me")
+@doc("Your profile and the scopes of this credential", responses={200: schemas.ME})
 @require_auth(scopes=["user:read"])
 def me():
     principal: Principal = g.principal
@@ -246,6 +269,11 @@ def me():
 
 
 @bp.post("/change-password")
+@doc(
+    "Change your password; your other sessions end",
+    body=schemas.CHANGE_PASSWORD,
+    responses={200: schemas.SESSIONS_ENDED},
+)
 @require_auth(scopes=["user:write"])
 def change_password():
     state = auth_state()
@@ -275,6 +303,11 @@ def change_password():
 
 
 @bp.post("/api-keys")
+@doc(
+    "Create an API key (shown only in this answer)",
+    body=schemas.CREATE_KEY,
+    responses={201: schemas.NEW_KEY},
+)
 @require_auth(scopes=["api-keys:manage"])
 def create_api_key():
     principal: Principal = g.principal
@@ -293,6 +326,7 @@ def create_api_key():
 
 
 @bp.get("/api-keys")
+@doc("Your API keys (never the keys themselves)", responses={200: schemas.KEY_LIST})
 @require_auth(scopes=["api-keys:manage"])
 def list_api_keys():
     keys = accounts.list_keys(auth_state(), g.principal.id)
@@ -300,6 +334,7 @@ def list_api_keys():
 
 
 @bp.delete("/api-keys/<key_id>")
+@doc("Revoke an API key and every key made through it", responses={200: schemas.REVOKED})
 @require_auth(scopes=["api-keys:manage"])
 def revoke_api_key(key_id: str):
     principal: Principal = g.principal

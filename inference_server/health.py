@@ -13,7 +13,9 @@ from flask import Blueprint, current_app, jsonify
 from auth import auth_state, public
 from auth.errors import ApiError
 from auth.limits import exempt
+from auth.openapi import doc
 
+from . import schemas
 from .predict import registry
 
 bp = Blueprint("health", __name__)
@@ -24,6 +26,7 @@ class NotReady(ApiError):
 
 
 @bp.get("/health")
+@doc("Liveness: the process answers", responses={200: schemas.HEALTH})
 @public
 @exempt
 def health():
@@ -31,6 +34,11 @@ def health():
 
 
 @bp.get("/ready")
+@doc(
+    "Readiness: models loaded, stores readable and writable, rate limit storage up",
+    responses={200: schemas.READY},
+    errors=(503,),
+)
 @public
 @exempt
 def ready():

@@ -12,7 +12,9 @@ from flask import Blueprint, current_app, g, jsonify
 from auth import auth_state, json_body, require_auth
 from auth.errors import ValidationError
 from auth.inputs import text
+from auth.openapi import doc
 
+from . import schemas
 from .models import ACTIONS, load_model
 from .models.download import SUFFIXES, Reach, fetch_model
 from .predict import registry
@@ -30,18 +32,26 @@ def _audit(event: str, **fields: Any) -> None:
 
 
 @bp.get("")
+@doc("Every model: status, input shape, version", responses={200: schemas.MODELS})
 @require_auth(scopes=["models:read"])
 def list_models():
     return jsonify({"default": registry().default, "models": registry().describe()})
 
 
 @bp.get("/<name>")
+@doc("One model", path={"name": schemas.NAME}, responses={200: schemas.MODEL})
 @require_auth(scopes=["models:read"])
 def show_model(name: str):
     return jsonify(registry().describe(name))
 
 
 @bp.post("/manage")
+@doc(
+    "Load, unload, reload or remove a model, or make it the default",
+    body=schemas.MANAGE,
+    responses={200: schemas.MANAGED},
+    errors=(404, 409),
+)
 @require_auth(scopes=["models:manage"])
 def manage():
     body = json_body()
@@ -57,6 +67,12 @@ def manage():
 
 
 @bp.post("/download")
+@doc(
+    "Fetch a model file, check its sha256, load and register it",
+    body=schemas.DOWNLOAD,
+    responses={201: schemas.DOWNLOADED},
+    errors=(409,),
+)
 @require_auth(scopes=["models:manage"])
 def download():
     body = json_body()

@@ -20,11 +20,13 @@ from flask import Blueprint, Response, current_app
 
 from auth import require_auth
 from auth.errors import ApiError, PayloadTooLarge, ValidationError, error_body, request_id
-from auth.inputs import json_bytes, max_json_depth, parse_json_object
+from auth.inputs import json_bytes, max_json_depth, parse_json_object, refuse_unknown_fields
 from auth.offload import ThreadOffload
+from auth.openapi import doc
 
-from . import json_steps
+from . import json_steps, schemas
 from .models import LoadedModel, ModelRegistry, to_batch_in_steps
+from .settings import MODEL_NAME
 
 bp = Blueprint("predict", __name__)
 
@@ -52,8 +54,11 @@ def registry() -> ModelRegistry:
 
 def _model_field(body: dict[str, Any], path_model: str | None = None) -> str | None:
     name = body.get("model")
-    if name is not None and not isinstance(name, str):
-        raise ValidationError("'model' must be a string", details={"field": "model"})
+    if name is not None and not (isinstance(name, str) and MODEL_NAME.match(name)):
+        raise ValidationError(
+            "'model' must be a model name (1-64 letters, digits, '_', '.' or '-')",
+            details={"field": "model"},
+        )
     if path_model is not None and name is not None and name != path_model:
         raise ValidationError(
             f"the body names model {name!r} but the URL names {path_model!r}",
@@ -77,8 +82,8 @@ def _encode(model: LoadedModel, elapsed_ms: float, **fields: Any) -> bytes:
 def _body() -> dict[str, Any]:
     raw, depth = json_bytes(), max_json_depth()
     if len(raw) <= PARSE_INLINE_BYTES:
-        return parse_json_object(raw, max_depth=depth)
-    return inference().threads.run(_parse_large, raw, depth)
+        return refuse_unknown_fields(parse_json_object(raw, max_depth=depth))
+    return refuse_unknown_fields(inference().threads.run(_parse_large, raw, depth))
 
 
 def _parse_large(raw: bytes, max_depth: int) -> dict[str, Any]:
@@ -116,18 +121,36 @@ def _predict_payload(model: LoadedModel, data: Any) -> bytes:
 
 
 @bp.post("/predict")
+@doc(
+    "Predict with the default model, or the one the body names",
+    body=schemas.PREDICT,
+    responses={200: schemas.PREDICTION},
+    errors=(404,),
+)
 @require_auth(scopes=["predict"])
 def predict():
     return _predict(None)
 
 
 @bp.post("/<model_name>/predict")
+@doc(
+    "Predict with the model the URL names",
+    body=schemas.PREDICT_WITH,
+    path={"model_name": schemas.NAME},
+    responses={200: schemas.PREDICTION},
+)
 @require_auth(scopes=["predict"])
 def predict_with(model_name: str):
     return _predict(model_name)
 
 
 @bp.post("/predict/batch")
+@doc(
+    "Predict several inputs; a bad one gets its error in place",
+    body=schemas.BATCH,
+    responses={200: schemas.BATCH_RESULT},
+    errors=(404,),
+)
 @require_auth(scopes=["predict"])
 def predict_batch():
     body = _body()

@@ -139,12 +139,20 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class DocsSettings:
+    enabled: bool = setting(
+        True, help="serve the API description (GET /openapi.json) and its page (GET /docs)"
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = setting(factory=ServerSettings, help="HTTP server")
     auth: AuthSettings = setting(factory=AuthSettings, help="authentication")
     rate_limits: RateLimitSettings = setting(factory=RateLimitSettings, help="rate limiting")
     storage: StorageSettings = setting(factory=StorageSettings, help="data files")
     models: ModelSettings = setting(factory=ModelSettings, help="model registry")
+    docs: DocsSettings = setting(factory=DocsSettings, help="interactive API documentation")
 
     @property
     def data_dir(self) -> Path:

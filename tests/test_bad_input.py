@@ -122,9 +122,12 @@ def test_register_fields_are_checked(client, admin, field, value):
 def test_garbage_bearer_token(actor):
     assert_error(actor.predict({"Authorization": "Bearer not.a.jwt"}), 401, "INVALID_TOKEN")
     assert_error(actor.predict({"Authorization": "Bearer "}), 401, "INVALID_TOKEN")
-    assert_error(
-        actor.predict({"Authorization": "Basic dXNlcjpwYXNz"}), 401, "AUTHENTICATION_REQUIRED"
-    )
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+    assert_error(actor.predict(basic), 401, "AUTHENTICATION_REQUIRED")
+    # A credential that is sent is checked, never ignored in favour of another one.
+    key = {"X-API-Key": actor.create_key(actor.admin_headers())["key"]}
+    assert actor.predict(key).status_code == 200
+    assert_error(actor.predict({**key, **basic}), 401, "AUTHENTICATION_REQUIRED")
 
 
 def test_refresh_with_garbage(client):

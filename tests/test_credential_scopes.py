@@ -13,9 +13,23 @@ import pytest
 
 from tests.conftest import PASSWORD, assert_error, bearer
 
-PUBLIC = {("GET", "/health"), ("GET", "/ready"), ("POST", "/auth/login"), ("POST", "/auth/refresh")}
+PUBLIC = {
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/swagger-ui.css"),
+    ("POST", "/auth/login"),
+    ("POST", "/auth/refresh"),
+}
 PREDICT = {"/predict", "/<model_name>/predict", "/predict/batch"}
-SAMPLE = {"model_name": "demo", "key_id": "key_0", "user_id": "usr_0", "name": "demo"}
+SAMPLE = {
+    "model_name": "demo",
+    "key_id": "key_0",
+    "user_id": "usr_0",
+    "name": "demo",
+    "asset": "swagger-ui.css",
+}
 
 
 def _non_predict_routes(app):

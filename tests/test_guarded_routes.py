@@ -11,6 +11,9 @@ from tests.conftest import assert_error
 PUBLIC = {
     ("GET", "/health"),
     ("GET", "/ready"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/sample-asset"),
     ("POST", "/auth/login"),
     ("POST", "/auth/refresh"),
     # Registration decides for itself, per auth.registration; under admin_only it is a 401 too.

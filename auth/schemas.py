@@ -1,0 +1,183 @@
+"""JSON Schemas of the /auth and /admin bodies and answers, for the API description.
+
+Bounds and enums are the ones the code checks (`users.USERNAME`, `passwords`, `inputs.text`
+lengths, `ALL_SCOPES`, `ROLE_SCOPES`); a request body declares `additionalProperties: false`
+and the server refuses any other field by name (`inputs.refuse_unknown_fields`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from .users import ALL_SCOPES, ROLE_SCOPES
+
+Schema = dict[str, Any]
+
+TIMESTAMP = {"type": "string", "format": "date-time"}
+NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
+ROLE = {"type": "string", "enum": sorted(ROLE_SCOPES)}
+SCOPE = {"type": "string", "enum": sorted(ALL_SCOPES)}
+PASSWORD = {"type": "string", "minLength": 1, "maxLength": MAX_PASSWORD_LENGTH}
+NEW_PASSWORD = {
+    **PASSWORD,
+    "minLength": MIN_PASSWORD_LENGTH,
+    "description": "at least auth.password_min_length characters, not a common password",
+}
+USERNAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"}
+EMAIL = {"type": "string", "format": "email", "maxLength": 255}
+RATE_LIMIT = {
+    "type": ["string", "null"],
+    "description": "a limit such as '100/minute'; null = the role's",
+}
+
+
+def body(properties: Schema, *required: str, **extra: Any) -> Schema:
+    """A request body: an object of exactly these fields."""
+    schema: Schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return {**schema, **extra}
+
+
+def answer(properties: Schema, *required: str) -> Schema:
+    """An answer: an object holding at least the `required` fields."""
+    return {"type": "object", "properties": properties, "required": list(required or properties)}
+
+
+MESSAGE = answer({"message": {"type": "string"}})
+
+# -- requests ----------------------------------------------------------------------------------
+
+REGISTER = body(
+    {
+        "username": USERNAME,
+        "password": NEW_PASSWORD,
+        "email": EMAIL,
+        "full_name": {"type": ["string", "null"], "minLength": 1, "maxLength": 200},
+        "role": ROLE,
+    },
+    "username",
+    "password",
+    "email",
+)
+LOGIN = body(
+    {
+        "username": {"type": "string", "minLength": 1, "maxLength": 256},
+        "email": {"type": "string", "minLength": 1, "maxLength": 256},
+        "password": PASSWORD,
+        "api_key": {"type": "string", "minLength": 1},
+    },
+    anyOf=[
+        {"required": ["username", "password"]},
+        {"required": ["email", "password"]},
+        {"required": ["api_key"]},
+    ],
+)
+REFRESH = body({"refresh_token": {"type": "string", "minLength": 1}}, "refresh_token")
+CHANGE_PASSWORD = body(
+    {"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+    "current_password",
+    "new_password",
+)
+CREATE_KEY = body(
+    {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "description": {"type": ["string", "null"], "minLength": 1, "maxLength": 500},
+        "expires_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 3650},
+        "scopes": {"type": ["array", "null"], "items": SCOPE},
+    },
+    "name",
+)
+UPDATE_USER = body(
+    {
+        "role": ROLE,
+        "is_active": {"type": "boolean"},
+        "rate_limit": RATE_LIMIT,
+        "email": EMAIL,
+        "full_name": {"type": ["string", "null"], "maxLength": 200},
+    },
+    minProperties=1,
+)
+RESET_PASSWORD = body({"new_password": NEW_PASSWORD}, "new_password")
+
+# -- answers -----------------------------------------------------------------------------------
+
+TOKENS = answer(
+    {
+        "access_token": {"type": "string"},
+        "refresh_token": {"type": "string"},
+        "token_type": {"const": "bearer"},
+        "expires_in": {"type": "integer", "description": "seconds the access token lives"},
+        "password_change_required": {"type": "boolean"},
+    },
+    "access_token",
+    "refresh_token",
+    "token_type",
+    "expires_in",
+)
+REGISTERED = answer({"message": {"type": "string"}, "user_id": {"type": "string"}})
+PROFILE = answer(
+    {
+        "id": {"type": "string"},
+        "username": {"type": "string"},
+        "email": {"type": "string"},
+        "full_name": {"type": ["string", "null"]},
+        "role": ROLE,
+        "scopes": {"type": "array", "items": SCOPE},
+        "is_active": {"type": "boolean"},
+        "must_change_password": {"type": "boolean"},
+        "rate_limit": {"type": ["string", "null"]},
+        "created_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+    }
+)
+ME = {
+    **PROFILE,
+    "properties": {
+        **PROFILE["properties"],
+        "auth_method": {"type": "string", "enum": ["jwt", "api_key"]},
+    },
+}
+ADMIN_USER = {
+    **PROFILE,
+    "properties": {**PROFILE["properties"], "api_keys": {"type": "integer", "minimum": 0}},
+}
+USER_PAGE = answer(
+    {
+        "users": {"type": "array", "items": PROFILE},
+        "total": {"type": "integer"},
+        "limit": {"type": "integer"},
+        "offset": {"type": "integer"},
+    }
+)
+KEY = answer(
+    {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "description": {"type": ["string", "null"]},
+        "prefix": {"type": "string"},
+        "scopes": {"type": "array", "items": SCOPE},
+        "is_active": {"type": "boolean"},
+        "created_at": TIMESTAMP,
+        "expires_at": NULLABLE_TIMESTAMP,
+        "revoked_at": NULLABLE_TIMESTAMP,
+        "last_used": NULLABLE_TIMESTAMP,
+        "user_id": {"type": "string"},
+    }
+)
+NEW_KEY = {
+    **KEY,
+    "properties": {
+        **KEY["properties"],
+        "key": {"type": "string", "description": "the key itself: shown only in this answer"},
+    },
+    "required": [*KEY["required"], "key"],
+}
+KEY_LIST = answer({"keys": {"type": "array", "items": KEY}, "total": {"type": "integer"}})
+REVOKED = {
+    **KEY,
+    "properties": {**KEY["properties"], "message": {"type": "string"}},
+}
+SESSIONS_ENDED = answer({"message": {"type": "string"}, "sessions_ended": {"type": "integer"}})
+USER_DELETED = answer({"message": {"type": "string"}, "user_id": {"type": "string"}})

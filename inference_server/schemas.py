@@ -1,0 +1,104 @@
+"""JSON Schemas of the prediction and model bodies and answers, for the API description.
+
+Request bodies declare `additionalProperties: false`: the server refuses any other field by
+name (`auth.inputs.refuse_unknown_fields`), so a misspelt `"modle"` is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+from auth.schemas import answer, body
+
+from .models import ACTIONS
+from .settings import MODEL_NAME
+
+NAME = {"type": "string", "pattern": MODEL_NAME.pattern}
+SAMPLES = {
+    "description": "a list of samples, each a (nested) list of numbers shaped like the model's "
+    "input; a flat list of numbers is one sample",
+    "type": "array",
+    "minItems": 1,
+}
+NUMBERS = {"description": "the model's outputs, one row per sample", "type": "array"}
+
+PREDICT = body({"data": SAMPLES, "model": NAME}, "data")
+PREDICT_WITH = body({"data": SAMPLES, "model": NAME}, "data")
+BATCH = body(
+    {"inputs": {"type": "array", "minItems": 1, "items": SAMPLES}, "model": NAME}, "inputs"
+)
+MANAGE = body(
+    {"action": {"type": "string", "enum": list(ACTIONS)}, "model": NAME}, "action", "model"
+)
+DOWNLOAD = body(
+    {
+        "name": NAME,
+        "backend": {"type": "string", "enum": ["builtin", "onnx", "torchscript"]},
+        "url": {"type": "string", "minLength": 1, "maxLength": 2048},
+        "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+        "version": {"type": ["string", "null"]},
+        "description": {"type": ["string", "null"]},
+        "input": {"type": "object"},
+        "outputs": {"type": ["array", "null"], "items": {"type": "string"}},
+        "options": {"type": "object"},
+        "lazy": {"type": "boolean"},
+    },
+    "name",
+    "backend",
+    "url",
+)
+
+PREDICTION = answer(
+    {
+        "model": {"type": "string"},
+        "version": {"type": ["string", "null"]},
+        "predictions": NUMBERS,
+        "inference_time_ms": {"type": "number"},
+    }
+)
+BATCH_RESULT = answer(
+    {
+        "model": {"type": "string"},
+        "version": {"type": ["string", "null"]},
+        "results": {
+            "type": "array",
+            "items": {
+                "description": "the predictions of one input, or its error in the error shape",
+                "type": "object",
+                "oneOf": [{"required": ["predictions"]}, {"required": ["error"]}],
+            },
+        },
+        "succeeded": {"type": "integer"},
+        "failed": {"type": "integer"},
+        "inference_time_ms": {"type": "number"},
+    }
+)
+MODEL = answer(
+    {
+        "name": {"type": "string"},
+        "backend": {"type": "string"},
+        "version": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["ready", "error", "unloaded", "lazy"]},
+        "error": {"type": ["string", "null"]},
+        "default": {"type": "boolean"},
+        "source": {"type": "string", "enum": ["config", "api"]},
+        "description": {"type": ["string", "null"]},
+        "input": {"type": "object"},
+        "outputs": {"type": ["array", "null"]},
+        "loaded_at": {"type": ["string", "null"], "format": "date-time"},
+        "lazy": {"type": "boolean"},
+        "details": {"type": "object"},
+    },
+    "name",
+    "backend",
+    "status",
+    "input",
+)
+MODELS = answer({"default": {"type": "string"}, "models": {"type": "array", "items": MODEL}})
+MANAGED = answer(
+    {
+        "action": {"type": "string", "enum": list(ACTIONS)},
+        "model": {"type": "object", "required": ["name", "status"]},
+    }
+)
+DOWNLOADED = answer({"model": MODEL, "sha256": {"type": "string"}})
+HEALTH = answer({"status": {"const": "ok"}})
+READY = answer({"status": {"const": "ready"}, "checks": {"type": "object"}})
