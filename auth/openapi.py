@@ -54,12 +54,11 @@ class Operation:
     summary: str
     responses: Mapping[int, Schema]  # success statuses and their bodies
     body: Schema | None = None
-    form: bool = False  # the body may also be form-urlencoded
     query: Mapping[str, Schema] = field(default_factory=dict)
     path: Mapping[str, Schema] = field(default_factory=dict)  # schemas of path parameters
     errors: tuple[int, ...] = ()  # statuses beyond the ones derived (404, 409, 413, ...)
     description: str | None = None
-    media: str = "application/json"  # of the success answers
+    media: tuple[str, ...] = ("application/json",)  # of the success answers
 
 
 def doc(summary: str, *, responses: Mapping[int, Schema], **options: Any) -> Callable[[F], F]:
@@ -126,7 +125,7 @@ def _response(
     *,
     limited: bool,
     status: int,
-    media: str = "application/json",
+    media: tuple[str, ...] = ("application/json",),
 ) -> Schema:
     headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
     if limited:
@@ -139,7 +138,7 @@ def _response(
     return {
         "description": description,
         "headers": headers,
-        "content": {media: {"schema": schema}},
+        "content": {kind: {"schema": schema} for kind in media},
     }
 
 
@@ -203,10 +202,10 @@ def _operation(app: Flask, rule: Any, method: str, *, auth_enabled: bool) -> Sch
     if parameters:
         spec["parameters"] = parameters
     if operation.body is not None:
-        content = {"application/json": {"schema": operation.body}}
-        if operation.form:
-            content["application/x-www-form-urlencoded"] = {"schema": operation.body}
-        spec["requestBody"] = {"required": True, "content": content}
+        spec["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": operation.body}},
+        }
     if public:
         spec["security"] = []
     else:

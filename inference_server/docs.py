@@ -83,7 +83,7 @@ def openapi():
 
 
 @bp.get("/docs")
-@doc("Interactive API documentation (Swagger UI)", responses={200: TEXT}, media="text/html")
+@doc("Interactive API documentation (Swagger UI)", responses={200: TEXT}, media=("text/html",))
 @public
 @exempt
 def page():
@@ -95,7 +95,7 @@ def page():
     "The page's scripts, styles and icon",
     path={"asset": {"type": "string", "enum": sorted(SERVED_ASSETS)}},
     responses={200: TEXT},
-    media="*/*",
+    media=("text/css", "text/javascript", "image/png"),
 )
 @public
 @exempt

@@ -12,13 +12,15 @@ from .models import ACTIONS
 from .settings import MODEL_NAME
 
 NAME = {"type": "string", "pattern": MODEL_NAME.pattern}
+ANY = {"description": "a number, or a list of them nested as the model's input or output"}
 SAMPLES = {
     "description": "a list of samples, each a (nested) list of numbers shaped like the model's "
     "input; a flat list of numbers is one sample",
     "type": "array",
     "minItems": 1,
+    "items": ANY,
 }
-NUMBERS = {"description": "the model's outputs, one row per sample", "type": "array"}
+NUMBERS = {"description": "the model's outputs, one row per sample", "type": "array", "items": ANY}
 
 PREDICT = body({"data": SAMPLES, "model": NAME}, "data")
 PREDICT_WITH = body({"data": SAMPLES, "model": NAME}, "data")
@@ -82,7 +84,7 @@ MODEL = answer(
         "source": {"type": "string", "enum": ["config", "api"]},
         "description": {"type": ["string", "null"]},
         "input": {"type": "object"},
-        "outputs": {"type": ["array", "null"]},
+        "outputs": {"type": ["array", "null"], "items": {"type": "string"}},
         "loaded_at": {"type": ["string", "null"], "format": "date-time"},
         "lazy": {"type": "boolean"},
         "details": {"type": "object"},

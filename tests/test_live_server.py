@@ -46,6 +46,7 @@ def test_readme_walkthrough_runs_against_a_real_server(tmp_path):
         assert done.returncode == 0, done.stderr
         walkthrough, models = done.stdout.split("--- models ---")
         assert '"error"' not in walkthrough, walkthrough
+        assert "/predict post" in walkthrough and "/auth/api-keys get,post" in walkthrough
         assert walkthrough.count('"predictions"') == 2
         assert '"predictions":[[0.5]]' in walkthrough
         assert "password changed" in walkthrough

@@ -1,0 +1,154 @@
+"""GET /openapi.json and GET /docs: every route described, security read from the code, the page
+served from this server alone (checked in a real headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from auth.extension import PUBLIC_ATTR
+from auth.openapi import SCOPES_ATTR
+from tests.conftest import assert_error
+from tests.live import live_server
+
+HIDDEN = {"HEAD", "OPTIONS"}
+
+
+def _openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule)
+
+
+def test_every_route_is_described_and_every_description_is_a_route(app, client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+    routes = {
+        (_openapi_path(rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - HIDDEN
+    }
+    described = {(path, method) for path, ops in paths.items() for method in ops}
+    assert described == routes
+    assert len(routes) >= 25
+
+
+def test_every_guarded_operation_declares_the_scopes_its_decorator_enforces(app, client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+    guarded = 0
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        for method in rule.methods - HIDDEN:
+            operation = paths[_openapi_path(rule.rule)][method.lower()]
+            if getattr(view, PUBLIC_ATTR, False):
+                assert operation["security"] == [], rule.rule
+                continue
+            scopes = sorted(getattr(view, SCOPES_ATTR, ()))
+            assert operation["security"] == [{"bearerAuth": scopes}, {"apiKeyAuth": scopes}]
+            assert {"401", "429"} <= set(operation["responses"]), rule.rule
+            assert ("403" in operation["responses"]) == bool(scopes), rule.rule
+            guarded += 1
+    assert guarded >= 18
+
+
+def test_error_answers_carry_the_codes_of_their_status(client):
+    spec = client.get("/openapi.json").get_json()
+    login = spec["paths"]["/auth/login"]["post"]["responses"]["401"]
+    schema = login["content"]["application/json"]["schema"]
+    codes = schema["properties"]["error"]["properties"]["code"]["enum"]
+    assert "INVALID_CREDENTIALS" in codes and "TOKEN_EXPIRED" in codes
+    assert set(spec["components"]["securitySchemes"]) == {"bearerAuth", "apiKeyAuth"}
+    assert spec["openapi"] == "3.1.0"
+
+
+def test_simple_mode_describes_the_same_routes_without_security(make_app):
+    spec = make_app(auth={"enabled": False}).test_client().get("/openapi.json").get_json()
+    assert "securitySchemes" not in spec["components"]
+    operations = [op for ops in spec["paths"].values() for op in ops.values()]
+    assert operations and all(op["security"] == [] for op in operations)
+
+
+def test_docs_enabled_false_leaves_both_routes_out(make_app):
+    client = make_app(docs={"enabled": False}).test_client()
+    for path in ("/openapi.json", "/docs"):
+        assert_error(client.get(path), 404, "NOT_FOUND")
+
+
+def test_the_page_and_its_assets_need_no_credentials_and_no_other_host(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "//" not in html  # every reference is relative to this server
+    assert "validatorUrl: null" in html  # no validator badge fetched from swagger.io
+    for asset in re.findall(r'(?:src|href)="([^"]+)"', html):
+        with client.get(f"/{asset}") as served:  # a file answer: closed when read
+            assert served.status_code == 200, asset
+    assert_error(client.get("/docs/index.html"), 404, "NOT_FOUND")  # only the listed assets
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/predict", {"modle": "demo", "data": [[1.0, 2.0, 3.0]]}, "modle"),
+        ("/predict/batch", {"inputs": [[[1.0, 2.0, 3.0]]], "model": "demo", "x": 1}, "x"),
+        ("/auth/api-keys", {"name": "k", "expires": 30}, "expires"),
+        (
+            "/auth/login",
+            {"username": "admin", "password": "admin123", "remember": True},
+            "remember",
+        ),
+    ],
+)
+def test_a_field_the_endpoint_does_not_take_is_refused_by_name(actor, path, body, field):
+    answer = actor.client.post(path, json=body, headers=actor.admin_headers())
+    error = assert_error(answer, 400, "VALIDATION_ERROR")
+    assert error["details"]["field"] == field and repr(field) in error["message"]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_the_docs_page_renders_every_operation_in_a_real_browser_without_leaving_the_server(
+    tmp_path,
+):
+    with live_server(tmp_path / "data") as server:
+        net_log = tmp_path / "net.json"
+        shown = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                f"--log-net-log={net_log}",
+                "--virtual-time-budget=15000",
+                "--dump-dom",
+                server.url("/docs"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        dom = shown.stdout
+    assert 'data-path="/predict"' in dom and 'data-path="/auth/login"' in dom
+    assert "btn authorize" in dom  # the Authorize button: both security schemes
+    # What the page asked for (Chromium's own background requests have no page origin).
+    log = json.loads(net_log.read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    asked = {
+        event["params"]["url"]
+        for event in log["events"]
+        if event["type"] == start and event.get("params", {}).get("initiator") == server.base
+    }
+    assert (
+        server.url("/openapi.json") in asked and server.url("/docs/swagger-ui-bundle.js") in asked
+    )
+    assert all(url.startswith(server.base + "/") for url in asked), asked
