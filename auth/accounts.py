@@ -17,7 +17,7 @@ import secrets
 from typing import Any
 
 from . import api_keys, sessions
-from .config import rate_limit
+from .config import limit_string
 from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, ValidationError
 from .extension import AuthState
 from .passwords import password_problem
@@ -152,9 +152,7 @@ def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, acto
         )
     if clean.get("rate_limit") is not None:
         try:
-            if not isinstance(clean["rate_limit"], str):
-                raise ValueError("a rate limit such as '100/minute'")
-            rate_limit(clean["rate_limit"])
+            clean["rate_limit"] = limit_string(clean["rate_limit"])
         except ValueError as exc:
             raise ValidationError(
                 f"'rate_limit' must be {exc}", details={"field": "rate_limit"}

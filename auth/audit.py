@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,10 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def read_events(
-    path: Path, *, count: int, user: str | None = None, event: str | None = None
+    path: Path, *, count: int, user: Collection[str] = (), event: str | None = None
 ) -> list[dict[str, Any]]:
-    """The last `count` events, optionally only those naming `user` or of kind `event`."""
+    """The last `count` events, optionally only those about or by a user (any of the ids and
+    names in `user`) or of kind `event`."""
     found: deque[dict[str, Any]] = deque(maxlen=count)
     for line in _lines(path):
         try:
@@ -106,7 +107,9 @@ def read_events(
             continue  # a line cut by a crash: skip it, keep reading
         if event and entry.get("event") != event:
             continue
-        if user and user not in (entry.get("user_id"), entry.get("actor"), entry.get("username")):
+        if user and not {entry.get("user_id"), entry.get("actor"), entry.get("username")} & set(
+            user
+        ):
             continue
         found.append(entry)
     return list(found)

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from limits import parse_many
+from limits.storage import storage_from_string
 
 from .passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from .tokens import MIN_SECRET_BYTES, secret_problem
 
 
 def setting(default: Any = None, *, help: str, factory: Any = None, **bounds: Any) -> Any:
@@ -35,10 +37,49 @@ def rate_limit(value: str) -> None:
         raise ValueError("a rate limit such as '100/minute' or '10 per second'") from None
 
 
+def strong_secret(value: str) -> None:
+    if secret_problem(value):
+        raise ValueError(
+            f"at least {MIN_SECRET_BYTES} random bytes, not a placeholder (generate one with "
+            "`openssl rand -hex 32`)"
+        )
+
+
+def limit_storage(uri: str) -> None:
+    """Refuse a URI that the rate limiter's own storage factory (the `limits` library) would
+    refuse when the server starts; nothing is connected to."""
+    if uri.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "the redis package for a Redis URI: pip install -e '.[redis]'"
+            ) from None
+    try:
+        storage_from_string(uri)
+    except Exception as exc:  # the factory raises ValueError, ConfigurationError, ...
+        raise ValueError(
+            f"a storage URI such as memory:// or redis://host:6379/0 ({exc})"
+        ) from None
+
+
+def limit_string(value: Any) -> str:
+    """A user's rate limit as flask-limiter reads it, from an integer (per minute, as
+    `auth.rate_limit_per_minute`) or a limits string such as '100/minute'."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return f"{value}/minute"
+    if isinstance(value, str):
+        rate_limit(value)
+        return value
+    raise ValueError("an integer (per minute) or a rate limit such as '100/minute'")
+
+
 @dataclass(frozen=True)
 class RateLimitSettings:
     storage_uri: str = setting(
-        "memory://", help="where counters live: memory:// (per process) or redis://host:6379/0"
+        "memory://",
+        check=limit_storage,
+        help="where counters live: memory:// (per process) or redis://host:6379/0",
     )
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = setting(
         "sliding-window-counter", help="how requests are counted (flask-limiter strategies)"
@@ -75,7 +116,10 @@ class DefaultAdmin:
 class AuthSettings:
     enabled: bool = setting(True, help="false = open simple mode: no credentials anywhere")
     jwt_secret: str | None = setting(
-        None, help="HMAC secret (>= 32 bytes); null = generate once into the data dir (0600)"
+        None,
+        check=strong_secret,
+        secret=True,
+        help="HMAC secret (>= 32 bytes); null = generate once into the data dir (0600)",
     )
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = setting(
         "HS256", help="JWT signing algorithm, pinned on decode"

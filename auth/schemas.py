@@ -27,8 +27,8 @@ NEW_PASSWORD = {
 USERNAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"}
 EMAIL = {"type": "string", "format": "email", "maxLength": 255}
 RATE_LIMIT = {
-    "type": ["string", "null"],
-    "description": "a limit such as '100/minute'; null = the role's",
+    "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}, {"type": "null"}],
+    "description": "requests per minute, or a limit such as '1000/hour'; null = the role's",
 }
 
 

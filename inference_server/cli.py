@@ -92,9 +92,15 @@ def _new_password(password_stdin: bool, password: str | None, label: str = "Pass
     return click.prompt(label, hide_input=True, confirmation_prompt=True)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="inference-server", prog_name="inference-server")
 def cli() -> None:
-    """Model inference server with authentication."""
+    """Model inference server with authentication.
+
+    Without a command it serves (the `serve` command):
+
+        python run.py [--config FILE] [--host HOST] [--port PORT] [--workers N]
+    """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
@@ -114,30 +120,76 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int |
         raise click.ClickException(f"{exc}; refusing to start") from None
 
 
+def _ask(prompt: str, check: Callable[[str], Any], given: str | None) -> Any:
+    """`check(given)`, or, when nothing was given, ask until the answer passes `check`."""
+    if given is not None:
+        return check(given)
+    while True:
+        try:
+            return check(click.prompt(prompt))
+        except ApiError as exc:
+            click.echo(f"Error: {exc.description}", err=True)
+
+
+def _create_user(state: AuthState, role: str, *, username, email, password, password_stdin):
+    """Create a user from options, asking for what is missing (again after a refusal)."""
+    username = _ask("Username", check_username, username)
+    email = _ask("Email", check_email, email)
+    asking = password is None and not password_stdin
+    while True:
+        secret = _new_password(password_stdin, password)
+        try:
+            return accounts.create_user(
+                state, username=username, email=email, password=secret, role=role, actor=_actor()
+            )
+        except ApiError as exc:
+            if not asking or (exc.details or {}).get("field") != "password":
+                raise
+            click.echo(f"Error: {exc.description}", err=True)
+
+
+def _print_key(key: str, record: dict[str, Any], owner: str) -> None:
+    """The key on standard output (for a script to capture), what it is on standard error."""
+    click.echo(f"API key {record['id']} for {owner} (shown once, keep it safe):", err=True)
+    click.echo(key)
+
+
+user_options = [
+    config_option,
+    click.option("--username", help="prompted for when missing"),
+    click.option("--email", help="prompted for when missing"),
+    click.option("--password", help="prefer --password-stdin: options show up in process lists"),
+    click.option("--password-stdin", is_flag=True, help="read the password from standard input"),
+]
+
+
+def with_user_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(user_options):
+        fn = option(fn)
+    return fn
+
+
 @cli.command("create-admin")
-@config_option
-@click.option("--username", help="prompted for when missing")
-@click.option("--email", help="prompted for when missing")
-@click.option("--password", help="prefer --password-stdin: options show up in process lists")
-@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@with_user_options
 @click.option("--with-key", metavar="NAME", help="also create an API key and print it once")
 @refusals
 def create_admin(config, username, email, password, password_stdin, with_key) -> None:
     """Create an admin. Used before the first start, no default admin is ever created."""
     state = _state(config)
-    username = check_username(username or click.prompt("Username"))
-    email = check_email(email or click.prompt("Email"))
-    secret = _new_password(password_stdin, password)
-    user = accounts.create_user(
-        state, username=username, email=email, password=secret, role="admin", actor=_actor()
+    user = _create_user(
+        state,
+        "admin",
+        username=username,
+        email=email,
+        password=password,
+        password_stdin=password_stdin,
     )
     click.echo(f"created admin {user['username']} ({user['id']})")
     if with_key:
         key, record = accounts.create_key(
             state, user, name=with_key, actor=_actor(), scopes=sorted(ALL_SCOPES)
         )
-        click.echo(f"API key {record['id']} (shown once, keep it safe):")
-        click.echo(key)
+        _print_key(key, record, user["username"])
 
 
 # -- users -------------------------------------------------------------------------------
@@ -148,17 +200,39 @@ def users() -> None:
     """Manage users."""
 
 
-def _user_line(user: dict[str, Any]) -> str:
-    state = "active" if user["is_active"] else "disabled"
-    return f"{user['id']}  {user['username']:<20} {user['email']:<30} {user['role']:<6} {state}"
+USER_COLUMNS = "{:<22}  {:<20} {:<30} {:<6} {:<8} {}"
 
 
 @users.command("list")
 @config_option
 def users_list(config) -> None:
     """List every user."""
+    click.echo(USER_COLUMNS.format("ID", "USERNAME", "EMAIL", "ROLE", "STATE", "RATE LIMIT"))
     for user in accounts.list_users(_state(config)):
-        click.echo(_user_line(user))
+        state = "active" if user["is_active"] else "disabled"
+        limit = user.get("rate_limit") or "role default"
+        click.echo(
+            USER_COLUMNS.format(
+                user["id"], user["username"], user["email"], user["role"], state, limit
+            )
+        )
+
+
+@users.command("create")
+@with_user_options
+@click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@refusals
+def users_create(config, username, email, password, password_stdin, role) -> None:
+    """Create a user (or an admin with --role admin)."""
+    user = _create_user(
+        _state(config),
+        role,
+        username=username,
+        email=email,
+        password=password,
+        password_stdin=password_stdin,
+    )
+    click.echo(f"created {role} {user['username']} ({user['id']})")
 
 
 @users.command("show")
@@ -205,6 +279,19 @@ def users_enable(config, user) -> None:
 def users_set_role(config, user, role) -> None:
     """Make a user an admin, or an admin a user."""
     _update(config, user, {"role": role}, f"role is now {role}")
+
+
+@users.command("set-rate-limit")
+@config_option
+@click.argument("user")
+@click.argument("limit")
+@refusals
+def users_set_rate_limit(config, user, limit) -> None:
+    """Set a user's own rate limit: requests per minute (100) or a limit ('1000/hour');
+    'none' gives them their role's again."""
+    value: Any = None if limit.lower() == "none" else int(limit) if limit.isdigit() else limit
+    done = "rate limit is now the role's" if value is None else f"rate limit is now {limit}"
+    _update(config, user, {"rate_limit": value}, done)
 
 
 @users.command("delete")
@@ -283,10 +370,7 @@ def keys_create(config, user, name, scopes, expires_days) -> None:
         expires_days=expires_days,
         scopes=[s.strip() for s in scopes.split(",") if s.strip()] if scopes else None,
     )
-    click.echo(
-        f"API key {record['id']} for {owner['username']} (shown once, keep it safe):", err=True
-    )
-    click.echo(key)
+    _print_key(key, record, owner["username"])
 
 
 @keys.command("revoke")
@@ -354,8 +438,17 @@ def masked(settings: Settings) -> dict[str, Any]:
 @config_group.command("check")
 @config_option
 def config_check(config) -> None:
-    """Validate the config files and INFERENCE_* variables; print the result, secrets masked."""
+    """Validate the config files and INFERENCE_* variables as the server does at start (every
+    layer, the secret's strength, the rate limit storage URI, readable model files); print the
+    result, secrets masked."""
     settings = _load(config)
+    unreadable = [
+        f"models.registry[{i}].path: model {spec.name!r}: cannot read {spec.path}"
+        for i, spec in enumerate(settings.models.registry)
+        if not (os.path.isfile(spec.path) and os.access(spec.path, os.R_OK))
+    ]
+    if unreadable:
+        raise click.ClickException("invalid configuration:\n  - " + "\n  - ".join(unreadable))
     click.echo(yaml.safe_dump(masked(settings), sort_keys=False), nl=False)
     click.echo("# configuration is valid", err=True)
 
@@ -368,19 +461,27 @@ def audit() -> None:
 @audit.command("tail")
 @config_option
 @click.option("-n", "count", type=click.IntRange(1, 100_000), default=20, show_default=True)
-@click.option("--user", help="events about or by this user id")
+@click.option("--user", help="events about or by this user (id, username or email)")
 @click.option("--event", help="only this event, e.g. auth.login")
+@refusals
 def audit_tail(config, count, user, event) -> None:
     """Print the most recent audit events, one JSON object per line."""
     from auth.audit import read_events
 
     settings = _load(config)
-    for entry in read_events(settings.data_dir / "audit.log", count=count, user=user, event=event):
+    names: tuple[str, ...] = ()
+    if user:
+        record = accounts.find(_state(config), user)
+        names = (record["id"], record["username"])
+    entries = read_events(settings.data_dir / "audit.log", count=count, user=names, event=event)
+    for entry in entries:
         click.echo(json.dumps(entry, sort_keys=True))
+    if not entries:
+        click.echo("no audit events match", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h")):
+    if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h", "--version")):
         args.insert(0, "serve")
     cli.main(args=args, prog_name="inference-server")

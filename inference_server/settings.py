@@ -167,24 +167,30 @@ def load_settings(
 ) -> Settings:
     """Build the effective settings from all layers; `overrides` (flags, tests) win over all."""
     environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
-    origins: dict[tuple[str, ...], str] = {}
-    _merge(merged, _read_yaml(DEFAULT_CONFIG), DEFAULT_CONFIG.name, origins, ())
+    layers = [(DEFAULT_CONFIG.name, _read_yaml(DEFAULT_CONFIG))]
     config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
     if config_file:
-        _merge(merged, _read_yaml(Path(config_file)), str(config_file), origins, ())
+        layers.append((str(config_file), _read_yaml(Path(config_file))))
     for name, value in sorted(environ.items()):
         path = _env_path(name)
         if path is not None:
-            _merge(merged, _nest(path, _parse_env(name, value)), f"env {name}", origins, ())
+            layers.append((f"env {name}", _nest(path, _parse_env(name, value))))
     if overrides:
-        _merge(merged, dict(overrides), "command line", origins, ())
+        layers.append(("command line", dict(overrides)))
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
     errors: list[str] = []
+    for origin, layer in layers:
+        # Each layer on its own first: a mistake in a file is reported even where a higher
+        # layer (an environment variable, say) sets the same key.
+        _build(Settings, layer, (), {(): origin}, errors)
+        _merge(merged, layer, origin, origins, ())
     settings = _build(Settings, merged, (), origins, errors)
     if not errors:
         _check_models(settings.models, origins, errors)
     if errors:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+        unique = list(dict.fromkeys(errors))
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {e}" for e in unique))
     return settings
 
 
@@ -207,7 +213,9 @@ def _check_models(models: ModelSettings, origins, errors: list[str]) -> None:
     if models.default not in names:
         errors.append(
             f"models.default ({_origin(origins, ('models', 'default'))}): "
-            f"{models.default!r} is not a name in models.registry"
+            f"{models.default!r} is not a name in models.registry "
+            f"({_origin(origins, ('models', 'registry'))}; a list in a layer replaces the list "
+            "below it whole: list every model you serve there, or set models.default)"
         )
 
 
@@ -359,7 +367,8 @@ def _convert(tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors
         return None
     problem = _check_bounds(value, meta)
     if problem:
-        errors.append(f"{where}: expected {problem}, got {value!r}")
+        shown = "a value not shown here" if meta.get("secret") else repr(value)
+        errors.append(f"{where}: expected {problem}, got {shown}")
         return None
     return float(value) if tp is float else value
 

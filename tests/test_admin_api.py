@@ -79,6 +79,9 @@ def test_patch_user_fields(app, client, actor, admin):
     assert {k: body[k] for k in changes} == changes
     cleared = client.patch(f"/admin/users/{uid}", json={"rate_limit": None}, headers=admin)
     assert cleared.get_json()["rate_limit"] is None
+    # An integer is per minute, as auth.rate_limit_per_minute in the config.
+    per_minute = client.patch(f"/admin/users/{uid}", json={"rate_limit": 10}, headers=admin)
+    assert per_minute.get_json()["rate_limit"] == "10/minute"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +90,8 @@ def test_patch_user_fields(app, client, actor, admin):
         ({"role": "root"}, "role"),
         ({"is_active": "no"}, "is_active"),
         ({"rate_limit": "lots"}, "rate_limit"),
-        ({"rate_limit": 5}, "rate_limit"),
+        ({"rate_limit": 0}, "rate_limit"),
+        ({"rate_limit": True}, "rate_limit"),
         ({"email": "nope"}, "email"),
         ({"password_hash": "x"}, "password_hash"),
         ({}, None),

@@ -169,7 +169,13 @@ def test_audit_tail_filters(run):
     assert events == ["user.registered", "api_key.created"]
     only = run("audit", "tail", "--event", "api_key.created").output.strip().splitlines()
     assert len(only) == 1
-    assert run("audit", "tail", "--user", "usr_nobody").output == ""
+    nobody = run("audit", "tail", "--user", "usr_nobody")
+    assert nobody.exit_code == 1 and "no user 'usr_nobody'" in nobody.output
+    # A user is named any way the CLI names users: their id, username or email.
+    by_id = run("audit", "tail", "--user", _user_id(run, "root")).output
+    for ref in ("root", "root@example.org"):
+        assert run("audit", "tail", "--user", ref).output == by_id
+    assert [json.loads(line)["event"] for line in by_id.strip().splitlines()] == events
 
 
 def test_corrupt_store_is_reported_not_overwritten(run, data_dir):
@@ -253,6 +259,8 @@ def test_readme_operator_commands_run_as_written(tmp_path):
         "ADMIN_PASSWORD": "the operators own passphrase",
         "PATH": "/usr/bin:/bin",
         "PYTHON": sys.executable,
+        # The block runs outside the checkout: the shipped model by its full path.
+        "INFERENCE_MODELS__REGISTRY": f"[{{name: demo, path: {REPO / 'data/models/demo.json'}}}]",
     }
     script = block.replace("python run.py", f'"$PYTHON" {REPO / "run.py"}')
     done = subprocess.run(
@@ -287,3 +295,79 @@ def test_backup_copies_a_consistent_data_dir_that_serves(run, data_dir, tmp_path
     )
     assert answer.status_code == 200
     assert {k["name"] for k in on_disk(target, "api_keys").values()} == {"ops", "second"}
+
+
+def _user_id(run, ref: str) -> str:
+    return json.loads(run("users", "show", ref).stdout)["id"]
+
+
+def test_a_key_goes_to_standard_output_and_what_it_is_to_standard_error(run):
+    for made in (
+        run(
+            "create-admin",
+            *("--username", "root", "--email", "r@example.org", "--password-stdin"),
+            *("--with-key", "ops"),
+            input=GOOD + "\n",
+        ),
+        run("keys", "create", "--user", "root", "--name", "nightly"),
+    ):
+        assert made.exit_code == 0, made.output
+        key = made.stdout.strip().splitlines()[-1]
+        assert key.startswith("sk_live_") and key not in made.stderr
+        assert "shown once" in made.stderr and "shown once" not in made.stdout
+
+
+def test_users_create_asks_again_after_a_refused_answer(run):
+    answers = [
+        "jo",  # too short a username
+        "joan",
+        "not-an-email",
+        "joan@example.org",
+        "password",  # a common password, typed twice
+        "password",
+        GOOD,
+        GOOD,
+    ]
+    made = run("users", "create", input="\n".join(answers) + "\n")
+    assert made.exit_code == 0, made.output
+    assert "created user joan" in made.stdout
+    assert made.stderr.count("Error:") == 3  # each refusal said why, then asked again
+    shown = json.loads(run("users", "show", "joan").stdout)
+    assert (shown["role"], shown["email"]) == ("user", "joan@example.org")
+    admin = run("users", "create", "--role", "admin", "--username", "ada", "--email", "a@e.org",
+                "--password-stdin", input=GOOD + "\n")  # fmt: skip
+    assert (
+        admin.exit_code == 0 and json.loads(run("users", "show", "ada").stdout)["role"] == "admin"
+    )
+    # Not interactive: a refusal is final (exit 1), nothing is asked.
+    weak = run("users", "create", "--username", "kim", "--email", "k@e.org", "--password-stdin",
+               input="password\n")  # fmt: skip
+    assert weak.exit_code == 1 and "common" in weak.output
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [("50", "50/minute"), ("1000/hour", "1000/hour"), ("none", None)]
+)
+def test_users_set_rate_limit_takes_a_number_per_minute_or_a_limit(run, given, stored):
+    _admin(run)
+    done = run("users", "set-rate-limit", "root", given)
+    assert done.exit_code == 0, done.output
+    assert json.loads(run("users", "show", "root").stdout)["rate_limit"] == stored
+    bad = run("users", "set-rate-limit", "root", "fast")
+    assert bad.exit_code == 1 and "rate_limit" in bad.output
+
+
+def test_users_list_has_a_header_row(run):
+    _admin(run)
+    header, *rows = run("users", "list").stdout.splitlines()
+    assert header.split()[:4] == ["ID", "USERNAME", "EMAIL", "ROLE"]
+    assert len(rows) == 1 and "root" in rows[0]
+
+
+def test_help_version_and_the_serve_options_in_the_top_help(run):
+    short = run("-h")
+    assert short.exit_code == 0 and short.stdout == run("--help").stdout
+    assert "--config" in short.stdout and "--port" in short.stdout
+    version = run("--version")
+    assert version.exit_code == 0 and "0.1.0" in version.stdout
+    assert run("users", "-h").exit_code == 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import jwt
 import pytest
 
 from auth.tokens import SecretError, TokenSigner, load_secret, secret_problem
+from inference_server.settings import ConfigError
 from tests.conftest import ADMIN, PASSWORD, assert_error, bearer
 
 
@@ -220,9 +222,14 @@ def test_user_disabled_or_deleted_fails_at_once(app, actor):
     ],
 )
 def test_weak_or_placeholder_secret_is_refused(make_app, secret):
-    with pytest.raises(SecretError):
+    # Refused with the rest of the configuration (so `config check` refuses it too), never
+    # echoed: the message names the key, not the value.
+    with pytest.raises(ConfigError, match="auth.jwt_secret") as refused:
         make_app(auth={"jwt_secret": secret})
+    assert secret not in str(refused.value)
     assert secret_problem(secret)
+    with pytest.raises(SecretError):  # and by the extension itself, for any app that uses it
+        load_secret(secret, Path("unused"))
 
 
 def test_strong_configured_secret_is_used(make_app):
