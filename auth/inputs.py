@@ -13,6 +13,7 @@ from .errors import ValidationError
 from .openapi import body_schema
 
 _MISSING = object()
+FORM = "application/x-www-form-urlencoded"
 DEFAULT_MAX_DEPTH = 64
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
@@ -41,7 +42,7 @@ def nested_deeper_than(raw: bytes, limit: int) -> bool:
 def json_body(*, allow_form: bool = False) -> dict[str, Any]:
     """The request body as a dict: JSON, or form-urlencoded where `allow_form`; a field the
     view does not declare is refused (`refuse_unknown_fields`)."""
-    if allow_form and request.mimetype == "application/x-www-form-urlencoded":
+    if allow_form and request.mimetype == FORM:
         body = request.form.to_dict()
     else:
         body = parse_json_object(json_bytes(allow_form=allow_form), max_depth=max_json_depth())
@@ -58,7 +59,8 @@ def refuse_unknown_fields(body: dict[str, Any]) -> dict[str, Any]:
     unknown = [name for name in body if name not in allowed]
     if unknown:
         raise ValidationError(
-            f"unknown field {unknown[0]!r}; this endpoint takes: {', '.join(allowed)}",
+            f"unknown field {unknown[0]!r}; this endpoint takes: {', '.join(allowed)}"
+            + _form_hint(),
             details={"field": unknown[0], "allowed": list(allowed)},
         )
     return body
@@ -102,6 +104,13 @@ def parse_json_object(
     return body
 
 
+def _form_hint() -> str:
+    # `curl -d '{"username": ...}'` sends a form: the JSON arrives as one form field's name.
+    if request.mimetype == FORM:
+        return " (the body was read as form data; send Content-Type: application/json)"
+    return ""
+
+
 def text(
     body: dict[str, Any],
     name: str,
@@ -114,7 +123,7 @@ def text(
     value = body.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
-            raise ValidationError(f"'{name}' is required", details={"field": name})
+            raise ValidationError(f"'{name}' is required{_form_hint()}", details={"field": name})
         return None
     if not isinstance(value, str):
         raise ValidationError(f"'{name}' must be a string", details={"field": name})

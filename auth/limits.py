@@ -76,8 +76,12 @@ class RateLimited(ApiError):
 
 
 def keep_own_limit_headers(response):
+    """After flask-limiter's headers: restore our own 429's, and keep Retry-After to the answers
+    it means something on (flask-limiter puts it on every answer, 200s included)."""
     for name, value in g.pop("own_limit_headers", {}).items():
         response.headers[name] = value
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
     return response
 
 

@@ -59,7 +59,8 @@ def create_app(
     """Build the app from `settings`, or from the config layers plus test `overrides`;
     `clock` and `sleep` let tests control time. `check_only` builds it only to prove that it
     can start (the server's check before its workers): the data files are checked, not
-    loaded, and making the default admin is left to the workers."""
+    loaded, and making the default admin and loading the models are left to the workers (so
+    that each start-up message is logged once)."""
     if settings is None:
         settings = load_settings(overrides=overrides)
     app = Flask(__name__, static_folder=None)
@@ -73,6 +74,9 @@ def create_app(
         limits=settings.rate_limits,
         default_admin=not check_only,
     )
+    if check_only:
+        models_store(settings).open()
+        return app
     app.extensions["models"] = models.ModelRegistry(settings.models, store=models_store(settings))
     predict.init_app(
         app,

@@ -111,13 +111,20 @@ def cli() -> None:
 @click.option("--workers", type=int, help="worker processes (default from config: 1)")
 def serve(config: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the API (the default command)."""
+    from .serve import PortUnavailable
     from .serve import serve as run_server
 
     settings = _load(config, host=host, port=port, workers=workers)
     try:
         run_server(settings, config_file=config)
+    except PortUnavailable as exc:
+        raise BadAddress(str(exc)) from None
     except (StoreCorrupt, SecretError, LimiterConfigError) as exc:
         raise click.ClickException(f"{exc}; refusing to start") from None
+
+
+class BadAddress(click.ClickException):
+    exit_code = 2  # bad usage: the address given (or configured) cannot be served on
 
 
 def _ask(prompt: str, check: Callable[[str], Any], given: str | None) -> Any:

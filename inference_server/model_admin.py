@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify
 
 from auth import auth_state, json_body, require_auth
-from auth.errors import ValidationError
+from auth.errors import PermissionDenied, ValidationError
 from auth.inputs import text
 from auth.openapi import doc
 
@@ -24,6 +24,16 @@ bp = Blueprint("models", __name__, url_prefix="/models")
 
 # What a download may say about the model; the path is ours to choose.
 SPEC_FIELDS = ("name", "backend", "version", "description", "input", "outputs", "options", "lazy")
+
+
+def _may_manage() -> None:
+    """In simple mode nobody is authenticated: changing models is off unless asked for."""
+    settings = current_app.extensions["settings"]
+    if not settings.auth.enabled and not settings.models.manage_in_simple_mode:
+        raise PermissionDenied(
+            "model management is off while authentication is disabled (simple mode): anyone "
+            "who reaches this port could use it; set models.manage_in_simple_mode: true to allow"
+        )
 
 
 def _audit(event: str, **fields: Any) -> None:
@@ -50,10 +60,11 @@ def show_model(name: str):
     "Load, unload, reload or remove a model, or make it the default",
     body=schemas.MANAGE,
     responses={200: schemas.MANAGED},
-    errors=(404, 409),
+    errors=(403, 404, 409),
 )
 @require_auth(scopes=["models:manage"])
 def manage():
+    _may_manage()
     body = json_body()
     action = body.get("action")
     if action not in ACTIONS:
@@ -71,10 +82,11 @@ def manage():
     "Fetch a model file, check its sha256, load and register it",
     body=schemas.DOWNLOAD,
     responses={201: schemas.DOWNLOADED},
-    errors=(409,),
+    errors=(403, 409),
 )
 @require_auth(scopes=["models:manage"])
 def download():
+    _may_manage()
     body = json_body()
     url = text(body, "url", max_len=2048)
     sha256 = text(body, "sha256", required=False, max_len=64, min_len=64)

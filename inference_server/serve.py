@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -80,9 +81,26 @@ def worker_environment(settings: Settings, config_file: str | None) -> dict[str,
     return env
 
 
+class PortUnavailable(Exception):
+    """The address to serve on cannot be bound (in use, or not ours to bind)."""
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind and let go of host:port as gunicorn will (SO_REUSEADDR), so that a port in use is
+    one clear line here instead of gunicorn retrying for seconds."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def serve(settings: Settings, *, config_file: str | None = None) -> NoReturn:
     # Fail fast, in one process, on anything that would stop every worker.
     create_app(settings, check_only=True)
+    check_address(settings.server.host, settings.server.port)
     for warning in startup_warnings(settings):
         log.warning(warning)
     command = gunicorn_command(settings)

@@ -132,6 +132,11 @@ class ModelSettings:
     download_roots: list[str] = setting(
         factory=list, help="folders whose files file:// downloads may read; empty = no file URLs"
     )
+    manage_in_simple_mode: bool = setting(
+        False,
+        help="with auth.enabled: false, allow POST /models/manage and /models/download to anyone "
+        "who reaches the port",
+    )
     download_allow_hosts: list[str] = setting(
         factory=list,
         help="hosts downloads may reach although they resolve to loopback or private addresses",

@@ -210,3 +210,13 @@ def test_a_full_width_look_alike_of_an_email_is_the_same_email(client, admin):
     full_width = "\uff41\uff44\uff4d\uff49\uff4e@localhost"  # "admin@localhost" in full width
     response = client.post("/auth/register", json={**body, "email": full_width}, headers=admin)
     assert assert_error(response, 409, "CONFLICT")["details"]["field"] == "email"
+
+
+@pytest.mark.parametrize(
+    "body", ['{"username": "admin", "password": "admin123"}', "password=admin123"]
+)
+def test_json_sent_as_a_form_says_how_it_was_read(client, body):
+    # What `curl -d` without -H 'Content-Type: application/json' sends.
+    sent = client.post("/auth/login", data=body, content_type="application/x-www-form-urlencoded")
+    error = assert_error(sent, 400, "VALIDATION_ERROR")
+    assert "read as form data; send Content-Type: application/json" in error["message"]

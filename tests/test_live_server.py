@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -156,3 +157,22 @@ def test_a_stopping_worker_writes_the_key_use_it_noted(tmp_path):
         assert on_disk(data_dir, "api_key_usage") == {}  # the request wrote nothing
     written = on_disk(data_dir, "api_key_usage")
     assert len(written) == 1 and next(iter(written.values()))["last_used"]
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "run.py", "--port", str(port)],
+            cwd=REPO,
+            env={"INFERENCE_STORAGE__DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]

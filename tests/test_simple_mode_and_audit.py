@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from auth.audit import AuditLog, read_events
 from tests.conftest import Actor, assert_error
 
@@ -54,3 +56,19 @@ def test_read_events_skips_a_torn_line(tmp_path):
         json.dumps({"event": "a"}) + "\n{torn" + "\n" + json.dumps({"event": "b"}) + "\n"
     )
     assert [e["event"] for e in read_events(path, count=10)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/models/manage", {"action": "reload", "model": "demo"}),
+        ("/models/download", {"name": "m", "backend": "builtin", "url": "file:///etc/passwd"}),
+    ],
+)
+def test_simple_mode_leaves_models_alone_unless_told(make_app, path, body):
+    simple = make_app(auth={"enabled": False}).test_client()
+    error = assert_error(simple.post(path, json=body), 403, "INSUFFICIENT_PERMISSIONS")
+    assert "models.manage_in_simple_mode: true" in error["message"]
+    opened = make_app(auth={"enabled": False}, models={"manage_in_simple_mode": True})
+    answer = opened.test_client().post(path, json=body)
+    assert answer.status_code in (200, 400), answer.get_data()  # past the gate: the request's own
