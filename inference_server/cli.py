@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import getpass
 import json
-import logging
 import os
 import re
 import shutil
@@ -36,9 +35,9 @@ from auth.extension import AuthState
 from auth.limits import LimiterConfigError
 from auth.users import ALL_SCOPES, check_email, check_username
 
+from . import logs
 from .settings import ConfigError, Settings, load_settings
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "********"
 
 config_option = click.option(
@@ -101,7 +100,7 @@ def cli() -> None:
 
         python run.py [--config FILE] [--host HOST] [--port PORT] [--workers N]
     """
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logs.configure("text")
 
 
 @cli.command()
@@ -115,6 +114,7 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int |
     from .serve import serve as run_server
 
     settings = _load(config, host=host, port=port, workers=workers)
+    logs.configure(settings.server.log_format)
     try:
         run_server(settings, config_file=config)
     except PortUnavailable as exc:

@@ -63,6 +63,7 @@ def gunicorn_command(settings: Settings) -> list[str]:
         "--timeout=60",
         "--graceful-timeout=10",
         "--error-logfile=-",
+        "--logger-class=inference_server.worker.Logger",
         "--log-level=info",
         "--name=inference-server",
         "--no-control-socket",
@@ -76,8 +77,8 @@ def worker_environment(settings: Settings, config_file: str | None) -> dict[str,
     if config_file:
         env[f"{ENV_PREFIX}CONFIG"] = str(Path(config_file).resolve())
     server = settings.server
-    for key, value in (("host", server.host), ("port", server.port), ("workers", server.workers)):
-        env[f"{ENV_PREFIX}SERVER__{key.upper()}"] = json.dumps(value)  # JSON is YAML
+    for key in ("host", "port", "workers", "log_format"):
+        env[f"{ENV_PREFIX}SERVER__{key.upper()}"] = json.dumps(getattr(server, key))  # JSON is YAML
     return env
 
 

@@ -46,6 +46,10 @@ class ServerSettings:
     max_json_depth: int = setting(
         64, min=2, max=1000, help="deepest nesting of arrays and objects a JSON body may have"
     )
+    log_format: Literal["text", "json"] = setting(
+        "text", help="server log lines (app and gunicorn alike): text, or one JSON object each"
+    )
+    access_log: bool = setting(True, help="log a line per request: method, path, status, time")
     trusted_proxies: list[str] = setting(
         factory=list,
         check=lambda v: [ip_network(n, strict=False) for n in v],

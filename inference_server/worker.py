@@ -6,7 +6,9 @@ does not know (501). It writes those as an HTML page straight to the socket. `Wo
 gunicorn's judgement (status, reason, message) and rewrites that page into the error shape every
 other answer uses, with a request id, so a client parses one format whatever refused it.
 
-gunicorn's master imports this module to find the class, before any worker is patched by
+`Logger` writes gunicorn's own lines in the app's log format.
+
+gunicorn's master imports this module to find the classes, before any worker is patched by
 gevent: it imports nothing of the app at module level (`auth.errors` is imported by the first
 error, in the worker, where the app is already loaded).
 """
@@ -19,7 +21,10 @@ import re
 import uuid
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.workers.ggevent import GeventWorker
+
+from . import logs
 
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
 _MESSAGE = re.compile(rb"</h1>(.*)</body>", re.DOTALL)
@@ -65,6 +70,16 @@ class _ShapedErrors:
 
     def sendall(self, data: bytes) -> None:
         self._sock.sendall(shaped_error(data))
+
+
+class Logger(glogging.Logger):
+    """gunicorn's own lines (master and workers) in the app's format (`logs.py`)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        shared = logs.formatter(logs.configured_format())
+        for handler in self.error_log.handlers:
+            handler.setFormatter(shared)
 
 
 class Worker(GeventWorker):

@@ -11,14 +11,14 @@ import logging
 
 from flask import Flask
 
-from . import standby
+from . import logs, standby
 from .app import create_app
-from .cli import LOG_FORMAT
 from .settings import load_settings
 
-logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+logs.configure(logs.configured_format())  # until the settings say otherwise
 log = logging.getLogger(__name__)
 settings = load_settings()
+logs.configure(settings.server.log_format)
 
 
 def serving_app() -> Flask:
