@@ -341,6 +341,9 @@ def keys() -> None:
     """Manage API keys."""
 
 
+KEY_COLUMNS = "{:<20}  {:<14} {:<22} {:<20} {:<30} {:<8} {:<21} {}"
+
+
 @keys.command("list")
 @config_option
 @click.option("--user", help="only this user's keys")
@@ -349,12 +352,23 @@ def keys_list(config, user) -> None:
     """List keys (never the keys themselves)."""
     state = _state(config)
     owner = accounts.find(state, user)["id"] if user else None
+    click.echo(
+        KEY_COLUMNS.format(
+            "ID", "PREFIX", "USER", "NAME", "SCOPES", "STATE", "EXPIRES", "LAST USED"
+        )
+    )
     for key in accounts.list_keys(state, owner):
-        status = "active" if key["is_active"] else "revoked"
         click.echo(
-            f"{key['id']}  {key['prefix']}…  {key['user_id']}  {key['name']:<20} "
-            f"{','.join(key['scopes']):<30} {status}  expires {key['expires_at'] or 'never'}"
-            f"  last used {key['last_used'] or 'never'}"
+            KEY_COLUMNS.format(
+                key["id"],
+                key["prefix"] + "…",
+                key["user_id"],
+                key["name"],
+                ",".join(key["scopes"]),
+                "active" if key["is_active"] else "revoked",
+                key["expires_at"] or "never",
+                key["last_used"] or "never",
+            )
         )
 
 

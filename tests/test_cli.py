@@ -132,9 +132,10 @@ def test_keys_commands(run):
     assert created.exit_code == 0
     key = created.stdout.strip()
     assert key.startswith("sk_live_") and "\n" not in key
-    listed = run("keys", "list", "--user", "root").output
-    assert "batch" in listed and key not in listed and key[:12] in listed
-    key_id = listed.split()[0]
+    header, row = run("keys", "list", "--user", "root").stdout.splitlines()
+    assert header.split()[:3] == ["ID", "PREFIX", "USER"]
+    assert "batch" in row and key not in row and key[:12] in row
+    key_id = row.split()[0]
     assert run("keys", "revoke", key_id).exit_code == 0
     assert "revoked" in run("keys", "list").output
     bad = run("keys", "create", "--user", "root", "--name", "x", "--scopes", "root")
@@ -241,22 +242,14 @@ def test_deleting_a_user_from_the_cli_stops_their_key_in_a_running_server(tmp_pa
 def test_readme_operator_commands_run_as_written(tmp_path):
     import re
 
-    from auth import accounts
-    from auth.extension import open_state
-    from inference_server.settings import load_settings
-
     readme = (REPO / "README.md").read_text()
     block = re.search(r"<!-- operators:start -->\s*```bash\n(.*?)```", readme, re.S).group(1)
     data_dir = tmp_path / "data"
-    settings = load_settings(
-        environ={}, overrides={"storage": {"data_dir": str(data_dir)}, "auth": {"bcrypt_rounds": 4}}
-    )
-    state = open_state(settings=settings.auth, data_dir=settings.data_dir)
-    accounts.create_user(state, username="alice", email="alice@example.org", password=GOOD)
     env = {
         "INFERENCE_STORAGE__DATA_DIR": str(data_dir),
         "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
         "ADMIN_PASSWORD": "the operators own passphrase",
+        "ALICE_PASSWORD": GOOD,
         "PATH": "/usr/bin:/bin",
         "PYTHON": sys.executable,
         # The block runs outside the checkout: the shipped model by its full path.
