@@ -400,10 +400,10 @@ class Auth:
         # after_request hooks run in reverse: this one runs after flask-limiter's.
         app.after_request(keep_own_limit_headers)
         limits = limits or RateLimitSettings()
-        limiter = init_limiter(app, auth=settings, limits=limits)
+        strategy = init_limiter(app, auth=settings, limits=limits)
         fail_open = limits.on_storage_error == "open"
         state.failed_logins = FailureBudget(
-            limiter,
+            strategy,
             limits.login_failures,
             namespace="login-failures",
             message="too many failed logins for this account; try again later",
@@ -411,7 +411,7 @@ class Auth:
         )
         state.bad_credentials = BadCredentialWatch(
             FailureBudget(
-                limiter,
+                strategy,
                 limits.invalid_credentials,
                 namespace="bad-credentials",
                 message="too many invalid tokens or API keys from this address; try again later",

@@ -45,9 +45,10 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 from flask import Flask, current_app, g, request
-from flask_limiter import ApplicationLimit, Limiter
-from limits import parse
+from limits import RateLimitItem, parse, parse_many
 from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import STRATEGIES, RateLimiter
 
 from .config import AuthSettings, RateLimitSettings
 from .errors import ApiError, StorageBusy, render_error
@@ -128,45 +129,88 @@ def client_address() -> str:
 # -- the limiter -----------------------------------------------------------------------------
 
 
-class _NoTraceback(logging.Filter):
-    """flask-limiter logs swallowed storage errors with a traceback; keep the message only."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            record.msg = f"{record.getMessage()}: {type(record.exc_info[1]).__name__}"
-            record.args = ()
-        record.exc_info = record.exc_text = None
-        return True
-
-
-_NO_TRACEBACK = _NoTraceback()
-
-
-def _user_key() -> str:
-    principal = g.get("principal")
-    return f"user:{principal.id}" if principal else f"addr:{client_address()}"
-
-
-def _address_key() -> str:
-    return f"addr:{client_address()}"
-
-
-def _exempt_from_user_budget() -> bool:
-    if request.endpoint is None or request.endpoint == LOGIN_ENDPOINT:
-        return True
-    view = current_app.view_functions.get(request.endpoint)
-    return getattr(view, EXEMPT_ATTR, False)
-
-
-def _not_login() -> bool:
-    return request.endpoint != LOGIN_ENDPOINT
-
-
 class LimiterConfigError(Exception):
     """The rate limit storage cannot be used as configured."""
 
 
-def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -> Limiter:
+PREFIX = "inference-server"
+
+
+@lru_cache(maxsize=256)
+def _items(limit: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(limit))
+
+
+class RequestBudget:
+    """The per-user budget and the per-address login limit, checked on every request.
+
+    Counted with the `limits` strategy straight from a `before_request` hook, after the auth
+    hook: one hit and one look at the window per request, and the limit strings of users and
+    roles parsed once (flask-limiter's own per-request machinery, limit resolution, exemption
+    scopes and header injection, cost more than the rest of the request path together).
+    """
+
+    def __init__(self, strategy: RateLimiter, *, auth: AuthSettings, limits: RateLimitSettings):
+        self.strategy = strategy
+        self._roles = dict(limits.roles)
+        self._fallback = f"{auth.rate_limit_per_minute}/minute"
+        self._login = limits.login
+        self._fail_open = limits.on_storage_error == "open"
+
+    def _limit_of(self, principal: Any) -> str:
+        if principal is None:
+            return self._fallback
+        user = principal.user
+        return user.get("rate_limit") or self._roles.get(user["role"], self._fallback)
+
+    def check(self) -> None:
+        """before_request: count this request against its budget; 429 once it is spent."""
+        endpoint = request.endpoint
+        if endpoint is None:
+            return  # no route: a 404 or 405 costs no budget
+        if getattr(current_app.view_functions[endpoint], EXEMPT_ATTR, False):
+            return
+        if endpoint == LOGIN_ENDPOINT:
+            limit, key = self._login, ("login", client_address())
+            message = f"too many logins from this address ({limit}); see Retry-After"
+        else:
+            principal = g.get("principal")
+            limit = self._limit_of(principal)
+            key = ("user", f"user:{principal.id}" if principal else f"addr:{client_address()}")
+            message = f"rate limit of {limit} exceeded; see Retry-After"
+        try:
+            self._hit(_items(limit), key, message)
+        except StorageError:
+            if not self._fail_open:
+                raise
+            log.warning("rate limit storage unreachable; serving without limits")
+
+    def _hit(self, items: tuple[RateLimitItem, ...], key: tuple[str, str], message: str) -> None:
+        strategy = self.strategy
+        for item in items:
+            if not strategy.hit(item, PREFIX, *key):
+                reset = strategy.get_window_stats(item, PREFIX, *key)[0]
+                raise RateLimited(message, headers=_limit_headers(item, 0, reset, retry=True))
+        item = items[0]
+        reset, remaining = strategy.get_window_stats(item, PREFIX, *key)
+        g.own_limit_headers = _limit_headers(item, remaining, reset)
+
+
+def _limit_headers(
+    item: RateLimitItem, remaining: int, reset: float, *, retry: bool = False
+) -> dict[str, str]:
+    headers = {
+        "X-RateLimit-Limit": str(item.amount),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(int(reset)),
+    }
+    if retry:
+        headers["Retry-After"] = str(max(1, int(reset - time.time())))
+    return headers
+
+
+def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -> RateLimiter:
+    """The limits strategy over the configured storage, with the budget hook registered."""
     if limits.storage_uri.startswith(("redis://", "rediss://")):
         try:
             import redis  # noqa: F401
@@ -175,45 +219,15 @@ def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -
                 "rate_limits.storage_uri is a Redis URI but the redis package is missing: "
                 "pip install -e '.[redis]'"
             ) from None
-    roles = dict(limits.roles)
-    fallback = f"{auth.rate_limit_per_minute}/minute"
-
-    def user_limit() -> str:
-        principal = g.get("principal")
-        if principal is None:
-            return fallback
-        return principal.user.get("rate_limit") or roles.get(principal.user["role"], fallback)
-
-    limiter = Limiter(
-        key_func=_address_key,
-        application_limits=[
-            ApplicationLimit(
-                user_limit,
-                key_function=_user_key,
-                scope="user",
-                exempt_when=_exempt_from_user_budget,
-                error_message=lambda: f"rate limit of {user_limit()} exceeded; see Retry-After",
-            ),
-            ApplicationLimit(
-                limits.login,
-                key_function=_address_key,
-                scope="login",
-                exempt_when=_not_login,
-                error_message=f"too many logins from this address ({limits.login}); "
-                "see Retry-After",
-            ),
-        ],
-        headers_enabled=True,
-        storage_uri=limits.storage_uri,
-        storage_options={"wrap_exceptions": True},
-        strategy=limits.strategy,
-        swallow_errors=limits.on_storage_error == "open",
-        key_prefix="inference-server",
+    storage = storage_from_string(
+        limits.storage_uri, key_prefix=PREFIX, wrap_exceptions=True
     )
-    limiter.init_app(app)
-    logging.getLogger("flask-limiter").addFilter(_NO_TRACEBACK)
+    strategy = STRATEGIES[limits.strategy](storage)
+    budget = RequestBudget(strategy, auth=auth, limits=limits)
+    app.extensions["rate_limits"] = budget
+    app.before_request(budget.check)
     app.register_error_handler(StorageError, _storage_unreachable)
-    return limiter
+    return strategy
 
 
 def _storage_unreachable(exc: StorageError):
@@ -262,9 +276,9 @@ class FailureBudget:
     """
 
     def __init__(
-        self, limiter: Limiter, budget: str, *, namespace: str, message: str, fail_open: bool
+        self, strategy: RateLimiter, budget: str, *, namespace: str, message: str, fail_open: bool
     ) -> None:
-        self._limiter = limiter
+        self._strategy = strategy
         self._item = parse(budget)
         self._namespace = namespace
         self._message = message
@@ -293,13 +307,13 @@ class FailureBudget:
         """Count a failure. The request is refused anyway, so an unreachable counter store
         does not change its answer (`check` is what fails closed)."""
         try:
-            self._limiter.limiter.hit(self._item, self._namespace, *key)
+            self._strategy.hit(self._item, self._namespace, *key)
         except StorageError:
             log.warning("could not count a failure in %s: store unreachable", self._namespace)
 
     def _blocked_until(self, key: tuple[str, ...]) -> float | None:
         try:
-            strategy = self._limiter.limiter
+            strategy = self._strategy
             if strategy.test(self._item, self._namespace, *key):
                 return None
             return strategy.get_window_stats(self._item, self._namespace, *key)[0]

@@ -58,7 +58,7 @@ def ready():
 
 
 def _rate_limit_problems() -> list[str]:
-    for limiter in current_app.extensions.get("limiter", ()):
-        if not limiter.storage.check():
-            return ["the rate limit storage does not answer"]
+    budget = current_app.extensions.get("rate_limits")
+    if budget is not None and not budget.strategy.storage.check():
+        return ["the rate limit storage does not answer"]
     return []

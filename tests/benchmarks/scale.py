@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from auth import api_keys, sessions  # noqa: E402
 from auth.passwords import hash_password  # noqa: E402
 from auth.records import iso  # noqa: E402
+from auth.tokens import load_secret  # noqa: E402
 from auth.users import new_user  # noqa: E402
 from inference_server.app import open_auth_state  # noqa: E402
 from inference_server.settings import load_settings  # noqa: E402
@@ -56,6 +57,7 @@ def build(data_dir: Path, size: int) -> list[str]:
         overrides={"storage": {"data_dir": str(data_dir)}, "auth": {"default_admin": None}},
     )
     state = open_auth_state(settings)
+    load_secret(None, settings.data_dir)  # the server's secret, made before any session exists
     now = int(time.time())
     user_hash = hash_password(USER_PASSWORD, rounds=4)
     users, keys, live, usage, plain = {}, {}, {}, {}, []
@@ -173,9 +175,10 @@ def writes(server, data_dir: Path, times: int, tag: str) -> dict[str, float]:
         return post("/auth/login", {"username": name, "password": password}).json()
 
     admin = {"Authorization": "Bearer " + login("admin", ADMIN_PASSWORD)["access_token"]}
-    user_tokens = [login(f"user{i:06d}", USER_PASSWORD) for i in range(times)]
+    users = [f"user{i % int(tag):06d}" for i in range(times)]  # a small data dir: some twice
+    user_tokens = [login(name, USER_PASSWORD) for name in users]
     refreshes = [t["refresh_token"] for t in user_tokens]
-    fresh = [login(f"user{i:06d}", USER_PASSWORD)["access_token"] for i in range(times)]
+    fresh = [login(name, USER_PASSWORD)["access_token"] for name in users]
     cli_env = {**os.environ, "INFERENCE_STORAGE__DATA_DIR": str(data_dir)}
     figures = {
         "register": lambda i: post(

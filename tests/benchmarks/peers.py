@@ -1,0 +1,150 @@
+"""This server's POST /predict beside a bare Flask app and the common Flask-JWT-Extended stack.
+
+Every variant serves the same demo model to the same request (`{"data": [[1.0, 2.0, 3.0]]}`)
+under the same gunicorn (2 gevent workers, no keep-alive, as `python run.py` runs), and wrk
+drives each in turn with the same load; rounds alternate the variants so that drift of the
+machine hits all alike. The table gives each variant's median req/s and p99 and their ratios to
+the bare Flask app (targets: API key and JWT >= 0.8x req/s and p99 <= 1.5x; auth disabled
+>= 0.9x). No prediction is cached: each request runs the model.
+
+- bare flask: Flask + NumPy, no auth, no limits (`peers/bare_app.py`): the ceiling of the stack;
+- flask-jwt-extended: `@jwt_required()` + a Flask-Limiter limit per identity (`peers/jwt_app.py`);
+- this server with auth disabled (limited per client address), with an API key and with a JWT
+  (limited per user), with memory:// limit storage, and with Redis when `--redis` is given.
+
+    pip install -r tests/benchmarks/peers/requirements.txt   # the peers' own packages
+    python tests/benchmarks/peers.py [--rounds 5] [--seconds 5] [--connections 8] [--redis]
+
+About 3 minutes with the defaults (5 variants x 5 rounds x 5 s, plus start-up and warm-up).
+Needs wrk (Debian: apt-get install wrk). Not part of pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.auth_overhead import BENCH_ENV, lua, rate_and_p99  # noqa: E402
+from tests.live import free_port, live_server, redis_server  # noqa: E402
+
+PEERS = Path(__file__).resolve().parent / "peers"
+PREDICT = '{"data": [[1.0, 2.0, 3.0]]}'
+
+
+@contextmanager
+def peer(module: str, env: dict[str, str] | None = None):
+    """gunicorn serving `peers/<module>.py` as `python run.py` serves ours; yields its base URL."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        f"--bind=127.0.0.1:{port}",
+        "--workers=2",
+        "--worker-class=gevent",
+        "--keep-alive=0",
+        f"--chdir={PEERS}",
+        f"{module}:app",
+    ]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # up to a minute for both workers to answer
+            try:
+                requests.post(f"{base}/predict", json={}, timeout=1)
+                break
+            except requests.ConnectionError:
+                if process.poll() is not None:
+                    output = process.stderr.read().decode()
+                    raise SystemExit(f"{module} did not start:\n{output}") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str, str]]]:
+    found: dict[str, tuple[str, dict[str, str]]] = {}
+    bare = stack.enter_context(peer("bare_app"))
+    found["bare flask"] = (f"{bare}/predict", {})
+    jwt_peer = stack.enter_context(peer("jwt_app", {"PEER_JWT_SECRET": secrets.token_urlsafe(48)}))
+    login = requests.post(
+        f"{jwt_peer}/login", json={"username": "admin", "password": "admin123"}, timeout=30
+    )
+    bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    found["flask-jwt-extended"] = (f"{jwt_peer}/predict", bearer)
+    storages = {"memory": "memory://"}
+    if opts.redis:
+        storages["redis"] = stack.enter_context(redis_server())
+    for label, uri in storages.items():
+        env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__STORAGE_URI": uri}
+        off = {**env, "INFERENCE_AUTH__ENABLED": "false"}
+        open_server = stack.enter_context(live_server(tmp / f"off-{label}", workers=2, env=off))
+        found[f"ours, auth off/{label}"] = (open_server.url("/predict"), {})
+        server = stack.enter_context(live_server(tmp / label, workers=2, env=env))
+        for kind, headers in server.admin_credentials().items():
+            found[f"ours, {kind}/{label}"] = (server.url("/predict"), headers)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--redis", action="store_true", help="also with Redis limit storage")
+    opts = parser.parse_args()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        script = tmp / "predict.lua"
+        script.write_text(lua(PREDICT))
+        found = variants(stack, tmp, opts)
+
+        def run(url, headers, seconds):
+            return rate_and_p99(
+                url, headers, seconds=seconds, connections=opts.connections, script=script
+            )
+
+        for url, headers in found.values():  # warm every worker
+            run(url, headers, 2)
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in found}
+        print(
+            f"POST /predict {PREDICT}, gunicorn 2 gevent workers each, wrk -c{opts.connections}, "
+            f"{opts.seconds}s per run, {opts.rounds} alternating rounds"
+        )
+        for r in range(opts.rounds):
+            for name, (url, headers) in found.items():
+                results[name].append(run(url, headers, opts.seconds))
+            print(f"round {r + 1}: " + "  ".join(f"{n} {v[-1][0]:.0f}" for n, v in results.items()))
+
+    rate = {n: statistics.median(v[0] for v in runs) for n, runs in results.items()}
+    p99 = {n: statistics.median(v[1] for v in runs) for n, runs in results.items()}
+    base = "bare flask"
+    print(f"\n{'variant':<30}{'req/s':>10}{'x bare':>8}{'p99 ms':>9}{'x bare':>8}")
+    for name in results:
+        print(
+            f"{name:<30}{rate[name]:>10.0f}{rate[name] / rate[base]:>8.2f}"
+            f"{p99[name]:>9.2f}{p99[name] / p99[base]:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
