@@ -219,9 +219,7 @@ def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -
                 "rate_limits.storage_uri is a Redis URI but the redis package is missing: "
                 "pip install -e '.[redis]'"
             ) from None
-    storage = storage_from_string(
-        limits.storage_uri, key_prefix=PREFIX, wrap_exceptions=True
-    )
+    storage = storage_from_string(limits.storage_uri, key_prefix=PREFIX, wrap_exceptions=True)
     strategy = STRATEGIES[limits.strategy](storage)
     budget = RequestBudget(strategy, auth=auth, limits=limits)
     app.extensions["rate_limits"] = budget

@@ -6,8 +6,9 @@ Each store is two files: a snapshot `<name>.json` (one JSON document, one record
 (with a timeout, mapped to 503) before it is acknowledged.
 
 Each process keeps the records in memory as compact JSON bytes (a third of the size of dicts)
-with its indexes (`indexes.py`), plus the journal offset it has applied. A read costs two
-`stat`s; when the journal grew, only the new lines are read and applied, and the indexes are
+with its indexes (`indexes.py`), plus the journal offset it has applied. A read costs one
+`stat` of the journal (a write or a readiness check also looks at the snapshot); when the
+journal grew, only the new lines are read and applied, and the indexes are
 updated by the change. A line without its newline is a write in progress or a writer that died
 mid-append: readers stop before it and the next writer cuts it off, so a change is either wholly
 there or not at all.
@@ -278,7 +279,13 @@ class JsonStore:
 
     def find(self, index: str, key: str) -> Record | None:
         """The record a unique index files under `key`, or None."""
-        return self.get(self._look_up(index, lambda s: s.indexes.one(index, key, s.records)))
+
+        def look(state: _State) -> bytes | None:
+            record_id = state.indexes.one(index, key, state.records)
+            return state.records.get(record_id) if record_id is not None else None
+
+        raw = self._look_up(index, look)  # the id and its record from one look at the files
+        return decode(raw) if raw is not None else None
 
     def ids(self, index: str, key: str) -> list[str]:
         """The ids a (non-unique) index files under `key`."""
@@ -307,7 +314,7 @@ class JsonStore:
     def problem(self) -> str | None:
         """Why this store cannot take writes now (for readiness checks), or None."""
         try:
-            state = self._current()
+            state = self._current(full=True)
         except StorageBusy as exc:
             return exc.description
         if state.broken:
@@ -328,13 +335,13 @@ class JsonStore:
         state = self._current()
         return (state.generation, state.journal_ino, state.offset, state.snapshot)
 
-    def _current(self) -> _State:
+    def _current(self, *, full: bool = False) -> _State:
         state = self._state
-        if state is not None and self._unchanged(state):
+        if state is not None and self._unchanged(state, full=full):
             return state
         with self._mutex:
             state = self._state
-            if state is not None and self._unchanged(state):
+            if state is not None and self._unchanged(state, full=full):
                 return state
             stamps = self._stamps()
             if state is not None and state.broken == stamps:
@@ -353,13 +360,19 @@ class JsonStore:
     def _stamps(self) -> tuple[Any, ...]:
         return (_stamp(self._snapshot_path), _stamp(self._journal_path))
 
-    def _unchanged(self, state: _State) -> bool:
+    def _unchanged(self, state: _State, *, full: bool = False) -> bool:
+        """True if the files still hold what `state` has applied, judged by the journal alone
+        (one stat: every change and every compaction changes the journal) unless `full`, when
+        the snapshot is looked at too. Only a snapshot replaced by hand while the server runs
+        escapes the journal; a write, /ready or the next change of the journal sees it."""
         journal = _stamp(self._journal_path)
         if journal is None:
             if state.journal_ino is not None:
                 return False
         elif journal[0] != state.journal_ino or journal[2] != state.seen_size:
             return False
+        elif not full:
+            return True
         return _stamp(self._snapshot_path) == state.snapshot
 
     # -- loading and catching up -----------------------------------------------------------
@@ -621,7 +634,7 @@ class JsonStore:
                 state = self._load()
             else:
                 state = self._state
-                if not self._unchanged(state) or state.broken:
+                if not self._unchanged(state, full=True) or state.broken:
                     self._catch_up(state)
                     state = self._state
                     state.broken = None

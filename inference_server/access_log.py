@@ -19,7 +19,7 @@ from flask import Flask, Response, g, request
 
 from auth.errors import request_id
 
-log = logging.getLogger("inference_server.access")
+log = logging.getLogger("inference_server.access")  # written in batches: see `logs.Batched`
 
 
 def init_app(app: Flask) -> None:

@@ -36,10 +36,61 @@ def configured_format() -> str:
     return "json" if value == "json" else "text"
 
 
+ACCESS = logging.getLogger("inference_server.access")
+
+
+class Batched(logging.StreamHandler):
+    """Writes its lines in batches: at most `lines` at once, none held longer than `seconds`
+    (checked at each line, and by `flush`, which a worker calls on a timer).
+
+    For the access log, a line per request: one write per line cost a tenth of the server's
+    throughput in a benchmark (the system call, and whoever reads the pipe, compete with the
+    requests for the CPU); a batch costs one write for many lines."""
+
+    def __init__(self, stream, *, lines: int = 64, seconds: float = 0.5) -> None:
+        super().__init__(stream)
+        self._lines, self._seconds = lines, seconds
+        self._pending: list[str] = []
+        self._oldest = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:  # called under self.lock
+        try:
+            text = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if not self._pending:
+            self._oldest = record.created
+        self._pending.append(text)
+        if len(self._pending) >= self._lines or record.created - self._oldest >= self._seconds:
+            self._write()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._write()
+
+    def _write(self) -> None:
+        if self._pending:
+            self.stream.write("\n".join(self._pending) + "\n")
+            self._pending.clear()
+        self.stream.flush()
+
+
 def configure(kind: str, *, level: int = logging.INFO) -> None:
-    """Send this process's log records to standard error in format `kind`."""
+    """Send this process's log records to standard error in format `kind`; the access log's
+    in batches (`Batched`)."""
+    shared = formatter(kind)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(kind))
+    handler.setFormatter(shared)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    batched = Batched(sys.stderr)
+    batched.setFormatter(shared)
+    ACCESS.handlers[:] = [batched]
+    ACCESS.propagate = False
+
+
+def flush_access() -> None:
+    for handler in ACCESS.handlers:
+        handler.flush()

@@ -11,6 +11,8 @@ import logging
 
 from flask import Flask
 
+from auth.background import run_every
+
 from . import logs, standby
 from .app import create_app
 from .settings import load_settings
@@ -25,6 +27,7 @@ def serving_app() -> Flask:
     app = create_app(settings)
     app.extensions["auth"].warm()  # indexes built before the first request, not by it
     app.extensions["auth"].start_background()  # key use written, ended sessions swept
+    run_every(0.5, logs.flush_access, name="access-log")  # a quiet server's lines too
     log.info("this worker is serving")
     return app
 
