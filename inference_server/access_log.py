@@ -12,14 +12,13 @@ the time its client waited.
 
 from __future__ import annotations
 
-import logging
 import time
 
 from flask import Flask, Response, g, request
 
 from auth.errors import request_id
 
-log = logging.getLogger("inference_server.access")  # written in batches: see `logs.Batched`
+from . import logs
 
 
 def init_app(app: Flask) -> None:
@@ -39,15 +38,10 @@ def _record(response: Response) -> Response:
     principal = g.get("principal")
     user_id = principal.id if principal is not None else None
     rid = request_id()
-    log.info(
-        "%s %s %s %sms user=%s request=%s",
-        request.method,
-        request.path,
-        response.status_code,
-        duration,
-        user_id or "-",
-        rid,
-        extra={
+    logs.access(
+        f"{request.method} {request.path} {response.status_code} {duration}ms "
+        f"user={user_id or '-'} request={rid}",
+        {
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
