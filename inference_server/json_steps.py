@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 
 SPLIT_LEVELS = 2  # the body object, then the arrays it holds; deeper values decode whole
 ROWS_PER_STEP = 10_000
@@ -124,9 +125,28 @@ def _members(text: str, at: int, closer: str, read: Callable[[int], int]) -> int
         at = _skip(text, at + 1)
 
 
+class _Large(TypeError):
+    """An array too large to encode in one C call (`dumps` then goes a slice at a time)."""
+
+
+def _small_array(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and (value.ndim == 0 or len(value) <= ROWS_PER_STEP):
+        return value.tolist()
+    raise _Large
+
+
 def dumps(value: Any) -> str:
     """Compact JSON of dicts, lists, scalars and NumPy arrays, arrays encoded a slice of rows at
-    a time."""
+    a time. A document whose arrays are all small is encoded in one orjson call (most answers:
+    a few microseconds instead of a walk in Python); numbers come out as Python writes them
+    (`tolist`), and a NaN or infinity as null, which JSON can hold."""
+    try:
+        return orjson.dumps(value, default=_small_array).decode()
+    except TypeError:
+        return _stepped(value)
+
+
+def _stepped(value: Any) -> str:
     if isinstance(value, np.ndarray):
         if value.ndim == 0 or len(value) <= ROWS_PER_STEP:
             return json.dumps(value.tolist(), separators=(",", ":"))
@@ -136,7 +156,7 @@ def dumps(value: Any) -> str:
         )
         return "[" + ",".join(steps) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{dumps(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{json.dumps(k)}:{_stepped(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
+        return "[" + ",".join(_stepped(v) for v in value) + "]"
     return json.dumps(value, separators=(",", ":"))
