@@ -30,7 +30,7 @@ def setting(default: Any = None, *, help: str, factory: Any = None, **bounds: An
 
 
 def rate_limit(value: str) -> None:
-    """Refuse anything flask-limiter could not parse as a rate limit."""
+    """Refuse anything the `limits` library could not parse as a rate limit."""
     try:
         parse_many(value)
     except ValueError:
@@ -64,7 +64,7 @@ def limit_storage(uri: str) -> None:
 
 
 def limit_string(value: Any) -> str:
-    """A user's rate limit as flask-limiter reads it, from an integer (per minute, as
+    """A user's rate limit as the `limits` library reads it, from an integer (per minute, as
     `auth.rate_limit_per_minute`) or a limits string such as '100/minute'."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return f"{value}/minute"
@@ -82,7 +82,7 @@ class RateLimitSettings:
         help="where counters live: memory:// (per process) or redis://host:6379/0",
     )
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = setting(
-        "sliding-window-counter", help="how requests are counted (flask-limiter strategies)"
+        "sliding-window-counter", help="how requests are counted (strategies of the limits library)"
     )
     roles: dict[str, str] = setting(
         factory=lambda: {"admin": "1000/minute"},

@@ -40,10 +40,10 @@ from .limits import (
     BadCredentialWatch,
     FailureBudget,
     PasswordGate,
+    add_limit_headers,
     client_address,
     hold_failed_login,
     init_limiter,
-    keep_own_limit_headers,
     password_failure_key,
     stamp_login_arrival,
 )
@@ -397,8 +397,7 @@ class Auth:
         app.before_request(stamp_login_arrival)
         app.after_request(hold_failed_login)
         app.after_request(_flag_default_password)
-        # after_request hooks run in reverse: this one runs after flask-limiter's.
-        app.after_request(keep_own_limit_headers)
+        app.after_request(add_limit_headers)
         limits = limits or RateLimitSettings()
         strategy = init_limiter(app, auth=settings, limits=limits)
         fail_open = limits.on_storage_error == "open"

@@ -1,7 +1,7 @@
 """Rate limits and login protection.
 
-Three guards, all sharing flask-limiter's counter storage (memory:// per process, or Redis to hold
-across workers and hosts):
+Four guards, all counting in one storage of the `limits` library (memory:// per process, or Redis
+to hold across workers and hosts):
 
 - a per-user budget on every route, keyed by user id (so one user's tokens and keys draw from one
   budget), sized by the user's own `rate_limit`, else `rate_limits.roles.<role>`, else
@@ -13,8 +13,8 @@ across workers and hosts):
   before counted apart so that nobody else can lock the owner out (`password_failure_key`);
 - invalid tokens and API keys per client address (`rate_limits.invalid_credentials`).
 
-The per-user and per-address limits are flask-limiter application limits evaluated in its
-`before_request`, which runs after the auth hook, so the user is known. Responses carry
+The per-user budget and the login limit are counted by `RequestBudget.check`, a `before_request`
+hook that runs after the auth hook, so the user is known. Responses carry
 `X-RateLimit-Limit/Remaining/Reset`, and a 429 also `Retry-After`.
 
 `PasswordGate` bounds how many bcrypt computations run at once across every worker process
@@ -65,24 +65,19 @@ PASSWORD_ENDPOINTS = frozenset({LOGIN_ENDPOINT, "auth.change_password"})
 
 
 class RateLimited(ApiError):
-    """A 429 of our own (account lockout, busy password gate), not one of flask-limiter's."""
+    """429: a budget is spent (its headers say which and until when)."""
 
     code, error_code = 429, "RATE_LIMIT_EXCEEDED"
 
     def __init__(self, message: str, *, headers: dict[str, str]) -> None:
         super().__init__(message, headers=headers)
-        # flask-limiter's after_request rewrites rate limit headers on every response; these
-        # are restored after it (see `keep_own_limit_headers`).
-        g.own_limit_headers = headers
 
 
-def keep_own_limit_headers(response):
-    """After flask-limiter's headers: restore our own 429's, and keep Retry-After to the answers
-    it means something on (flask-limiter puts it on every answer, 200s included)."""
-    for name, value in g.pop("own_limit_headers", {}).items():
-        response.headers[name] = value
-    if response.status_code not in (429, 503):
-        response.headers.pop("Retry-After", None)
+def add_limit_headers(response):
+    """after_request: the X-RateLimit-* headers of the budget this request was counted in,
+    unless the answer carries its own (a 429 of another budget: failed logins, the gate)."""
+    for name, value in g.pop("limit_headers", {}).items():
+        response.headers.setdefault(name, value)
     return response
 
 
@@ -146,8 +141,8 @@ class RequestBudget:
 
     Counted with the `limits` strategy straight from a `before_request` hook, after the auth
     hook: one hit and one look at the window per request, and the limit strings of users and
-    roles parsed once (flask-limiter's own per-request machinery, limit resolution, exemption
-    scopes and header injection, cost more than the rest of the request path together).
+    roles parsed once. (flask-limiter did this before; its per-request machinery, limit
+    resolution, exemption scopes and header injection, cost a quarter of a prediction.)
     """
 
     def __init__(self, strategy: RateLimiter, *, auth: AuthSettings, limits: RateLimitSettings):
@@ -193,7 +188,7 @@ class RequestBudget:
                 raise RateLimited(message, headers=_limit_headers(item, 0, reset, retry=True))
         item = items[0]
         reset, remaining = strategy.get_window_stats(item, PREFIX, *key)
-        g.own_limit_headers = _limit_headers(item, remaining, reset)
+        g.limit_headers = _limit_headers(item, remaining, reset)
 
 
 def _limit_headers(
@@ -244,7 +239,7 @@ def _storage_unreachable(exc: StorageError):
 
 
 def stamp_login_arrival() -> None:
-    """before_request, ahead of flask-limiter (which may refuse the login with a 429)."""
+    """before_request, ahead of the budget (which may refuse the login with a 429)."""
     state = current_app.extensions["auth"]
     if request.endpoint in PASSWORD_ENDPOINTS and state.settings.enabled:
         g.login_arrived = state.clock()
@@ -270,7 +265,7 @@ class FailureBudget:
     """A rate limit spent only by failures: `check` before the work, `spend` when it failed.
 
     Used for failed password checks per account and for invalid credentials per address. The
-    counters live in flask-limiter's storage, so with Redis they hold across workers and hosts.
+    counters live in the rate limit storage, so with Redis they hold across workers and hosts.
     """
 
     def __init__(
