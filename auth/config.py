@@ -84,10 +84,11 @@ class RateLimitSettings:
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = setting(
         "sliding-window-counter", help="how requests are counted (strategies of the limits library)"
     )
-    roles: dict[str, str] = setting(
+    roles: dict[str, Any] = setting(
         factory=lambda: {"admin": "1000/minute"},
-        check=lambda roles: [rate_limit(v) for v in roles.values()],
-        help="per-role limit replacing auth.rate_limit_per_minute",
+        check=lambda roles: [limit_string(v) for v in roles.values()],
+        help="per-role limit replacing auth.rate_limit_per_minute: requests per minute (200) "
+        "or a limit ('1000/hour')",
     )
     login: str = setting("10/minute", check=rate_limit, help="per client address, /auth/login")
     login_failures: str = setting(

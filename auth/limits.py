@@ -50,7 +50,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import STRATEGIES, RateLimiter
 
-from .config import AuthSettings, RateLimitSettings
+from .config import AuthSettings, RateLimitSettings, limit_string
 from .errors import ApiError, StorageBusy, render_error
 from .offload import ThreadOffload
 from .users import fold_name
@@ -147,7 +147,7 @@ class RequestBudget:
 
     def __init__(self, strategy: RateLimiter, *, auth: AuthSettings, limits: RateLimitSettings):
         self.strategy = strategy
-        self._roles = dict(limits.roles)
+        self._roles = {role: limit_string(limit) for role, limit in limits.roles.items()}
         self._fallback = f"{auth.rate_limit_per_minute}/minute"
         self._login = limits.login
         self._fail_open = limits.on_storage_error == "open"

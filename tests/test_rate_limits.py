@@ -76,10 +76,11 @@ def test_health_is_exempt(limited):
         assert not any(h in response.headers for h in LIMIT_HEADERS)
 
 
-def test_role_limit_replaces_the_default(make_app):
+@pytest.mark.parametrize("user_limit", ["2/minute", 2])  # an integer is per minute
+def test_role_limit_replaces_the_default(make_app, user_limit):
     app = make_app(
         auth={"rate_limit_per_minute": 100},
-        rate_limits={"roles": {"admin": "1000000/minute", "user": "2/minute"}},
+        rate_limits={"roles": {"admin": "1000000/minute", "user": user_limit}},
     )
     actor = Actor(app.test_client())
     headers = actor.user_headers("dora")
