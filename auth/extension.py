@@ -392,12 +392,8 @@ class Auth:
             )
             if default_admin:
                 _ensure_default_admin(state)
-        # Order matters: the limiter's before_request must run after these two.
-        app.before_request(_authenticate_request)
-        app.before_request(stamp_login_arrival)
-        app.after_request(hold_failed_login)
-        app.after_request(_flag_default_password)
-        app.after_request(add_limit_headers)
+        app.before_request(_guard_request)
+        app.after_request(_finish_response)
         limits = limits or RateLimitSettings()
         strategy = init_limiter(app, auth=settings, limits=limits)
         fail_open = limits.on_storage_error == "open"
@@ -489,6 +485,20 @@ def require_enabled() -> None:
     """before_request of the auth and admin blueprints: absent in simple mode."""
     if not auth_state().settings.enabled:
         raise errors.NotFound("authentication is disabled on this server (auth.enabled: false)")
+
+
+def _guard_request() -> None:
+    """The one before_request hook, in its order: who is calling (deny by default), when a
+    password check arrived, then the budget (which needs the user)."""
+    _authenticate_request()
+    stamp_login_arrival()
+    current_app.extensions["rate_limits"].check()
+
+
+def _finish_response(response):
+    """The one after_request hook: rate limit headers, the password-change flag, and the
+    hold of a failed password check (last: the answer is complete when it is held)."""
+    return hold_failed_login(_flag_default_password(add_limit_headers(response)))
 
 
 def _authenticate_request() -> None:

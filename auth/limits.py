@@ -205,7 +205,8 @@ def _limit_headers(
 
 
 def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -> RateLimiter:
-    """The limits strategy over the configured storage, with the budget hook registered."""
+    """The limits strategy over the configured storage; the budget (`RequestBudget`) is kept in
+    `app.extensions["rate_limits"]` for the auth hook to call."""
     if limits.storage_uri.startswith(("redis://", "rediss://")):
         try:
             import redis  # noqa: F401
@@ -216,9 +217,7 @@ def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -
             ) from None
     storage = storage_from_string(limits.storage_uri, key_prefix=PREFIX, wrap_exceptions=True)
     strategy = STRATEGIES[limits.strategy](storage)
-    budget = RequestBudget(strategy, auth=auth, limits=limits)
-    app.extensions["rate_limits"] = budget
-    app.before_request(budget.check)
+    app.extensions["rate_limits"] = RequestBudget(strategy, auth=auth, limits=limits)
     app.register_error_handler(StorageError, _storage_unreachable)
     return strategy
 

@@ -22,10 +22,12 @@ SAMPLES = {
 }
 NUMBERS = {"description": "the model's outputs, one row per sample", "type": "array", "items": ANY}
 
-PREDICT = body({"data": SAMPLES, "model": NAME}, "data")
-PREDICT_WITH = body({"data": SAMPLES, "model": NAME}, "data")
+MODEL_FIELD = {"anyOf": [NAME, {"type": "null"}], "description": "absent or null: the default"}
+PREDICT = body({"data": SAMPLES, "model": MODEL_FIELD}, "data")
+PREDICT_WITH = body({"data": SAMPLES, "model": MODEL_FIELD}, "data")
 BATCH = body(
-    {"inputs": {"type": "array", "minItems": 1, "items": SAMPLES}, "model": NAME}, "inputs"
+    {"inputs": {"type": "array", "minItems": 1, "items": SAMPLES}, "model": MODEL_FIELD},
+    "inputs",
 )
 MANAGE = body(
     {"action": {"type": "string", "enum": list(ACTIONS)}, "model": NAME}, "action", "model"
