@@ -145,12 +145,15 @@ class RequestBudget:
     resolution, exemption scopes and header injection, cost a quarter of a prediction.)
     """
 
+    WARN_EVERY_SECONDS = 60.0
+
     def __init__(self, strategy: RateLimiter, *, auth: AuthSettings, limits: RateLimitSettings):
         self.strategy = strategy
         self._roles = {role: limit_string(limit) for role, limit in limits.roles.items()}
         self._fallback = f"{auth.rate_limit_per_minute}/minute"
         self._login = limits.login
         self._fail_open = limits.on_storage_error == "open"
+        self._warned_at = -self.WARN_EVERY_SECONDS
 
     def _limit_of(self, principal: Any) -> str:
         if principal is None:
@@ -178,7 +181,10 @@ class RequestBudget:
         except StorageError:
             if not self._fail_open:
                 raise
-            log.warning("rate limit storage unreachable; serving without limits")
+            now = time.monotonic()
+            if now - self._warned_at >= self.WARN_EVERY_SECONDS:  # once a minute, not a request
+                self._warned_at = now
+                log.warning("rate limit storage unreachable; serving without limits")
 
     def _hit(self, items: tuple[RateLimitItem, ...], key: tuple[str, str], message: str) -> None:
         strategy = self.strategy

@@ -79,6 +79,11 @@ def test_redis_down_can_fail_open(tmp_path):
     try:
         headers = _admin_headers(server)
         assert [_predict(server, headers).status_code for _ in range(12)] == [200] * 12
+        marker = {"X-Request-ID": "after-the-twelve"}
+        requests.get(server.url("/health"), headers=marker, timeout=30)
+        server.wait_for_log("request=after-the-twelve", 1)  # every line before it is in
         assert "Traceback" not in "".join(server.log)
+        # Said once (a minute), not once a request.
+        assert sum("serving without limits" in line for line in server.log) == 1
     finally:
         server_cm.__exit__(None, None, None)
