@@ -50,7 +50,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import STRATEGIES, RateLimiter
 
-from .config import AuthSettings, RateLimitSettings, limit_string
+from .config import AuthSettings, RateLimitSettings, limit_storage, limit_string
 from .errors import ApiError, StorageBusy, render_error
 from .offload import ThreadOffload
 from .users import fold_name
@@ -68,9 +68,6 @@ class RateLimited(ApiError):
     """429: a budget is spent (its headers say which and until when)."""
 
     code, error_code = 429, "RATE_LIMIT_EXCEEDED"
-
-    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
-        super().__init__(message, headers=headers)
 
 
 def add_limit_headers(response):
@@ -213,14 +210,10 @@ def _limit_headers(
 def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -> RateLimiter:
     """The limits strategy over the configured storage; the budget (`RequestBudget`) is kept in
     `app.extensions["rate_limits"]` for the auth hook to call."""
-    if limits.storage_uri.startswith(("redis://", "rediss://")):
-        try:
-            import redis  # noqa: F401
-        except ImportError:
-            raise LimiterConfigError(
-                "rate_limits.storage_uri is a Redis URI but the redis package is missing: "
-                "pip install -e '.[redis]'"
-            ) from None
+    try:
+        limit_storage(limits.storage_uri)  # the check `config check` runs, for any caller
+    except ValueError as exc:
+        raise LimiterConfigError(f"rate_limits.storage_uri: expected {exc}") from None
     storage = storage_from_string(limits.storage_uri, key_prefix=PREFIX, wrap_exceptions=True)
     strategy = STRATEGIES[limits.strategy](storage)
     app.extensions["rate_limits"] = RequestBudget(strategy, auth=auth, limits=limits)
@@ -291,15 +284,7 @@ class FailureBudget:
         reset = self._blocked_until(key)
         if reset is None:
             return
-        raise RateLimited(
-            self._message,
-            headers={
-                "Retry-After": str(max(1, int(reset - time.time()))),
-                "X-RateLimit-Limit": str(self._item.amount),
-                "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": str(int(reset)),
-            },
-        )
+        raise RateLimited(self._message, headers=_limit_headers(self._item, 0, reset, retry=True))
 
     def spend(self, *key: str) -> None:
         """Count a failure. The request is refused anyway, so an unreachable counter store
