@@ -6,12 +6,14 @@ Each store is two files: a snapshot `<name>.json` (one JSON document, one record
 (with a timeout, mapped to 503) before it is acknowledged.
 
 Each process keeps the records in memory as compact JSON bytes (a third of the size of dicts)
-with its indexes (`indexes.py`), plus the journal offset it has applied. A read costs one
-`stat` of the journal (a write or a readiness check also looks at the snapshot); when the
-journal grew, only the new lines are read and applied, and the indexes are
-updated by the change. A line without its newline is a write in progress or a writer that died
-mid-append: readers stop before it and the next writer cuts it off, so a change is either wholly
-there or not at all.
+with its indexes (`indexes.py`), plus the journal offset it has applied. A read costs one look
+at the store's change counter, a number in shared memory that every writer bumps
+(`changes.py`): no syscall. Only when it moved, or `RECHECK_SECONDS` after the last look (for
+files changed by hand), is the journal `stat`ed (a write, a listing or a readiness check also
+looks at the snapshot); when the journal grew, only the new lines are read and applied, and the
+indexes are updated by the change. A line without its newline is a write in progress or a
+writer that died mid-append: readers stop before it and the next writer cuts it off, so a
+change is either wholly there or not at all.
 
 A new store is created as an empty snapshot of generation 1 and its journal, so every process
 attaches to the same journal from its start, and a journal missing beside its snapshot is always
@@ -46,6 +48,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +59,7 @@ from filelock import FileLock, Timeout
 
 from . import journal as journal_file
 from . import snapshot as snapshot_file
+from .changes import ChangeCounter
 from .errors import StorageBusy, StorageUnavailable
 from .indexes import Index, Indexes
 from .records import Shape, record_problem
@@ -79,6 +83,9 @@ REFUSED_WRITES = {
     errno.EFBIG,
 }
 COMPACT_FLOOR = 256 * 1024  # a journal smaller than this is never worth compacting
+# How long a read trusts the change counter alone: a file edited by hand, or written by a
+# process that does not count its changes, is seen within this long.
+RECHECK_SECONDS = 1.0
 
 
 def secure_dir(path: Path) -> Path:
@@ -120,6 +127,8 @@ class _State:
     seen_size: int = 0  # journal size at the last look (a torn tail stays unread)
     stale_journal: bool = False  # the journal predates the snapshot: the next writer resets it
     broken: tuple[Any, ...] | None = None  # stamps of files found unreadable
+    changes_seen: int = -1  # the change counter when the files last matched this state
+    recheck_at: float = 0.0  # when to look at the files even if the counter did not move
 
     def close(self) -> None:
         if self.journal_fd is not None:
@@ -223,11 +232,13 @@ class JsonStore:
     # Intern the record ids: for a store whose ids other stores' indexes are keyed by (users),
     # so that each id is held once in memory.
     intern_ids: bool = False
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.journal_path = self.path.with_name(self.path.stem + ".journal.jsonl")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.changes = ChangeCounter(self.path.with_name(self.path.name + ".changes"))
         self._snapshot_path = os.fspath(self.path)  # stat() on a str skips a conversion
         self._journal_path = os.fspath(self.journal_path)
         self._state: _State | None = None
@@ -310,6 +321,7 @@ class JsonStore:
             if self._state is not None:
                 self._state.close()
                 self._state = None
+            self.changes.close()
 
     def problem(self) -> str | None:
         """Why this store cannot take writes now (for readiness checks), or None."""
@@ -325,7 +337,7 @@ class JsonStore:
 
     def records(self) -> list[tuple[str, Record]]:
         """Every (id, record), decoded: O(N), for listings and sweeps, not for requests."""
-        return [(i, decode(raw)) for i, raw in list(self._current().records.items())]
+        return [(i, decode(raw)) for i, raw in list(self._current(full=True).records.items())]
 
     def __len__(self) -> int:
         return len(self._current().records)
@@ -337,25 +349,40 @@ class JsonStore:
 
     def _current(self, *, full: bool = False) -> _State:
         state = self._state
-        if state is not None and self._unchanged(state, full=full):
+        if (
+            state is not None
+            and not full
+            and state.changes_seen == self.changes.read()
+            and self.clock() < state.recheck_at
+        ):
             return state
         with self._mutex:
+            self.changes.replaced()
+            seen = self.changes.read()  # before the files: a change after it moves it again
             state = self._state
             if state is not None and self._unchanged(state, full=full):
-                return state
+                return self._followed(state, seen)
             stamps = self._stamps()
             if state is not None and state.broken == stamps:
                 return state
             try:
                 if state is None:
-                    return self._load()
+                    return self._followed(self._load(), seen)
                 self._catch_up(state)
             except StoreCorrupt as exc:
                 if self._state is None:
                     raise StorageBusy(f"data file {self.path.name} is unreadable") from exc
                 log.error("%s; serving the last good copy and refusing writes", exc)
                 self._state.broken = stamps
-            return self._state
+                return self._state
+            return self._followed(self._state, seen)
+
+    def _followed(self, state: _State, seen: int) -> _State:
+        """`state` matches the files as of change count `seen`: reads trust the counter."""
+        if not state.broken:
+            state.changes_seen = seen
+            state.recheck_at = self.clock() + RECHECK_SECONDS
+        return state
 
     def _stamps(self) -> tuple[Any, ...]:
         return (_stamp(self._snapshot_path), _stamp(self._journal_path))
@@ -609,6 +636,7 @@ class JsonStore:
             try:
                 yield
             finally:
+                self.changes.bump()  # whoever held the lock may have changed the files
                 lock.release()
         except OSError as exc:
             if exc.errno not in REFUSED_WRITES:

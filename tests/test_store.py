@@ -20,7 +20,7 @@ from auth.store import UNCHANGED, JsonStore, StoreCorrupt
 from auth.users import USER_INDEXES, USER_SHAPE, add_user, fold_name, new_user
 from inference_server.app import create_app
 from inference_server.settings import load_settings
-from tests.conftest import assert_error, base_overrides
+from tests.conftest import FrozenClock, assert_error, base_overrides
 
 SHAPE = {"value": Field((int,)), "colour": Field((str,), required=False, check=one_of(["red"]))}
 INDEXES = {
@@ -144,10 +144,65 @@ def test_another_process_reads_only_the_new_lines(path, monkeypatch):
         store_module.os, "pread", lambda fd, n, at: read.append(n) or real_pread(fd, n, at)
     )
     assert reader.get("k3") == {"value": 3}
-    assert read == []  # nothing changed: a stat, no read
+    assert read == []  # nothing changed: not a byte read
     writer.update(_add("new", 99))
     assert reader.get("new") == {"value": 99}
     assert sum(read) == len(b'{"put":{"new":{"value":99}}}\n')
+
+
+def _count_stats(monkeypatch) -> list[str]:
+    stats: list[str] = []
+    real_stat = os.stat
+    monkeypatch.setattr(
+        store_module.os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k)
+    )
+    return stats
+
+
+def test_reads_follow_other_processes_by_the_change_counter_without_a_syscall(path, monkeypatch):
+    writer, reader = _store(path), _store(path)
+    writer.update(_add("a"))
+    assert reader.get("a") == {"value": 1}
+    stats = _count_stats(monkeypatch)
+    for _ in range(100):
+        assert reader.get("a") == {"value": 1} and reader.find("value", "1") == {"value": 1}
+    assert stats == []  # the counter did not move: no look at the files
+    writer.update(_add("b", 2))
+    assert reader.get("b") == {"value": 2}  # the very next read, in the other "process"
+    assert stats  # it moved: the journal was looked at
+
+
+def test_a_change_made_by_hand_is_seen_within_the_recheck_interval(path):
+    clock = FrozenClock()
+    writer, reader = _store(path), _store(path, clock=clock)
+    writer.update(_add("a"))
+    assert reader.get("a") == {"value": 1}
+    with open(reader.journal_path, "ab") as fh:  # no writer of ours: the counter stays put
+        fh.write(b'{"put":{"b":{"value":2}}}\n')
+    clock.advance(store_module.RECHECK_SECONDS)
+    assert reader.get("b") == {"value": 2}
+
+
+def test_a_replaced_counter_file_is_followed(path):
+    clock = FrozenClock()
+    reader = _store(path, clock=clock)
+    assert reader.get("a") is None
+    reader.changes.path.unlink()  # the operator cleans the data dir while the server runs
+    _store(path).update(_add("a"))  # a process started since counts in a new file
+    clock.advance(store_module.RECHECK_SECONDS)
+    assert reader.get("a") == {"value": 1}
+    _store(path).update(_add("b", 2))
+    assert reader.get("b") == {"value": 2}  # the reader now maps the new file: at once
+
+
+def test_without_a_counter_reads_follow_the_files_by_stat(path, caplog):
+    path.parent.mkdir(parents=True)
+    (path.parent / "things.json.changes").mkdir()  # cannot be mapped
+    writer, reader = _store(path), _store(path)
+    assert reader.get("a") is None
+    writer.update(_add("a"))
+    assert reader.get("a") == {"value": 1}
+    assert sum("cannot open things.json.changes" in r.message for r in caplog.records) == 2
 
 
 def test_indexes_follow_every_change_in_every_process(path):
