@@ -153,10 +153,13 @@ def request_id() -> str:
     """The id of the current request: the client's X-Request-ID if sane, else a new one."""
     rid = g.get("request_id")
     if rid is None:
-        sent = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = sent if _CLIENT_REQUEST_ID.match(sent) else _ids.new()
-        g.request_id = rid
+        rid = g.request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
     return rid
+
+
+def choose_request_id(sent: str | None) -> str:
+    """`sent` (a client's X-Request-ID) if it is a sane label, else a new id."""
+    return sent if sent and _CLIENT_REQUEST_ID.match(sent) else _ids.new()
 
 
 def error_body(
@@ -192,12 +195,16 @@ def _render_unexpected(exc: Exception) -> Response:
     return Response(json.dumps(body), status=500, content_type="application/json")
 
 
+# Answers carry tokens, keys, profiles and per-user predictions: no cache or proxy may keep
+# them, and no browser may sniff them into something other than JSON.
+NO_STORE = ("Cache-Control", "no-store")
+NO_SNIFF = ("X-Content-Type-Options", "nosniff")
+
+
 def _tag_response(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = request_id()
-    # Answers carry tokens, keys, profiles and per-user predictions: no cache or proxy may keep
-    # them, and no browser may sniff them into something other than JSON.
-    response.headers.setdefault("Cache-Control", "no-store")
-    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault(*NO_STORE)
+    response.headers[NO_SNIFF[0]] = NO_SNIFF[1]
     return response
 
 

@@ -83,6 +83,27 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a request presents, read from the Flask request (`of_request`) or, in the
+    prediction lane, from the WSGI environ."""
+
+    authorization: str | None
+    api_key: str | None
+    address: str  # the client's, as `limits.client_address` resolves it
+    in_query: bool = False  # a credential parameter in the query string (always refused)
+
+    @classmethod
+    def of_request(cls) -> Credentials:
+        headers = request.headers
+        return cls(
+            headers.get("Authorization"),
+            headers.get("X-API-Key"),
+            client_address(),
+            bool(request.query_string and request.args.keys() & CREDENTIAL_PARAMS),
+        )
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling and what they may do on this request."""
@@ -184,31 +205,40 @@ class AuthState:
 
     # -- credentials -------------------------------------------------------------------------
 
-    def authenticate(self) -> Principal | None:
-        """The principal named by this request's credentials, None if it sent none.
+    def authenticate(self, sent: Credentials | None = None) -> Principal | None:
+        """The principal named by the credentials `sent` (default: this request's), None if
+        there are none.
 
         Invalid credentials are counted per client address; an address past
         `rate_limits.invalid_credentials` gets 429 before anything it sends is verified.
         """
-        watch, address, now = self.bad_credentials, client_address(), self.clock()
+        sent = sent or Credentials.of_request()
+        watch, now = self.bad_credentials, self.clock()
         if watch is not None:
-            watch.check(address, now)
+            watch.check(sent.address, now)
         try:
-            return self._authenticate()
+            return self.identify(sent)
         except AuthenticationError as exc:
             if watch is not None and exc.error_code in COUNTED_FAILURES:
-                watch.failed(address, now)
+                watch.failed(sent.address, now)
             raise
 
-    def _authenticate(self) -> Principal | None:
-        if request.query_string and request.args.keys() & CREDENTIAL_PARAMS:
+    def is_suspect(self, address: str) -> bool:
+        """True if invalid credentials came from `address` within their window."""
+        return self.bad_credentials is not None and self.bad_credentials.suspects(
+            address, self.clock()
+        )
+
+    def identify(self, sent: Credentials) -> Principal | None:
+        """Who `sent` names, raising for invalid credentials (uncounted: see `authenticate`)."""
+        if sent.in_query:
             raise AuthenticationError(
                 "credentials are never accepted in the query string; send the Authorization "
                 "or X-API-Key header",
                 error_code="INVALID_TOKEN",
             )
-        by_token = self._from_bearer()
-        by_key = self._from_api_key()
+        by_token = self._from_bearer(sent.authorization)
+        by_key = self._from_api_key(sent.api_key)
         if by_token and by_key:
             if by_token.id != by_key.id:
                 raise AuthenticationError(
@@ -224,11 +254,10 @@ class AuthState:
             )
         principal = by_token or by_key
         if principal is not None:
-            self.check_default_admin(principal.user)
+            self.check_default_admin(principal.user, sent.address)
         return principal
 
-    def _from_bearer(self) -> Principal | None:
-        header = request.headers.get("Authorization")
+    def _from_bearer(self, header: str | None) -> Principal | None:
         if header is None:
             return None
         scheme, _, token = header.partition(" ")
@@ -274,8 +303,7 @@ class AuthState:
             end = min(end, epoch(key["expires_at"]))
         return end
 
-    def _from_api_key(self) -> Principal | None:
-        key = request.headers.get("X-API-Key")
+    def _from_api_key(self, key: str | None) -> Principal | None:
         if key is None:
             return None
         record = self.find_key(key.strip())
@@ -315,8 +343,8 @@ class AuthState:
             raise AuthenticationError("this account is disabled or deleted", error_code=error_code)
         return user
 
-    def check_default_admin(self, user: dict[str, Any]) -> None:
-        if self.remote_default_password(user):
+    def check_default_admin(self, user: dict[str, Any], address: str | None = None) -> None:
+        if self.remote_default_password(user, address):
             raise PermissionDenied(
                 "this account still has its default password; change it from the server "
                 "machine (loopback) before using it remotely"
@@ -360,9 +388,10 @@ class AuthState:
     def sweep_sessions(self) -> int:
         return sessions.sweep(self.sessions, now=self.now())
 
-    def remote_default_password(self, user: dict[str, Any]) -> bool:
-        """True if `user` still has the default password and this request is not from loopback."""
-        return has_default_password(user) and not is_loopback(client_address())
+    def remote_default_password(self, user: dict[str, Any], address: str | None = None) -> bool:
+        """True if `user` still has the default password and the request (from `address`,
+        default this request's client) is not from loopback."""
+        return has_default_password(user) and not is_loopback(address or client_address())
 
 
 class Auth:
@@ -516,10 +545,16 @@ def _authenticate_request() -> None:
 
 
 def _flag_default_password(response):
-    principal = g.get("principal")
-    if principal is not None and principal.user.get("must_change_password"):
-        response.headers[PASSWORD_CHANGE_HEADER] = "true"
+    for name, value in principal_headers(g.get("principal")):
+        response.headers[name] = value
     return response
+
+
+def principal_headers(principal: Principal | None) -> list[tuple[str, str]]:
+    """What every answer to `principal` carries: the flag of a password change that is due."""
+    if principal is not None and principal.user.get("must_change_password"):
+        return [(PASSWORD_CHANGE_HEADER, "true")]
+    return []
 
 
 def _ensure_default_admin(state: AuthState) -> None:

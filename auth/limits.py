@@ -62,6 +62,9 @@ EXEMPT_ATTR = "_rate_limit_exempt"
 LOGIN_ENDPOINT = "auth.login"
 # Views that check a password: a failed answer from them is held back (`hold_failed_login`).
 PASSWORD_ENDPOINTS = frozenset({LOGIN_ENDPOINT, "auth.change_password"})
+# The WSGI environ key under which a request carries the limit headers of the budget it was
+# already counted in, when the prediction lane hands it over to Flask.
+COUNTED = "auth.limit_headers"
 
 
 class RateLimited(ApiError):
@@ -110,12 +113,15 @@ def resolve_client_address(
 
 
 def client_address() -> str:
-    proxies = current_app.extensions["auth"].trusted_proxies
+    return client_address_of(request.environ, current_app.extensions["auth"].trusted_proxies)
+
+
+def client_address_of(environ: dict[str, Any], proxies: Sequence[str]) -> str:
+    """The client address of the request with WSGI `environ`, behind `proxies`."""
+    remote = environ.get("REMOTE_ADDR")
     if not proxies:
-        return request.remote_addr or "unknown"
-    return resolve_client_address(
-        request.remote_addr, request.headers.get("X-Forwarded-For"), proxies
-    )
+        return remote or "unknown"
+    return resolve_client_address(remote, environ.get("HTTP_X_FORWARDED_FOR"), proxies)
 
 
 # -- the limiter -----------------------------------------------------------------------------
@@ -165,16 +171,33 @@ class RequestBudget:
             return  # no route: a 404 or 405 costs no budget
         if getattr(current_app.view_functions[endpoint], EXEMPT_ATTR, False):
             return
-        if endpoint == LOGIN_ENDPOINT:
+        counted = request.environ.get(COUNTED)
+        if counted is not None:  # by the prediction lane, which handed the request over
+            g.limit_headers = counted
+        elif endpoint == LOGIN_ENDPOINT:
             limit, key = self._login, ("login", client_address())
             message = f"too many logins from this address ({limit}); see Retry-After"
+            g.limit_headers = self._hit(limit, key, message)
         else:
             principal = g.get("principal")
-            limit = self._limit_of(principal)
-            key = ("user", f"user:{principal.id}" if principal else f"addr:{client_address()}")
-            message = f"rate limit of {limit} exceeded; see Retry-After"
+            g.limit_headers = self.count(principal, None if principal else client_address())
+
+    def count(self, principal: Any, address: str | None) -> dict[str, str]:
+        """Count one request of `principal` (None: of client `address`) and return its
+        X-RateLimit-* headers; 429 once the budget is spent."""
+        limit = self._limit_of(principal)
+        key = ("user", f"user:{principal.id}" if principal else f"addr:{address}")
+        return self._hit(limit, key, f"rate limit of {limit} exceeded; see Retry-After")
+
+    def _hit(self, limit: str, key: tuple[str, str], message: str) -> dict[str, str]:
+        strategy = self.strategy
+        items = _items(limit)
         try:
-            self._hit(_items(limit), key, message)
+            for item in items:
+                if not strategy.hit(item, PREFIX, *key):
+                    reset = strategy.get_window_stats(item, PREFIX, *key)[0]
+                    raise RateLimited(message, headers=_limit_headers(item, 0, reset, retry=True))
+            reset, remaining = strategy.get_window_stats(items[0], PREFIX, *key)
         except StorageError:
             if not self._fail_open:
                 raise
@@ -182,16 +205,8 @@ class RequestBudget:
             if now - self._warned_at >= self.WARN_EVERY_SECONDS:  # once a minute, not a request
                 self._warned_at = now
                 log.warning("rate limit storage unreachable; serving without limits")
-
-    def _hit(self, items: tuple[RateLimitItem, ...], key: tuple[str, str], message: str) -> None:
-        strategy = self.strategy
-        for item in items:
-            if not strategy.hit(item, PREFIX, *key):
-                reset = strategy.get_window_stats(item, PREFIX, *key)[0]
-                raise RateLimited(message, headers=_limit_headers(item, 0, reset, retry=True))
-        item = items[0]
-        reset, remaining = strategy.get_window_stats(item, PREFIX, *key)
-        g.limit_headers = _limit_headers(item, remaining, reset)
+            return {}
+        return _limit_headers(items[0], remaining, reset)
 
 
 def _limit_headers(
@@ -338,14 +353,19 @@ class BadCredentialWatch:
         self._window = budget.window_seconds
         self._suspects: dict[str, float] = {}
 
-    def check(self, address: str, now: float) -> None:
+    def suspects(self, address: str, now: float) -> bool:
+        """True if `address` sent invalid credentials to this worker within the window."""
         seen = self._suspects.get(address)
         if seen is None:
-            return
+            return False
         if now - seen > self._window:
             del self._suspects[address]
-            return
-        self._budget.check(address)
+            return False
+        return True
+
+    def check(self, address: str, now: float) -> None:
+        if self.suspects(address, now):
+            self._budget.check(address)
 
     def failed(self, address: str, now: float) -> None:
         if len(self._suspects) >= self.MAX_SUSPECTS:

@@ -33,21 +33,31 @@ def _start() -> None:
 
 
 def _record(response: Response) -> Response:
-    started = g.get("access_started")
-    duration = round((time.perf_counter() - started) * 1000, 2) if started else None
     principal = g.get("principal")
-    user_id = principal.id if principal is not None else None
-    rid = request_id()
+    write(
+        request.method,
+        request.path,
+        response.status_code,
+        started=g.get("access_started"),
+        user_id=principal.id if principal is not None else None,
+        rid=request_id(),
+    )
+    return response
+
+
+def write(
+    method: str, path: str, status: int, *, started: float | None, user_id: str | None, rid: str
+) -> None:
+    """The access line of one request (`started`: its `time.perf_counter()` at arrival)."""
+    duration = round((time.perf_counter() - started) * 1000, 2) if started else None
     logs.access(
-        f"{request.method} {request.path} {response.status_code} {duration}ms "
-        f"user={user_id or '-'} request={rid}",
+        f"{method} {path} {status} {duration}ms user={user_id or '-'} request={rid}",
         {
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
+            "method": method,
+            "path": path,
+            "status": status,
             "duration_ms": duration,
             "user_id": user_id,
             "request_id": rid,
         },
     )
-    return response

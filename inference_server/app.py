@@ -11,7 +11,7 @@ from flask import Flask
 from auth import Auth, AuthState, open_state
 from auth.store import JsonStore
 
-from . import access_log, docs, health, model_admin, models, predict
+from . import access_log, docs, health, lane, model_admin, models, predict
 from .settings import Settings, load_settings
 
 auth = Auth()
@@ -87,4 +87,5 @@ def create_app(
     for blueprint in (health.bp, model_admin.bp):
         app.register_blueprint(blueprint)
     docs.init_app(app)
+    lane.init_app(app)  # last: it reads what the others set up
     return app

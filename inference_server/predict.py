@@ -8,6 +8,9 @@ The heavy part of a prediction (checking the input, the model call, encoding the
 an inference thread (`models.inference_threads`, see `auth.offload`), and so does parsing a large
 body: a million-row request keeps its own greenlet waiting, not the worker's other requests.
 Choosing the model stays on the event loop, where the registry's locks live.
+
+The steps (`Inference.prepare`, `payload`) are shared with the prediction lane (`lane.py`),
+which answers the common small prediction without Flask's per-request machinery.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ PARSE_INLINE_BYTES = 64 * 1024  # smaller bodies parse faster than a hand-off to
 
 
 def init_app(app, *, threads: int, max_samples: int) -> None:
-    app.extensions["inference"] = Inference(ThreadOffload(threads), max_samples)
+    app.extensions["inference"] = Inference(
+        ThreadOffload(threads), max_samples, app.extensions["models"]
+    )
     app.register_blueprint(bp)
 
 
@@ -52,16 +57,34 @@ class Inference:
 
     INLINE_MS = 1.0
 
-    def __init__(self, threads: ThreadOffload, max_samples: int) -> None:
+    def __init__(self, threads: ThreadOffload, max_samples: int, registry: ModelRegistry) -> None:
         self.threads = threads
         self.max_samples = max_samples
+        self.registry = registry
         self._fast: dict[str, bool] = {}  # model name -> its last call took under INLINE_MS
 
+    def inline(self, model: LoadedModel, body_bytes: int) -> bool:
+        """True if a prediction of `model` for a body this long runs on the event loop."""
+        return body_bytes <= PARSE_INLINE_BYTES and self._fast.get(model.name, False)
+
     def run(self, model: LoadedModel, fn: Callable[..., T], *args: Any) -> T:
-        small = (request.content_length or 0) <= PARSE_INLINE_BYTES
-        if small and self._fast.get(model.name):
+        if self.inline(model, request.content_length or 0):
             return fn(*args)
         return self.threads.run(fn, *args)
+
+    def prepare(self, body: dict[str, Any], path_model: str | None) -> tuple[LoadedModel, Any]:
+        """The model a /predict body asks for (or the URL names) and its checked `data`."""
+        model = self.registry.get(_model_field(body, path_model))
+        if "data" not in body:
+            raise ValidationError("'data' is required", details={"field": "data"})
+        _samples_within(body["data"], self.max_samples, "data")
+        return model, body["data"]
+
+    def payload(self, model: LoadedModel, data: Any) -> bytes:
+        """The encoded answer of `model` to `data` (400 if `data` does not fit the model)."""
+        with json_steps.collector_paused():
+            outputs, elapsed = self.timed(model, to_batch_in_steps(data, model.input))
+            return _encode(model, elapsed, predictions=outputs)
 
     def timed(self, model: LoadedModel, batch: np.ndarray) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
@@ -127,19 +150,9 @@ def _respond(payload: bytes) -> Response:
 
 
 def _predict(path_model: str | None):
-    body = _body()
-    model = registry().get(_model_field(body, path_model))
-    if "data" not in body:
-        raise ValidationError("'data' is required", details={"field": "data"})
-    _samples_within(body["data"], inference().max_samples, "data")
     runner = inference()
-    return _respond(runner.run(model, _predict_payload, runner, model, body["data"]))
-
-
-def _predict_payload(runner: Inference, model: LoadedModel, data: Any) -> bytes:
-    with json_steps.collector_paused():
-        outputs, elapsed = runner.timed(model, to_batch_in_steps(data, model.input))
-        return _encode(model, elapsed, predictions=outputs)
+    model, data = runner.prepare(_body(), path_model)
+    return _respond(runner.run(model, runner.payload, model, data))
 
 
 @bp.post("/predict")
