@@ -14,8 +14,10 @@ to hold across workers and hosts):
 - invalid tokens and API keys per client address (`rate_limits.invalid_credentials`).
 
 The per-user budget and the login limit are counted by `RequestBudget.check`, a `before_request`
-hook that runs after the auth hook, so the user is known. Responses carry
-`X-RateLimit-Limit/Remaining/Reset`, and a 429 also `Retry-After`.
+hook that runs after the auth hook, so the user is known. An application that answers some
+requests beneath Flask counts them with `RequestBudget.count`, and hands a request it counted
+over to Flask with its limit headers under `COUNTED` in the environ, so it is counted once.
+Responses carry `X-RateLimit-Limit/Remaining/Reset`, and a 429 also `Retry-After`.
 
 `PasswordGate` bounds how many bcrypt computations run at once across every worker process
 (file-lock slots): a login flood then costs at most that many cores, and logins beyond it get an
