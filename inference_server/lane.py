@@ -23,7 +23,7 @@ import io
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Flask
 
@@ -31,9 +31,9 @@ from auth.errors import NO_SNIFF, NO_STORE, REQUEST_ID_HEADER, choose_request_id
 from auth.extension import Credentials, Principal, principal_headers
 from auth.inputs import parse_json_object
 from auth.limits import COUNTED, client_address_of
-from auth.openapi import SCOPES_ATTR
+from auth.openapi import SCOPES_ATTR, body_schema
 
-from . import access_log, schemas
+from . import access_log
 from .predict import PARSE_INLINE_BYTES
 
 WITH_MODEL = re.compile(r"^/([^/]+)/predict$")
@@ -41,6 +41,17 @@ WITH_MODEL = re.compile(r"^/([^/]+)/predict$")
 
 class HandOver(Exception):
     """This request is not the lane's: Flask answers it."""
+
+
+class Route(NamedTuple):
+    """What a prediction view declares: the body fields it takes, the scopes it needs."""
+
+    fields: frozenset[str]
+    needs: frozenset[str]
+
+    @classmethod
+    def of(cls, view: Callable[..., Any]) -> Route:
+        return cls(frozenset(body_schema(view)["properties"]), getattr(view, SCOPES_ATTR))
 
 
 class PredictionLane:
@@ -55,18 +66,17 @@ class PredictionLane:
         self.max_bytes = min(PARSE_INLINE_BYTES, app.config["MAX_CONTENT_LENGTH"])
         self.max_depth = app.config["MAX_JSON_DEPTH"]
         self.access_log = app.extensions["settings"].server.access_log
-        self.needs = getattr(app.view_functions["predict.predict"], SCOPES_ATTR)
-        self.default_fields = frozenset(schemas.PREDICT["properties"])
-        self.named_fields = frozenset(schemas.PREDICT_WITH["properties"])
+        self.default_route = Route.of(app.view_functions["predict.predict"])
+        self.named_route = Route.of(app.view_functions["predict.predict_with"])
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]):
         started = time.perf_counter()
         try:
-            path_model, length = self._ordinary(environ)
+            route, path_model, length = self._ordinary(environ)
             address = client_address_of(environ, self.auth.trusted_proxies)
-            principal = self._principal(environ, address)
+            principal = self._principal(environ, address, route)
             counted = environ[COUNTED] = self.budget.count(principal, address)
-            payload = self._predict(environ, path_model, length)
+            payload = self._predict(environ, route, path_model, length)
         except Exception:  # HandOver, or an error of a step: Flask takes the steps and answers
             return self.flask(environ, start_response)
         rid = choose_request_id(environ.get("HTTP_X_REQUEST_ID"))
@@ -93,26 +103,26 @@ class PredictionLane:
             )
         return [payload]
 
-    def _ordinary(self, environ: dict[str, Any]) -> tuple[str | None, int]:
-        """The model the path names (None: the default) and the body's length, if this is a
-        prediction the lane may take; else HandOver."""
+    def _ordinary(self, environ: dict[str, Any]) -> tuple[Route, str | None, int]:
+        """The route, the model the path names (None: the default) and the body's length, if
+        this is a prediction the lane may take; else HandOver."""
         if environ["REQUEST_METHOD"] != "POST" or environ.get("QUERY_STRING"):
             raise HandOver
         path = environ.get("PATH_INFO", "")
         if path == "/predict":
-            path_model = None
+            route, path_model = self.default_route, None
         else:
             named = WITH_MODEL.match(path)
             if named is None:
                 raise HandOver
-            path_model = named.group(1)
+            route, path_model = self.named_route, named.group(1)
         length = environ.get("CONTENT_LENGTH", "")
         kind = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
         if kind != "application/json" or not length.isdigit() or int(length) > self.max_bytes:
             raise HandOver
-        return path_model, int(length)
+        return route, path_model, int(length)
 
-    def _principal(self, environ: dict[str, Any], address: str) -> Principal | None:
+    def _principal(self, environ: dict[str, Any], address: str, route: Route) -> Principal | None:
         if not self.enabled:
             return None  # simple mode: as the Flask path, credentials are not looked at
         if self.auth.is_suspect(address):
@@ -121,18 +131,22 @@ class PredictionLane:
             environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"), address
         )
         principal = self.auth.identify(sent)
-        if principal is None or not self.needs <= principal.scopes:
+        if principal is None or not route.needs <= principal.scopes:
             raise HandOver
         return principal
 
-    def _predict(self, environ: dict[str, Any], path_model: str | None, length: int) -> bytes:
+    def _predict(
+        self, environ: dict[str, Any], route: Route, path_model: str | None, length: int
+    ) -> bytes:
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # for Flask, should it be handed over
+        if len(raw) != length:
+            raise HandOver  # the client sent less than it announced
         body = parse_json_object(raw, max_depth=self.max_depth)
-        if not body.keys() <= (self.named_fields if path_model else self.default_fields):
+        if not body.keys() <= route.fields:
             raise HandOver  # Flask names the unknown field
         model, data = self.inference.prepare(body, path_model)
-        if len(raw) != length or not self.inference.inline(model, length):
+        if not self.inference.inline(model, length):
             raise HandOver  # a slow model runs on an inference thread
         return self.inference.payload(model, data)
 
