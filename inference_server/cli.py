@@ -176,12 +176,36 @@ def with_user_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _scopes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """--scopes 'a,b' as a list; None when not given (a new key's default scopes)."""
+    if not value:
+        return None
+    scopes = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = sorted(set(scopes) - ALL_SCOPES)
+    if unknown:
+        # Refused before anything is made: create-admin would otherwise leave an admin behind
+        # without the key it was asked for.
+        raise click.ClickException(f"unknown scope(s): {', '.join(unknown)}")
+    return scopes
+
+
+scopes_option = click.option(
+    "--scopes",
+    callback=_scopes,
+    help=f"comma-separated, from: {', '.join(sorted(ALL_SCOPES))} (default: the owner's role's "
+    "scopes except admin and account management)",
+)
+
+
 @cli.command("create-admin")
 @with_user_options
 @click.option("--with-key", metavar="NAME", help="also create an API key and print it once")
+@scopes_option
 @refusals
-def create_admin(config, username, email, password, password_stdin, with_key) -> None:
+def create_admin(config, username, email, password, password_stdin, with_key, scopes) -> None:
     """Create an admin. Used before the first start, no default admin is ever created."""
+    if scopes is not None and not with_key:
+        raise click.UsageError("--scopes is for the key of --with-key")
     state = _state(config)
     user = _create_user(
         state,
@@ -193,9 +217,7 @@ def create_admin(config, username, email, password, password_stdin, with_key) ->
     )
     click.echo(f"created admin {user['username']} ({user['id']})")
     if with_key:
-        key, record = accounts.create_key(
-            state, user, name=with_key, actor=_actor(), scopes=sorted(ALL_SCOPES)
-        )
+        key, record = accounts.create_key(state, user, name=with_key, actor=_actor(), scopes=scopes)
         _print_key(key, record, user["username"])
 
 
@@ -376,7 +398,7 @@ def keys_list(config, user) -> None:
 @config_option
 @click.option("--user", required=True, help="owner (id, username or email)")
 @click.option("--name", required=True)
-@click.option("--scopes", help=f"comma-separated, from: {', '.join(sorted(ALL_SCOPES))}")
+@scopes_option
 @click.option("--expires-days", type=click.IntRange(1, 3650))
 @refusals
 def keys_create(config, user, name, scopes, expires_days) -> None:
@@ -389,7 +411,7 @@ def keys_create(config, user, name, scopes, expires_days) -> None:
         name=name,
         actor=_actor(),
         expires_days=expires_days,
-        scopes=[s.strip() for s in scopes.split(",") if s.strip()] if scopes else None,
+        scopes=scopes,
     )
     _print_key(key, record, owner["username"])
 

@@ -103,6 +103,50 @@ def test_create_admin_with_key_prints_it_once(run, data_dir):
     assert key not in disk_text(data_dir, "api_keys")
 
 
+def _admin_with_key(run, *scopes: str):
+    return run(
+        "create-admin",
+        *("--username", "root", "--email", "r@example.org", "--password-stdin"),
+        *("--with-key", "ops", *scopes),
+        input=GOOD + "\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "scopes"),
+    [
+        ((), ["models:manage", "models:read", "predict"]),  # what `keys create` gives by default
+        (("--scopes", "predict"), ["predict"]),
+        (("--scopes", "admin,predict"), ["admin", "predict"]),
+    ],
+)
+def test_create_admin_with_key_gives_the_default_scopes_or_those_asked(
+    run, make_app, data_dir, given, scopes
+):
+    made = _admin_with_key(run, *given)
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[-1]
+    (record,) = on_disk(data_dir, "api_keys").values()
+    assert record["scopes"] == scopes
+    client = make_app().test_client()
+    admin_route = client.get("/admin/users", headers={"X-API-Key": key})
+    if "admin" in scopes:
+        assert admin_route.status_code == 200
+    else:
+        assert_error(admin_route, 403, "INSUFFICIENT_PERMISSIONS")
+    predicted = client.post("/predict", json={"data": [[1, 2, 3]]}, headers={"X-API-Key": key})
+    assert predicted.status_code == 200
+
+
+def test_create_admin_refuses_unknown_scopes_before_making_the_admin(run):
+    refused = _admin_with_key(run, "--scopes", "predict,root")
+    assert refused.exit_code == 1 and "unknown scope(s): root" in refused.output
+    assert "created admin" not in refused.output
+    alone = run("create-admin", "--username", "x", "--scopes", "predict")
+    assert alone.exit_code == 2 and "--with-key" in alone.output
+    assert run("users", "list").stdout.splitlines()[1:] == []  # no admin was made
+
+
 def test_users_commands(run):
     _admin(run)
     _admin(run, "second")
