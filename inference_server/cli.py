@@ -10,6 +10,9 @@ while it runs and what they change reaches every worker at once:
     config check                    validate the config and print it, secrets masked
     audit tail                      recent audit events
 
+`--config FILE` may come before the command (`python run.py --config FILE config check`): the
+group takes it and each command's own `--config` falls back to it, so a command's own wins.
+
 Exit codes: 0 done, 1 refused (the message says why), 2 bad usage.
 """
 
@@ -28,6 +31,7 @@ from typing import Any
 
 import click
 import yaml
+from click.core import ParameterSource
 
 from auth import SecretError, StoreCorrupt, accounts
 from auth.errors import ApiError
@@ -40,11 +44,21 @@ from .settings import ConfigError, Settings, load_settings
 
 MASK = "********"
 
+
+def _config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A command's own --config, else the one given before the command (`--config FILE CMD`),
+    which the top-level group parsed first; each also reads INFERENCE_CONFIG."""
+    if ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+        return value
+    return ctx.find_root().params.get("config", value)
+
+
 config_option = click.option(
     "--config",
     "config",
     envvar="INFERENCE_CONFIG",
     type=click.Path(dir_okay=False),
+    callback=_config,
     help="YAML file layered over config/default.yaml",
 )
 
@@ -93,7 +107,8 @@ def _new_password(password_stdin: bool, password: str | None, label: str = "Pass
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="inference-server", prog_name="inference-server")
-def cli() -> None:
+@config_option
+def cli(config: str | None) -> None:
     """Model inference server with authentication.
 
     Without a command it serves (the `serve` command):
@@ -525,6 +540,12 @@ def audit_tail(config, count, user, event) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h", "--version")):
-        args.insert(0, "serve")
+    at = 0  # where the default command goes: after a --config given first, which is the group's
+    if args[:1] == ["--config"]:
+        at = 2
+    elif args[:1] and args[0].startswith("--config="):
+        at = 1
+    first = args[at] if at < len(args) else None
+    if first is None or (first.startswith("-") and first not in ("--help", "-h", "--version")):
+        args.insert(at, "serve")
     cli.main(args=args, prog_name="inference-server")

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 import requests
+import yaml
 from click.testing import CliRunner
 
 from inference_server.app import create_app
-from inference_server.cli import cli
+from inference_server.cli import cli, main
 from inference_server.settings import load_settings
 from tests.conftest import Actor, assert_error, base_overrides, disk_text, on_disk
 from tests.live import REPO, live_server
@@ -204,6 +205,35 @@ def test_config_check_masks_secrets(run, tmp_path):
     bad.write_text("auth: {rate_limit_per_minut: 5}\n")
     broken = runner.invoke(cli, ["config", "check", "--config", str(bad)])
     assert broken.exit_code == 1 and "auth.rate_limit_per_minut" in broken.output
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("--config", "{good}", "config", "check"),
+        ("config", "check", "--config", "{good}"),
+        ("--config={good}", "config", "check"),
+        ("--config", "{bad}", "config", "check", "--config", "{good}"),  # the command's own wins
+    ],
+)
+def test_config_is_taken_before_or_after_the_command(tmp_path, order):
+    files = {"good": tmp_path / "good.yaml", "bad": tmp_path / "bad.yaml"}
+    files["good"].write_text("auth: {rate_limit_per_minute: 7}\n")
+    files["bad"].write_text("auth: {rate_limit_per_minut: 5}\n")
+    args = [arg.format(**files) for arg in order]
+    result = CliRunner().invoke(cli, args, env={"INFERENCE_CONFIG": str(files["bad"])})
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["auth"]["rate_limit_per_minute"] == 7
+
+
+def test_config_given_first_reaches_serve_and_config_check_as_written(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("auth: {rate_limit_per_minut: 5}\n")
+    for args in (["--config", str(bad)], ["--config", str(bad), "config", "check"]):
+        with pytest.raises(SystemExit) as ended:
+            main(args)  # as `python run.py ...`: without a command, `serve`
+        assert ended.value.code == 1
+        assert "auth.rate_limit_per_minut" in capsys.readouterr().err
 
 
 def test_audit_tail_filters(run):
