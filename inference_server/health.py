@@ -4,6 +4,12 @@
 should be serving is loaded, every store can be read and written, and the rate limit storage
 (Redis, when configured) answers. A load balancer takes a worker that is not ready out of
 rotation; the 503 says which part is not, with no secret in it (never a storage URI).
+
+The route is public, so anyone can ask; what a part's problem is (a model file that failed to
+load, a store that cannot be written) names the server's files and paths, which only an admin
+may read. Everyone else gets each part's state, as the 200 answer has it. The authentication
+hook skips public views, so the view asks itself who is calling; credentials that fail count as
+none: a load balancer's probe is never refused.
 """
 
 from __future__ import annotations
@@ -48,13 +54,28 @@ def ready():
         "rate_limits": _rate_limit_problems(),
     }
     failing = {part: problems for part, problems in checks.items() if problems}
-    if failing:
-        raise NotReady(
-            f"not ready: {'; '.join(p for problems in failing.values() for p in problems)}",
-            details=failing,
-            headers={"Retry-After": "5"},
-        )
-    return jsonify({"status": "ready", "checks": {part: "ok" for part in checks}})
+    if not failing:
+        return jsonify({"status": "ready", "checks": {part: "ok" for part in checks}})
+    states = {part: "failing" if problems else "ok" for part, problems in checks.items()}
+    details: dict[str, object] = {"status": "not ready", "checks": states}
+    message = f"not ready: {', '.join(failing)} failing"
+    if _caller_is_admin():
+        details["problems"] = failing
+        message = f"not ready: {'; '.join(p for problems in failing.values() for p in problems)}"
+    raise NotReady(message, details=details, headers={"Retry-After": "5"})
+
+
+def _caller_is_admin() -> bool:
+    """True for admin credentials (the role and, as on the admin routes, the admin scope), and
+    for anyone when authentication is off, as every route then is."""
+    state = auth_state()
+    if not state.settings.enabled:
+        return True
+    try:
+        principal = state.authenticate()
+    except ApiError:
+        return False
+    return principal is not None and principal.is_admin and principal.holds("admin")
 
 
 def _rate_limit_problems() -> list[str]:
