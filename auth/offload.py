@@ -7,6 +7,11 @@ the calling greenlet; bcrypt, NumPy, ONNX Runtime and torch release the GIL whil
 and Python code on the thread yields the GIL every few milliseconds, so the loop keeps serving.
 Outside gevent (tests, a threaded server) there is no loop to protect and the work runs inline.
 
+Work that raises comes back as its exception, raised again in the calling greenlet. gevent's pool
+would carry it back too, but only after its hub has printed it with a traceback to standard
+error: a client's mistake (a too deeply nested body, say) must not write a traceback to the
+server log, and a fault of the server is logged where it is handled, as for work run inline.
+
 A pool belongs to one process: it is made on first use after any fork.
 """
 
@@ -34,12 +39,23 @@ class ThreadOffload:
         pool = self._pool()
         if pool is None:
             return fn(*args, **kwargs)
-        return pool.apply(self._call, (fn, args, kwargs))
+        result, error = pool.apply(self._call, (fn, args, kwargs))
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error  # its traceback holds this frame: no cycle keeping `args` alive
+        return result
 
-    def _call(self, fn: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
-        if self._on_thread is not None:
-            self._on_thread()
-        return fn(*args, **kwargs)
+    def _call(
+        self, fn: Callable[..., T], args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[T | None, Exception | None]:
+        try:
+            if self._on_thread is not None:
+                self._on_thread()
+            return fn(*args, **kwargs), None
+        except Exception as exc:
+            return None, exc
 
     def _pool(self) -> Any:
         monkey = sys.modules.get("gevent.monkey")
