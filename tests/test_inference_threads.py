@@ -1,14 +1,22 @@
 """A long prediction runs off the event loop: the worker's other requests keep being answered.
 
-A real one-worker server (gunicorn, gevent worker), a million-row prediction, and /health probed
-while it runs. The issue that asked for this set the bar: /health within 200 ms.
+A real one-worker server (gunicorn, gevent worker) holds a prediction in its model until the test
+lets it go (`tests/held_model.py`); /health is probed meanwhile and must answer while the
+prediction is still running. How fast it answers beside a million-row prediction is a figure for
+`tests/benchmarks/health_during_prediction.py`, not an assertion here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import threading
-import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,42 +25,102 @@ import requests
 from auth.errors import ValidationError
 from inference_server import json_steps
 from inference_server.models.base import InputSpec, to_batch, to_batch_in_steps
-from tests.conftest import assert_error
-from tests.live import live_server
+from inference_server.serve import gunicorn_command
+from inference_server.settings import load_settings
+from tests.conftest import DEMO_MODEL, assert_error
+from tests.held_model import HELD
+from tests.live import ENDED, REPO, LiveServer, free_port
 
-ROWS = 1_000_000
+
+@contextmanager
+def held_model_server(tmp_path: Path) -> Iterator[tuple[LiveServer, Callable[[], None]]]:
+    """The server's gunicorn command with one gevent worker, serving `tests.held_model`
+    (models `demo` and `held`); yields the server and the function that releases `held`."""
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
+    env.update(
+        {
+            "INFERENCE_STORAGE__DATA_DIR": str(tmp_path / "data"),
+            "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
+            "INFERENCE_SERVER__HOST": "127.0.0.1",
+            "INFERENCE_SERVER__PORT": str(port),
+            "INFERENCE_SERVER__WORKERS": "1",
+            "INFERENCE_MODELS__REGISTRY": (
+                f"[{{name: demo, path: {DEMO_MODEL}}}, {{name: held, path: {DEMO_MODEL}}}]"
+            ),
+            "HELD_MODEL_RELEASE": str(fifo),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    command = [*gunicorn_command(load_settings(environ=env))[:-1], "tests.held_model:held_app()"]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    server = LiveServer(process, port)
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.note(line)
+        server.note(ENDED)
+
+    def release() -> None:
+        # Non-blocking: ENXIO if no prediction holds the FIFO open, instead of waiting for one.
+        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(writer, b"x")
+        finally:
+            os.close(writer)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        server.wait_for_log("this worker is serving", 1)
+        yield server, release
+    finally:
+        with contextlib.suppress(OSError):  # a prediction still held must not hold up the end
+            release()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 @pytest.mark.slow
-def test_health_answers_while_a_million_row_prediction_runs(tmp_path):
-    env = {
-        "INFERENCE_SERVER__MAX_REQUEST_MB": "64",
-        "INFERENCE_MODELS__MAX_SAMPLES_PER_REQUEST": str(ROWS),
-    }
-    body = ('{"data": [' + ",".join(["[1,2,3]"] * ROWS) + "]}").encode()
-    with live_server(tmp_path / "data", workers=1, env=env) as server:
-        headers = {**server.admin_credentials()["api-key"], "Content-Type": "application/json"}
+def test_health_answers_while_a_prediction_runs(tmp_path):
+    with held_model_server(tmp_path) as (server, release):
+        headers = server.admin_credentials()["api-key"]
         answer: dict[str, requests.Response] = {}
 
         def predict() -> None:
-            answer["big"] = requests.post(
-                server.url("/predict"), data=body, headers=headers, timeout=120
+            answer["held"] = requests.post(
+                server.url("/predict"),
+                json={"model": "held", "data": [[1, 2, 3]]},
+                headers=headers,
+                timeout=120,
             )
 
-        big = threading.Thread(target=predict)
-        big.start()
-        waits = []
-        while big.is_alive():
-            started = time.perf_counter()
-            health = requests.get(server.url("/health"), timeout=10)
-            if big.is_alive():  # only probes that overlapped the prediction count
-                waits.append(time.perf_counter() - started)
-            assert health.status_code == 200
-        big.join()
-        assert answer["big"].status_code == 200, answer["big"].text[:300]
-        assert len(answer["big"].json()["predictions"]) == ROWS
-        assert len(waits) >= 5, waits  # the probes really overlapped the prediction
-        assert max(waits) < 0.2, sorted(waits)[-5:]
+        predicting = threading.Thread(target=predict)
+        predicting.start()
+        server.wait_for_log(HELD, 1)  # the prediction is in the model, on the worker
+        probes = []
+        for _ in range(5):
+            # A worker whose event loop ran the model would not answer before the release.
+            probes.append(requests.get(server.url("/health"), timeout=30).status_code)
+            assert predicting.is_alive() and not answer  # the prediction is still running
+        release()
+        predicting.join(timeout=120)
+        assert probes == [200] * 5
+        assert answer["held"].status_code == 200, answer["held"].text[:300]
+        assert answer["held"].json()["model"] == "held"
+        assert "Traceback" not in "".join(server.log)
 
 
 def test_more_samples_than_the_limit_is_413(make_app, actor):
