@@ -18,8 +18,8 @@ from typing import Any
 
 from . import api_keys, sessions
 from .config import limit_string
+from .core import AuthState
 from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, ValidationError
-from .extension import AuthState
 from .passwords import password_problem
 from .records import epoch, iso
 from .store import Records

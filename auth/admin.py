@@ -9,9 +9,9 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 
 from . import accounts, schemas
+from .core import auth_state
 from .decorators import admin_required
 from .errors import NotFound, ValidationError
-from .extension import auth_state, require_enabled
 from .inputs import json_body, text
 from .openapi import doc
 from .passwords import MAX_PASSWORD_LENGTH
@@ -19,9 +19,6 @@ from .users import profile
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 MAX_PAGE = 500
-
-
-bp.before_request(require_enabled)
 
 
 def _query_int(name: str, default: int, *, low: int, high: int) -> int:

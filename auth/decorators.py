@@ -1,32 +1,37 @@
-"""View decorators and `current_user`.
+"""Markers on views and blueprints, and `current_user`.
 
-Every view is already authenticated by the extension's `before_request` hook unless it is marked
-`@public`; `require_auth` narrows that to the scopes (or admin role) a view needs. Stack
-`require_auth` above a rate-limit decorator so the user is known when the limit key is computed.
-With authentication disabled (simple mode) every check passes and `current_user` is None.
+A marker records what a view needs; it wraps nothing. The extension's one `before_request` hook
+reads the markers of every endpoint once (`core.EndpointPolicy`) and enforces them on every
+request, before the view and before any limit of the application's own: deny by default, so a
+view without a marker needs credentials (any scope), `@public` opens it, `require_auth(scopes=...)`
+narrows it. A whole blueprint (a site's pages, say) is opened with `public(bp)`. With
+authentication disabled (simple mode) every check passes and `current_user` is None.
+
+Imports nothing of the extension: the core reads these markers, the web layer applies them.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from flask import g
 from werkzeug.local import LocalProxy
 
-from .errors import AuthenticationError, PermissionDenied
-from .extension import PUBLIC_ATTR, Principal, auth_state
-from .openapi import SCOPES_ATTR
-
 F = TypeVar("F", bound=Callable[..., Any])
 
+PUBLIC_ATTR = "_auth_public"
+SCOPES_ATTR = "_auth_scopes"
+ADMIN_ATTR = "_auth_admin"
+EXEMPT_ATTR = "_rate_limit_exempt"
+PASSWORD_ATTR = "_auth_checks_password"
 
-def _principal() -> Principal | None:
+
+def _principal() -> Any:
     return g.get("principal")
 
 
-current_principal: Principal | None = LocalProxy(_principal)  # type: ignore[assignment]
+current_principal: Any = LocalProxy(_principal)
 
 
 def _current_user() -> dict[str, Any] | None:
@@ -37,38 +42,36 @@ def _current_user() -> dict[str, Any] | None:
 current_user: dict[str, Any] | None = LocalProxy(_current_user)  # type: ignore[assignment]
 
 
-def public(view: F) -> F:
-    """Mark a view as reachable without credentials."""
-    setattr(view, PUBLIC_ATTR, True)
-    return view
+def public(target: F) -> F:
+    """Mark a view, or every view of a blueprint, as reachable without credentials."""
+    setattr(target, PUBLIC_ATTR, True)
+    return target
 
 
 def require_auth(view: F | None = None, *, scopes: Iterable[str] = (), admin: bool = False):
     """Allow the view only to a principal holding all `scopes` (and the admin role if asked)."""
     needed = frozenset(scopes) | ({"admin"} if admin else frozenset())
 
-    def decorate(fn: F) -> F:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if auth_state().settings.enabled:
-                principal = _principal()
-                if principal is None:
-                    raise AuthenticationError("credentials required")
-                if admin and not principal.is_admin:
-                    raise PermissionDenied("this action needs the admin role")
-                missing = needed - principal.scopes
-                if missing:
-                    raise PermissionDenied(
-                        f"missing scope(s): {', '.join(sorted(missing))}",
-                        details={"required_scopes": sorted(needed)},
-                    )
-            return fn(*args, **kwargs)
+    def mark(fn: F) -> F:
+        setattr(fn, SCOPES_ATTR, needed)
+        setattr(fn, ADMIN_ATTR, admin)
+        return fn
 
-        setattr(wrapper, SCOPES_ATTR, needed)  # what the API description says it needs
-        return wrapper  # type: ignore[return-value]
-
-    return decorate(view) if view is not None else decorate
+    return mark(view) if view is not None else mark
 
 
 def admin_required(view: F) -> F:
     return require_auth(view, admin=True)
+
+
+def exempt(view: F) -> F:
+    """Mark a view as outside the per-user budget (health checks)."""
+    setattr(view, EXEMPT_ATTR, True)
+    return view
+
+
+def checks_password(view: F) -> F:
+    """Mark a view that checks a password: an answer other than 200 is held back until
+    `auth.failed_login_delay_seconds` after the request arrived."""
+    setattr(view, PASSWORD_ATTR, True)
+    return view

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask, Response, g, json, request
@@ -176,7 +177,14 @@ def render_error(exc: HTTPException) -> Response:
     code = getattr(exc, "error_code", None) or error_code(exc.code or 500)
     message = exc.description or exc.name
     if (exc.code or 500) >= 500:  # the server's trouble, not the client's: the operator must know
-        log.error("%s %s answered %s %s: %s", request.method, request.path, exc.code, code, message)
+        log.error(
+            "%s %s answered %s %s: %s",
+            request.method,
+            loggable(request.path),
+            exc.code,
+            code,
+            loggable(message),
+        )
     response.set_data(json.dumps(error_body(code, message, getattr(exc, "details", None))))
     response.content_type = "application/json"
     return response
@@ -188,7 +196,7 @@ def _render_unexpected(exc: Exception) -> Response:
         "unhandled %s on %s %s (request %s)",
         type(exc).__name__,
         request.method,
-        request.path,
+        loggable(request.path),
         request_id(),
     )
     body = error_body("INTERNAL_ERROR", "the server failed to handle this request")
@@ -199,16 +207,40 @@ def _render_unexpected(exc: Exception) -> Response:
 # them, and no browser may sniff them into something other than JSON.
 NO_STORE = ("Cache-Control", "no-store")
 NO_SNIFF = ("X-Content-Type-Options", "nosniff")
+RETRY_STATUSES = frozenset({429, 503})
 
 
-def _tag_response(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = request_id()
-    response.headers.setdefault(*NO_STORE)
-    response.headers[NO_SNIFF[0]] = NO_SNIFF[1]
-    return response
+def standard_headers(rid: str) -> list[tuple[str, str]]:
+    """The headers every answer carries, gunicorn's own refusals included."""
+    return [(REQUEST_ID_HEADER, rid), NO_STORE, NO_SNIFF]
+
+
+def stamp(response: Response, extra: Sequence[tuple[str, str]] = ()) -> None:
+    """Add the standard headers and `extra` to `response`, keeping any it already carries (an
+    X-RateLimit-Limit of its own keeps out the other limit headers too); `Retry-After` only on
+    a 429 or 503."""
+    headers = response.headers
+    present = {name.lower() for name, _ in headers.items()}
+    if "x-ratelimit-limit" in present:
+        present.update(("x-ratelimit-remaining", "x-ratelimit-reset"))
+    for name, value in (*standard_headers(request_id()), *extra):
+        if name.lower() not in present:
+            headers.add(name, value)
+    if "retry-after" in present and response.status_code not in RETRY_STATUSES:
+        del headers["Retry-After"]
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+
+
+def loggable(text: str) -> str:
+    """`text` with control characters escaped (`\\x0a`), so that a path or header a client
+    chose cannot end a log line and forge the next one."""
+    return text.translate(_CONTROL)
 
 
 def init_app(app: Flask) -> None:
+    """The one error handler of `app` (the headers are `stamp`ed by the extension's after
+    hook; an app without it registers `stamp` itself, as the standby app does)."""
     app.register_error_handler(HTTPException, render_error)
     app.register_error_handler(Exception, _render_unexpected)
-    app.after_request(_tag_response)

@@ -1,401 +1,43 @@
-"""The `Auth` Flask extension: per-app state, start-up, and request authentication.
+"""The `Auth` Flask extension: the core's pipeline plus the `/auth` and `/admin` blueprints.
 
-`Auth()` is created unbound; `init_app` opens the stores (refusing to start on a corrupt file),
-loads or creates the signing secret, creates the default admin when there is no user at all, and
-registers the error handler, the authentication hook and the `/auth` blueprint. All per-app state
-lives in `app.extensions["auth"]` as an `AuthState`.
+    auth = Auth(public_endpoints={"pages.index"})
+    auth.init_app(app, open_state(settings=AuthSettings(), data_dir=Path("data")))
 
-Deny by default: a `before_request` hook authenticates every request whose view is not marked
-public, before any view decorator or rate limiter runs. Views then narrow access with
-`require_auth(scopes=...)` (see `decorators.py`). Authenticators answer "not mine" with None and
-"mine but bad" with an exception.
+`Auth()` is created unbound at import time and keeps no app: per-app state lives in
+`app.extensions["auth"]` (an `AuthState`), flask-limiter's extension in its `limiter`. Options:
 
-What a request may do is the scopes of the credential it presented (`Principal.scopes`): the
-role's scopes narrowed by the key, or by the key a session was started with. A session from a
-key login lives only while that key does; every session ends `auth.session_max_days` after its
-login. Invalid credentials are counted per client address (`limits.BadCredentialWatch`).
+- `public_endpoints`: endpoints reachable without credentials besides those marked `@public`
+  (a view) or `public(bp)` (a blueprint); static files are public by default;
+- `url_prefix`, `admin_url_prefix`: where the account and admin routes are served; None leaves
+  that blueprint out. Neither is served in simple mode (`enabled: false`), where nothing of
+  either could work.
+
+This module sits on top: it imports the core and the web layer, and neither imports it back.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import ipaddress
-import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
-from flask import Flask, current_app, g, request
+from flask import Flask
 
-from . import api_keys, errors, sessions
-from .audit import AuditLog
-from .background import run_every, run_soon
-from .config import AuthSettings, RateLimitSettings
-from .errors import AuthenticationError, PermissionDenied
-from .indexes import Index
-from .limits import (
-    BadCredentialWatch,
-    FailureBudget,
-    PasswordGate,
-    add_limit_headers,
-    client_address,
-    hold_failed_login,
-    init_limiter,
-    password_failure_key,
-    stamp_login_arrival,
-)
-from .offload import ThreadOffload
-from .passwords import hash_password, verify_password
-from .records import Shape, epoch, iso
-from .store import UNCHANGED, JsonStore, Records, secure_dir
-from .tokens import TokenSigner, load_secret
-from .usage import KeyUsage
-from .users import (
-    ALL_SCOPES,
-    ROLE_SCOPES,
-    USER_INDEXES,
-    USER_SHAPE,
-    has_default_password,
-    new_user,
-    password_change_due,
-)
-
-log = logging.getLogger(__name__)
-
-PUBLIC_ATTR = "_auth_public"
-PASSWORD_CHANGE_HEADER = "X-Password-Change-Required"
-SESSION_ENDED = "this session has ended; log in again"
-CREDENTIAL_PARAMS = frozenset({"api_key", "access_token", "token", "key"})
-# Credentials that were presented and are wrong; an expired token is honest client behaviour.
-COUNTED_FAILURES = frozenset({"INVALID_TOKEN", "INVALID_API_KEY", "INVALID_CREDENTIALS"})
-# What a password session may do while an admin-set password awaits its change.
-PASSWORD_CHANGE_SCOPES = frozenset({"user:read", "user:write"})
-
-
-@functools.lru_cache(maxsize=1024)
-def is_loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """What a request presents, read from the Flask request (`of_request`) or, in the
-    prediction lane, from the WSGI environ."""
-
-    authorization: str | None
-    api_key: str | None
-    address: str  # the client's, as `limits.client_address` resolves it
-    in_query: bool = False  # a credential parameter in the query string (always refused)
-
-    @classmethod
-    def of_request(cls) -> Credentials:
-        headers = request.headers
-        return cls(
-            headers.get("Authorization"),
-            headers.get("X-API-Key"),
-            client_address(),
-            bool(request.query_string and request.args.keys() & CREDENTIAL_PARAMS),
-        )
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling and what they may do on this request."""
-
-    user: dict[str, Any]
-    scopes: frozenset[str]
-    via: str  # "jwt" or "api_key"
-    session_id: str | None = None
-    key_id: str | None = None
-
-    @property
-    def id(self) -> str:
-        return self.user["id"]
-
-    @property
-    def is_admin(self) -> bool:
-        return self.user["role"] == "admin"
-
-    def holds(self, scope: str) -> bool:
-        """True if the credential presented carries `scope` (never just the user's role)."""
-        return scope in self.scopes
-
-
-def _trim_heap() -> None:
-    # Reading a snapshot of tens of megabytes leaves that much free in glibc's heap, counted in
-    # the worker's RSS until something reuses it; malloc_trim returns it. Elsewhere: nothing.
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _sleep(seconds: float) -> None:
-    time.sleep(seconds)  # looked up at each call: gevent's sleep once the worker is patched
-
-
-@dataclass
-class AuthState:
-    settings: AuthSettings
-    data_dir: Path
-    clock: Callable[[], float]
-    users: JsonStore
-    keys: JsonStore
-    key_usage: KeyUsage
-    sessions: JsonStore
-    audit: AuditLog
-    password_gate: PasswordGate
-    trusted_proxies: tuple[str, ...] = ()
-    sleep: Callable[[float], None] = _sleep
-    signer: TokenSigner | None = None
-    sweep_seconds: float = 600.0
-    offload: ThreadOffload = field(default_factory=lambda: ThreadOffload(1))
-    failed_logins: FailureBudget | None = None
-    bad_credentials: BadCredentialWatch | None = None
-
-    def now(self) -> int:
-        return int(self.clock())
-
-    @property
-    def access_ttl(self) -> int:
-        return self.settings.access_token_expire_minutes * 60
-
-    @property
-    def refresh_ttl(self) -> int:
-        return self.settings.refresh_token_expire_days * 86400
-
-    @property
-    def session_max_age(self) -> int:
-        return self.settings.session_max_days * 86400
-
-    # -- passwords (bounded, off the event loop: see PasswordGate) ----------------------------
-
-    def hash_password(self, password: str) -> str:
-        return self.password_gate.run(hash_password, password, rounds=self.settings.bcrypt_rounds)
-
-    def try_password(self, user: dict[str, Any] | None, password: str, *, name: str) -> bool:
-        """A password try (login, or change-password's current password) for `user` (None: no
-        account is called `name`), within the account's failure budget: 429 once it is spent,
-        and a wrong password, a disabled account or the default password from afar spends it.
-        """
-        assert self.failed_logins is not None
-        key = password_failure_key(user, name, client_address())
-        self.failed_logins.check(*key)
-        ok = (
-            self.verify_password(password, user["password_hash"] if user else None)
-            and user is not None
-            and user["is_active"]
-            and not self.remote_default_password(user)
-        )
-        if not ok:
-            self.failed_logins.spend(*key)
-        return ok
-
-    def verify_password(self, password: str, hashed: str | None) -> bool:
-        """`hashed=None` (no such user) costs the same as a wrong password, and fails."""
-        return self.password_gate.run(
-            verify_password, password, hashed, rounds=self.settings.bcrypt_rounds
-        )
-
-    # -- credentials -------------------------------------------------------------------------
-
-    def authenticate(self, sent: Credentials | None = None) -> Principal | None:
-        """The principal named by the credentials `sent` (default: this request's), None if
-        there are none.
-
-        Invalid credentials are counted per client address; an address past
-        `rate_limits.invalid_credentials` gets 429 before anything it sends is verified.
-        """
-        sent = sent or Credentials.of_request()
-        watch, now = self.bad_credentials, self.clock()
-        if watch is not None:
-            watch.check(sent.address, now)
-        try:
-            return self.identify(sent)
-        except AuthenticationError as exc:
-            if watch is not None and exc.error_code in COUNTED_FAILURES:
-                watch.failed(sent.address, now)
-            raise
-
-    def is_suspect(self, address: str) -> bool:
-        """True if invalid credentials came from `address` within their window."""
-        return self.bad_credentials is not None and self.bad_credentials.suspects(
-            address, self.clock()
-        )
-
-    def identify(self, sent: Credentials) -> Principal | None:
-        """Who `sent` names, raising for invalid credentials (uncounted: see `authenticate`)."""
-        if sent.in_query:
-            raise AuthenticationError(
-                "credentials are never accepted in the query string; send the Authorization "
-                "or X-API-Key header",
-                error_code="INVALID_TOKEN",
-            )
-        by_token = self._from_bearer(sent.authorization)
-        by_key = self._from_api_key(sent.api_key)
-        if by_token and by_key:
-            if by_token.id != by_key.id:
-                raise AuthenticationError(
-                    "the bearer token and the API key belong to different users",
-                    error_code="INVALID_CREDENTIALS",
-                )
-            by_token = Principal(
-                user=by_token.user,
-                scopes=by_token.scopes & by_key.scopes,
-                via="jwt",
-                session_id=by_token.session_id,
-                key_id=by_key.key_id,
-            )
-        principal = by_token or by_key
-        if principal is not None:
-            self.check_default_admin(principal.user, sent.address)
-        return principal
-
-    def _from_bearer(self, header: str | None) -> Principal | None:
-        if header is None:
-            return None
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            # A credential that is sent is checked, never ignored in favour of another one.
-            raise AuthenticationError("the Authorization header must be 'Bearer <access token>'")
-        if self.signer is None:
-            raise AuthenticationError("bearer tokens are not accepted", error_code="INVALID_TOKEN")
-        now = self.now()
-        claims = self.signer.decode(token.strip(), token_type="access", now=now)
-        session = sessions.live_session(
-            self.sessions.get(claims["sid"]), claims["sub"], now, self.session_max_age
-        )
-        if session is None:
-            raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
-        user = self.active_user(claims["sub"], error_code="INVALID_TOKEN")
-        key_id = session.get("key_id")
-        if key_id is not None:
-            self.live_key(key_id, error_code="INVALID_TOKEN")
-        return Principal(
-            user=user,
-            scopes=self.session_scopes(user, session),
-            via="jwt",
-            session_id=claims["sid"],
-            key_id=key_id,
-        )
-
-    def session_scopes(self, user: dict[str, Any], session: dict[str, Any]) -> frozenset[str]:
-        """A password session holds the role's scopes (only the account's own while an admin-set
-        password awaits its change); a session from a key login holds that key's scopes."""
-        scopes = ROLE_SCOPES[user["role"]]
-        if session["scopes"] is not None:
-            return scopes & frozenset(session["scopes"])
-        if password_change_due(user):
-            return scopes & PASSWORD_CHANGE_SCOPES
-        return scopes
-
-    def session_end(self, created_at: int, key: dict[str, Any] | None) -> int:
-        """When a session must end whatever its refreshes: its absolute lifetime, and no later
-        than the expiry of the key it was started with."""
-        end = created_at + self.session_max_age
-        if key is not None and key.get("expires_at"):
-            end = min(end, epoch(key["expires_at"]))
-        return end
-
-    def _from_api_key(self, key: str | None) -> Principal | None:
-        if key is None:
-            return None
-        record = self.find_key(key.strip())
-        user = self.active_user(record["user_id"], error_code="INVALID_API_KEY")
-        self.key_usage.note(record["id"], self.now())
-        scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
-        return Principal(user=user, scopes=scopes, via="api_key", key_id=record["id"])
-
-    def find_key(self, key: str) -> dict[str, Any]:
-        """The live record of API key `key`; raises INVALID_API_KEY for anything else."""
-        if not self.settings.api_keys_enabled:
-            raise AuthenticationError("API keys are disabled", error_code="INVALID_API_KEY")
-        digest = api_keys.lookup_digest(key)
-        if digest is None:
-            raise AuthenticationError("malformed API key", error_code="INVALID_API_KEY")
-        return self.usable_key(self.keys.find("hash", digest))
-
-    def live_key(self, key_id: str, *, error_code: str = "INVALID_API_KEY") -> dict[str, Any]:
-        """The record of key `key_id` if it is active and unexpired; raises 401 otherwise."""
-        return self.usable_key(self.keys.get(key_id), error_code=error_code)
-
-    def usable_key(
-        self, record: dict[str, Any] | None, *, error_code: str = "INVALID_API_KEY"
-    ) -> dict[str, Any]:
-        """`record` if it is a key that is active and unexpired; raises 401 otherwise."""
-        if record is None or not record["is_active"]:
-            raise AuthenticationError("invalid or revoked API key", error_code=error_code)
-        expires_at = record.get("expires_at")
-        if expires_at and epoch(expires_at) <= self.now():
-            raise AuthenticationError("this API key has expired", error_code=error_code)
-        return record
-
-    def active_user(self, user_id: str, *, error_code: str) -> dict[str, Any]:
-        """The user `user_id` if it exists and is enabled; raises 401 with `error_code`."""
-        user = self.users.get(user_id)
-        if user is None or not user["is_active"]:
-            raise AuthenticationError("this account is disabled or deleted", error_code=error_code)
-        return user
-
-    def check_default_admin(self, user: dict[str, Any], address: str | None = None) -> None:
-        if self.remote_default_password(user, address):
-            raise PermissionDenied(
-                "this account still has its default password; change it from the server "
-                "machine (loopback) before using it remotely"
-            )
-
-    def start_background(self) -> None:
-        """This worker's background work: writing key use, sweeping ended sessions, compacting
-        store journals (off the loop, on one background thread)."""
-        self.key_usage.start(self.offload)
-        sweep = functools.partial(self.offload.run, self.sweep_sessions)
-        run_every(self.sweep_seconds, sweep, name="session-sweep")
-        for store in (self.users, self.keys, self.sessions, self.key_usage.store):
-            store.schedule_compaction = self.in_background
-
-    def warm(self) -> None:
-        """Load what every request reads (users, keys and their hashes, sessions) before the
-        first request; the indexes that only logins, listings and revocations consult are
-        built just after, on the background thread. Then hand the load's scratch memory back
-        to the system."""
-        self.users.warm([])
-        self.keys.warm(["hash"])
-        self.sessions.warm([])
-        _trim_heap()
-
-        def rest() -> None:
-            for store in (self.users, self.keys, self.sessions):
-                store.warm()
-            _trim_heap()
-
-        self.in_background(rest)
-
-    def storage_problems(self) -> list[str]:
-        """Why any store cannot be read or written now (for readiness checks)."""
-        stores = (self.users, self.keys, self.sessions, self.key_usage.store)
-        return [problem for problem in map(JsonStore.problem, stores) if problem]
-
-    def in_background(self, job: Callable[[], Any]) -> None:
-        """Run `job` soon on this worker's background thread; the caller does not wait."""
-        run_soon(functools.partial(self.offload.run, job), name="background")
-
-    def sweep_sessions(self) -> int:
-        return sessions.sweep(self.sessions, now=self.now())
-
-    def remote_default_password(self, user: dict[str, Any], address: str | None = None) -> bool:
-        """True if `user` still has the default password and the request (from `address`,
-        default this request's client) is not from loopback."""
-        return has_default_password(user) and not is_loopback(address or client_address())
+from . import admin, routes
+from .config import RateLimitSettings
+from .core import AuthState, init_core
+from .limits import client_address
 
 
 class Auth:
-    """Flask extension: `auth = Auth(); auth.init_app(app, open_state(settings=..., ...))`."""
+    def __init__(
+        self,
+        *,
+        public_endpoints: Iterable[str] = (),
+        url_prefix: str | None = "/auth",
+        admin_url_prefix: str | None = "/admin",
+    ) -> None:
+        self.public_endpoints = frozenset(public_endpoints)
+        self.url_prefix = url_prefix
+        self.admin_url_prefix = admin_url_prefix
 
     def init_app(
         self,
@@ -405,191 +47,27 @@ class Auth:
         limits: RateLimitSettings | None = None,
         default_admin: bool = True,
     ) -> AuthState:
-        """Serve `state` (see `open_state`) from `app`: hooks, limits, routes, and (unless told
-        not to) the default admin of an empty users store."""
-        settings = state.settings
-        app.extensions["auth"] = state
-        errors.init_app(app)
-        if settings.enabled:
-            state.signer = TokenSigner(
-                secret=load_secret(
-                    settings.jwt_secret, state.data_dir, may_create=lambda: len(state.sessions) == 0
-                ),
-                algorithm=settings.jwt_algorithm,
-                issuer=settings.jwt_issuer,
-                audience=settings.jwt_audience,
-            )
-            if default_admin:
-                _ensure_default_admin(state)
-        app.before_request(_guard_request)
-        app.after_request(_finish_response)
+        """Serve `state` (see `open_state`) from `app`: the pipeline, flask-limiter, the
+        routes, and (unless told not to) the default admin of an empty users store."""
         limits = limits or RateLimitSettings()
-        strategy = init_limiter(app, auth=settings, limits=limits)
-        fail_open = limits.on_storage_error == "open"
-        state.failed_logins = FailureBudget(
-            strategy,
-            limits.login_failures,
-            namespace="login-failures",
-            message="too many failed logins for this account; try again later",
-            fail_open=fail_open,
+        init_core(
+            app,
+            state,
+            limits=limits,
+            default_admin=default_admin,
+            public_endpoints=self.public_endpoints,
         )
-        state.bad_credentials = BadCredentialWatch(
-            FailureBudget(
-                strategy,
-                limits.invalid_credentials,
-                namespace="bad-credentials",
-                message="too many invalid tokens or API keys from this address; try again later",
-                fail_open=fail_open,
-            )
-        )
-        from . import admin, routes
-
-        app.register_blueprint(routes.bp)
-        app.register_blueprint(admin.bp)
+        if not state.settings.enabled:
+            return state
+        if self.url_prefix is not None:
+            app.register_blueprint(routes.bp, url_prefix=self.url_prefix)
+            login = f"{routes.bp.name}.login"
+            assert state.limiter is not None
+            app.view_functions[login] = state.limiter.limit(
+                limits.login,
+                key_func=client_address,
+                error_message=f"the limit of {limits.login} logins from this address",
+            )(app.view_functions[login])
+        if self.admin_url_prefix is not None:
+            app.register_blueprint(admin.bp, url_prefix=self.admin_url_prefix)
         return state
-
-
-def open_state(
-    *,
-    settings: AuthSettings,
-    data_dir: Path,
-    trusted_proxies: Sequence[str] = (),
-    lock_timeout: float = 10.0,
-    audit_max_bytes: int = 10 * 1024 * 1024,
-    audit_backups: int = 5,
-    usage_flush_seconds: float = 5.0,
-    sweep_seconds: float = 600.0,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] | None = None,
-) -> AuthState:
-    """The stores and helpers, opened (StoreCorrupt on a bad file), without any Flask app.
-
-    The command line uses this to work on the same files, under the same locks, as the server.
-    `clock` and `sleep` are for tests.
-    """
-    data_dir = secure_dir(Path(data_dir))
-
-    def store(
-        name: str,
-        collection: str,
-        shape: Shape,
-        indexes: dict[str, Index] | None = None,
-        intern_ids: bool = False,
-    ):
-        return JsonStore(
-            data_dir / f"{name}.json",
-            collection=collection,
-            lock_timeout=lock_timeout,
-            indexes=indexes or {},
-            shape=shape,
-            intern_ids=intern_ids,
-        )
-
-    state = AuthState(
-        settings=settings,
-        data_dir=data_dir,
-        clock=clock,
-        users=store("users", "users", USER_SHAPE, USER_INDEXES, intern_ids=True),
-        keys=store("api_keys", "keys", api_keys.key_shape(ALL_SCOPES), api_keys.KEY_INDEXES),
-        key_usage=KeyUsage(
-            store("api_key_usage", "keys", api_keys.USAGE_SHAPE), flush_seconds=usage_flush_seconds
-        ),
-        sessions=store("sessions", "sessions", sessions.SESSION_SHAPE, sessions.SESSION_INDEXES),
-        audit=AuditLog(data_dir / "audit.log", max_bytes=audit_max_bytes, backups=audit_backups),
-        password_gate=PasswordGate(data_dir, settings.password_hash_slots),
-        trusted_proxies=tuple(trusted_proxies),
-        sleep=sleep or _sleep,
-        sweep_seconds=sweep_seconds,
-    )
-    for each in (state.users, state.keys, state.key_usage.store, state.sessions):
-        each.open()
-    return state
-
-
-def auth_state() -> AuthState:
-    return current_app.extensions["auth"]
-
-
-def require_enabled() -> None:
-    """before_request of the auth and admin blueprints: absent in simple mode."""
-    if not auth_state().settings.enabled:
-        raise errors.NotFound("authentication is disabled on this server (auth.enabled: false)")
-
-
-def _guard_request() -> None:
-    """The one before_request hook, in its order: who is calling (deny by default), when a
-    password check arrived, then the budget (which needs the user)."""
-    _authenticate_request()
-    stamp_login_arrival()
-    current_app.extensions["rate_limits"].check()
-
-
-def _finish_response(response):
-    """The one after_request hook: rate limit headers, the password-change flag, and the
-    hold of a failed password check (last: the answer is complete when it is held)."""
-    return hold_failed_login(_flag_default_password(add_limit_headers(response)))
-
-
-def _authenticate_request() -> None:
-    state = auth_state()
-    g.principal = None
-    if not state.settings.enabled or request.endpoint is None:
-        return
-    view = current_app.view_functions.get(request.endpoint)
-    if getattr(view, PUBLIC_ATTR, False):
-        return
-    principal = state.authenticate()
-    if principal is None:
-        raise AuthenticationError("credentials required: send Authorization: Bearer or X-API-Key")
-    g.principal = principal
-
-
-def _flag_default_password(response):
-    for name, value in principal_headers(g.get("principal")):
-        response.headers[name] = value
-    return response
-
-
-def principal_headers(principal: Principal | None) -> list[tuple[str, str]]:
-    """What every answer to `principal` carries: the flag of a password change that is due."""
-    if principal is not None and principal.user.get("must_change_password"):
-        return [(PASSWORD_CHANGE_HEADER, "true")]
-    return []
-
-
-def _ensure_default_admin(state: AuthState) -> None:
-    spec = state.settings.default_admin
-    if spec is None:
-        return
-    if len(state.users):
-        admins = (state.users.get(i) for i in state.users.ids("active_admin", "yes"))
-        if any(admin is not None and has_default_password(admin) for admin in admins):
-            log.warning(
-                "an admin still has the DEFAULT PASSWORD: change it (POST /auth/change-password); "
-                "until then it can only be used from this machine"
-            )
-        return
-    password_hash = hash_password(spec.password, rounds=state.settings.bcrypt_rounds)
-
-    def change(items: Records) -> bool:
-        if items:
-            return UNCHANGED  # another worker was first
-        user = new_user(
-            username=spec.username,
-            email=spec.email,
-            password_hash=password_hash,
-            role="admin",
-            now_iso=iso(state.now()),
-            must_change_password=True,
-            default_password=True,
-        )
-        items[user["id"]] = user
-        return True
-
-    if state.users.update(change) is not UNCHANGED:
-        log.warning(
-            "created default admin %r with the DEFAULT PASSWORD: it can only be used from this "
-            "machine until the password is changed (POST /auth/change-password)",
-            spec.username,
-        )
-        state.audit.record("user.default_admin_created", username=spec.username)

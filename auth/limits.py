@@ -1,7 +1,10 @@
-"""Rate limits and login protection.
+"""Rate limits and login protection, on flask-limiter.
 
-Four guards, all counting in one storage of the `limits` library (memory:// per process, or Redis
-to hold across workers and hosts):
+flask-limiter is the rate-limit extension of every app that uses `Auth`: it owns the storage
+(memory:// per process, or Redis to hold across workers and hosts), the strategy, what happens
+when the storage is down (`rate_limits.on_storage_error`), the `/auth/login` limit (a decorated
+limit keyed by client address) and any limit the application declares on its own routes with
+`state.limiter.limit(...)`. Four guards count in its storage:
 
 - a per-user budget on every route, keyed by user id (so one user's tokens and keys draw from one
   budget), sized by the user's own `rate_limit`, else `rate_limits.roles.<role>`, else
@@ -13,11 +16,12 @@ to hold across workers and hosts):
   before counted apart so that nobody else can lock the owner out (`password_failure_key`);
 - invalid tokens and API keys per client address (`rate_limits.invalid_credentials`).
 
-The per-user budget and the login limit are counted by `RequestBudget.check`, a `before_request`
-hook that runs after the auth hook, so the user is known. An application that answers some
-requests beneath Flask counts them with `RequestBudget.count`, and hands a request it counted
-over to Flask with its limit headers under `COUNTED` in the environ, so it is counted once.
-Responses carry `X-RateLimit-Limit/Remaining/Reset`, and a 429 also `Retry-After`.
+The budget is counted by the extension's one `before_request` hook, after authentication (the
+user is known), through the strategy flask-limiter built (`Limiter.limiter`): one hit and one look
+at the window per request, the limit strings of users and roles parsed once. Its
+`X-RateLimit-Limit/Remaining/Reset` headers go on the answer unless a limit of flask-limiter's own
+put its headers there (the more specific limit); a 429 also carries `Retry-After`, and no other
+answer does.
 
 `PasswordGate` bounds how many bcrypt computations run at once across every worker process
 (file-lock slots): a login flood then costs at most that many cores, and logins beyond it get an
@@ -45,12 +49,14 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
 
+import flask_limiter
 from filelock import FileLock, Timeout
 from flask import Flask, current_app, g, request
+from flask.globals import request_ctx
+from flask_limiter import RateLimitExceeded
+from flask_limiter._extension import LimiterContext
 from limits import RateLimitItem, parse, parse_many
 from limits.errors import StorageError
-from limits.storage import storage_from_string
-from limits.strategies import STRATEGIES, RateLimiter
 
 from .config import AuthSettings, RateLimitSettings, limit_storage, limit_string
 from .errors import ApiError, StorageBusy, render_error
@@ -60,27 +66,14 @@ from .users import fold_name
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXEMPT_ATTR = "_rate_limit_exempt"
-LOGIN_ENDPOINT = "auth.login"
-# Views that check a password: a failed answer from them is held back (`hold_failed_login`).
-PASSWORD_ENDPOINTS = frozenset({LOGIN_ENDPOINT, "auth.change_password"})
-# The WSGI environ key under which a request carries the limit headers of the budget it was
-# already counted in, when the prediction lane hands it over to Flask.
-COUNTED = "auth.limit_headers"
+PREFIX = "inference-server"
+LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
 class RateLimited(ApiError):
     """429: a budget is spent (its headers say which and until when)."""
 
     code, error_code = 429, "RATE_LIMIT_EXCEEDED"
-
-
-def add_limit_headers(response):
-    """after_request: the X-RateLimit-* headers of the budget this request was counted in,
-    unless the answer carries its own (a 429 of another budget: failed logins, the gate)."""
-    for name, value in g.pop("limit_headers", {}).items():
-        response.headers.setdefault(name, value)
-    return response
 
 
 # -- client addresses --------------------------------------------------------------------------
@@ -133,7 +126,51 @@ class LimiterConfigError(Exception):
     """The rate limit storage cannot be used as configured."""
 
 
-PREFIX = "inference-server"
+class Limiter(flask_limiter.Limiter):
+    """flask-limiter's extension, idle on requests that none of its own limits apply to.
+
+    Its hooks look up a per-request context on every request, even where no limit of its own
+    applies: a third of a bare Flask request. Where the application declared no application,
+    default, blueprint or meta limit, the check before the view has nothing to count, so it is
+    skipped, and the context read after it is a throwaway. A view decorated with
+    `limiter.limit(...)` is checked by its decorator as flask-limiter always does.
+    """
+
+    def _check_request_limit(
+        self, callable_name: str | None = None, in_middleware: bool = True
+    ) -> None:
+        if in_middleware and not self._limits_before_views(request.endpoint):
+            return
+        flask_limiter.Limiter.context.fget(self)  # the real context, kept for the request
+        super()._check_request_limit(callable_name, in_middleware)
+
+    def _limits_before_views(self, endpoint: str | None) -> bool:
+        manager = self.limit_manager
+        return bool(
+            manager._application_limits
+            or manager._default_limits
+            or manager._blueprint_limits
+            or self._meta_limits
+            or manager.has_hints(endpoint or "")
+        )
+
+    @property
+    def context(self) -> LimiterContext:
+        if getattr(request_ctx, "_limiter_request_context", None) is None:
+            return LimiterContext()  # nothing was checked on this request
+        return flask_limiter.Limiter.context.fget(self)
+
+    def checked_headers(self, *, retry: bool = False) -> dict[str, str] | None:
+        """The X-RateLimit-* headers of the most relevant limit of its own that this request was
+        checked against (None: none was). flask-limiter's own header injection is off: it
+        would write a second set beside the budget's, and a Retry-After on every answer."""
+        if getattr(request_ctx, "_limiter_request_context", None) is None:
+            return None
+        checked = self.current_limit
+        if checked is None:
+            return None
+        reset, remaining = checked.window
+        return _limit_headers(checked.limit, remaining, reset, retry=retry)
 
 
 @lru_cache(maxsize=256)
@@ -141,22 +178,22 @@ def _items(limit: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(limit))
 
 
-class RequestBudget:
-    """The per-user budget and the per-address login limit, checked on every request.
+def budget_key() -> str:
+    """Whose budget a request counts in: its user's, else its client address's. Also the key
+    of the limits an application declares with `limiter.limit(...)`."""
+    principal = g.get("principal")
+    return f"user:{principal.id}" if principal is not None else f"addr:{client_address()}"
 
-    Counted with the `limits` strategy straight from a `before_request` hook, after the auth
-    hook: one hit and one look at the window per request, and the limit strings of users and
-    roles parsed once. (flask-limiter did this before; its per-request machinery, limit
-    resolution, exemption scopes and header injection, cost a quarter of a prediction.)
-    """
+
+class RequestBudget:
+    """The per-user budget, counted on every request by the extension's before hook."""
 
     WARN_EVERY_SECONDS = 60.0
 
-    def __init__(self, strategy: RateLimiter, *, auth: AuthSettings, limits: RateLimitSettings):
-        self.strategy = strategy
+    def __init__(self, limiter: Limiter, *, auth: AuthSettings, limits: RateLimitSettings):
+        self.limiter = limiter
         self._roles = {role: limit_string(limit) for role, limit in limits.roles.items()}
         self._fallback = f"{auth.rate_limit_per_minute}/minute"
-        self._login = limits.login
         self._fail_open = limits.on_storage_error == "open"
         self._warned_at = -self.WARN_EVERY_SECONDS
 
@@ -166,40 +203,22 @@ class RequestBudget:
         user = principal.user
         return user.get("rate_limit") or self._roles.get(user["role"], self._fallback)
 
-    def check(self) -> None:
-        """before_request: count this request against its budget; 429 once it is spent."""
-        endpoint = request.endpoint
-        if endpoint is None:
-            return  # no route: a 404 or 405 costs no budget
-        if getattr(current_app.view_functions[endpoint], EXEMPT_ATTR, False):
-            return
-        counted = request.environ.get(COUNTED)
-        if counted is not None:  # by the prediction lane, which handed the request over
-            g.limit_headers = counted
-        elif endpoint == LOGIN_ENDPOINT:
-            limit, key = self._login, ("login", client_address())
-            message = f"too many logins from this address ({limit}); see Retry-After"
-            g.limit_headers = self._hit(limit, key, message)
-        else:
-            principal = g.get("principal")
-            g.limit_headers = self.count(principal, None if principal else client_address())
-
     def count(self, principal: Any, address: str | None) -> dict[str, str]:
         """Count one request of `principal` (None: of client `address`) and return its
         X-RateLimit-* headers; 429 once the budget is spent."""
         limit = self._limit_of(principal)
-        key = ("user", f"user:{principal.id}" if principal else f"addr:{address}")
-        return self._hit(limit, key, f"rate limit of {limit} exceeded; see Retry-After")
-
-    def _hit(self, limit: str, key: tuple[str, str], message: str) -> dict[str, str]:
-        strategy = self.strategy
+        key = f"user:{principal.id}" if principal is not None else f"addr:{address}"
+        strategy = self.limiter.limiter
         items = _items(limit)
         try:
             for item in items:
-                if not strategy.hit(item, PREFIX, *key):
-                    reset = strategy.get_window_stats(item, PREFIX, *key)[0]
-                    raise RateLimited(message, headers=_limit_headers(item, 0, reset, retry=True))
-            reset, remaining = strategy.get_window_stats(items[0], PREFIX, *key)
+                if not strategy.hit(item, PREFIX, "user", key):
+                    reset = strategy.get_window_stats(item, PREFIX, "user", key)[0]
+                    raise RateLimited(
+                        f"rate limit of {limit} exceeded; see Retry-After",
+                        headers=_limit_headers(item, 0, reset, retry=True),
+                    )
+            reset, remaining = strategy.get_window_stats(items[0], PREFIX, "user", key)
         except StorageError:
             if not self._fail_open:
                 raise
@@ -224,18 +243,39 @@ def _limit_headers(
     return headers
 
 
-def init_limiter(app: Flask, *, auth: AuthSettings, limits: RateLimitSettings) -> RateLimiter:
-    """The limits strategy over the configured storage; the budget (`RequestBudget`) is kept in
-    `app.extensions["rate_limits"]` for the auth hook to call."""
+def build_limiter(limits: RateLimitSettings) -> Limiter:
+    """flask-limiter over the configured storage and strategy, not yet serving an app."""
     try:
         limit_storage(limits.storage_uri)  # the check `config check` runs, for any caller
     except ValueError as exc:
         raise LimiterConfigError(f"rate_limits.storage_uri: expected {exc}") from None
-    storage = storage_from_string(limits.storage_uri, key_prefix=PREFIX, wrap_exceptions=True)
-    strategy = STRATEGIES[limits.strategy](storage)
-    app.extensions["rate_limits"] = RequestBudget(strategy, auth=auth, limits=limits)
+    return Limiter(
+        budget_key,
+        storage_uri=limits.storage_uri,
+        storage_options={"key_prefix": PREFIX, "wrap_exceptions": True},
+        strategy=limits.strategy,
+        headers_enabled=False,  # written by the extension's after hook (`checked_headers`)
+        swallow_errors=limits.on_storage_error == "open",
+        key_prefix=PREFIX,
+    )
+
+
+def init_limiter(app: Flask, limiter: Limiter) -> None:
+    """Serve `limiter` from `app`. Call it after the extension's own hooks are registered, so
+    that its answer headers are written first and the budget's are added only where it wrote
+    none."""
+    limiter.init_app(app)
     app.register_error_handler(StorageError, _storage_unreachable)
-    return strategy
+    app.register_error_handler(RateLimitExceeded, _limit_exceeded)
+
+
+def _limit_exceeded(exc: RateLimitExceeded):
+    """A limit of flask-limiter's own (the login limit, an application's decorated limit):
+    the same 429, with the same headers, as the budget's."""
+    message = exc.description if exc.limit.error_message else f"rate limit of {exc.description}"
+    limiter = current_app.extensions["auth"].limiter
+    headers = limiter.checked_headers(retry=True) or {}
+    return render_error(RateLimited(f"{message} exceeded; see Retry-After", headers=headers))
 
 
 def _storage_unreachable(exc: StorageError):
@@ -253,24 +293,14 @@ def _storage_unreachable(exc: StorageError):
 # -- failed logins are answered late ------------------------------------------------------------
 
 
-def stamp_login_arrival() -> None:
-    """before_request, ahead of the budget (which may refuse the login with a 429)."""
-    state = current_app.extensions["auth"]
-    if request.endpoint in PASSWORD_ENDPOINTS and state.settings.enabled:
-        g.login_arrived = state.clock()
-
-
-def hold_failed_login(response):
-    """after_request: answer a failed login no sooner than the configured delay after it came."""
-    arrived = g.pop("login_arrived", None)
-    if arrived is None or response.status_code == 200:
-        return response
-    state = current_app.extensions["auth"]
+def hold_failed_login(state: Any, arrived: float, status: int) -> None:
+    """Answer a failed password check no sooner than the configured delay after it came."""
+    if status == 200:
+        return
     delay = state.settings.failed_login_delay_seconds
     remaining = min(delay, arrived + delay - state.clock())
     if remaining > 0:
         state.sleep(remaining)
-    return response
 
 
 # -- budgets of failures --------------------------------------------------------------------
@@ -284,9 +314,9 @@ class FailureBudget:
     """
 
     def __init__(
-        self, strategy: RateLimiter, budget: str, *, namespace: str, message: str, fail_open: bool
+        self, limiter: Limiter, budget: str, *, namespace: str, message: str, fail_open: bool
     ) -> None:
-        self._strategy = strategy
+        self._limiter = limiter
         self._item = parse(budget)
         self._namespace = namespace
         self._message = message
@@ -307,13 +337,13 @@ class FailureBudget:
         """Count a failure. The request is refused anyway, so an unreachable counter store
         does not change its answer (`check` is what fails closed)."""
         try:
-            self._strategy.hit(self._item, self._namespace, *key)
+            self._limiter.limiter.hit(self._item, self._namespace, *key)
         except StorageError:
             log.warning("could not count a failure in %s: store unreachable", self._namespace)
 
     def _blocked_until(self, key: tuple[str, ...]) -> float | None:
         try:
-            strategy = self._strategy
+            strategy = self._limiter.limiter
             if strategy.test(self._item, self._namespace, *key):
                 return None
             return strategy.get_window_stats(self._item, self._namespace, *key)[0]
@@ -424,9 +454,3 @@ def _lower_priority() -> None:
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-
-
-def exempt(view: Any) -> Any:
-    """Mark a view as outside every per-user rate limit (health checks)."""
-    setattr(view, EXEMPT_ATTR, True)
-    return view

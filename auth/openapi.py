@@ -21,15 +21,13 @@ from typing import Any, TypeVar
 
 from flask import Flask
 
+from .decorators import EXEMPT_ATTR, PUBLIC_ATTR, SCOPES_ATTR
 from .errors import ERROR_CODES
-from .extension import PUBLIC_ATTR
-from .limits import EXEMPT_ATTR
 
 F = TypeVar("F", bound=Callable[..., Any])
 Schema = dict[str, Any]
 
 DOC_ATTR = "_openapi"
-SCOPES_ATTR = "_auth_scopes"  # set by `require_auth` on the views it guards
 _PATH_PARAM = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
 _HIDDEN_METHODS = {"HEAD", "OPTIONS"}
 

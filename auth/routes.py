@@ -13,16 +13,9 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify
 
 from . import accounts, api_keys, schemas, sessions
-from .decorators import public, require_auth
+from .core import PASSWORD_CHANGE_HEADER, SESSION_ENDED, AuthState, Principal, auth_state
+from .decorators import checks_password, exempt, public, require_auth
 from .errors import AuthenticationError, PermissionDenied, ValidationError
-from .extension import (
-    PASSWORD_CHANGE_HEADER,
-    SESSION_ENDED,
-    AuthState,
-    Principal,
-    auth_state,
-    require_enabled,
-)
 from .inputs import integer, json_body, string_list, text
 from .limits import client_address
 from .openapi import doc
@@ -39,9 +32,6 @@ INVALID_LOGIN = "invalid username or password"
 # Described with its JSON body only: code generators make broken clients of an operation that
 # takes two content types.
 FORM_TOO = "The same fields are also accepted form-urlencoded (as `curl -d` sends them)."
-
-
-bp.before_request(require_enabled)
 
 
 def _password_field(body: dict[str, Any], name: str) -> str:
@@ -157,9 +147,11 @@ def register():
     body=schemas.LOGIN,
     description=FORM_TOO,
     responses={200: schemas.TOKENS},
-    errors=(401,),
+    errors=(401, 429),
 )
 @public
+@exempt  # from the per-user budget: logins have their own limit per address (`rate_limits.login`)
+@checks_password
 def login():
     state = auth_state()
     body = json_body(allow_form=True)
@@ -278,6 +270,7 @@ def me():
     responses={200: schemas.SESSIONS_ENDED},
 )
 @require_auth(scopes=["user:write"])
+@checks_password
 def change_password():
     state = auth_state()
     principal: Principal = g.principal

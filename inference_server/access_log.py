@@ -5,59 +5,57 @@
 
 Never a credential: the path without its query string, the user's id, the request id (the one
 in the `X-Request-ID` answer header, so a client's report finds its line). With
-`server.log_format: json` the same fields are keys of the object. The duration runs from the
-first hook to the last, so a failed login held back by `auth.failed_login_delay_seconds` shows
-the time its client waited.
+`server.log_format: json` the same fields are keys of the object. Control characters in the path
+are escaped (`\\x0a`), so every request is one line whatever it holds.
+
+The line is a record of the `inference_server.access` logger, so a handler or filter attached
+to it sees every request. It is written from Flask's `request_finished` signal, after every
+`after_request` hook of the app (its status is the one the client gets), and timed from
+`request_started`, before every `before_request` hook: a failed login held back by
+`auth.failed_login_delay_seconds` shows the time its client waited.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, request, request_finished, request_started
 
-from auth.errors import request_id
+from auth.errors import loggable, request_id
 
-from . import logs
+from .logs import ACCESS
 
 
 def init_app(app: Flask) -> None:
-    """Register before every other hook (so its after-hook runs last)."""
     if app.extensions["settings"].server.access_log:
-        app.before_request(_start)
-        app.after_request(_record)
+        request_started.connect(_start, app)
+        request_finished.connect(_record, app)
 
 
-def _start() -> None:
+def _start(sender: Flask, **extra: object) -> None:
     g.access_started = time.perf_counter()
 
 
-def _record(response: Response) -> Response:
-    principal = g.get("principal")
-    write(
-        request.method,
-        request.path,
-        response.status_code,
-        started=g.get("access_started"),
-        user_id=principal.id if principal is not None else None,
-        rid=request_id(),
-    )
-    return response
-
-
-def write(
-    method: str, path: str, status: int, *, started: float | None, user_id: str | None, rid: str
-) -> None:
-    """The access line of one request (`started`: its `time.perf_counter()` at arrival)."""
+def _record(sender: Flask, response: Response, **extra: object) -> None:
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    scratch = g._get_current_object()
+    principal = scratch.get("principal")
+    started = scratch.get("access_started")
     duration = round((time.perf_counter() - started) * 1000, 2) if started else None
-    logs.access(
-        f"{method} {path} {status} {duration}ms user={user_id or '-'} request={rid}",
-        {
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration,
-            "user_id": user_id,
-            "request_id": rid,
-        },
+    method, path, status = request.method, loggable(request.path), response.status_code
+    user_id = principal.id if principal is not None else None
+    rid = request_id()
+    fields = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration,
+        "user_id": user_id,
+        "request_id": rid,
+    }
+    message = f"{method} {path} {status} {duration}ms user={user_id or '-'} request={rid}"
+    ACCESS.handle(
+        ACCESS.makeRecord(ACCESS.name, logging.INFO, __file__, 0, message, (), None, extra=fields)
     )

@@ -11,7 +11,7 @@ from flask import Flask
 from auth import Auth, AuthState, open_state
 from auth.store import JsonStore
 
-from . import access_log, docs, health, lane, model_admin, models, predict
+from . import access_log, docs, health, model_admin, models, predict
 from .settings import Settings, load_settings
 
 auth = Auth()
@@ -68,7 +68,7 @@ def create_app(
     app.config["MAX_JSON_DEPTH"] = settings.server.max_json_depth
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["settings"] = settings
-    access_log.init_app(app)  # first: its timer starts before, and its line ends after, all else
+    access_log.init_app(app)
     auth.init_app(
         app,
         open_auth_state(settings, clock=clock, sleep=sleep),
@@ -87,5 +87,4 @@ def create_app(
     for blueprint in (health.bp, model_admin.bp):
         app.register_blueprint(blueprint)
     docs.init_app(app)
-    lane.init_app(app)  # last: it reads what the others set up
     return app

@@ -33,10 +33,8 @@ import click
 import yaml
 from click.core import ParameterSource
 
-from auth import SecretError, StoreCorrupt, accounts
+from auth import AuthState, LimiterConfigError, SecretError, StoreCorrupt, accounts
 from auth.errors import ApiError
-from auth.extension import AuthState
-from auth.limits import LimiterConfigError
 from auth.users import ALL_SCOPES, check_email, check_username
 
 from . import logs

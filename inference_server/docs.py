@@ -16,9 +16,8 @@ from pathlib import Path
 import flask_swagger_ui
 from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
 
-from auth import public
+from auth import exempt, public
 from auth.errors import NotFound
-from auth.limits import exempt
 from auth.openapi import describe, doc
 
 bp = Blueprint("docs", __name__)

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from auth import auth_state, public
+from auth import auth_state, exempt, public
 from auth.errors import ApiError
-from auth.limits import exempt
 from auth.openapi import doc
 
 from . import schemas

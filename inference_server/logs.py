@@ -13,10 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-from typing import Any
+from datetime import datetime, timezone
 
-import orjson
 import yaml
 from pythonjsonlogger.json import JsonFormatter
 
@@ -24,9 +22,17 @@ TEXT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 FORMAT_VARIABLE = "INFERENCE_SERVER__LOG_FORMAT"
 
 
+class JsonLines(JsonFormatter):
+    """One JSON object per line, its time in ISO 8601 UTC (`2026-12-02T07:30:00.123Z`)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        moment = datetime.fromtimestamp(record.created, timezone.utc)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def formatter(kind: str) -> logging.Formatter:
     if kind == "json":
-        return JsonFormatter(
+        return JsonLines(
             "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         )
@@ -64,11 +70,6 @@ class Batched(logging.StreamHandler):
             return
         self._add(text, record.created)
 
-    def add(self, line: str, created: float) -> None:
-        """Queue a line already formatted."""
-        with self.lock:
-            self._add(line, created)
-
     def _add(self, line: str, created: float) -> None:
         if not self._pending:
             self._oldest = created
@@ -87,51 +88,6 @@ class Batched(logging.StreamHandler):
         self.stream.flush()
 
 
-class AccessWriter:
-    """Access lines straight into the batch, without a LogRecord: the logging machinery cost as
-    much as the rest of the access log together. The line is the one `formatter(kind)` would
-    write for the record (time to the millisecond, pid, level, logger, message, fields)."""
-
-    def __init__(self, handler: Batched, kind: str) -> None:
-        self._handler, self._json = handler, kind == "json"
-        self._second, self._stamp = -1, ""
-
-    def _time(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:  # strftime once a second, not once a line
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int((now - second) * 1000):03d}"
-
-    def write(self, message: str, fields: dict[str, Any]) -> None:
-        now = time.time()
-        if self._json:
-            line = orjson.dumps(
-                {
-                    "time": self._time(now),
-                    "process": os.getpid(),
-                    "level": "INFO",
-                    "logger": ACCESS.name,
-                    "message": message,
-                    **fields,
-                }
-            ).decode()
-        else:
-            line = f"{self._time(now)} [{os.getpid()}] INFO {ACCESS.name}: {message}"
-        self._handler.add(line, now)
-
-
-_access: AccessWriter | None = None
-
-
-def access(message: str, fields: dict[str, Any]) -> None:
-    """Log one access line: batched once `configure` ran (the server), else through logging."""
-    if _access is not None:
-        _access.write(message, fields)
-    else:
-        ACCESS.info(message, extra=fields)
-
-
 def configure(kind: str, *, level: int = logging.INFO) -> None:
     """Send this process's log records to standard error in format `kind`; the access log's
     in batches (`Batched`)."""
@@ -145,8 +101,6 @@ def configure(kind: str, *, level: int = logging.INFO) -> None:
     batched.setFormatter(shared)
     ACCESS.handlers[:] = [batched]
     ACCESS.propagate = False
-    global _access
-    _access = AccessWriter(batched, kind)
 
 
 def flush_access() -> None:

@@ -8,9 +8,6 @@ The heavy part of a prediction (checking the input, the model call, encoding the
 an inference thread (`models.inference_threads`, see `auth.offload`), and so does parsing a large
 body: a million-row request keeps its own greenlet waiting, not the worker's other requests.
 Choosing the model stays on the event loop, where the registry's locks live.
-
-The steps (`Inference.prepare`, `payload`) are shared with the prediction lane (`lane.py`),
-which answers the common small prediction without Flask's per-request machinery.
 """
 
 from __future__ import annotations

@@ -88,9 +88,15 @@ class Standby:
         return self._app
 
 
+def _stamped(response):
+    errors.stamp(response)
+    return response
+
+
 def _standby_app(reason: str) -> Flask:
     app = Flask(__name__, static_folder=None)
     errors.init_app(app)
+    app.after_request(_stamped)
     app.register_blueprint(health.bp)
 
     @app.before_request

@@ -32,7 +32,7 @@ _MESSAGE = re.compile(rb"</h1>(.*)</body>", re.DOTALL)
 
 def shaped_error(page: bytes) -> bytes:
     """gunicorn's HTML error response `page` as the same status with the JSON error shape."""
-    from auth.errors import REQUEST_ID_HEADER, error_body, error_code
+    from auth.errors import error_body, error_code, standard_headers
 
     status = _STATUS_LINE.match(page)
     if status is None:  # not one of gunicorn's error pages: leave it alone
@@ -46,17 +46,14 @@ def shaped_error(page: bytes) -> bytes:
     body = json.dumps(
         error_body(error_code(code), message or reason, {"refused_by": "gunicorn"}, rid=rid)
     ).encode()
-    head = (
-        f"HTTP/1.1 {code} {reason}\r\n"
-        "Connection: close\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"{REQUEST_ID_HEADER}: {rid}\r\n"
-        "Cache-Control: no-store\r\n"
-        "X-Content-Type-Options: nosniff\r\n"
-        "\r\n"
-    )
-    return head.encode("latin-1") + body
+    headers = [
+        ("Connection", "close"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        *standard_headers(rid),
+    ]
+    head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
+    return (head + "\r\n").encode("latin-1") + body
 
 
 class _ShapedErrors:

@@ -224,5 +224,4 @@ def test_admin_actions_are_audited_with_actor_target_address_request(
 
 def test_admin_routes_404_in_simple_mode(make_app):
     client = make_app(auth={"enabled": False}).test_client()
-    error = assert_error(client.get("/admin/users"), 404, "NOT_FOUND")
-    assert "disabled" in error["message"]
+    assert_error(client.get("/admin/users"), 404, "NOT_FOUND")

@@ -108,15 +108,15 @@ def test_login_by_email_and_by_form(client, actor):
 def test_unknown_user_and_wrong_password_answer_identically(client, actor, monkeypatch):
     actor.register("hank")
     calls = []
-    import auth.extension
+    import auth.core
 
-    real = auth.extension.verify_password
+    real = auth.core.verify_password
 
     def counting(password, hashed, *, rounds):
         calls.append(hashed is None)
         return real(password, hashed, rounds=rounds)
 
-    monkeypatch.setattr(auth.extension, "verify_password", counting)
+    monkeypatch.setattr(auth.core, "verify_password", counting)
     wrong = client.post("/auth/login", json={"username": "hank", "password": "not his password"})
     unknown = client.post(
         "/auth/login", json={"username": "nobody", "password": "not his password"}

@@ -10,8 +10,7 @@ import subprocess
 
 import pytest
 
-from auth.extension import PUBLIC_ATTR
-from auth.openapi import SCOPES_ATTR
+from auth.decorators import PUBLIC_ATTR, SCOPES_ATTR
 from tests.conftest import assert_error
 from tests.live import live_server
 
