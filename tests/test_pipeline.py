@@ -1,0 +1,279 @@
+"""One request pipeline through Flask (issue 20): every request, whatever its credential or
+model, passes through the app's own hooks, signals and extensions, and answers the same way.
+
+- a failing model is called once per request and answered with one clean 500;
+- an owner's route limited with the app's limiter answers like the per-user budget and counts
+  in it;
+- a plain Flask app adopts the `auth` extension: its static files and pages, public or not;
+- every request writes exactly one access line, whatever its path or headers hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from flask import Blueprint, Flask
+
+from auth import Auth, AuthSettings, open_state, public, require_auth
+from auth.errors import loggable
+from inference_server.logs import ACCESS, formatter
+from inference_server.models import registry
+from tests.conftest import ADMIN, Actor, assert_error, bearer
+from tests.live import live_server
+
+ROW = {"data": [[1.0, 2.0, 3.0]]}
+LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+# -- a model that fails ------------------------------------------------------------------------
+
+
+def test_a_failing_model_is_called_once_per_request_and_answers_one_clean_500(
+    make_app, monkeypatch, caplog
+):
+    calls = []
+    failing = {"now": True}
+    builtin = registry.LOADERS["builtin"]
+
+    def load(spec):
+        model = builtin(spec)
+
+        def run(batch):
+            calls.append(len(batch))
+            if failing["now"]:
+                raise RuntimeError("the model broke")
+            return model.run(batch)
+
+        return dataclasses.replace(model, run=run)
+
+    monkeypatch.setitem(registry.LOADERS, "builtin", load)
+    client = make_app().test_client()
+    headers = Actor(client).admin_headers()
+
+    def predict_failing(n):
+        for _ in range(n):
+            before = len(calls)
+            with caplog.at_level(logging.ERROR, logger="auth.errors"):
+                caplog.clear()
+                assert_error(
+                    client.post("/predict", json=ROW, headers=headers), 500, "INTERNAL_ERROR"
+                )
+            assert len(calls) == before + 1
+            # One line for the operator naming the failure, no traceback (it could carry data).
+            [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert "RuntimeError" in record.getMessage() and record.exc_info is None
+
+    predict_failing(3)  # a model the server knows nothing about yet
+    failing["now"] = False
+    assert client.post("/predict", json=ROW, headers=headers).status_code == 200  # now known fast
+    failing["now"] = True
+    predict_failing(3)
+    assert len(calls) == 7
+
+
+# -- an owner's route under the app's limiter ---------------------------------------------------
+
+
+def test_an_owners_limited_route_answers_like_the_budget_and_counts_in_it(make_app):
+    app = make_app(auth={"rate_limit_per_minute": 5})
+    limiter = app.extensions["auth"].limiter
+
+    @app.get("/reports")
+    @require_auth
+    @limiter.limit("3/minute")
+    def reports():
+        return {"reports": []}
+
+    actor = Actor(app.test_client())
+    alice = actor.user_headers("alice")  # a user: 5 requests a minute in all
+
+    served = [actor.client.get("/reports", headers=alice) for _ in range(3)]
+    assert [r.status_code for r in served] == [200] * 3
+    assert [r.headers["X-RateLimit-Limit"] for r in served] == ["3"] * 3
+    assert [r.headers["X-RateLimit-Remaining"] for r in served] == ["2", "1", "0"]
+    # The three reports came out of alice's budget too: one request of five is left.
+    predicted = actor.predict(alice)
+    assert predicted.status_code == 200
+    assert [predicted.headers[name] for name in LIMIT_HEADERS[:2]] == ["5", "1"]
+
+    # The fifth request of alice's five: the budget lets it through, the route's limit does not.
+    route_refusal = actor.client.get("/reports", headers=alice)
+    budget_refusal = actor.predict(alice)
+    for response, limit in ((route_refusal, "3"), (budget_refusal, "5")):
+        error = assert_error(response, 429, "RATE_LIMIT_EXCEEDED")
+        assert error["message"].startswith(f"rate limit of {limit}")
+        assert response.headers["X-RateLimit-Limit"] == limit
+        assert response.headers["X-RateLimit-Remaining"] == "0"
+        assert int(response.headers["X-RateLimit-Reset"]) > 0
+        assert int(response.headers["Retry-After"]) > 0
+        assert [response.headers.getlist(name) for name in LIMIT_HEADERS] == [
+            [response.headers[name]] for name in LIMIT_HEADERS
+        ]  # one set of limit headers, not the route's and the budget's
+
+
+# -- a plain Flask app adopts the extension ----------------------------------------------------
+
+
+def plain_app(tmp_path: Path, *, public_pages: bool = False) -> Flask:
+    static = tmp_path / "static"
+    static.mkdir(exist_ok=True)
+    (static / "site.css").write_text("body { margin: 0 }\n")
+    app = Flask(__name__, static_folder=str(static))
+    pages = Blueprint("pages", __name__)
+
+    @pages.get("/")
+    def index():
+        return "<h1>Home</h1>"
+
+    @pages.get("/about")
+    def about():
+        return "<h1>About</h1>"
+
+    @app.get("/api/status")
+    @public
+    def status():
+        return {"status": "ok"}
+
+    @app.get("/api/secret")
+    def secret():
+        return {"secret": 42}
+
+    app.register_blueprint(public(pages) if public_pages else pages)
+    settings = AuthSettings(bcrypt_rounds=4, failed_login_delay_seconds=0)
+    Auth(public_endpoints={"pages.about"}).init_app(
+        app, open_state(settings=settings, data_dir=tmp_path / "data")
+    )
+    return app
+
+
+def test_a_plain_flask_app_serves_its_static_files_and_pages_behind_the_extension(tmp_path):
+    client = plain_app(tmp_path).test_client()
+    with client.get("/static/site.css") as css:
+        assert css.status_code == 200 and css.get_data() == b"body { margin: 0 }\n"
+        assert "no-store" not in css.headers["Cache-Control"]  # a static file may be cached
+    assert client.get("/about").status_code == 200
+    assert client.get("/api/status").get_json() == {"status": "ok"}
+    for path in ("/", "/api/secret"):
+        assert_error(client.get(path), 401, "AUTHENTICATION_REQUIRED")
+    login = client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
+    assert login.status_code == 200
+    token = bearer(login.get_json()["access_token"])
+    assert client.get("/api/secret", headers=token).get_json() == {"secret": 42}
+    assert client.get("/", headers=token).status_code == 200
+
+
+def test_public_on_a_blueprint_opens_all_its_pages(tmp_path):
+    client = plain_app(tmp_path, public_pages=True).test_client()
+    assert [client.get(path).status_code for path in ("/", "/about")] == [200, 200]
+    assert_error(client.get("/api/secret"), 401, "AUTHENTICATION_REQUIRED")
+
+
+# -- one access line per request ----------------------------------------------------------------
+
+FORGED = "2026-12-02 06:00:00,000 [1] INFO inference_server.access: POST /admin/users/x 200"
+CONTROLS = ("\n", "\r", "\r\n", "\x1b", "\x00", "\x0b", "\x85", "\u2028", "\u2029")
+
+
+class Lines(logging.Handler):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.setFormatter(formatter(kind))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def access_lines() -> Iterator[dict[str, list[str]]]:
+    """The access lines this test's requests write, formatted as text and as JSON."""
+    handlers = {kind: Lines(kind) for kind in ("text", "json")}
+    level = ACCESS.level
+    ACCESS.setLevel(logging.INFO)
+    for handler in handlers.values():
+        ACCESS.addHandler(handler)
+    try:
+        yield {kind: handler.lines for kind, handler in handlers.items()}
+    finally:
+        for handler in handlers.values():
+            ACCESS.removeHandler(handler)
+        ACCESS.setLevel(level)
+
+
+def escaped(text: str) -> bool:
+    """True if `text` holds no control character (C0, DEL, C1, line and paragraph separators):
+    what a client sent of them is written escaped."""
+    return not any(c < " " or "\x7f" <= c < "\xa0" or c in "\u2028\u2029" for c in text)
+
+
+def assert_one_line_each(lines: dict[str, list[str]], response) -> tuple[str, dict]:
+    """Exactly one access line per format for `response`, each a single line; the text line and
+    the JSON record."""
+    rid = response.headers["X-Request-ID"]
+    [text], [record_line] = lines["text"], lines["json"]
+    for line in (text, record_line):
+        assert "\n" not in line and "\r" not in line
+        assert line.splitlines() == [line] and escaped(line), line
+    assert text.endswith(f"request={rid}") and " INFO inference_server.access: " in text
+    record = json.loads(record_line)
+    assert record["request_id"] == rid
+    return text, record
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+def test_a_path_holding_control_characters_writes_one_access_line(client, access_lines, control):
+    path = "/x" + control + FORGED
+    response = client.get(quote(path))
+    assert response.status_code == 404
+    text, record = assert_one_line_each(access_lines, response)
+    assert escaped(record["path"]) and record["path"].endswith(FORGED)
+    assert record["path"] == loggable(path) and loggable(path) in text
+    assert text.count("inference_server.access:") == 2  # the real one and the forged text in it
+
+
+@pytest.mark.parametrize("sent", ["a\rb", "a\nb", "a\r\n" + FORGED, "a\x1bb"])
+def test_a_request_id_holding_control_characters_writes_one_access_line(client, access_lines, sent):
+    # What `requests` and http.client refuse to send, put in the environ as a server would.
+    response = client.get("/health", environ_overrides={"HTTP_X_REQUEST_ID": sent})
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] != sent  # not a sane label: a new id instead
+    text, record = assert_one_line_each(access_lines, response)
+    assert record["path"] == "/health"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_real_server_writes_one_access_line_for_a_path_with_control_characters(
+    tmp_path, log_format
+):
+    env = {"INFERENCE_SERVER__LOG_FORMAT": log_format}
+    sent = {}
+    with live_server(tmp_path / "data", env=env) as server:
+        for i, control in enumerate(CONTROLS):
+            rid = f"control-{i}"
+            url = server.url("/x" + quote(control + FORGED))
+            response = requests.get(url, headers={"X-Request-ID": rid}, timeout=60)
+            assert response.status_code == 404
+            sent[rid] = "/x" + control + FORGED
+        for rid in sent:
+            server.wait_for_log(rid, 1)  # the worker writes its access lines in batches
+        lines = list(server.log)
+    for line in lines:
+        assert line.splitlines() == [line.rstrip("\n")] and escaped(line.rstrip("\n")), line
+    access = [line for line in lines if "inference_server.access" in line]
+    for rid, path in sent.items():
+        [line] = [line for line in access if rid in line]
+        if log_format == "json":
+            logged = json.loads(line)["path"]
+            assert escaped(logged) and logged == loggable(path)
+        else:
+            assert line.rstrip("\n").endswith(f"request={rid}") and loggable(path) in line
+    # No line of the server's output begins with the forged text.
+    assert not any(line.startswith(FORGED) for line in lines)
