@@ -7,6 +7,11 @@ bounds live in each field's metadata so that validation and documentation share 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +32,64 @@ def setting(default: Any = None, *, help: str, factory: Any = None, **bounds: An
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def check_bounds(value: Any, meta: Mapping[str, Any]) -> str | None:
+    """What `value` should be instead, if it breaks the bounds of its field's `meta`."""
+    if "min" in meta and value < meta["min"]:
+        return f"a value >= {meta['min']}"
+    if "max" in meta and value > meta["max"]:
+        return f"a value <= {meta['max']}"
+    if "min_len" in meta and len(value) < meta["min_len"]:
+        return f"at least {meta['min_len']} character(s)"
+    if "check" in meta:
+        try:
+            meta["check"](value)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in args)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return tp is Any or isinstance(value, origin or tp)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+class Checked:
+    """Settings that refuse a wrong value when they are built, whoever builds them: an
+    application configuring `AuthSettings(registration="admin-only")` in code gets the same
+    refusal as an operator's YAML, instead of a typo that quietly means something else."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        problems = []
+        for each in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, each.name)
+            tp = hints[each.name]
+            if not _fits(tp, value):
+                allowed = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+                wanted = f"one of {', '.join(map(repr, allowed))}" if allowed else str(tp)
+                problems.append(f"{each.name}: expected {wanted}, got {value!r}")
+            elif value is not None and (problem := check_bounds(value, each.metadata)):
+                shown = "a value not shown here" if each.metadata.get("secret") else repr(value)
+                problems.append(f"{each.name}: expected {problem}, got {shown}")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
 
 
 def rate_limit(value: str) -> None:
@@ -75,7 +138,7 @@ def limit_string(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class RateLimitSettings:
+class RateLimitSettings(Checked):
     storage_uri: str = setting(
         "memory://",
         check=limit_storage,
@@ -107,14 +170,14 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True)
-class DefaultAdmin:
+class DefaultAdmin(Checked):
     username: str = setting("admin", help="username of the admin created on first start")
     password: str = setting("admin123", help="its password; must be changed before remote use")
     email: str = setting("admin@localhost", help="its email address")
 
 
 @dataclass(frozen=True)
-class AuthSettings:
+class AuthSettings(Checked):
     enabled: bool = setting(True, help="false = open simple mode: no credentials anywhere")
     jwt_secret: str | None = setting(
         None,

@@ -7,11 +7,13 @@ pipeline. All per-app state lives in `app.extensions["auth"]` as an `AuthState`.
 The pipeline is one `before_request` and one `after_request` hook (`Guard`), so every hook,
 signal receiver and extension the application registers runs on every request. Before the view:
 who is calling (deny by default: every endpoint not marked public needs credentials), when a
-password check arrived, the per-user budget (which needs the user), then the scopes the view
-declares. After it: the standard headers of every answer (`errors.stamp`), the budget's limit
-headers, the flag of a password change that is due, and last the hold of a failed password check
-(the answer is complete when it is held). What each endpoint needs is read from its markers once
-(`EndpointPolicy`), and `request` and `g` are looked up once per hook.
+password check arrived, the per-user budget (which needs the user), the scopes the view
+declares, then flask-limiter's limits declared for every route (`Limiter.before_view`). After
+it: flask-limiter's conditional deductions, the standard headers of every answer
+(`errors.stamp`), the limit headers, the flag of a password change that is due, and last the
+hold of a failed password check (the answer is complete when it is held). What each endpoint
+needs is read from its markers once (`EndpointPolicy`), and `request` and `g` are looked up once
+per hook.
 
 What a request may do is the scopes of the credential it presented (`Principal.scopes`): the
 role's scopes narrowed by the key, or by the key a session was started with. A session from a
@@ -224,6 +226,8 @@ class AuthState:
         """
         if sent is None:
             sent = Credentials.of(request, client_address())
+        if sent.authorization is None and sent.api_key is None and not sent.in_query:
+            return None  # nothing to verify, nothing to throttle
         watch, now = self.bad_credentials, self.clock()
         if watch is not None:
             watch.check(sent.address, now)
@@ -512,6 +516,7 @@ class Guard:
         self._app = app
         self._state = state
         self._budget = budget
+        self._limiter = budget.limiter
         self._public = public_endpoints
         self._stamp = stamp
         self._policies: dict[str, EndpointPolicy] = {}
@@ -528,6 +533,8 @@ class Guard:
         endpoint = req.endpoint
         if endpoint is None:
             return  # no route: a 404 or 405, which costs no budget
+        if _is_preflight(req):
+            return  # a browser sends no credentials here; Flask answers the allowed methods
         policy = self.policy(endpoint)
         enabled = state.settings.enabled
         if policy.checks_password and enabled:
@@ -545,10 +552,13 @@ class Guard:
             scratch.limit_headers = self._budget.count(principal, address)
         if principal is not None and (policy.needs or policy.admin):
             _check_scopes(principal, policy)
+        self._limiter.before_view(endpoint)
 
     def after(self, response: Response) -> Response:
         scratch = g._get_current_object()
-        limits = self._state.limiter.checked_headers() or scratch.get("limit_headers", {})
+        limiter = self._limiter
+        limiter.after_view(response)
+        limits = limiter.checked_headers() or scratch.get("limit_headers", {})
         extra: list[tuple[str, str]] = list(limits.items())
         principal = scratch.get("principal")
         if principal is not None and principal.user.get("must_change_password"):
@@ -558,6 +568,15 @@ class Guard:
         if arrived is not None:
             hold_failed_login(self._state, arrived, response.status_code)
         return response
+
+
+def _is_preflight(req: Any) -> bool:
+    """A CORS preflight that Flask answers itself (its automatic OPTIONS answer)."""
+    return (
+        req.method == "OPTIONS"
+        and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in req.environ
+        and getattr(req.url_rule, "provide_automatic_options", False)
+    )
 
 
 def _check_scopes(principal: Principal, policy: EndpointPolicy) -> None:
@@ -600,8 +619,7 @@ def init_core(
     guard = Guard(app, state, budget, public_endpoints=public_endpoints, stamp=errors.stamp)
     app.before_request(guard.before)
     app.after_request(guard.after)
-    # flask-limiter's hooks after the guard's: its check before the view needs the user.
-    init_limiter(app, limiter)
+    init_limiter(app, limiter)  # its steps run in the guard's hooks, after authentication
     fail_open = limits.on_storage_error == "open"
     state.failed_logins = FailureBudget(
         limiter,

@@ -126,38 +126,83 @@ class LimiterConfigError(Exception):
     """The rate limit storage cannot be used as configured."""
 
 
-class Limiter(flask_limiter.Limiter):
-    """flask-limiter's extension, idle on requests that none of its own limits apply to.
+class _StorageDown(logging.Filter):
+    """Says once a minute, not once a request, that requests are served without limits
+    (`rate_limits.on_storage_error: open`). As a filter on flask-limiter's logger it stands in
+    for the extension's own report of each swallowed storage error, a traceback per request."""
 
-    Its hooks look up a per-request context on every request, even where no limit of its own
-    applies: a third of a bare Flask request. Where the application declared no application,
-    default, blueprint or meta limit, the check before the view has nothing to count, so it is
-    skipped, and the context read after it is a throwaway. A view decorated with
-    `limiter.limit(...)` is checked by its decorator as flask-limiter always does.
+    EVERY_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said_at = -self.EVERY_SECONDS
+
+    def say(self) -> None:
+        now = time.monotonic()
+        if now - self._said_at >= self.EVERY_SECONDS:
+            self._said_at = now
+            log.warning("rate limit storage unreachable; serving without limits")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], StorageError):
+            self.say()
+            return False
+        return True
+
+
+_storage_down = _StorageDown()
+logging.getLogger("flask-limiter").addFilter(_storage_down)
+
+_IDLE = LimiterContext()  # written only by a check, which makes the request's own first
+
+
+class Limiter(flask_limiter.Limiter):
+    """flask-limiter's extension, its per-request steps run by the auth extension's hooks.
+
+    flask-limiter registers three hooks of its own: a check before the view, conditional
+    deductions and header injection after it, and a reset of its per-request context at
+    teardown, each looking that context up on every request, even where no limit of its own
+    applies (a third of a bare Flask request). Here `init_app` leaves those hooks out (the
+    extension sets up an app without them when it is already listed in
+    `app.extensions["limiter"]`), and the auth pipeline calls `before_view` and `after_view` in
+    its one pair of hooks. The check before the view runs only where the application declared
+    an application, default, blueprint or meta limit (it has nothing to count otherwise); a
+    view decorated with `limiter.limit(...)` is checked by its decorator, as always. The
+    context lives on the request context, so nothing needs resetting after it.
     """
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions.setdefault("limiter", set()).add(self)  # see the class docstring
+        super().init_app(app)
+
+    def before_view(self, endpoint: str) -> None:
+        if self._limits_before_views(endpoint):
+            self._check_request_limit(in_middleware=True)
+
+    def after_view(self, response: Any) -> None:
+        if getattr(request_ctx, "_limiter_request_context", None) is not None:
+            self._Limiter__check_conditional_deductions(response)  # type: ignore[attr-defined]
 
     def _check_request_limit(
         self, callable_name: str | None = None, in_middleware: bool = True
     ) -> None:
-        if in_middleware and not self._limits_before_views(request.endpoint):
-            return
-        flask_limiter.Limiter.context.fget(self)  # the real context, kept for the request
+        flask_limiter.Limiter.context.fget(self)  # the request's own context, kept for it
         super()._check_request_limit(callable_name, in_middleware)
 
-    def _limits_before_views(self, endpoint: str | None) -> bool:
+    def _limits_before_views(self, endpoint: str) -> bool:
         manager = self.limit_manager
         return bool(
             manager._application_limits
             or manager._default_limits
             or manager._blueprint_limits
             or self._meta_limits
-            or manager.has_hints(endpoint or "")
+            or manager.has_hints(endpoint)
         )
 
     @property
     def context(self) -> LimiterContext:
         if getattr(request_ctx, "_limiter_request_context", None) is None:
-            return LimiterContext()  # nothing was checked on this request
+            return _IDLE  # nothing was checked on this request: nothing to read or reset
         return flask_limiter.Limiter.context.fget(self)
 
     def checked_headers(self, *, retry: bool = False) -> dict[str, str] | None:
@@ -188,14 +233,11 @@ def budget_key() -> str:
 class RequestBudget:
     """The per-user budget, counted on every request by the extension's before hook."""
 
-    WARN_EVERY_SECONDS = 60.0
-
     def __init__(self, limiter: Limiter, *, auth: AuthSettings, limits: RateLimitSettings):
         self.limiter = limiter
         self._roles = {role: limit_string(limit) for role, limit in limits.roles.items()}
         self._fallback = f"{auth.rate_limit_per_minute}/minute"
         self._fail_open = limits.on_storage_error == "open"
-        self._warned_at = -self.WARN_EVERY_SECONDS
 
     def _limit_of(self, principal: Any) -> str:
         if principal is None:
@@ -222,10 +264,7 @@ class RequestBudget:
         except StorageError:
             if not self._fail_open:
                 raise
-            now = time.monotonic()
-            if now - self._warned_at >= self.WARN_EVERY_SECONDS:  # once a minute, not a request
-                self._warned_at = now
-                log.warning("rate limit storage unreachable; serving without limits")
+            _storage_down.say()
             return {}
         return _limit_headers(items[0], remaining, reset)
 

@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
+from flask_cors import CORS
 
 from auth import Auth, AuthState, open_state
 from auth.store import JsonStore
@@ -15,6 +16,25 @@ from . import access_log, docs, health, model_admin, models, predict
 from .settings import Settings, load_settings
 
 auth = Auth()
+
+# What a browser on an allowed origin may send and read (`server.cors_origins`).
+CORS_REQUEST_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"]
+CORS_ANSWER_HEADERS = [
+    "X-Request-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+    "X-Password-Change-Required",
+]
+
+
+class InferenceServer(Flask):
+    def make_default_options_response(self) -> Response:
+        """An OPTIONS request (a CORS preflight): 204, its answer is all headers."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        return response
 
 
 def open_auth_state(
@@ -63,12 +83,20 @@ def create_app(
     that each start-up message is logged once)."""
     if settings is None:
         settings = load_settings(overrides=overrides)
-    app = Flask(__name__, static_folder=None)
+    app = InferenceServer(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(settings.server.max_request_mb * 1024 * 1024)
     app.config["MAX_JSON_DEPTH"] = settings.server.max_json_depth
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["settings"] = settings
     access_log.init_app(app)
+    if settings.server.cors_origins:  # flask-cors: a well-kept implementation of the protocol
+        CORS(
+            app,
+            origins=settings.server.cors_origins,
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_ANSWER_HEADERS,
+            max_age=600,
+        )
     auth.init_app(
         app,
         open_auth_state(settings, clock=clock, sleep=sleep),

@@ -14,7 +14,7 @@ none: a load balancer's probe is never refused.
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
 from auth import auth_state, exempt, public
 from auth.errors import ApiError
@@ -78,7 +78,6 @@ def _caller_is_admin() -> bool:
 
 
 def _rate_limit_problems() -> list[str]:
-    budget = current_app.extensions.get("rate_limits")
-    if budget is not None and not budget.strategy.storage.check():
+    if not auth_state().limiter.storage.check():
         return ["the rate limit storage does not answer"]
     return []

@@ -65,9 +65,11 @@ class Inference:
         return body_bytes <= PARSE_INLINE_BYTES and self._fast.get(model.name, False)
 
     def run(self, model: LoadedModel, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` inline, or on an inference thread with the garbage collector paused
+        (large documents: see `json_steps.collector_paused`)."""
         if self.inline(model, request.content_length or 0):
             return fn(*args)
-        return self.threads.run(fn, *args)
+        return self.threads.run(_collector_paused, fn, *args)
 
     def prepare(self, body: dict[str, Any], path_model: str | None) -> tuple[LoadedModel, Any]:
         """The model a /predict body asks for (or the URL names) and its checked `data`."""
@@ -79,9 +81,8 @@ class Inference:
 
     def payload(self, model: LoadedModel, data: Any) -> bytes:
         """The encoded answer of `model` to `data` (400 if `data` does not fit the model)."""
-        with json_steps.collector_paused():
-            outputs, elapsed = self.timed(model, to_batch_in_steps(data, model.input))
-            return _encode(model, elapsed, predictions=outputs)
+        outputs, elapsed = self.timed(model, to_batch_in_steps(data, model.input))
+        return _encode(model, elapsed, predictions=outputs)
 
     def timed(self, model: LoadedModel, batch: np.ndarray) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
@@ -204,12 +205,12 @@ def predict_batch():
     return _respond(runner.run(model, _batch_payload, runner, model, inputs, request_id()))
 
 
-def _batch_payload(runner: Inference, model: LoadedModel, inputs: list[Any], rid: str) -> bytes:
+def _collector_paused(fn: Callable[..., T], *args: Any) -> T:
     with json_steps.collector_paused():
-        return _batch_results(runner, model, inputs, rid)
+        return fn(*args)
 
 
-def _batch_results(runner: Inference, model: LoadedModel, inputs: list[Any], rid: str) -> bytes:
+def _batch_payload(runner: Inference, model: LoadedModel, inputs: list[Any], rid: str) -> bytes:
     results: list[dict[str, Any] | None] = [None] * len(inputs)
     batches: list[tuple[int, np.ndarray]] = []
     for i, data in enumerate(inputs):

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from auth.config import AuthSettings, RateLimitSettings, setting
+from auth.config import AuthSettings, RateLimitSettings, check_bounds, setting
 
 T = TypeVar("T")
 ENV_PREFIX = "INFERENCE_"
@@ -55,6 +55,17 @@ class ServerSettings:
         check=lambda v: [ip_network(n, strict=False) for n in v],
         help="reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed",
     )
+    cors_origins: list[str] = setting(
+        factory=list,
+        check=lambda v: [_cors_origin(o) for o in v],
+        help="browser origins allowed to call the API (https://app.example.com); empty = no "
+        "CORS headers at all",
+    )
+
+
+def _cors_origin(value: str) -> None:
+    if value != "*" and not re.fullmatch(r"https?://[^/\s]+", value):
+        raise ValueError("an origin such as https://app.example.com (scheme and host, no path)")
 
 
 @dataclass(frozen=True)
@@ -319,7 +330,7 @@ def _build(cls: type, data: Any, path: tuple[str, ...], origins, errors: list[st
             )
     try:
         return cls(**values)
-    except TypeError:
+    except (TypeError, ValueError):  # a value already refused above (its field is None)
         return None
 
 
@@ -374,24 +385,9 @@ def _convert(tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors
     ):
         errors.append(f"{where}: expected {_describe(tp)}, got {value!r}")
         return None
-    problem = _check_bounds(value, meta)
+    problem = check_bounds(value, meta)
     if problem:
         shown = "a value not shown here" if meta.get("secret") else repr(value)
         errors.append(f"{where}: expected {problem}, got {shown}")
         return None
     return float(value) if tp is float else value
-
-
-def _check_bounds(value: Any, meta: Mapping[str, Any]) -> str | None:
-    if "min" in meta and value < meta["min"]:
-        return f"a value >= {meta['min']}"
-    if "max" in meta and value > meta["max"]:
-        return f"a value <= {meta['max']}"
-    if "min_len" in meta and len(value) < meta["min_len"]:
-        return f"at least {meta['min_len']} character(s)"
-    if "check" in meta:
-        try:
-            meta["check"](value)
-        except ValueError as exc:
-            return str(exc)
-    return None

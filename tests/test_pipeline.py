@@ -1,10 +1,12 @@
 """One request pipeline through Flask (issue 20): every request, whatever its credential or
 model, passes through the app's own hooks, signals and extensions, and answers the same way.
 
+- an app owner's hooks see every request under gunicorn (`tests/owner_app.py`);
 - a failing model is called once per request and answered with one clean 500;
 - an owner's route limited with the app's limiter answers like the per-user budget and counts
   in it;
 - a plain Flask app adopts the `auth` extension: its static files and pages, public or not;
+- CORS preflights answer allowed origins only, and never ask for credentials;
 - every request writes exactly one access line, whatever its path or headers hold.
 """
 
@@ -13,7 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,10 +35,95 @@ from auth.errors import loggable
 from inference_server.logs import ACCESS, formatter
 from inference_server.models import registry
 from tests.conftest import ADMIN, Actor, assert_error, bearer
-from tests.live import live_server
+from tests.live import ENDED, REPO, LiveServer, free_port, live_server
 
+ORIGIN = "http://allowed.example"
 ROW = {"data": [[1.0, 2.0, 3.0]]}
 LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+# -- an app owner's hooks under gunicorn ------------------------------------------------------
+
+
+@contextmanager
+def owner_server(tmp_path: Path, hook_log: Path) -> Iterator[LiveServer]:
+    """`tests.owner_app:app` under gunicorn, two workers of the server's worker class, CORS on
+    for ORIGIN; yields once both serve and /health answers, and always stops it."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
+    env.update(
+        {
+            "INFERENCE_STORAGE__DATA_DIR": str(tmp_path / "data"),
+            "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
+            "INFERENCE_SERVER__CORS_ORIGINS": f"[{ORIGIN}]",
+            "OWNER_APP_HOOK_LOG": str(hook_log),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    command = [
+        *(sys.executable, "-m", "gunicorn", "-w", "2", "-k", "inference_server.worker.Worker"),
+        *("--bind", f"127.0.0.1:{port}", "--no-control-socket", "tests.owner_app:app"),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    server = LiveServer(process, port)
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.note(line)
+        server.note(ENDED)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        server.wait_for_log("this worker is serving", 2)
+        assert requests.get(server.url("/health"), timeout=60).status_code == 200
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.mark.slow
+def test_an_owners_hooks_and_cors_see_every_prediction_under_gunicorn(tmp_path):
+    hook_log = tmp_path / "hooks.log"
+    with owner_server(tmp_path, hook_log) as server:
+        credentials = server.admin_credentials()  # the default admin, from loopback
+        answers = {}
+        for kind in ("api-key", "jwt"):
+            for i in range(20):
+                rid = f"owner-{kind}-{i}"
+                headers = {**credentials[kind], "X-Request-ID": rid, "Origin": ORIGIN}
+                answers[rid] = requests.post(
+                    server.url("/predict"), json=ROW, headers=headers, timeout=60
+                )
+        blocked = requests.post(
+            server.url("/predict"),
+            json=ROW,
+            headers={**credentials["api-key"], "X-Block": "yes", "X-Request-ID": "owner-blocked"},
+            timeout=60,
+        )
+        log_text = "".join(server.log)
+    for rid, answer in answers.items():
+        assert answer.status_code == 200, (rid, answer.text[:300])
+        assert answer.headers["X-Request-ID"] == rid
+        assert answer.headers["X-Owner"] == "seen"
+        assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert blocked.status_code == 403 and blocked.json() == {"blocked": True}
+    assert blocked.headers["X-Owner"] == "seen"  # the owner's after hook runs on its own answer
+    seen = Counter(hook_log.read_text().splitlines())
+    for rid in answers:
+        assert (seen[f"request_started {rid}"], seen[f"teardown {rid}"]) == (1, 1), rid
+    assert "Traceback" not in log_text
 
 
 # -- a model that fails ------------------------------------------------------------------------
@@ -173,6 +267,65 @@ def test_public_on_a_blueprint_opens_all_its_pages(tmp_path):
     client = plain_app(tmp_path, public_pages=True).test_client()
     assert [client.get(path).status_code for path in ("/", "/about")] == [200, 200]
     assert_error(client.get("/api/secret"), 401, "AUTHENTICATION_REQUIRED")
+
+
+def test_auth_settings_refuse_an_unknown_registration_mode():
+    with pytest.raises(ValueError, match="registration"):
+        AuthSettings(registration="admin-only")  # the setting is spelled admin_only
+
+
+# -- CORS ---------------------------------------------------------------------------------------
+
+PREFLIGHT = {
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "X-API-Key, Content-Type",
+}
+
+
+def cors_headers(response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower().startswith("access-control-")}
+
+
+def as_set(value: str) -> set[str]:
+    return {part.strip().lower() for part in value.split(",")}
+
+
+def test_a_preflight_from_an_allowed_origin_is_answered_without_credentials(make_app):
+    client = make_app(server={"cors_origins": [ORIGIN]}).test_client()
+    response = client.options("/predict", headers={"Origin": ORIGIN, **PREFLIGHT})
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "post" in as_set(response.headers["Access-Control-Allow-Methods"])
+    assert {"x-api-key", "content-type"} <= as_set(response.headers["Access-Control-Allow-Headers"])
+
+
+@pytest.mark.parametrize(
+    ("cors_origins", "origin"),
+    [([ORIGIN], "http://elsewhere.example"), ([], ORIGIN)],
+    ids=["other-origin", "cors-off"],
+)
+def test_a_preflight_from_an_origin_not_allowed_gets_no_cors_headers(
+    make_app, cors_origins, origin
+):
+    client = make_app(server={"cors_origins": cors_origins}).test_client()
+    response = client.options("/predict", headers={"Origin": origin, **PREFLIGHT})
+    assert response.status_code == 204  # never 401: a preflight carries no credentials
+    assert cors_headers(response) == {}
+    refused = client.post("/predict", json=ROW, headers={"Origin": origin})
+    assert_error(refused, 401, "AUTHENTICATION_REQUIRED")
+    assert cors_headers(refused) == {}
+
+
+def test_an_allowed_origins_scripts_can_read_answers_and_errors(make_app):
+    client = make_app(server={"cors_origins": [ORIGIN]}).test_client()
+    headers = {"Origin": ORIGIN, **Actor(client).admin_headers()}
+    for response in (client.post("/predict", json=ROW, headers=headers), client.get("/models")):
+        assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    refused = client.post("/predict", json=ROW, headers={"Origin": ORIGIN})
+    assert_error(refused, 401, "AUTHENTICATION_REQUIRED")
+    assert refused.headers["Access-Control-Allow-Origin"] == ORIGIN
+    exposed = as_set(refused.headers["Access-Control-Expose-Headers"])
+    assert {"x-request-id", "retry-after", "x-ratelimit-remaining"} <= exposed
 
 
 # -- one access line per request ----------------------------------------------------------------
