@@ -7,8 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from limits import parse
 
-from tests.conftest import assert_error
+from auth.users import find_user
+from tests.conftest import Actor, assert_error
 from tests.live import live_server, redis_server
 
 pytestmark = [
@@ -87,3 +89,35 @@ def test_redis_down_can_fail_open(tmp_path):
         assert sum("serving without limits" in line for line in server.log) == 1
     finally:
         server_cm.__exit__(None, None, None)
+
+
+def test_the_budget_costs_one_round_trip_on_redis_and_counts_as_the_strategy_does(
+    make_app, monkeypatch
+):
+    """The default strategy (sliding window counter) on Redis: the hit and the window of the
+    headers come from one script call; flask-limiter's strategy reads the same counts."""
+    with redis_server() as uri:
+        app = make_app(
+            auth={"rate_limit_per_minute": 5},
+            rate_limits={"storage_uri": uri, "strategy": "sliding-window-counter"},
+        )
+        actor = Actor(app.test_client())
+        headers = {"X-API-Key": actor.create_key(actor.user_headers("rita"))["key"]}
+        limiter = app.extensions["auth"].limiter
+        connection = limiter.storage.get_connection()
+        sent = []
+        real = connection.execute_command
+        monkeypatch.setattr(
+            connection, "execute_command", lambda *a, **k: sent.append(a[0]) or real(*a, **k)
+        )
+        answers = [actor.predict(headers) for _ in range(4)]
+        assert sent == ["EVALSHA"] * 4  # one round trip per request
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["3", "2", "1", "0"]
+        user_id = find_user(app.extensions["auth"].users, "rita")["id"]
+        stats = limiter.limiter.get_window_stats(
+            parse("5/minute"), "inference-server", "user", f"user:{user_id}"
+        )
+        assert stats.remaining == 0  # the strategy sees the script's counts (1 by the login)
+        refused = actor.predict(headers)
+        assert_error(refused, 429, "RATE_LIMIT_EXCEEDED")
+        assert int(refused.headers["Retry-After"]) >= 1
