@@ -4,19 +4,24 @@ Every variant serves the same demo model to the same request (`{"data": [[1.0, 2
 under the same gunicorn (2 gevent workers, no keep-alive, as `python run.py` runs), and wrk
 drives each in turn with the same load; rounds alternate the variants so that drift of the
 machine hits all alike. The table gives each variant's median req/s and p99 and their ratios to
-the bare Flask app (targets: API key and JWT >= 0.8x req/s and p99 <= 1.5x; auth disabled
->= 0.9x). No prediction is cached: each request runs the model.
+the bare Flask app (SPEC targets: API key and JWT >= 0.9x req/s and p99 <= 1.2x; auth disabled
+>= 0.95x; Redis >= 0.85x of the same server on memory). No prediction is cached: each request
+runs the model.
 
 - bare flask: Flask + NumPy, no auth, no limits (`peers/bare_app.py`): the ceiling of the stack;
 - flask-jwt-extended: `@jwt_required()` + a Flask-Limiter limit per identity (`peers/jwt_app.py`);
 - this server with auth disabled (limited per client address), with an API key and with a JWT
-  (limited per user), with memory:// limit storage, and with Redis when `--redis` is given.
+  (limited per user), with memory:// limit storage, and with Redis when `--redis` is given;
+  with `--no-access-log` also with its access log off (bare Flask writes none);
+- with `--hooked`, bare Flask and this server (API key) each with one app-level after_request
+  hook of an app owner's (`peers/hooked.py`).
 
     pip install -r tests/benchmarks/peers/requirements.txt   # the peers' own packages
     python tests/benchmarks/peers.py [--rounds 5] [--seconds 5] [--connections 8] [--redis]
+        [--hooked] [--no-access-log]
 
-About 3 minutes with the defaults (5 variants x 5 rounds x 5 s, plus start-up and warm-up).
-Needs wrk (Debian: apt-get install wrk). Not part of pytest.
+About 3 minutes with the defaults (5 variants x 5 rounds x 5 s, plus start-up and warm-up); each
+option adds variants. Needs wrk (Debian: apt-get install wrk). Not part of pytest.
 """
 
 from __future__ import annotations
@@ -58,11 +63,9 @@ def peer(module: str, env: dict[str, str] | None = None):
         f"--chdir={PEERS}",
         f"{module}:app",
     ]
+    log = tempfile.TemporaryFile()  # read only if it fails to start; a pipe would fill up
     process = subprocess.Popen(
-        command,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -72,13 +75,14 @@ def peer(module: str, env: dict[str, str] | None = None):
                 break
             except requests.ConnectionError:
                 if process.poll() is not None:
-                    output = process.stderr.read().decode()
-                    raise SystemExit(f"{module} did not start:\n{output}") from None
+                    log.seek(0)
+                    raise SystemExit(f"{module} did not start:\n{log.read().decode()}") from None
                 time.sleep(0.1)
         yield base
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
 
 
 def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str, str]]]:
@@ -91,6 +95,17 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
     )
     bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
     found["flask-jwt-extended"] = (f"{jwt_peer}/predict", bearer)
+    if opts.hooked:
+        found["bare flask + hook"] = (f"{stack.enter_context(peer('hooked'))}/predict", {})
+        demo = PEERS.parents[2] / "data" / "models" / "demo.json"  # gunicorn runs in PEERS
+        env = {
+            **BENCH_ENV,
+            "PEER_APP": "ours",
+            "INFERENCE_STORAGE__DATA_DIR": str(tmp / "hooked"),
+            "INFERENCE_MODELS__REGISTRY": f"[{{name: demo, backend: builtin, path: {demo}}}]",
+        }
+        hooked = stack.enter_context(peer("hooked", env))
+        found["ours, api-key + hook"] = (f"{hooked}/predict", _api_key(hooked))
     storages = {"memory": "memory://"}
     if opts.redis:
         storages["redis"] = stack.enter_context(redis_server())
@@ -102,7 +117,28 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
         server = stack.enter_context(live_server(tmp / label, workers=2, env=env))
         for kind, headers in server.admin_credentials().items():
             found[f"ours, {kind}/{label}"] = (server.url("/predict"), headers)
+    if opts.no_access_log:
+        env = {**BENCH_ENV, "INFERENCE_SERVER__ACCESS_LOG": "false"}
+        quiet = stack.enter_context(live_server(tmp / "quiet", workers=2, env=env))
+        found["ours, api-key, no access log"] = (
+            quiet.url("/predict"),
+            quiet.admin_credentials()["api-key"],
+        )
     return found
+
+
+def _api_key(base: str) -> dict[str, str]:
+    """The X-API-Key header of a new key of the default admin of the server at `base`."""
+    login = requests.post(
+        f"{base}/auth/login", json={"username": "admin", "password": "admin123"}, timeout=60
+    )
+    key = requests.post(
+        f"{base}/auth/api-keys",
+        json={"name": "bench"},
+        headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+        timeout=60,
+    )
+    return {"X-API-Key": key.json()["key"]}
 
 
 def main() -> None:
@@ -111,6 +147,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--redis", action="store_true", help="also with Redis limit storage")
+    parser.add_argument("--hooked", action="store_true", help="also with an app-level hook")
+    parser.add_argument(
+        "--no-access-log", action="store_true", help="also this server with its access log off"
+    )
     opts = parser.parse_args()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
