@@ -18,7 +18,10 @@ It never imports the application that uses it.
 
 from __future__ import annotations
 
-from .config import AuthSettings, RateLimitSettings
+from . import accounts
+from .audit import read_events
+from .background import run_every
+from .config import AuthSettings, RateLimitSettings, check_bounds, setting
 from .core import AuthState, Principal, auth_state, open_state
 from .decorators import (
     admin_required,
@@ -29,32 +32,94 @@ from .decorators import (
     public,
     require_auth,
 )
-from .errors import ApiError, ValidationError
+from .errors import (
+    ApiError,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ValidationError,
+    error_body,
+    error_code,
+    loggable,
+    request_id,
+    stamp,
+    standard_headers,
+)
+from .errors import init_app as init_error_handlers
 from .extension import Auth
-from .inputs import json_body
+from .inputs import (
+    json_body,
+    json_bytes,
+    max_json_depth,
+    parse_json_object,
+    refuse_unknown_fields,
+    text,
+)
 from .limits import LimiterConfigError
-from .store import StoreCorrupt
-from .tokens import SecretError
+from .offload import ThreadOffload
+from .openapi import describe, doc
+from .records import Field, one_of
+from .schemas import answer, body
+from .store import JsonStore, Records, StoreCorrupt, secure_dir
+from .tokens import SECRET_FILE, SecretError
+from .users import ALL_SCOPES, check_email, check_username, profile
 
 __all__ = [
+    "ALL_SCOPES",
+    "SECRET_FILE",
     "ApiError",
     "Auth",
     "AuthSettings",
     "AuthState",
+    "Conflict",
+    "Field",
+    "JsonStore",
     "LimiterConfigError",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
     "Principal",
     "RateLimitSettings",
+    "Records",
     "SecretError",
     "StoreCorrupt",
+    "ThreadOffload",
     "ValidationError",
+    "accounts",
     "admin_required",
+    "answer",
     "auth_state",
+    "body",
+    "check_bounds",
+    "check_email",
+    "check_username",
     "checks_password",
     "current_principal",
     "current_user",
+    "describe",
+    "doc",
+    "error_body",
+    "error_code",
     "exempt",
+    "init_error_handlers",
     "json_body",
+    "json_bytes",
+    "loggable",
+    "max_json_depth",
+    "one_of",
     "open_state",
+    "parse_json_object",
+    "profile",
     "public",
+    "read_events",
+    "refuse_unknown_fields",
+    "request_id",
     "require_auth",
+    "run_every",
+    "secure_dir",
+    "setting",
+    "stamp",
+    "standard_headers",
+    "text",
 ]

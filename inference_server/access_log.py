@@ -22,7 +22,7 @@ import time
 
 from flask import Flask, Response, g, request, request_finished, request_started
 
-from auth.errors import loggable, request_id
+from auth import loggable, request_id
 
 from .logs import ACCESS
 

@@ -9,8 +9,7 @@ from typing import Any
 from flask import Flask, Response
 from flask_cors import CORS
 
-from auth import Auth, AuthState, open_state
-from auth.store import JsonStore
+from auth import Auth, AuthState, JsonStore, open_state
 
 from . import access_log, docs, health, model_admin, models, predict
 from .settings import Settings, load_settings

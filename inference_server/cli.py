@@ -33,9 +33,17 @@ import click
 import yaml
 from click.core import ParameterSource
 
-from auth import AuthState, LimiterConfigError, SecretError, StoreCorrupt, accounts
-from auth.errors import ApiError
-from auth.users import ALL_SCOPES, check_email, check_username
+from auth import (
+    ALL_SCOPES,
+    ApiError,
+    AuthState,
+    LimiterConfigError,
+    SecretError,
+    StoreCorrupt,
+    accounts,
+    check_email,
+    check_username,
+)
 
 from . import logs
 from .settings import ConfigError, Settings, load_settings
@@ -283,7 +291,7 @@ def users_create(config, username, email, password, password_stdin, role) -> Non
 @refusals
 def users_show(config, user) -> None:
     """Show one user (by id, username or email)."""
-    from auth.users import profile
+    from auth import profile
 
     click.echo(json.dumps(profile(accounts.find(_state(config), user)), indent=2))
 
@@ -450,8 +458,7 @@ def backup(config, destination) -> None:
 
     Each store is copied under its lock, so its snapshot and journal are one consistent
     version; restore by stopping the server and copying the files back into the data dir."""
-    from auth.store import secure_dir
-    from auth.tokens import SECRET_FILE
+    from auth import SECRET_FILE, secure_dir
 
     from .app import models_store
 
@@ -522,7 +529,7 @@ def audit() -> None:
 @refusals
 def audit_tail(config, count, user, event) -> None:
     """Print the most recent audit events, one JSON object per line."""
-    from auth.audit import read_events
+    from auth import read_events
 
     settings = _load(config)
     names: tuple[str, ...] = ()

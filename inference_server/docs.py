@@ -16,9 +16,7 @@ from pathlib import Path
 import flask_swagger_ui
 from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
 
-from auth import exempt, public
-from auth.errors import NotFound
-from auth.openapi import describe, doc
+from auth import NotFound, describe, doc, exempt, public
 
 bp = Blueprint("docs", __name__)
 

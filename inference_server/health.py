@@ -16,9 +16,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from auth import auth_state, exempt, public
-from auth.errors import ApiError
-from auth.openapi import doc
+from auth import ApiError, auth_state, doc, exempt, public
 
 from . import schemas
 from .predict import registry

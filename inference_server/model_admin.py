@@ -9,10 +9,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify
 
-from auth import auth_state, json_body, require_auth
-from auth.errors import PermissionDenied, ValidationError
-from auth.inputs import text
-from auth.openapi import doc
+from auth import PermissionDenied, ValidationError, auth_state, doc, json_body, require_auth, text
 
 from . import schemas
 from .models import ACTIONS, load_model

@@ -19,11 +19,20 @@ from typing import Any, TypeVar
 import numpy as np
 from flask import Blueprint, Response, current_app, request
 
-from auth import require_auth
-from auth.errors import ApiError, PayloadTooLarge, ValidationError, error_body, request_id
-from auth.inputs import json_bytes, max_json_depth, parse_json_object, refuse_unknown_fields
-from auth.offload import ThreadOffload
-from auth.openapi import doc
+from auth import (
+    ApiError,
+    PayloadTooLarge,
+    ThreadOffload,
+    ValidationError,
+    doc,
+    error_body,
+    json_bytes,
+    max_json_depth,
+    parse_json_object,
+    refuse_unknown_fields,
+    request_id,
+    require_auth,
+)
 
 from . import json_steps, schemas
 from .models import LoadedModel, ModelRegistry, to_batch_in_steps

@@ -6,7 +6,7 @@ name (`auth.inputs.refuse_unknown_fields`), so a misspelt `"modle"` is an error,
 
 from __future__ import annotations
 
-from auth.schemas import answer, body
+from auth import answer, body
 
 from .models import ACTIONS
 from .settings import MODEL_NAME

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from auth.config import AuthSettings, RateLimitSettings, check_bounds, setting
+from auth import AuthSettings, RateLimitSettings, check_bounds, setting
 
 T = TypeVar("T")
 ENV_PREFIX = "INFERENCE_"

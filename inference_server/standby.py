@@ -23,7 +23,7 @@ from typing import Any
 
 from flask import Flask, request
 
-from auth import ApiError, SecretError, StoreCorrupt, errors
+from auth import ApiError, SecretError, StoreCorrupt, init_error_handlers, stamp
 
 from . import health
 
@@ -89,13 +89,13 @@ class Standby:
 
 
 def _stamped(response):
-    errors.stamp(response)
+    stamp(response)
     return response
 
 
 def _standby_app(reason: str) -> Flask:
     app = Flask(__name__, static_folder=None)
-    errors.init_app(app)
+    init_error_handlers(app)
     app.after_request(_stamped)
     app.register_blueprint(health.bp)
 

@@ -32,7 +32,7 @@ _MESSAGE = re.compile(rb"</h1>(.*)</body>", re.DOTALL)
 
 def shaped_error(page: bytes) -> bytes:
     """gunicorn's HTML error response `page` as the same status with the JSON error shape."""
-    from auth.errors import error_body, error_code, standard_headers
+    from auth import error_body, error_code, standard_headers
 
     status = _STATUS_LINE.match(page)
     if status is None:  # not one of gunicorn's error pages: leave it alone

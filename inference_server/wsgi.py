@@ -11,7 +11,7 @@ import logging
 
 from flask import Flask
 
-from auth.background import run_every
+from auth import run_every
 
 from . import logs, standby
 from .app import create_app

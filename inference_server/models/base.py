@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from auth.errors import ApiError, ValidationError
+from auth import ApiError, ValidationError
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from auth.errors import PayloadTooLarge, ValidationError
+from auth import PayloadTooLarge, ValidationError
 
 from .base import ModelLoadError
 

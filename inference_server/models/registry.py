@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auth.errors import Conflict, NotFound
-from auth.records import Field, one_of
-from auth.store import JsonStore, Records
+from auth import Conflict, Field, JsonStore, NotFound, Records, one_of
 
 from ..settings import ConfigError, ModelSettings, ModelSpec, parse_section
 from . import builtin, onnx_backend, torchscript
