@@ -34,6 +34,7 @@ from .decorators import (
 )
 from .errors import (
     ApiError,
+    Code,
     Conflict,
     NotFound,
     PayloadTooLarge,
@@ -72,6 +73,7 @@ __all__ = [
     "Auth",
     "AuthSettings",
     "AuthState",
+    "Code",
     "Conflict",
     "Field",
     "JsonStore",

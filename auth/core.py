@@ -44,7 +44,7 @@ from .audit import AuditLog
 from .background import run_every, run_soon
 from .config import AuthSettings, RateLimitSettings
 from .decorators import ADMIN_ATTR, EXEMPT_ATTR, PASSWORD_ATTR, PUBLIC_ATTR, SCOPES_ATTR
-from .errors import AuthenticationError, PermissionDenied
+from .errors import AuthenticationError, Code, PermissionDenied
 from .indexes import Index
 from .limits import (
     BadCredentialWatch,
@@ -81,7 +81,7 @@ PASSWORD_CHANGE_HEADER = "X-Password-Change-Required"
 SESSION_ENDED = "this session has ended; log in again"
 CREDENTIAL_PARAMS = frozenset({"api_key", "access_token", "token", "key"})
 # Credentials that were presented and are wrong; an expired token is honest client behaviour.
-COUNTED_FAILURES = frozenset({"INVALID_TOKEN", "INVALID_API_KEY", "INVALID_CREDENTIALS"})
+COUNTED_FAILURES = frozenset({Code.INVALID_TOKEN, Code.INVALID_API_KEY, Code.INVALID_CREDENTIALS})
 # What a password session may do while an admin-set password awaits its change.
 PASSWORD_CHANGE_SCOPES = frozenset({"user:read", "user:write"})
 
@@ -250,7 +250,7 @@ class AuthState:
             raise AuthenticationError(
                 "credentials are never accepted in the query string; send the Authorization "
                 "or X-API-Key header",
-                error_code="INVALID_TOKEN",
+                error_code=Code.INVALID_TOKEN,
             )
         by_token = self._from_bearer(sent.authorization)
         by_key = self._from_api_key(sent.api_key)
@@ -258,7 +258,7 @@ class AuthState:
             if by_token.id != by_key.id:
                 raise AuthenticationError(
                     "the bearer token and the API key belong to different users",
-                    error_code="INVALID_CREDENTIALS",
+                    error_code=Code.INVALID_CREDENTIALS,
                 )
             by_token = Principal(
                 user=by_token.user,
@@ -280,18 +280,20 @@ class AuthState:
             # A credential that is sent is checked, never ignored in favour of another one.
             raise AuthenticationError("the Authorization header must be 'Bearer <access token>'")
         if self.signer is None:
-            raise AuthenticationError("bearer tokens are not accepted", error_code="INVALID_TOKEN")
+            raise AuthenticationError(
+                "bearer tokens are not accepted", error_code=Code.INVALID_TOKEN
+            )
         now = self.now()
         claims = self.signer.decode(token.strip(), token_type="access", now=now)
         session = sessions.live_session(
             self.sessions.get(claims["sid"]), claims["sub"], now, self.session_max_age
         )
         if session is None:
-            raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
-        user = self.active_user(claims["sub"], error_code="INVALID_TOKEN")
+            raise AuthenticationError(SESSION_ENDED, error_code=Code.INVALID_TOKEN)
+        user = self.active_user(claims["sub"], error_code=Code.INVALID_TOKEN)
         key_id = session.get("key_id")
         if key_id is not None:
-            self.live_key(key_id, error_code="INVALID_TOKEN")
+            self.live_key(key_id, error_code=Code.INVALID_TOKEN)
         return Principal(
             user=user,
             scopes=self.session_scopes(user, session),
@@ -322,7 +324,7 @@ class AuthState:
         if key is None:
             return None
         record = self.find_key(key.strip())
-        user = self.active_user(record["user_id"], error_code="INVALID_API_KEY")
+        user = self.active_user(record["user_id"], error_code=Code.INVALID_API_KEY)
         self.key_usage.note(record["id"], self.now())
         scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
         return Principal(user=user, scopes=scopes, via="api_key", key_id=record["id"])
@@ -330,18 +332,18 @@ class AuthState:
     def find_key(self, key: str) -> dict[str, Any]:
         """The live record of API key `key`; raises INVALID_API_KEY for anything else."""
         if not self.settings.api_keys_enabled:
-            raise AuthenticationError("API keys are disabled", error_code="INVALID_API_KEY")
+            raise AuthenticationError("API keys are disabled", error_code=Code.INVALID_API_KEY)
         digest = api_keys.lookup_digest(key)
         if digest is None:
-            raise AuthenticationError("malformed API key", error_code="INVALID_API_KEY")
+            raise AuthenticationError("malformed API key", error_code=Code.INVALID_API_KEY)
         return self.usable_key(self.keys.find("hash", digest))
 
-    def live_key(self, key_id: str, *, error_code: str = "INVALID_API_KEY") -> dict[str, Any]:
+    def live_key(self, key_id: str, *, error_code: str = Code.INVALID_API_KEY) -> dict[str, Any]:
         """The record of key `key_id` if it is active and unexpired; raises 401 otherwise."""
         return self.usable_key(self.keys.get(key_id), error_code=error_code)
 
     def usable_key(
-        self, record: dict[str, Any] | None, *, error_code: str = "INVALID_API_KEY"
+        self, record: dict[str, Any] | None, *, error_code: str = Code.INVALID_API_KEY
     ) -> dict[str, Any]:
         """`record` if it is a key that is active and unexpired; raises 401 otherwise."""
         if record is None or not record["is_active"]:

@@ -26,34 +26,63 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-# Every code an answer of each status may carry; the first is the one given to errors that carry
+
+class Code:
+    """Every error code an answer may carry, each named once."""
+
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    AUTHENTICATION_REQUIRED = "AUTHENTICATION_REQUIRED"
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    INVALID_TOKEN = "INVALID_TOKEN"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    INVALID_API_KEY = "INVALID_API_KEY"
+    INSUFFICIENT_PERMISSIONS = "INSUFFICIENT_PERMISSIONS"
+    REGISTRATION_CLOSED = "REGISTRATION_CLOSED"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    CONFLICT = "CONFLICT"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    URI_TOO_LONG = "URI_TOO_LONG"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    EXPECTATION_FAILED = "EXPECTATION_FAILED"
+    RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
+    HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    STORAGE_BUSY = "STORAGE_BUSY"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+
+
+# The codes an answer of each status may carry; the first is the one given to errors that carry
 # none of their own (werkzeug's, gunicorn's). The API description lists them per status.
 ERROR_CODES: dict[int, tuple[str, ...]] = {
-    400: ("VALIDATION_ERROR",),
+    400: (Code.VALIDATION_ERROR,),
     401: (
-        "AUTHENTICATION_REQUIRED",
-        "INVALID_CREDENTIALS",
-        "INVALID_TOKEN",
-        "TOKEN_EXPIRED",
-        "INVALID_API_KEY",
+        Code.AUTHENTICATION_REQUIRED,
+        Code.INVALID_CREDENTIALS,
+        Code.INVALID_TOKEN,
+        Code.TOKEN_EXPIRED,
+        Code.INVALID_API_KEY,
     ),
-    403: ("INSUFFICIENT_PERMISSIONS", "REGISTRATION_CLOSED"),
-    404: ("NOT_FOUND",),
-    405: ("METHOD_NOT_ALLOWED",),
-    409: ("CONFLICT",),
-    413: ("PAYLOAD_TOO_LARGE",),
-    414: ("URI_TOO_LONG",),
-    415: ("UNSUPPORTED_MEDIA_TYPE",),
-    417: ("EXPECTATION_FAILED",),
-    429: ("RATE_LIMIT_EXCEEDED",),
-    431: ("HEADERS_TOO_LARGE",),
-    500: ("INTERNAL_ERROR",),
-    501: ("NOT_IMPLEMENTED",),
+    403: (Code.INSUFFICIENT_PERMISSIONS, Code.REGISTRATION_CLOSED),
+    404: (Code.NOT_FOUND,),
+    405: (Code.METHOD_NOT_ALLOWED,),
+    409: (Code.CONFLICT,),
+    413: (Code.PAYLOAD_TOO_LARGE,),
+    414: (Code.URI_TOO_LONG,),
+    415: (Code.UNSUPPORTED_MEDIA_TYPE,),
+    417: (Code.EXPECTATION_FAILED,),
+    429: (Code.RATE_LIMIT_EXCEEDED,),
+    431: (Code.HEADERS_TOO_LARGE,),
+    500: (Code.INTERNAL_ERROR,),
+    501: (Code.NOT_IMPLEMENTED,),
     503: (
-        "SERVICE_UNAVAILABLE",
-        "STORAGE_BUSY",
-        "STORAGE_UNAVAILABLE",
-        "MODEL_UNAVAILABLE",
+        Code.SERVICE_UNAVAILABLE,
+        Code.STORAGE_BUSY,
+        Code.STORAGE_UNAVAILABLE,
+        Code.MODEL_UNAVAILABLE,
     ),
 }
 
@@ -68,7 +97,7 @@ class ApiError(HTTPException):
     """An error with a stable machine-readable code, a human message and optional details."""
 
     code = 400
-    error_code = "VALIDATION_ERROR"
+    error_code = Code.VALIDATION_ERROR
 
     def __init__(
         self,
@@ -89,47 +118,47 @@ class ApiError(HTTPException):
 
 
 class ValidationError(ApiError):
-    code, error_code = 400, "VALIDATION_ERROR"
+    code, error_code = 400, Code.VALIDATION_ERROR
 
 
 class AuthenticationError(ApiError):
     """401; always tells the client how to authenticate."""
 
-    code, error_code = 401, "AUTHENTICATION_REQUIRED"
+    code, error_code = 401, Code.AUTHENTICATION_REQUIRED
 
     def __init__(self, message: str, *, error_code: str | None = None, **kw: Any) -> None:
         code = error_code or self.error_code
         challenge = 'Bearer realm="inference-server"'
-        if code != "AUTHENTICATION_REQUIRED":
+        if code != Code.AUTHENTICATION_REQUIRED:
             challenge += f', error="invalid_token", error_description="{code}"'
         super().__init__(message, error_code=code, headers={"WWW-Authenticate": challenge}, **kw)
 
 
 class PermissionDenied(ApiError):
-    code, error_code = 403, "INSUFFICIENT_PERMISSIONS"
+    code, error_code = 403, Code.INSUFFICIENT_PERMISSIONS
 
 
 class NotFound(ApiError):
-    code, error_code = 404, "NOT_FOUND"
+    code, error_code = 404, Code.NOT_FOUND
 
 
 class Conflict(ApiError):
-    code, error_code = 409, "CONFLICT"
+    code, error_code = 409, Code.CONFLICT
 
 
 class PayloadTooLarge(ApiError):
-    code, error_code = 413, "PAYLOAD_TOO_LARGE"
+    code, error_code = 413, Code.PAYLOAD_TOO_LARGE
 
 
 class StorageBusy(ApiError):
-    code, error_code = 503, "STORAGE_BUSY"
+    code, error_code = 503, Code.STORAGE_BUSY
 
 
 class StorageUnavailable(ApiError):
     """The disk refused a write (full, over quota, read-only, I/O error): nothing was changed,
     and the same request may succeed once the operator has made room."""
 
-    code, error_code = 503, "STORAGE_UNAVAILABLE"
+    code, error_code = 503, Code.STORAGE_UNAVAILABLE
 
 
 class _Ids:
@@ -199,7 +228,7 @@ def _render_unexpected(exc: Exception) -> Response:
         loggable(request.path),
         request_id(),
     )
-    body = error_body("INTERNAL_ERROR", "the server failed to handle this request")
+    body = error_body(Code.INTERNAL_ERROR, "the server failed to handle this request")
     return Response(json.dumps(body), status=500, content_type="application/json")
 
 

@@ -63,7 +63,7 @@ from limits.storage import MemoryStorage
 from .background import run_every
 from .config import AuthSettings, RateLimitSettings, limit_storage, limit_string
 from .counting import hit_and_window
-from .errors import ApiError, StorageBusy, render_error
+from .errors import ApiError, Code, StorageBusy, render_error
 from .offload import ThreadOffload
 from .users import fold_name
 
@@ -77,7 +77,7 @@ LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Rese
 class RateLimited(ApiError):
     """429: a budget is spent (its headers say which and until when)."""
 
-    code, error_code = 429, "RATE_LIMIT_EXCEEDED"
+    code, error_code = 429, Code.RATE_LIMIT_EXCEEDED
 
 
 # -- client addresses --------------------------------------------------------------------------

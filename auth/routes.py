@@ -15,7 +15,7 @@ from flask import Blueprint, Response, g, jsonify
 from . import accounts, api_keys, schemas, sessions
 from .core import PASSWORD_CHANGE_HEADER, SESSION_ENDED, AuthState, Principal, auth_state
 from .decorators import checks_password, exempt, public, require_auth
-from .errors import AuthenticationError, PermissionDenied, ValidationError
+from .errors import AuthenticationError, Code, PermissionDenied, ValidationError
 from .inputs import integer, json_body, string_list, text
 from .limits import client_address
 from .openapi import doc
@@ -110,7 +110,7 @@ def register():
     mode = state.settings.registration
     if mode == "closed":
         raise PermissionDenied(
-            "registration is closed on this server", error_code="REGISTRATION_CLOSED"
+            "registration is closed on this server", error_code=Code.REGISTRATION_CLOSED
         )
     caller: Principal | None = state.authenticate()
     if mode == "admin_only" and caller is None:
@@ -158,7 +158,7 @@ def login():
     if "api_key" in body:
         key = text(body, "api_key", max_len=api_keys.KEY_LENGTH)
         record = state.find_key(key)  # type: ignore[arg-type]
-        user = state.active_user(record["user_id"], error_code="INVALID_API_KEY")
+        user = state.active_user(record["user_id"], error_code=Code.INVALID_API_KEY)
         state.check_default_admin(user)
         state.audit.record(
             "auth.login", outcome="ok", via="api_key", user_id=user["id"], key_id=record["id"]
@@ -172,7 +172,7 @@ def login():
         state.audit.record(
             "auth.login", outcome="failed", **accounts.audit_identity(user, identifier)
         )
-        raise AuthenticationError(INVALID_LOGIN, error_code="INVALID_CREDENTIALS")
+        raise AuthenticationError(INVALID_LOGIN, error_code=Code.INVALID_CREDENTIALS)
     assert user is not None
     accounts.remember_address(state, user, client_address())
     state.audit.record("auth.login", outcome="ok", via="password", user_id=user["id"])
@@ -194,18 +194,18 @@ def refresh():
     token = text(json_body(allow_form=True), "refresh_token", max_len=4096)
     now = state.now()
     claims = state.signer.decode(token, token_type="refresh", now=now)  # type: ignore[arg-type]
-    user = state.active_user(claims["sub"], error_code="INVALID_TOKEN")
+    user = state.active_user(claims["sub"], error_code=Code.INVALID_TOKEN)
     state.check_default_admin(user)
     session = state.sessions.get(claims["sid"])
     if session is None or session["user_id"] != user["id"]:
-        raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
+        raise AuthenticationError(SESSION_ENDED, error_code=Code.INVALID_TOKEN)
     key_id = session.get("key_id")
-    key = state.live_key(key_id, error_code="INVALID_TOKEN") if key_id else None
+    key = state.live_key(key_id, error_code=Code.INVALID_TOKEN) if key_id else None
     end = state.session_end(session["created_at"], key)
     if end <= now:
         raise AuthenticationError(
             "this session has reached the end of its lifetime; log in again",
-            error_code="INVALID_TOKEN",
+            error_code=Code.INVALID_TOKEN,
         )
     pair = _sign_pair(state, user["id"], claims["sid"], now=now, end=end)
     outcome = sessions.rotate_refresh(
@@ -221,10 +221,10 @@ def refresh():
         state.audit.record("auth.refresh_reuse", user_id=user["id"], session_id=claims["sid"])
         raise AuthenticationError(
             "this refresh token was already used; the whole session has been revoked",
-            error_code="INVALID_TOKEN",
+            error_code=Code.INVALID_TOKEN,
         )
     if outcome.refused:
-        raise AuthenticationError(SESSION_ENDED, error_code="INVALID_TOKEN")
+        raise AuthenticationError(SESSION_ENDED, error_code=Code.INVALID_TOKEN)
     return _token_response(user, pair)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import jwt
 
-from .errors import AuthenticationError
+from .errors import AuthenticationError, Code
 
 REQUIRED_CLAIMS = ["sub", "sid", "exp", "iat", "jti", "type", "iss", "aud"]
 MIN_SECRET_BYTES = 32
@@ -80,12 +80,12 @@ class TokenSigner:
         if claims["type"] != token_type:
             raise AuthenticationError(
                 f"expected an {token_type} token, got a {claims['type']!r} token",
-                error_code="INVALID_TOKEN",
+                error_code=Code.INVALID_TOKEN,
             )
         if claims["exp"] <= now:
-            raise AuthenticationError("token has expired", error_code="TOKEN_EXPIRED")
+            raise AuthenticationError("token has expired", error_code=Code.TOKEN_EXPIRED)
         if claims["iat"] > now + CLOCK_LEEWAY or claims.get("nbf", now) > now + CLOCK_LEEWAY:
-            raise AuthenticationError("token is not valid yet", error_code="INVALID_TOKEN")
+            raise AuthenticationError("token is not valid yet", error_code=Code.INVALID_TOKEN)
         return claims
 
     def _verify(self, token: str) -> dict[str, Any]:
@@ -104,13 +104,13 @@ class TokenSigner:
                 },
             )
         except jwt.PyJWTError:
-            raise AuthenticationError("invalid token", error_code="INVALID_TOKEN") from None
+            raise AuthenticationError("invalid token", error_code=Code.INVALID_TOKEN) from None
         if not all(isinstance(claims[c], str) for c in ("sub", "sid", "jti", "type")) or not all(
             isinstance(claims[c], int) and not isinstance(claims[c], bool)
             for c in ("exp", "iat", "nbf")
             if c in claims
         ):
-            raise AuthenticationError("invalid token claims", error_code="INVALID_TOKEN")
+            raise AuthenticationError("invalid token claims", error_code=Code.INVALID_TOKEN)
         return claims
 
 

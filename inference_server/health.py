@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from auth import ApiError, auth_state, doc, exempt, public
+from auth import ApiError, Code, auth_state, doc, exempt, public
 
 from . import schemas
 from .predict import registry
@@ -25,7 +25,7 @@ bp = Blueprint("health", __name__)
 
 
 class NotReady(ApiError):
-    code, error_code = 503, "SERVICE_UNAVAILABLE"
+    code, error_code = 503, Code.SERVICE_UNAVAILABLE
 
 
 @bp.get("/health")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from auth import ApiError, ValidationError
+from auth import ApiError, Code, ValidationError
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 
@@ -26,7 +26,7 @@ class ModelLoadError(Exception):
 
 
 class ModelUnavailable(ApiError):
-    code, error_code = 503, "MODEL_UNAVAILABLE"
+    code, error_code = 503, Code.MODEL_UNAVAILABLE
 
 
 @dataclass(frozen=True)
