@@ -80,42 +80,29 @@ class LiveServer:
         return {"api-key": {"X-API-Key": key}, "jwt": {"Authorization": f"Bearer {token}"}}
 
 
-@contextmanager
-def live_server(
-    data_dir: Path,
-    *,
-    workers: int = 1,
-    env: dict[str, str] | None = None,
-    args: tuple[str, ...] = (),
-) -> Iterator[LiveServer]:
-    """Start the server and yield once every worker is serving; always stop it afterwards."""
-    port = free_port()
+def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without INFERENCE_* settings, a private data dir, cheap
+    bcrypt and `extra`."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
     environ.update(
         {
             "INFERENCE_STORAGE__DATA_DIR": str(data_dir),
             "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
             "PYTHONUNBUFFERED": "1",
-            **(env or {}),
+            **extra,
         }
     )
+    return environ
+
+
+@contextmanager
+def served(
+    command: list[str], env: dict[str, str], port: int, workers: int
+) -> Iterator[LiveServer]:
+    """Run `command` (a server on 127.0.0.1:`port`) from the repo; yield once `workers` workers
+    say they are serving; always stop it afterwards."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "run.py",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            *args,
-        ],
-        cwd=REPO,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     server = LiveServer(process, port)
 
@@ -140,6 +127,26 @@ def live_server(
         reader.join(timeout=5)
         if process.stdout is not None:
             process.stdout.close()
+
+
+@contextmanager
+def live_server(
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[LiveServer]:
+    """Start the server and yield once every worker is serving; always stop it afterwards."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "run.py",
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+        *args,
+    ]
+    with served(command, server_env(data_dir, **(env or {})), port, workers) as server:
+        yield server
 
 
 @contextmanager

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +27,7 @@ from inference_server.serve import gunicorn_command
 from inference_server.settings import load_settings
 from tests.conftest import DEMO_MODEL, assert_error
 from tests.held_model import HELD
-from tests.live import ENDED, REPO, LiveServer, free_port
+from tests.live import LiveServer, free_port, served, server_env
 
 
 @contextmanager
@@ -39,32 +37,17 @@ def held_model_server(tmp_path: Path) -> Iterator[tuple[LiveServer, Callable[[],
     fifo = tmp_path / "release"
     os.mkfifo(fifo)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
-    env.update(
-        {
-            "INFERENCE_STORAGE__DATA_DIR": str(tmp_path / "data"),
-            "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
-            "INFERENCE_SERVER__HOST": "127.0.0.1",
-            "INFERENCE_SERVER__PORT": str(port),
-            "INFERENCE_SERVER__WORKERS": "1",
-            "INFERENCE_MODELS__REGISTRY": (
-                f"[{{name: demo, path: {DEMO_MODEL}}}, {{name: held, path: {DEMO_MODEL}}}]"
-            ),
-            "HELD_MODEL_RELEASE": str(fifo),
-            "PYTHONUNBUFFERED": "1",
-        }
+    env = server_env(
+        tmp_path / "data",
+        INFERENCE_SERVER__HOST="127.0.0.1",
+        INFERENCE_SERVER__PORT=str(port),
+        INFERENCE_SERVER__WORKERS="1",
+        INFERENCE_MODELS__REGISTRY=(
+            f"[{{name: demo, path: {DEMO_MODEL}}}, {{name: held, path: {DEMO_MODEL}}}]"
+        ),
+        HELD_MODEL_RELEASE=str(fifo),
     )
     command = [*gunicorn_command(load_settings(environ=env))[:-1], "tests.held_model:held_app()"]
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    server = LiveServer(process, port)
-
-    def drain() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            server.note(line)
-        server.note(ENDED)
 
     def release() -> None:
         # Non-blocking: ENXIO if no prediction holds the FIFO open, instead of waiting for one.
@@ -74,23 +57,12 @@ def held_model_server(tmp_path: Path) -> Iterator[tuple[LiveServer, Callable[[],
         finally:
             os.close(writer)
 
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        server.wait_for_log("this worker is serving", 1)
-        yield server, release
-    finally:
-        with contextlib.suppress(OSError):  # a prediction still held must not hold up the end
-            release()
-        process.send_signal(signal.SIGTERM)
+    with served(command, env, port, workers=1) as server:
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        reader.join(timeout=5)
-        if process.stdout is not None:
-            process.stdout.close()
+            yield server, release
+        finally:
+            with contextlib.suppress(OSError):  # a prediction still held must not hold up the end
+                release()
 
 
 @pytest.mark.slow

@@ -15,11 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +31,7 @@ from auth.errors import loggable
 from inference_server.logs import ACCESS, formatter
 from inference_server.models import registry
 from tests.conftest import ADMIN, Actor, assert_error, bearer
-from tests.live import ENDED, REPO, LiveServer, free_port, live_server
+from tests.live import LiveServer, free_port, live_server, served, server_env
 
 ORIGIN = "http://allowed.example"
 ROW = {"data": [[1.0, 2.0, 3.0]]}
@@ -50,47 +46,18 @@ def owner_server(tmp_path: Path, hook_log: Path) -> Iterator[LiveServer]:
     """`tests.owner_app:app` under gunicorn, two workers of the server's worker class, CORS on
     for ORIGIN; yields once both serve and /health answers, and always stops it."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
-    env.update(
-        {
-            "INFERENCE_STORAGE__DATA_DIR": str(tmp_path / "data"),
-            "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
-            "INFERENCE_SERVER__CORS_ORIGINS": f"[{ORIGIN}]",
-            "OWNER_APP_HOOK_LOG": str(hook_log),
-            "PYTHONUNBUFFERED": "1",
-        }
+    env = server_env(
+        tmp_path / "data",
+        INFERENCE_SERVER__CORS_ORIGINS=f"[{ORIGIN}]",
+        OWNER_APP_HOOK_LOG=str(hook_log),
     )
     command = [
         *(sys.executable, "-m", "gunicorn", "-w", "2", "-k", "inference_server.worker.Worker"),
         *("--bind", f"127.0.0.1:{port}", "--no-control-socket", "tests.owner_app:app"),
     ]
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    server = LiveServer(process, port)
-
-    def drain() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            server.note(line)
-        server.note(ENDED)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        server.wait_for_log("this worker is serving", 2)
+    with served(command, env, port, workers=2) as server:
         assert requests.get(server.url("/health"), timeout=60).status_code == 200
         yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        reader.join(timeout=5)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 @pytest.mark.slow
