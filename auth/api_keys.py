@@ -5,12 +5,15 @@ CRC32 of those 32 characters. The fixed prefix and the checksum let secret scann
 leaked key without asking us, and let the server refuse a mistyped key before any lookup.
 
 Only the SHA-256 of the key is stored (the key is already high-entropy, so a slow hash would add
-cost without adding safety) together with a short display prefix. The store keeps an index from
-hash to key id, rebuilt only when the file changes, so a lookup is one dict access whatever the
-number of keys.
+cost without adding safety) together with a short display prefix. `KEY_INDEXES["hash"]` is a
+unique index of the keys store (`indexes.py`) from that hash to the key id, built on first use
+(a server worker builds it before its first request) and then updated by every change the
+process applies, so looking a hash up is one dict access whatever the number of keys. The
+other two indexes list a user's keys and the keys made through a key (`parent_id`).
 
-`last_used` lives in a separate store so that recording use never invalidates the key cache of
-every worker; it is noted at most once a minute per key and written in batches (`usage.py`).
+`last_used` lives in a separate store so that recording use never writes to the keys store,
+whose every change each worker reads and applies; it is noted at most once a minute per key and
+written in batches (`usage.py`).
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
-"""A store's change counter: one number in shared memory that every writer bumps.
+"""A store's change counter: one number in shared memory, bumped under the store's file lock.
 
-A read must see every change another worker committed, and a `stat` of the journal per store per
-request was the way: cheap alone (2 µs), but a request that touched three stores paid three
-syscalls, and on a busy worker each cost 20 µs, a fifth of a prediction. Instead each store
-keeps `<name>.json.changes`: eight bytes that every process maps into its memory (`mmap`,
-shared). A writer adds one while it still holds the store's file lock, after its change is on
-disk; a reader compares the number with the one it saw when it last caught up, a memory read
-and no syscall, and looks at the files only when it moved.
+A read must see every change another worker committed. A `stat` of the journal on every read
+would see it, but that is a syscall per store per request (2 µs alone, 20 µs on a busy worker,
+when profiled). Instead each store keeps `<name>.json.changes`: eight bytes that every process
+maps into its memory (`mmap`, shared). Every holder of the store's file lock adds one just
+before letting go of it, after its change (if it made one) is on disk; a reader compares the
+number with the one it saw when it last caught up with the files, a memory read and no syscall,
+and looks at the files only when it moved.
 
-The counter is a hint, never the data: a process that could not map it (`read` then always
-answers a new number) follows the files by `stat` as before, and the store still looks at its
-files now and then (`RECHECK_SECONDS` in `store.py`) for changes made by hand, or by a process
-that maps a counter file an operator has since replaced (`replaced`).
+The counter is a hint, never the data: a process that could not map it (`read` then answers a
+new number every time) looks at the files on every read, and a store still looks at its files
+`RECHECK_SECONDS` (`store.py`) after its last look, for changes made by hand or by a process
+that maps a counter file an operator has since replaced (`replaced`, which a read asks
+whenever it looks at the files).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class ChangeCounter:
         return view[0]
 
     def bump(self) -> None:
-        """Count a change (the caller holds the store's file lock: no two bumps race)."""
+        """Count a change, or a possible one (the caller still holds the store's file lock: no
+        two bumps race)."""
         view = self._view or self._map()
         if view is not None:
             view[0] = (view[0] + 1) & _WRAP

@@ -2,11 +2,16 @@
 
 An index files each record under the keys `Index.keys(record)` lists: a unique index maps a key
 to one id (usernames, key hashes), any other to the ids that hold it (the sessions of a user).
-A table is built from all records the first time it is consulted (the server builds them all
-when a worker starts, so no request pays for it); from then on every change a process applies,
-its own or another process's, updates it, so lookups never scan.
+A table is built from all records the first time it is consulted, or by `JsonStore.warm` (a
+server worker builds the key-hash table before its first request and the others just after, on
+its background thread); from then on every change a process applies, its own or another
+process's, updates it, so lookups never scan. The exception is a process that has not built a
+unique table whose index says which bytes its key `appears` as (the CLI, looking up one user):
+it scans the records for those bytes instead of building the table. A store that reloads from
+scratch builds its tables again.
 
-Records are held as JSON bytes; building a table decodes each record once.
+Records are held as JSON bytes; building a table decodes each record at most once, and a record
+lacking the `only_if` bytes of every table being built not at all.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ class Indexes:
         tables: dict[str, dict[str, Any]] = {name: {} for name in wanted}
         specs = [self.specs[n] for n in wanted]
         fill = [(tables[n], self.specs[n].keys, self.specs[n].unique) for n in wanted]
-        # Records without the bytes every filter asks for are skipped without decoding.
+        # When every table wanted has an `only_if`, a record holding none of those bytes is
+        # skipped without decoding.
         filters = [spec.only_if for spec in specs]
         screen = None if None in filters else filters
         if screen is not None and len(screen) == 1:

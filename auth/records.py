@@ -1,11 +1,13 @@
-"""The shape of every record the stores hold, checked whenever a file is loaded.
+"""The shape of every record the stores hold, checked when a record is read from disk or written.
 
 Data on disk is input too: an operator may edit a file by hand, a disk may flip a byte, an older
-or newer version may have written it. A store checks each record against its shape when it loads
-the file, so a record that would make a route fail (an unknown role, a missing `is_active`, a
-timestamp that does not parse) is found at once and named (file, record id, field) instead of
-answering 500 later. Unknown fields are refused too: a misspelt field must never be silently
-ignored.
+or newer version may have written it. A store checks each record against its shape when it
+parses a snapshot, when it applies a journal line and before it writes a record, so a record
+that would make a route fail (an unknown role, a missing `is_active`, a timestamp that does not
+parse) is found at once and named (file, record id, field) instead of answering 500 later. The
+records of a sealed snapshot (`snapshot.py`) are not checked again: they were checked before
+they were written, and the seal says the lines are unchanged. Unknown fields are refused too: a
+misspelt field must never be silently ignored.
 """
 
 from __future__ import annotations

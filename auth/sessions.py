@@ -7,13 +7,15 @@ that may be used next:
 - refresh with that jti: a new jti is recorded (rotation) and new tokens are issued;
 - refresh with any other jti of the session: a used token was replayed, so the whole session (the
   token family) is revoked, the thief's tokens and the owner's alike;
-- logout, password change, disabling or deleting the user: the session is revoked;
+- logout: that session is revoked; a password change: every session of the user but the one
+  the owner changed it from (an admin's reset revokes all); disabling or deleting the user: all;
 - a session lives at most `auth.session_max_days` from its login however often it is refreshed,
   and one started by a key login lives no longer than the key (see `AuthState.session_end`).
 
 Every change happens inside a store update, under the file lock, so of two concurrent refreshes
 with the same token exactly one finds its jti current. Ended sessions of a user are pruned when
-the user's sessions change, and everyone's by a timed sweep (`sweep`).
+a session of the user starts or the user's sessions are revoked, and everyone's by a timed sweep
+(`sweep`).
 """
 
 from __future__ import annotations

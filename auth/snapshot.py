@@ -1,15 +1,19 @@
 """The snapshot file of a store: one JSON document, one record per line, sealed by a hash.
 
-    {"schema_version":2,"generation":7,"seal":"<blake2b of the record lines>","users":{
+    {"schema_version":2,"generation":7,"seal":"<32 hex digits>","users":{
     "usr_1a2b":{...},
     "usr_3c4d":{...}
     }}
 
-A person can read and edit it like any JSON file. The seal says the record lines are exactly as
-this module wrote them from records that were checked before they were committed, so a sealed
-snapshot loads by splitting lines, with no parsing and no per-record check. Anything else (an
-earlier version's single document, an edit by hand, a flipped byte) is parsed whole and every
-record checked, so a bad one is named before it is served.
+A person can read and edit it like any JSON file. The seal is the first 32 hex digits of the
+SHA-256 of the record lines: every byte after the first line up to the closing `}}`. It is a
+checksum, not a signature: it says the lines are as this module wrote them, from records that
+were checked before they were committed, unless someone recomputed it. A snapshot whose first
+line has exactly that form and names the expected collection, that ends with `}}` and whose
+seal matches, loads by cutting the lines apart, with no parsing and no per-record check (a line
+whose id holds a backslash is parsed). Anything else (an earlier version's single document, an
+edit by hand, a flipped byte) is parsed whole and every record checked, so a bad one is named
+before it is served.
 """
 
 from __future__ import annotations
@@ -82,8 +86,9 @@ def parse(
 
 
 def sealed_generation(path: str) -> int | None:
-    """The generation of the sealed snapshot at `path` read from its first line (0 when there
-    is none), or None when only a full read can tell (an earlier format, a hand edit)."""
+    """The generation of the snapshot at `path` read from a sealed first line (its seal is not
+    checked), 0 when there is no file, or None when only a full read can tell (an earlier
+    format, a hand edit of that line)."""
     try:
         with open(path, "rb") as fh:
             first = fh.read(4096)

@@ -2,38 +2,40 @@
 
 Each store is two files: a snapshot `<name>.json` (one JSON document, one record per line: see
 `snapshot.py`) and a journal `<name>.journal.jsonl` (a generation, then one line per change: see
-`journal.py`). A change is appended and fsynced under the separate `<name>.json.lock` file lock
-(with a timeout, mapped to 503) before it is acknowledged.
+`journal.py`). A change is appended and synced to disk (`fdatasync`) under the separate
+`<name>.json.lock` file lock (with a timeout, mapped to 503) before it is acknowledged.
 
-Each process keeps the records in memory as compact JSON bytes (a third of the size of dicts)
-with its indexes (`indexes.py`), plus the journal offset it has applied. A read costs one look
-at the store's change counter, a number in shared memory that every writer bumps
-(`changes.py`): no syscall. Only when it moved, or `RECHECK_SECONDS` after the last look (for
-files changed by hand), is the journal `stat`ed (a write, a listing or a readiness check also
-looks at the snapshot); when the journal grew, only the new lines are read and applied, and the
-indexes are updated by the change. A line without its newline is a write in progress or a
-writer that died mid-append: readers stop before it and the next writer cuts it off, so a
-change is either wholly there or not at all.
+Each process keeps the records in memory as compact JSON bytes (a third of the size of dicts) with
+its indexes (`indexes.py`), plus the journal offset it has applied. A read costs one look at the
+store's change counter, a number in shared memory bumped by every holder of the file lock
+(`changes.py`): no syscall. Only when it moved, or `RECHECK_SECONDS` after the last look (for files
+changed by hand), does a read look at the files: a `stat` of the counter file (in case it was
+replaced) and of the journal (a write, a listing or a readiness check also stats the snapshot); when
+the journal grew, only the new lines are read and applied, and the indexes are updated by the
+change. A line without its newline is a write in progress or a writer that died mid-append: readers
+stop before it and the next writer cuts it off, so a change is either wholly there or not at all.
 
 A new store is created as an empty snapshot of generation 1 and its journal, so every process
-attaches to the same journal from its start, and a journal missing beside its snapshot is always
-a loss (refused), never a new store.
+attaches to the same journal from its start, and a journal missing beside its snapshot is always a
+loss (refused), never a new store.
 
-When the journal outgrows half the snapshot, a writer folds it into a new snapshot with generation
-G+1 (`compact`, run off the event loop): temp file + fsync + `os.replace` for the snapshot, then
-the same for a fresh journal, then an fsync of the directory. A crash between the two replaces
-leaves a journal of generation G beside a snapshot of G+1, which already holds all of it, so the
-journal is ignored. Processes that had applied the old journal read its last lines through the
-descriptor they hold and go on with the new one: nobody reloads the snapshot because somebody else
-compacted.
+When a write leaves the journal longer than half the snapshot (and than `compact_floor`, 256 KiB by
+default), it schedules `compact`, which folds the journal into a new snapshot with generation G+1
+(the server runs it on a background thread, off the event loop): fsynced temp files for the snapshot
+and a fresh journal, `os.replace` of the snapshot, then of the journal, then an fsync of the
+directory. A crash between the two replaces leaves a journal of generation G beside a snapshot of
+G+1, which already holds all of it, so the journal is ignored. Processes that had applied the old
+journal read its last lines through the descriptor they hold and go on with the new one: nobody
+reloads the snapshot because somebody else compacted.
 
-A sealed snapshot loads by splitting lines; any other (an earlier version's file, a hand edit) is
-parsed whole and every record checked against the store's shape (`records.py`). Records arriving
-through the journal are checked as they are applied, and records are checked before they are
-written.
-A file that cannot be parsed or a record that does not fit is never overwritten: at start-up it
-stops the server naming the file (record, field); at run time the last good state keeps serving
-reads and writes answer 503.
+A sealed snapshot loads by splitting lines, its records unchecked (they were checked before they
+were written); any other (an earlier version's file, a hand edit) is parsed whole and every record
+checked against the store's shape (`records.py`). Records arriving through the journal are checked
+as they are applied, and records are checked before they are written.
+A file that cannot be parsed or a record that does not fit is never overwritten: `open` raises
+StoreCorrupt naming the file (record, field), so the server does not start on it; at run time a
+process keeps serving reads from its last good state and writes answer 503 (a process without one
+answers 503 to reads too).
 
 Inside `update`, a change sees a `Records` mapping: what it reads is decoded into fresh dicts, and
 at commit only the records it put, deleted or modified are written.
@@ -391,7 +393,8 @@ class JsonStore:
         """True if the files still hold what `state` has applied, judged by the journal alone
         (one stat: every change and every compaction changes the journal) unless `full`, when
         the snapshot is looked at too. Only a snapshot replaced by hand while the server runs
-        escapes the journal; a write, /ready or the next change of the journal sees it."""
+        escapes the journal; a write, a listing, /ready or the next change of the journal sees
+        it."""
         journal = _stamp(self._journal_path)
         if journal is None:
             if state.journal_ino is not None:
@@ -622,7 +625,9 @@ class JsonStore:
 
     @contextmanager
     def _locked(self, timeout: float | None) -> Iterator[None]:
-        """The store's file lock for one write, its timeout mapped to 503 STORAGE_BUSY."""
+        """The store's file lock for one write, its timeout mapped to 503 STORAGE_BUSY and a
+        write the disk refuses to 503 STORAGE_UNAVAILABLE; the change counter is bumped before
+        it is let go."""
         try:
             secure_dir(self.path.parent)  # else the lock file would bring it back as 0755
             lock = self._file_lock()
@@ -678,8 +683,8 @@ class JsonStore:
     def append(self, puts: Mapping[str, Record]) -> None:
         """Write `puts` without reading the store first (the last write wins): for bookkeeping
         written far more often than it is read (when keys were used). A process that has not
-        loaded the store does not load it for this: it appends after the journal's last
-        complete line and closes it again."""
+        loaded the store does not load it for this (unless the snapshot's first line is not a
+        sealed one): it appends after the journal's last complete line and closes it again."""
         encoded = {}
         for record_id, record in puts.items():
             self.check_new(record_id, record)
@@ -733,7 +738,7 @@ class JsonStore:
         return state
 
     def _append(self, state: _State, puts: dict[str, bytes], deletes: list[str]) -> None:
-        """Append one change to the journal and fsync it (making the journal if needed)."""
+        """Append one change to the journal and fdatasync it (making the journal if needed)."""
         if state.journal_fd is None or state.stale_journal:
             self._new_journal(state)
         assert state.journal_fd is not None
@@ -811,7 +816,7 @@ class JsonStore:
             log.warning("could not compact %s: %s", self.journal_path.name, exc)
         finally:
             self._compaction_due = False
-        self._sealed: tuple[int, int, int] | None = None  # stamp of a snapshot whose seal held
+        self._sealed: tuple[int, int, int] | None = None  # the next load hashes the snapshot
 
     def compact(self) -> None:
         """Fold the journal into a new snapshot of the next generation and start a new journal.

@@ -1,14 +1,14 @@
 """When API keys were last used: noted in memory on the request, written in batches off it.
 
-A request that presents a key only notes the time in this process's memory (at most once a
-minute per key). What was noted is appended to the store in one journal line every
-`flush_seconds` by a background job (`background.run_every`; the write itself runs on a real
-thread) and once more when the process exits. So no request ever waits for a lock or an fsync
-over bookkeeping: with a thousand keys in rotation the old way put one fsynced rewrite on every
-key's first request of each minute. The append does not read the store (`JsonStore.append`): a
-worker never holds every key's last use in memory unless it lists keys. Of two workers that
-noted the same key within a minute, the later flush wins, which may be the earlier use by a
-few seconds.
+A request that presents a key only notes the time in this process's memory (at most once a minute
+per key). What was noted is appended to the store in one journal line every `flush_seconds` by a
+background job (`background.run_every`; the write itself runs on a real thread) and once more when
+the process exits. So no request ever waits for a lock or an fsync over bookkeeping: with a thousand
+keys in rotation the old way put one fsynced rewrite on every key's first request of each minute.
+The append does not read the store (`JsonStore.append`, unless the snapshot's first line is not a
+sealed one): a worker holds every key's last use in memory only if it lists keys. Of two workers
+that noted the same key within a minute, the later flush wins, which may be the earlier use by a few
+seconds.
 
 Readers merge what this process noted but has not written yet, so a key's owner sees its use at
 once; another worker's notes arrive within one flush interval. A process killed with SIGKILL
@@ -66,7 +66,8 @@ class KeyUsage:
         return seen
 
     def flush(self) -> int:
-        """Write what was noted in one update; returns how many keys were written."""
+        """Write what was noted in one append (one journal line); returns how many keys were
+        written (0 when the write failed: what was noted is kept for the next flush)."""
         return self._flush(self._write)
 
     def _flush(self, write: Callable[[dict[str, int]], bool]) -> int:
