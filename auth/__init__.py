@@ -21,7 +21,7 @@ from __future__ import annotations
 from . import accounts
 from .audit import read_events
 from .background import run_every
-from .config import AuthSettings, RateLimitSettings, check_bounds, setting
+from .config import AuthSettings, RateLimitSettings, check_bounds, setting, shown
 from .core import AuthState, Principal, auth_state, open_state
 from .decorators import (
     admin_required,
@@ -121,6 +121,7 @@ __all__ = [
     "run_every",
     "secure_dir",
     "setting",
+    "shown",
     "stamp",
     "standard_headers",
     "text",

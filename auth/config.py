@@ -70,6 +70,15 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def shown(value: Any, meta: Mapping[str, Any]) -> str:
+    """How a refused value is quoted in a message: never, for a secret."""
+    return "a value not shown here" if meta.get("secret") else repr(value)
+
+
+def _shown(field_: dataclasses.Field, value: Any) -> str:
+    return shown(value, field_.metadata)
+
+
 class Checked:
     """Settings that refuse a wrong value when they are built, whoever builds them: an
     application configuring `AuthSettings(registration="admin-only")` in code gets the same
@@ -84,10 +93,9 @@ class Checked:
             if not _fits(tp, value):
                 allowed = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
                 wanted = f"one of {', '.join(map(repr, allowed))}" if allowed else str(tp)
-                problems.append(f"{each.name}: expected {wanted}, got {value!r}")
+                problems.append(f"{each.name}: expected {wanted}, got {_shown(each, value)}")
             elif value is not None and (problem := check_bounds(value, each.metadata)):
-                shown = "a value not shown here" if each.metadata.get("secret") else repr(value)
-                problems.append(f"{each.name}: expected {problem}, got {shown}")
+                problems.append(f"{each.name}: expected {problem}, got {_shown(each, value)}")
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
 
@@ -172,7 +180,9 @@ class RateLimitSettings(Checked):
 @dataclass(frozen=True)
 class DefaultAdmin(Checked):
     username: str = setting("admin", help="username of the admin created on first start")
-    password: str = setting("admin123", help="its password; must be changed before remote use")
+    password: str = setting(
+        "admin123", secret=True, help="its password; must be changed before remote use"
+    )
     email: str = setting("admin@localhost", help="its email address")
 
 

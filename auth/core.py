@@ -36,14 +36,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Blueprint, Flask, current_app, g, request
 from flask.wrappers import Response
 
 from . import api_keys, errors, sessions
 from .audit import AuditLog
 from .background import run_every, run_soon
 from .config import AuthSettings, RateLimitSettings
-from .decorators import ADMIN_ATTR, EXEMPT_ATTR, PASSWORD_ATTR, PUBLIC_ATTR, SCOPES_ATTR
+from .decorators import (
+    ADMIN_ATTR,
+    EXEMPT_ATTR,
+    PASSWORD_ATTR,
+    PUBLIC_ATTR,
+    SCOPES_ATTR,
+    check_scopes,
+)
 from .errors import AuthenticationError, Code, PermissionDenied
 from .indexes import Index
 from .limits import (
@@ -84,6 +91,8 @@ CREDENTIAL_PARAMS = frozenset({"api_key", "access_token", "token", "key"})
 COUNTED_FAILURES = frozenset({Code.INVALID_TOKEN, Code.INVALID_API_KEY, Code.INVALID_CREDENTIALS})
 # What a password session may do while an admin-set password awaits its change.
 PASSWORD_CHANGE_SCOPES = frozenset({"user:read", "user:write"})
+# What the guard checked when authentication is off: everything passes (`require_auth`).
+_EVERYTHING = (ALL_SCOPES | {"admin"}, True)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -170,6 +179,7 @@ class AuthState:
     failed_logins: FailureBudget | None = None
     bad_credentials: BadCredentialWatch | None = None
     limiter: Limiter | None = None  # flask-limiter, once served by an app (`init_core`)
+    guard: Guard | None = None  # the pipeline, once served by an app
 
     def now(self) -> int:
         return int(self.clock())
@@ -474,7 +484,9 @@ def auth_state() -> AuthState:
 
 @dataclass(frozen=True, slots=True)
 class EndpointPolicy:
-    """What an endpoint needs, read once from its view's markers (`decorators.py`)."""
+    """What an endpoint needs, read from its view's markers (`decorators.py`) at its first
+    request. A view put in `app.view_functions` after that keeps the policy read then: replace
+    views before serving, as Flask expects of every setup."""
 
     public: bool
     exempt: bool  # outside the per-user budget
@@ -488,8 +500,7 @@ class EndpointPolicy:
         blueprint = endpoint.rpartition(".")[0]
         parents = [blueprint.rsplit(".", i)[0] for i in range(blueprint.count(".") + 1)]
         public = (
-            endpoint == "static"
-            or endpoint.endswith(".static")  # static files: public unless the app says not
+            _serves_static_files(app, endpoint, view)
             or endpoint in public_endpoints
             or getattr(view, PUBLIC_ATTR, False)
             or any(getattr(app.blueprints.get(name), PUBLIC_ATTR, False) for name in parents)
@@ -501,6 +512,16 @@ class EndpointPolicy:
             admin=bool(getattr(view, ADMIN_ATTR, False)),
             checks_password=bool(getattr(view, PASSWORD_ATTR, False)),
         )
+
+
+def _serves_static_files(app: Flask, endpoint: str, view: Any) -> bool:
+    """True for the view Flask adds for an app's or a blueprint's static folder (public, as a
+    site's files are); a view of the application's that happens to be named `static` is not.
+    (An app with a static folder cannot have another view called `static`.)"""
+    if endpoint == "static":
+        return app.has_static_folder
+    owner = getattr(view, "__self__", None)
+    return isinstance(owner, Blueprint) and view.__func__ is Blueprint.send_static_file
 
 
 class Guard:
@@ -539,8 +560,6 @@ class Guard:
             return  # a browser sends no credentials here; Flask answers the allowed methods
         policy = self.policy(endpoint)
         enabled = state.settings.enabled
-        if policy.checks_password and enabled:
-            scratch.password_arrived = state.clock()
         address = client_address_of(req.environ, state.trusted_proxies)
         principal = None
         if enabled and not policy.public:
@@ -550,17 +569,18 @@ class Guard:
                     "credentials required: send Authorization: Bearer or X-API-Key"
                 )
             scratch.principal = principal
+        if policy.checks_password and enabled:
+            scratch.password_arrived = state.clock()
         if not policy.exempt:
             scratch.limit_headers = self._budget.count(principal, address)
         if principal is not None and (policy.needs or policy.admin):
-            _check_scopes(principal, policy)
+            check_scopes(principal, policy.needs, policy.admin)
+        scratch.auth_checked = (policy.needs, policy.admin) if enabled else _EVERYTHING
         self._limiter.before_view(endpoint)
 
     def after(self, response: Response) -> Response:
         scratch = g._get_current_object()
-        limiter = self._limiter
-        limiter.after_view(response)
-        limits = limiter.checked_headers() or scratch.get("limit_headers", {})
+        limits = self._limiter.after_view(response) or scratch.get("limit_headers", {})
         extra: list[tuple[str, str]] = list(limits.items())
         principal = scratch.get("principal")
         if principal is not None and principal.user.get("must_change_password"):
@@ -579,17 +599,6 @@ def _is_preflight(req: Any) -> bool:
         and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in req.environ
         and getattr(req.url_rule, "provide_automatic_options", False)
     )
-
-
-def _check_scopes(principal: Principal, policy: EndpointPolicy) -> None:
-    if policy.admin and not principal.is_admin:
-        raise PermissionDenied("this action needs the admin role")
-    missing = policy.needs - principal.scopes
-    if missing:
-        raise PermissionDenied(
-            f"missing scope(s): {', '.join(sorted(missing))}",
-            details={"required_scopes": sorted(policy.needs)},
-        )
 
 
 def init_core(
@@ -618,7 +627,9 @@ def init_core(
             _ensure_default_admin(state)
     limiter = state.limiter = build_limiter(limits)
     budget = RequestBudget(limiter, auth=settings, limits=limits)
-    guard = Guard(app, state, budget, public_endpoints=public_endpoints, stamp=errors.stamp)
+    guard = state.guard = Guard(
+        app, state, budget, public_endpoints=public_endpoints, stamp=errors.stamp
+    )
     app.before_request(guard.before)
     app.after_request(guard.after)
     init_limiter(app, limiter)  # its steps run in the guard's hooks, after authentication

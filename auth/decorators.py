@@ -1,22 +1,30 @@
 """Markers on views and blueprints, and `current_user`.
 
-A marker records what a view needs; it wraps nothing. The extension's one `before_request` hook
-reads the markers of every endpoint once (`core.EndpointPolicy`) and enforces them on every
-request, before the view and before any limit of the application's own: deny by default, so a
-view without a marker needs credentials (any scope), `@public` opens it, `require_auth(scopes=...)`
-narrows it. A whole blueprint (a site's pages, say) is opened with `public(bp)`. With
-authentication disabled (simple mode) every check passes and `current_user` is None.
+A marker records what a view needs. The extension's one `before_request` hook reads the markers
+of every endpoint once (`core.EndpointPolicy`) and enforces them on every request, before the view
+and before any limit of the application's own: deny by default, so a view without a marker needs
+credentials (any scope), `@public` opens it, `require_auth(scopes=...)` narrows it. A whole
+blueprint (a site's pages, say) is opened with `public(bp)`, and so are the blueprints nested in
+it. With authentication disabled (simple mode) every check passes and `current_user` is None.
 
-Imports nothing of the extension: the core reads these markers, the web layer applies them.
+`require_auth` also checks for itself where the hook could not read its marker: on a method of a
+class-based view, or beneath a decorator that hides the function it wraps. Where the hook did
+check (`g.auth_checked` holds what it checked), that costs a comparison.
+
+Imports nothing of the extension but its errors: the core reads these markers, the web layer
+applies them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from flask import g
+from flask import current_app, g
 from werkzeug.local import LocalProxy
+
+from .errors import AuthenticationError, PermissionDenied
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,11 +61,39 @@ def require_auth(view: F | None = None, *, scopes: Iterable[str] = (), admin: bo
     needed = frozenset(scopes) | ({"admin"} if admin else frozenset())
 
     def mark(fn: F) -> F:
-        setattr(fn, SCOPES_ATTR, needed)
-        setattr(fn, ADMIN_ATTR, admin)
-        return fn
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            checked = g.get("auth_checked")
+            if checked is None or not (needed <= checked[0] and (checked[1] or not admin)):
+                _check_here(needed, admin)
+            return fn(*args, **kwargs)
+
+        setattr(guarded, SCOPES_ATTR, needed)
+        setattr(guarded, ADMIN_ATTR, admin)
+        return guarded  # type: ignore[return-value]
 
     return mark(view) if view is not None else mark
+
+
+def _check_here(needed: frozenset[str], admin: bool) -> None:
+    if not current_app.extensions["auth"].settings.enabled:
+        return
+    principal = g.get("principal")
+    if principal is None:
+        raise AuthenticationError("credentials required: send Authorization: Bearer or X-API-Key")
+    check_scopes(principal, needed, admin)
+
+
+def check_scopes(principal: Any, needed: frozenset[str], admin: bool) -> None:
+    """403 unless `principal` holds every scope `needed` (and the admin role if `admin`)."""
+    if admin and not principal.is_admin:
+        raise PermissionDenied("this action needs the admin role")
+    missing = needed - principal.scopes
+    if missing:
+        raise PermissionDenied(
+            f"missing scope(s): {', '.join(sorted(missing))}",
+            details={"required_scopes": sorted(needed)},
+        )
 
 
 def admin_required(view: F) -> F:
@@ -65,7 +101,8 @@ def admin_required(view: F) -> F:
 
 
 def exempt(view: F) -> F:
-    """Mark a view as outside the per-user budget (health checks)."""
+    """Mark a view as outside the per-user budget (health checks). Limits the application
+    declares with flask-limiter are its own: `limiter.exempt` exempts a view from those."""
     setattr(view, EXEMPT_ATTR, True)
     return view
 

@@ -236,7 +236,6 @@ def _render_unexpected(exc: Exception) -> Response:
 # them, and no browser may sniff them into something other than JSON.
 NO_STORE = ("Cache-Control", "no-store")
 NO_SNIFF = ("X-Content-Type-Options", "nosniff")
-RETRY_STATUSES = frozenset({429, 503})
 
 
 def standard_headers(rid: str) -> list[tuple[str, str]]:
@@ -246,8 +245,7 @@ def standard_headers(rid: str) -> list[tuple[str, str]]:
 
 def stamp(response: Response, extra: Sequence[tuple[str, str]] = ()) -> None:
     """Add the standard headers and `extra` to `response`, keeping any it already carries (an
-    X-RateLimit-Limit of its own keeps out the other limit headers too); `Retry-After` only on
-    a 429 or 503."""
+    X-RateLimit-Limit of its own keeps out the other limit headers too)."""
     headers = response.headers
     present = {name.lower() for name, _ in headers.items()}
     if "x-ratelimit-limit" in present:
@@ -255,8 +253,6 @@ def stamp(response: Response, extra: Sequence[tuple[str, str]] = ()) -> None:
     for name, value in (*standard_headers(request_id()), *extra):
         if name.lower() not in present:
             headers.add(name, value)
-    if "retry-after" in present and response.status_code not in RETRY_STATUSES:
-        del headers["Retry-After"]
 
 
 _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}

@@ -141,11 +141,11 @@ class _StorageDown(logging.Filter):
         super().__init__()
         self._said_at = -self.EVERY_SECONDS
 
-    def say(self) -> None:
+    def say(self, consequence: str = "serving without limits") -> None:
         now = time.monotonic()
         if now - self._said_at >= self.EVERY_SECONDS:
             self._said_at = now
-            log.warning("rate limit storage unreachable; serving without limits")
+            log.warning("rate limit storage unreachable; %s", consequence)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], StorageError):
@@ -173,28 +173,34 @@ class PacedMemoryStorage(MemoryStorage):
     STORAGE_SCHEME = ["paced-memory"]
     EXPIRE_EVERY_SECONDS = 1.0
     _live: weakref.WeakSet[PacedMemoryStorage] = weakref.WeakSet()
-    _expiring_in: int | None = None  # the process whose job expires them
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **_: str):
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.timer.cancel()
-        self.timer = _NeverIdle()  # type: ignore[assignment]
-        cls = type(self)
-        cls._live.add(self)
-        if cls._expiring_in != os.getpid():
-            cls._expiring_in = os.getpid()
-            run_every(cls.EXPIRE_EVERY_SECONDS, cls._expire_all, name="limits-expiry")
+        self.timer = _ExpiryJob()  # type: ignore[assignment]
+        type(self)._live.add(self)
 
     @classmethod
-    def _expire_all(cls) -> None:
+    def expire_all(cls) -> None:
         for storage in list(cls._live):
             storage._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
-class _NeverIdle:
-    """Stands in for the storage's timer: never in need of a restart."""
+class _ExpiryJob:
+    """Stands in for the storage's timer, which the storage asks on every hit whether it is
+    still running: the one expiry job of this process is, started at the first ask in each
+    process (so a storage made before a fork is expired in every child too)."""
+
+    _running_in: int | None = None
 
     def is_alive(self) -> bool:
+        if _ExpiryJob._running_in != os.getpid():
+            _ExpiryJob._running_in = os.getpid()
+            run_every(
+                PacedMemoryStorage.EXPIRE_EVERY_SECONDS,
+                PacedMemoryStorage.expire_all,
+                name="limits-expiry",
+            )
         return True
 
     def cancel(self) -> None:
@@ -227,9 +233,18 @@ class Limiter(flask_limiter.Limiter):
         if self._limits_before_views(endpoint):
             self._check_request_limit(in_middleware=True)
 
-    def after_view(self, response: Any) -> None:
-        if getattr(request_ctx, "_limiter_request_context", None) is not None:
+    def after_view(self, response: Any) -> dict[str, str] | None:
+        """Its conditional deductions (`deduct_when`), then the X-RateLimit-* headers of the
+        most relevant limit of its own this request was checked against (None: none was).
+        The view has run: a storage that fails now costs the headers, never the answer."""
+        if getattr(request_ctx, "_limiter_request_context", None) is None:
+            return None
+        try:
             self._Limiter__check_conditional_deductions(response)  # type: ignore[attr-defined]
+            return self.checked_headers()
+        except StorageError:
+            _storage_down.say("its limit headers are left out of answers")
+            return None
 
     def _check_request_limit(
         self, callable_name: str | None = None, in_middleware: bool = True
@@ -254,11 +269,9 @@ class Limiter(flask_limiter.Limiter):
         return flask_limiter.Limiter.context.fget(self)
 
     def checked_headers(self, *, retry: bool = False) -> dict[str, str] | None:
-        """The X-RateLimit-* headers of the most relevant limit of its own that this request was
-        checked against (None: none was). flask-limiter's own header injection is off: it
-        would write a second set beside the budget's, and a Retry-After on every answer."""
-        if getattr(request_ctx, "_limiter_request_context", None) is None:
-            return None
+        """The X-RateLimit-* headers of the limit of its own this request was checked against
+        (flask-limiter's own header injection is off: it would write a second set beside the
+        budget's, and a Retry-After on every answer)."""
         checked = self.current_limit
         if checked is None:
             return None
@@ -354,16 +367,26 @@ def init_limiter(app: Flask, limiter: Limiter) -> None:
     that its answer headers are written first and the budget's are added only where it wrote
     none."""
     limiter.init_app(app)
+    if not limiter.enabled:
+        raise LimiterConfigError(
+            "RATELIMIT_ENABLED is false in the app's config, but the per-user budget and the "
+            "login limits count in flask-limiter's storage: leave it on and set the limits in "
+            "auth.rate_limit_per_minute and rate_limits instead"
+        )
     app.register_error_handler(StorageError, _storage_unreachable)
     app.register_error_handler(RateLimitExceeded, _limit_exceeded)
 
 
 def _limit_exceeded(exc: RateLimitExceeded):
     """A limit of flask-limiter's own (the login limit, an application's decorated limit):
-    the same 429, with the same headers, as the budget's."""
+    the same 429, with the same headers, as the budget's; or the answer its `on_breach` made."""
+    if exc.response is not None:
+        return exc.response
     message = exc.description if exc.limit.error_message else f"rate limit of {exc.description}"
-    limiter = current_app.extensions["auth"].limiter
-    headers = limiter.checked_headers(retry=True) or {}
+    try:
+        headers = current_app.extensions["auth"].limiter.checked_headers(retry=True) or {}
+    except StorageError:
+        headers = {}
     return render_error(RateLimited(f"{message} exceeded; see Retry-After", headers=headers))
 
 

@@ -1,9 +1,10 @@
 """The OpenAPI 3.1 description of an app, generated from its own routes and declarations.
 
 One source of truth: the paths and methods come from `app.url_map`; who may call an operation
-from the decorators that enforce it (`@public`, `require_auth(scopes=...)`, the rate limit
-exemption); what it takes and answers from `@doc(...)` beside the view, whose body schema is also
-the one the server enforces on unknown fields (`inputs.refuse_unknown_fields`). The error answers
+from the policy the server enforces (`core.EndpointPolicy`: `@public`, `public(bp)`, the
+extension's public endpoints, `require_auth(scopes=...)`, the rate limit exemption); what it
+takes and answers from `@doc(...)` beside the view, whose body schema is also the one the
+server enforces on unknown fields (`inputs.refuse_unknown_fields`). The error answers
 are added from what the operation can meet: 400 for a body or query, 401/403 for credentials and
 scopes, 404 for a path parameter, 429 where limits apply, 503 where stores, models or the rate
 limit storage are involved, each with the error shape and the codes of its status
@@ -21,7 +22,6 @@ from typing import Any, TypeVar
 
 from flask import Flask
 
-from .decorators import EXEMPT_ATTR, PUBLIC_ATTR, SCOPES_ATTR
 from .errors import ERROR_CODES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,6 +39,7 @@ STATUS_TEXT = {
     405: "Method not allowed",
     409: "Conflict with an existing record",
     413: "The request is too large",
+    414: "The URI (its query string) is too long",
     415: "Unsupported media type",
     429: "Rate limit exceeded: see Retry-After",
     503: "A store, a model or the rate limit storage cannot serve now: retry later",
@@ -147,7 +148,7 @@ def _error_statuses(
     if operation.body is not None:
         statuses |= {400, 413}
     if operation.query:
-        statuses.add(400)
+        statuses |= {400, 414}  # a query string beyond the server's request line limit
     if not public:
         statuses.add(401)
     if scopes:
@@ -162,9 +163,10 @@ def _operation(app: Flask, rule: Any, method: str, *, auth_enabled: bool) -> Sch
     operation = declared(view)
     if operation is None:
         raise LookupError(f"route {method} {rule.rule} ({rule.endpoint}) has no @doc")
-    public = bool(getattr(view, PUBLIC_ATTR, False)) or not auth_enabled
-    scopes = sorted(getattr(view, SCOPES_ATTR, ())) if auth_enabled else []
-    limited = not getattr(view, EXEMPT_ATTR, False)
+    policy = app.extensions["auth"].guard.policy(rule.endpoint)  # what the server enforces
+    public = policy.public or not auth_enabled
+    scopes = sorted(policy.needs) if auth_enabled else []
+    limited = not policy.exempt
     statuses = _error_statuses(operation, public=public, scopes=scopes, rule=rule)
     if limited:
         statuses.add(429)

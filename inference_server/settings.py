@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from auth import AuthSettings, RateLimitSettings, check_bounds, setting
+from auth import AuthSettings, RateLimitSettings, check_bounds, setting, shown
 
 T = TypeVar("T")
 ENV_PREFIX = "INFERENCE_"
@@ -373,7 +373,7 @@ def _convert(tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors
         ]
     elif origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            errors.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+            errors.append(f"{where}: expected {_describe(tp)}, got {shown(value, meta)}")
             return None
         value = {k: _convert(args[1], v, {}, (*path, k), origins, errors) for k, v in value.items()}
     elif not (
@@ -383,11 +383,10 @@ def _convert(tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors
         or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (tp is str and isinstance(value, str))
     ):
-        errors.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+        errors.append(f"{where}: expected {_describe(tp)}, got {shown(value, meta)}")
         return None
     problem = check_bounds(value, meta)
     if problem:
-        shown = "a value not shown here" if meta.get("secret") else repr(value)
-        errors.append(f"{where}: expected {problem}, got {shown}")
+        errors.append(f"{where}: expected {problem}, got {shown(value, meta)}")
         return None
     return float(value) if tp is float else value

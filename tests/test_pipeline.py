@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -24,10 +25,14 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, jsonify
+from flask.views import MethodView
+from limits.errors import StorageError
 
-from auth import Auth, AuthSettings, open_state, public, require_auth
+from auth import Auth, AuthSettings, LimiterConfigError, open_state, public, require_auth
+from auth.config import DefaultAdmin
 from auth.errors import loggable
+from auth.limits import PacedMemoryStorage, _ExpiryJob
 from inference_server.logs import ACCESS, formatter
 from inference_server.models import registry
 from tests.conftest import ADMIN, Actor, assert_error, bearer
@@ -234,6 +239,132 @@ def test_public_on_a_blueprint_opens_all_its_pages(tmp_path):
     client = plain_app(tmp_path, public_pages=True).test_client()
     assert [client.get(path).status_code for path in ("/", "/about")] == [200, 200]
     assert_error(client.get("/api/secret"), 401, "AUTHENTICATION_REQUIRED")
+
+
+def _guarded_app(tmp_path: Path, setup) -> tuple[Flask, dict[str, str], dict[str, str]]:
+    """A plain app set up by `setup(app)`, served by `Auth`; the headers of the admin and of
+    a user (role user) logged in."""
+    app = Flask(__name__, static_folder=None)  # no static view: the name is free
+    setup(app)
+    settings = AuthSettings(bcrypt_rounds=4, failed_login_delay_seconds=0)
+    Auth().init_app(app, open_state(settings=settings, data_dir=tmp_path / "data"))
+    actor = Actor(app.test_client())
+    return app, actor.admin_headers(), actor.user_headers("ulla")
+
+
+def test_a_view_merely_named_static_is_not_public(tmp_path):
+    def setup(app: Flask) -> None:
+        reports = Blueprint("reports", __name__)
+
+        @app.get("/internal/static-report")
+        def static():
+            return {"internal": True}
+
+        @reports.get("/reports/static")
+        def static():  # noqa: F811 - a view of the blueprint, as an owner may name it
+            return {"internal": True}
+
+        app.register_blueprint(reports)
+
+    client = _guarded_app(tmp_path, setup)[0].test_client()
+    for path in ("/internal/static-report", "/reports/static"):
+        assert_error(client.get(path), 401, "AUTHENTICATION_REQUIRED")
+
+
+def test_scopes_on_a_class_based_view_are_enforced(tmp_path):
+    class Things(MethodView):
+        @require_auth(scopes=["models:manage"])
+        def post(self):
+            return {"made": True}
+
+        def get(self):
+            return {"things": []}
+
+    app, admin, user = _guarded_app(
+        tmp_path, lambda app: app.add_url_rule("/things", view_func=Things.as_view("things"))
+    )
+    client = app.test_client()
+    assert_error(client.post("/things", headers=user), 403, "INSUFFICIENT_PERMISSIONS")
+    assert_error(client.post("/things"), 401, "AUTHENTICATION_REQUIRED")
+    assert client.post("/things", headers=admin).get_json() == {"made": True}
+    assert client.get("/things", headers=user).get_json() == {"things": []}
+
+
+def test_flask_limiter_switched_off_is_refused_at_start(tmp_path):
+    app = Flask(__name__)
+    app.config["RATELIMIT_ENABLED"] = False
+    with pytest.raises(LimiterConfigError, match="RATELIMIT_ENABLED"):
+        Auth().init_app(app, open_state(settings=AuthSettings(), data_dir=tmp_path / "data"))
+
+
+def test_a_storage_failing_after_the_view_costs_the_headers_not_the_answer(
+    make_app, monkeypatch, caplog
+):
+    app = make_app()
+    limiter = app.extensions["auth"].limiter
+    done = []
+
+    @app.get("/flaky")
+    @limiter.limit("5/minute", deduct_when=lambda response: True)
+    def flaky():
+        done.append(True)
+
+        def unreachable(*args, **kwargs):
+            raise StorageError(ConnectionError("the storage went away"))
+
+        monkeypatch.setattr(limiter.limiter, "hit", unreachable)  # after the check, before
+        return {"done": True}  # the deduction
+
+    actor = Actor(app.test_client())
+    answer = actor.client.get("/flaky", headers=actor.user_headers("vera"))
+    assert answer.status_code == 200 and answer.get_json() == {"done": True}
+    assert "X-Request-ID" in answer.headers and done == [True]
+    assert "Traceback" not in caplog.text
+
+
+def test_an_owners_on_breach_answer_is_the_answer(make_app):
+    app = make_app()
+    limiter = app.extensions["auth"].limiter
+
+    @app.get("/slow-down")
+    @limiter.limit("1/minute", on_breach=lambda limit: jsonify(custom="slow down"))
+    def slow_down():
+        return {"ok": True}
+
+    actor = Actor(app.test_client())
+    headers = actor.user_headers("wim")
+    answers = [actor.client.get("/slow-down", headers=headers) for _ in range(2)]
+    assert answers[0].status_code == 200
+    assert answers[1].get_json() == {"custom": "slow down"}
+    assert "X-Request-ID" in answers[1].headers  # stamped like every answer
+
+
+def test_a_missing_token_on_change_password_is_not_held_back(make_app, clock):
+    client = make_app(auth={"failed_login_delay_seconds": 1}).test_client()
+    body = {"current_password": "a" * 12, "new_password": "b" * 12}
+    assert_error(client.post("/auth/change-password", json=body), 401, "AUTHENTICATION_REQUIRED")
+    assert clock.slept == []  # only a password that was checked is answered late
+
+
+def test_a_memory_storage_made_before_a_fork_expires_in_the_child():
+    storage = PacedMemoryStorage()
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its first hit starts its own expiry job
+        storage.incr("k", 1)
+        os.write(writer, b"1" if _ExpiryJob._running_in == os.getpid() else b"0")
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(reader, 1) == b"1"
+
+
+def test_secrets_are_never_quoted_when_refused():
+    with pytest.raises(ValueError) as wrong_type:
+        AuthSettings(jwt_secret=b"0123456789abcdef0123456789abcdef-bytes")  # type: ignore[arg-type]
+    assert "0123456789abcdef" not in str(wrong_type.value)
+    with pytest.raises(ValueError) as wrong_admin:
+        AuthSettings(default_admin=DefaultAdmin(password=87654321))  # type: ignore[arg-type]
+    assert "87654321" not in str(wrong_admin.value)
 
 
 def test_auth_settings_refuse_an_unknown_registration_mode():
