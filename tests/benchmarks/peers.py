@@ -73,7 +73,7 @@ def peer(module: str, env: dict[str, str] | None = None):
             try:
                 requests.post(f"{base}/predict", json={}, timeout=1)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up, or still loading
                 if process.poll() is not None:
                     log.seek(0)
                     raise SystemExit(f"{module} did not start:\n{log.read().decode()}") from None
