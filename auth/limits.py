@@ -17,11 +17,11 @@ limit keyed by client address) and any limit the application declares on its own
 - invalid tokens and API keys per client address (`rate_limits.invalid_credentials`).
 
 The budget is counted by the extension's one `before_request` hook, after authentication (the
-user is known), through the strategy flask-limiter built (`Limiter.limiter`): one hit and one look
-at the window per request, the limit strings of users and roles parsed once. Its
-`X-RateLimit-Limit/Remaining/Reset` headers go on the answer unless a limit of flask-limiter's own
-put its headers there (the more specific limit); a 429 also carries `Retry-After`, and no other
-answer does.
+user is known), through the strategy flask-limiter built (`Limiter.limiter`): the hit and the
+window of its headers in one call to the storage (`counting.py`), the limit strings of users and
+roles parsed once. Its `X-RateLimit-Limit/Remaining/Reset` headers go on the answer unless a limit
+of flask-limiter's own was checked (the more specific limit: its headers instead); a 429 also
+carries `Retry-After`.
 
 `PasswordGate` bounds how many bcrypt computations run at once across every worker process
 (file-lock slots): a login flood then costs at most that many cores, and logins beyond it get an
