@@ -261,7 +261,7 @@ _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)
 def loggable(text: str) -> str:
     """`text` with control characters escaped (`\\x0a`), so that a path or header a client
     chose cannot end a log line and forge the next one."""
-    return text.translate(_CONTROL)
+    return text if text.isprintable() else text.translate(_CONTROL)
 
 
 def init_app(app: Flask) -> None:

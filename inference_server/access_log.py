@@ -44,7 +44,8 @@ def _record(sender: Flask, response: Response, **extra: object) -> None:
     principal = scratch.get("principal")
     started = scratch.get("access_started")
     duration = round((time.perf_counter() - started) * 1000, 2) if started else None
-    method, path, status = request.method, loggable(request.path), response.status_code
+    req = request._get_current_object()
+    method, path, status = req.method, loggable(req.path), response.status_code
     user_id = principal.id if principal is not None else None
     rid = request_id()
     fields = {
