@@ -311,6 +311,7 @@ def _build(cls: type, data: Any, path: tuple[str, ...], origins, errors: list[st
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    refused_before = len(errors)
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
@@ -330,7 +331,9 @@ def _build(cls: type, data: Any, path: tuple[str, ...], origins, errors: list[st
             )
     try:
         return cls(**values)
-    except (TypeError, ValueError):  # a value already refused above (its field is None)
+    except (TypeError, ValueError) as exc:  # a value refused above (its field is None), or
+        if len(errors) == refused_before:  # one only the settings' own check refuses
+            errors.append(f"{where} ({_origin(origins, path)}): {exc}")
         return None
 
 
