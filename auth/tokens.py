@@ -150,7 +150,9 @@ def load_secret(
         fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".jwt_secret.")
         try:
             with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
+                # Hex, not base64: letters a-f cannot spell a placeholder word, which base64
+                # text did about once in half a million secrets (and the start then failed).
+                fh.write(secrets.token_hex(32))
                 fh.flush()
                 os.fsync(fh.fileno())
             try:

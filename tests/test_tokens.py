@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import string
 from pathlib import Path
 
 import jwt
 import pytest
 
-from auth.tokens import SecretError, TokenSigner, load_secret, secret_problem
+from auth.tokens import _PLACEHOLDER, SecretError, TokenSigner, load_secret, secret_problem
 from inference_server.settings import ConfigError
 from tests.conftest import ADMIN, PASSWORD, assert_error, bearer
 
@@ -265,3 +266,10 @@ def test_signer_rejects_wrong_type_claims():
     with pytest.raises(Exception) as info:
         signer.decode(bad, token_type="access", now=1000)
     assert getattr(info.value, "error_code", None) == "INVALID_TOKEN"
+
+
+def test_a_secret_the_server_makes_can_never_look_like_a_placeholder(tmp_path):
+    made = load_secret(None, tmp_path)
+    assert len(made) >= 64 and set(made) <= set(string.hexdigits.lower())
+    words = _PLACEHOLDER.pattern.replace("[-_ ]", "_").split("|")
+    assert not any(set(word) <= set(string.hexdigits.lower()) for word in words)
