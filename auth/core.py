@@ -45,6 +45,7 @@ from .background import run_every, run_soon
 from .config import AuthSettings, RateLimitSettings
 from .decorators import (
     ADMIN_ATTR,
+    CREDENTIALS_REQUIRED,
     EXEMPT_ATTR,
     PASSWORD_ATTR,
     PUBLIC_ATTR,
@@ -247,12 +248,6 @@ class AuthState:
             if watch is not None and exc.error_code in COUNTED_FAILURES:
                 watch.failed(sent.address, now)
             raise
-
-    def is_suspect(self, address: str) -> bool:
-        """True if invalid credentials came from `address` within their window."""
-        return self.bad_credentials is not None and self.bad_credentials.suspects(
-            address, self.clock()
-        )
 
     def identify(self, sent: Credentials) -> Principal | None:
         """Who `sent` names, raising for invalid credentials (uncounted: see `authenticate`)."""
@@ -565,9 +560,7 @@ class Guard:
         if enabled and not policy.public:
             principal = state.authenticate(Credentials.of(req, address))
             if principal is None:
-                raise AuthenticationError(
-                    "credentials required: send Authorization: Bearer or X-API-Key"
-                )
+                raise AuthenticationError(CREDENTIALS_REQUIRED)
             scratch.principal = principal
         if policy.checks_password and enabled:
             scratch.password_arrived = state.clock()

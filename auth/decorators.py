@@ -33,6 +33,7 @@ SCOPES_ATTR = "_auth_scopes"
 ADMIN_ATTR = "_auth_admin"
 EXEMPT_ATTR = "_rate_limit_exempt"
 PASSWORD_ATTR = "_auth_checks_password"
+CREDENTIALS_REQUIRED = "credentials required: send Authorization: Bearer or X-API-Key"
 
 
 def _principal() -> Any:
@@ -80,7 +81,7 @@ def _check_here(needed: frozenset[str], admin: bool) -> None:
         return
     principal = g.get("principal")
     if principal is None:
-        raise AuthenticationError("credentials required: send Authorization: Bearer or X-API-Key")
+        raise AuthenticationError(CREDENTIALS_REQUIRED)
     check_scopes(principal, needed, admin)
 
 

@@ -71,7 +71,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PREFIX = "inference-server"
-LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
 class RateLimited(ApiError):
