@@ -529,14 +529,12 @@ class Guard:
         budget: RequestBudget,
         *,
         public_endpoints: frozenset[str],
-        stamp: Callable[[Response, Sequence[tuple[str, str]]], None],
     ) -> None:
         self._app = app
         self._state = state
         self._budget = budget
         self._limiter = budget.limiter
         self._public = public_endpoints
-        self._stamp = stamp
         self._policies: dict[str, EndpointPolicy] = {}
 
     def policy(self, endpoint: str) -> EndpointPolicy:
@@ -578,7 +576,7 @@ class Guard:
         principal = scratch.get("principal")
         if principal is not None and principal.user.get("must_change_password"):
             extra.append((PASSWORD_CHANGE_HEADER, "true"))
-        self._stamp(response, extra)
+        errors.stamp(response, extra)
         arrived = scratch.get("password_arrived")
         if arrived is not None:
             hold_failed_login(self._state, arrived, response.status_code)
@@ -620,9 +618,7 @@ def init_core(
             _ensure_default_admin(state)
     limiter = state.limiter = build_limiter(limits)
     budget = RequestBudget(limiter, auth=settings, limits=limits)
-    guard = state.guard = Guard(
-        app, state, budget, public_endpoints=public_endpoints, stamp=errors.stamp
-    )
+    guard = state.guard = Guard(app, state, budget, public_endpoints=public_endpoints)
     app.before_request(guard.before)
     app.after_request(guard.after)
     init_limiter(app, limiter)  # its steps run in the guard's hooks, after authentication
