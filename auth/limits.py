@@ -283,11 +283,15 @@ def _items(limit: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(limit))
 
 
-def budget_key() -> str:
-    """Whose budget a request counts in: its user's, else its client address's. Also the key
-    of the limits an application declares with `limiter.limit(...)`."""
-    principal = g.get("principal")
-    return f"user:{principal.id}" if principal is not None else f"addr:{client_address()}"
+def budget_key(principal: Any = None, address: str | None = None) -> str:
+    """Whose budget a request counts in: its user's (`principal`, default the request's),
+    else its client address's. Also the key of the limits an application declares with
+    `limiter.limit(...)`, which calls it with no arguments."""
+    if principal is None and address is None:
+        principal = g.get("principal")
+    if principal is not None:
+        return f"user:{principal.id}"
+    return f"addr:{address or client_address()}"
 
 
 class RequestBudget:
@@ -309,7 +313,7 @@ class RequestBudget:
         """Count one request of `principal` (None: of client `address`) and return its
         X-RateLimit-* headers; 429 once the budget is spent."""
         limit = self._limit_of(principal)
-        key = f"user:{principal.id}" if principal is not None else f"addr:{address}"
+        key = budget_key(principal, address)
         strategy = self.limiter.limiter
         items = _items(limit)
         try:
