@@ -84,12 +84,10 @@ class Batched(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
-        self._add(text, record.created)
-
-    def _add(self, line: str, created: float) -> None:
+        created = record.created
         if not self._pending:
             self._oldest = created
-        self._pending.append(line)
+        self._pending.append(text)
         if len(self._pending) >= self._lines or created - self._oldest >= self._seconds:
             self._write()
 
