@@ -60,9 +60,9 @@ from .inputs import (
 from .limits import LimiterConfigError
 from .offload import ThreadOffload
 from .openapi import describe, doc
-from .records import Field, one_of
 from .schemas import answer, body
-from .store import JsonStore, Records, StoreCorrupt, secure_dir
+from .storage import Storage, Store, StoreCorrupt, Transaction, open_storage, secure_dir
+from .storage.shapes import Field, one_of
 from .tokens import SECRET_FILE, SecretError
 from .users import ALL_SCOPES, check_email, check_username, profile
 
@@ -76,17 +76,18 @@ __all__ = [
     "Code",
     "Conflict",
     "Field",
-    "JsonStore",
     "LimiterConfigError",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
     "Principal",
     "RateLimitSettings",
-    "Records",
     "SecretError",
+    "Storage",
+    "Store",
     "StoreCorrupt",
     "ThreadOffload",
+    "Transaction",
     "ValidationError",
     "accounts",
     "admin_required",
@@ -111,6 +112,7 @@ __all__ = [
     "max_json_depth",
     "one_of",
     "open_state",
+    "open_storage",
     "parse_json_object",
     "profile",
     "public",

@@ -21,8 +21,8 @@ from .config import limit_string
 from .core import AuthState
 from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, ValidationError
 from .passwords import password_problem
-from .records import epoch, iso
-from .store import Records
+from .storage import Transaction
+from .storage.shapes import epoch, iso
 from .users import (
     ALL_SCOPES,
     DEFAULT_KEY_EXCLUDES,
@@ -65,7 +65,7 @@ def remember_address(state: AuthState, user: dict[str, Any], address: str) -> No
     if address in user.get("known_addresses", ()):
         return
 
-    def change(items: Records) -> None:
+    def change(items: Transaction) -> None:
         record = items.get(user["id"])
         if record is not None:
             known = [a for a in record.get("known_addresses", []) if a != address]
@@ -118,7 +118,7 @@ def create_user(
     return user
 
 
-def _keep_an_admin(items: Records, user_id: str, after: dict[str, Any] | None) -> None:
+def _keep_an_admin(items: Transaction, user_id: str, after: dict[str, Any] | None) -> None:
     """Refuse a change that would leave no active admin (`after` None = the user is deleted)."""
     admins = set(items.ids("active_admin", "yes"))
     still_admin = after is not None and after["role"] == "admin" and after["is_active"]
@@ -159,7 +159,7 @@ def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, acto
             ) from None
     now_iso = iso(state.now())
 
-    def change(items: Records) -> dict[str, Any]:
+    def change(items: Transaction) -> dict[str, Any]:
         user = items.get(user_id)
         if user is None:
             raise NotFound(f"no user {user_id!r}")
@@ -188,7 +188,7 @@ def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, acto
 
 
 def delete_user(state: AuthState, user_id: str, *, actor: str | None) -> None:
-    def change(items: Records) -> None:
+    def change(items: Transaction) -> None:
         if user_id not in items:
             raise NotFound(f"no user {user_id!r}")
         _keep_an_admin(items, user_id, None)
@@ -220,7 +220,7 @@ def set_password(
     new_hash = state.hash_password(new_password)
     now_iso = iso(state.now())
 
-    def change(items: Records) -> None:
+    def change(items: Transaction) -> None:
         if user_id not in items:
             raise NotFound(f"no user {user_id!r}")
         items[user_id].update(
@@ -339,7 +339,7 @@ def revoke_key(
     that user's key is found."""
     now_iso = iso(state.now())
 
-    def change(items: Records) -> tuple[dict[str, Any], list[str]]:
+    def change(items: Transaction) -> tuple[dict[str, Any], list[str]]:
         record = items.get(key_id)
         if record is None or (owner is not None and record["user_id"] != owner):
             raise NotFound(f"no API key with id {key_id!r}")
@@ -360,7 +360,7 @@ def revoke_key(
 
 
 def _revoke_keys_of(state: AuthState, user_id: str, now: int) -> int:
-    def change(items: Records) -> int:
+    def change(items: Transaction) -> int:
         count = 0
         for key_id in items.ids("user", user_id):
             record = items[key_id]

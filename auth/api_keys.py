@@ -25,8 +25,8 @@ import string
 import zlib
 from typing import Any
 
-from .indexes import Index
-from .records import Field, list_of, timestamp
+from .storage.indexes import Index
+from .storage.shapes import Field, list_of, timestamp
 
 PREFIX = "sk_live_"
 BODY_LENGTH = 32

@@ -53,7 +53,6 @@ from .decorators import (
     check_scopes,
 )
 from .errors import AuthenticationError, Code, PermissionDenied
-from .indexes import Index
 from .limits import (
     BadCredentialWatch,
     FailureBudget,
@@ -69,8 +68,8 @@ from .limits import (
 )
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
-from .records import Shape, epoch, iso
-from .store import UNCHANGED, JsonStore, Records, secure_dir
+from .storage import UNCHANGED, Storage, Store, Transaction, open_storage, secure_dir
+from .storage.shapes import epoch, iso
 from .tokens import TokenSigner, load_secret
 from .usage import KeyUsage
 from .users import (
@@ -94,6 +93,7 @@ COUNTED_FAILURES = frozenset({Code.INVALID_TOKEN, Code.INVALID_API_KEY, Code.INV
 PASSWORD_CHANGE_SCOPES = frozenset({"user:read", "user:write"})
 # What the guard checked when authentication is off: everything passes (`require_auth`).
 _EVERYTHING = (ALL_SCOPES | {"admin"}, True)
+MAINTAIN_SECONDS = 1.0  # how often a worker asks its storage for upkeep (a look at some flags)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -166,10 +166,11 @@ class AuthState:
     settings: AuthSettings
     data_dir: Path
     clock: Callable[[], float]
-    users: JsonStore
-    keys: JsonStore
+    storage: Storage
+    users: Store
+    keys: Store
     key_usage: KeyUsage
-    sessions: JsonStore
+    sessions: Store
     audit: AuditLog
     password_gate: PasswordGate
     trusted_proxies: tuple[str, ...] = ()
@@ -373,13 +374,13 @@ class AuthState:
             )
 
     def start_background(self) -> None:
-        """This worker's background work: writing key use, sweeping ended sessions, compacting
-        store journals (off the loop, on one background thread)."""
+        """This worker's background work: writing key use, sweeping ended sessions, the
+        storage's upkeep (off the loop, on one background thread)."""
         self.key_usage.start(self.offload)
         sweep = functools.partial(self.offload.run, self.sweep_sessions)
         run_every(self.sweep_seconds, sweep, name="session-sweep")
-        for store in (self.users, self.keys, self.sessions, self.key_usage.store):
-            store.schedule_compaction = self.in_background
+        upkeep = functools.partial(self.offload.run, self.storage.maintain)
+        run_every(MAINTAIN_SECONDS, upkeep, name="storage-upkeep")
 
     def warm(self) -> None:
         """Load what every request reads (users, keys and their hashes, sessions) before the
@@ -400,8 +401,7 @@ class AuthState:
 
     def storage_problems(self) -> list[str]:
         """Why any store cannot be read or written now (for readiness checks)."""
-        stores = (self.users, self.keys, self.sessions, self.key_usage.store)
-        return [problem for problem in map(JsonStore.problem, stores) if problem]
+        return self.storage.problems()
 
     def in_background(self, job: Callable[[], Any]) -> None:
         """Run `job` soon on this worker's background thread; the caller does not wait."""
@@ -420,6 +420,7 @@ def open_state(
     *,
     settings: AuthSettings,
     data_dir: Path,
+    storage: Storage | None = None,
     trusted_proxies: Sequence[str] = (),
     lock_timeout: float = 10.0,
     audit_max_bytes: int = 10 * 1024 * 1024,
@@ -429,46 +430,46 @@ def open_state(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] | None = None,
 ) -> AuthState:
-    """The stores and helpers, opened (StoreCorrupt on a bad file), without any Flask app.
+    """The stores and helpers, opened (StoreCorrupt on bad data), without any Flask app.
 
-    The command line uses this to work on the same files, under the same locks, as the server.
-    `clock` and `sleep` are for tests.
+    The command line uses this to work on the same data, under the same locks, as the server.
+    `storage` defaults to the JSON files in `data_dir`; `clock` and `sleep` are for tests.
     """
     data_dir = secure_dir(Path(data_dir))
-
-    def store(
-        name: str,
-        collection: str,
-        shape: Shape,
-        indexes: dict[str, Index] | None = None,
-        intern_ids: bool = False,
-    ):
-        return JsonStore(
-            data_dir / f"{name}.json",
-            collection=collection,
-            lock_timeout=lock_timeout,
-            indexes=indexes or {},
-            shape=shape,
-            intern_ids=intern_ids,
-        )
-
+    if storage is None:
+        storage = open_storage(data_dir=data_dir, lock_timeout=lock_timeout)
+    store = storage.store
     state = AuthState(
         settings=settings,
         data_dir=data_dir,
         clock=clock,
-        users=store("users", "users", USER_SHAPE, USER_INDEXES, intern_ids=True),
-        keys=store("api_keys", "keys", api_keys.key_shape(ALL_SCOPES), api_keys.KEY_INDEXES),
-        key_usage=KeyUsage(
-            store("api_key_usage", "keys", api_keys.USAGE_SHAPE), flush_seconds=usage_flush_seconds
+        storage=storage,
+        users=store(
+            "users", collection="users", shape=USER_SHAPE, indexes=USER_INDEXES, intern_ids=True
         ),
-        sessions=store("sessions", "sessions", sessions.SESSION_SHAPE, sessions.SESSION_INDEXES),
+        keys=store(
+            "api_keys",
+            collection="keys",
+            shape=api_keys.key_shape(ALL_SCOPES),
+            indexes=api_keys.KEY_INDEXES,
+        ),
+        key_usage=KeyUsage(
+            store("api_key_usage", collection="keys", shape=api_keys.USAGE_SHAPE),
+            flush_seconds=usage_flush_seconds,
+        ),
+        sessions=store(
+            "sessions",
+            collection="sessions",
+            shape=sessions.SESSION_SHAPE,
+            indexes=sessions.SESSION_INDEXES,
+        ),
         audit=AuditLog(data_dir / "audit.log", max_bytes=audit_max_bytes, backups=audit_backups),
         password_gate=PasswordGate(data_dir, settings.password_hash_slots),
         trusted_proxies=tuple(trusted_proxies),
         sleep=sleep or _sleep,
         sweep_seconds=sweep_seconds,
     )
-    for each in (state.users, state.keys, state.key_usage.store, state.sessions):
+    for each in storage.stores():
         each.open()
     return state
 
@@ -656,7 +657,7 @@ def _ensure_default_admin(state: AuthState) -> None:
         return
     password_hash = hash_password(spec.password, rounds=state.settings.bcrypt_rounds)
 
-    def change(items: Records) -> bool:
+    def change(items: Transaction) -> bool:
         if items:
             return UNCHANGED  # another worker was first
         user = new_user(

@@ -24,9 +24,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from .indexes import Index
-from .records import Field, strings
-from .store import UNCHANGED, JsonStore, Records
+from .storage import UNCHANGED, Store, Transaction
+from .storage.indexes import Index
+from .storage.shapes import Field, strings
 
 REVOKED_KEEP_SECONDS = 24 * 3600
 SESSION_SHAPE = {
@@ -60,13 +60,13 @@ def _ended(session: dict[str, Any], now: int) -> bool:
     return session["expires_at"] < now or bool(revoked and revoked < now - REVOKED_KEEP_SECONDS)
 
 
-def _prune_user(items: Records, user_id: str, now: int) -> None:
+def _prune_user(items: Transaction, user_id: str, now: int) -> None:
     for sid in items.ids("user", user_id):
         if _ended(items[sid], now):
             del items[sid]
 
 
-def sweep(store: JsonStore, *, now: int) -> int:
+def sweep(store: Store, *, now: int) -> int:
     """Drop expired and long-revoked sessions; writes only if there were any. Returns how many.
 
     The scan reads every session (O(N)) outside the lock; the write deletes only those found,
@@ -75,7 +75,7 @@ def sweep(store: JsonStore, *, now: int) -> int:
     """
     found = [sid for sid, session in store.records() if _ended(session, now)]
 
-    def change(items: Records) -> int:
+    def change(items: Transaction) -> int:
         gone = [sid for sid in found if sid in items and _ended(items[sid], now)]
         for sid in gone:
             del items[sid]
@@ -86,7 +86,7 @@ def sweep(store: JsonStore, *, now: int) -> int:
 
 
 def start_session(
-    store: JsonStore,
+    store: Store,
     *,
     sid: str,
     user_id: str,
@@ -96,7 +96,7 @@ def start_session(
     scopes: list[str] | None,
     key_id: str | None = None,
 ) -> None:
-    def change(items: Records) -> None:
+    def change(items: Transaction) -> None:
         _prune_user(items, user_id, now)
         items[sid] = {
             "user_id": user_id,
@@ -114,9 +114,9 @@ def start_session(
 
 
 def rotate_refresh(
-    store: JsonStore, *, sid: str, user_id: str, jti: str, new_jti: str, now: int, expires_at: int
+    store: Store, *, sid: str, user_id: str, jti: str, new_jti: str, now: int, expires_at: int
 ) -> Rotation:
-    def change(items: Records) -> Rotation:
+    def change(items: Transaction) -> Rotation:
         session = items.get(sid)
         if session is None or session["user_id"] != user_id:
             return Rotation(refused="unknown")
@@ -132,7 +132,7 @@ def rotate_refresh(
 
 
 def revoke_sessions(
-    store: JsonStore,
+    store: Store,
     *,
     now: int,
     reason: str,
@@ -142,7 +142,7 @@ def revoke_sessions(
 ) -> int:
     """Revoke the user's live sessions (just `only`, or all but `keep`); returns how many."""
 
-    def change(items: Records) -> int:
+    def change(items: Transaction) -> int:
         _prune_user(items, user_id, now)
         count = 0
         for sid in items.ids("user", user_id):

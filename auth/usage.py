@@ -5,7 +5,7 @@ per key). What was noted is appended to the store in one journal line every `flu
 background job (`background.run_every`; the write itself runs on a real thread) and once more when
 the process exits. So no request ever waits for a lock or an fsync over bookkeeping: with a thousand
 keys in rotation the old way put one fsynced rewrite on every key's first request of each minute.
-The append does not read the store (`JsonStore.append`, unless the snapshot's first line is not a
+The append does not read the store (`Store.append`, unless the snapshot's first line is not a
 sealed one): a worker holds every key's last use in memory only if it lists keys. Of two workers
 that noted the same key within a minute, the later flush wins, which may be the earlier use by a few
 seconds.
@@ -28,14 +28,14 @@ from .api_keys import LAST_USED_EVERY_SECONDS
 from .background import run_every
 from .errors import StorageBusy, StorageUnavailable
 from .offload import ThreadOffload
-from .records import iso
-from .store import JsonStore
+from .storage import Store
+from .storage.shapes import iso
 
 log = logging.getLogger(__name__)
 
 
 class KeyUsage:
-    def __init__(self, store: JsonStore, *, flush_seconds: float = 5.0) -> None:
+    def __init__(self, store: Store, *, flush_seconds: float = 5.0) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
         self._noted: dict[str, int] = {}  # key id -> when this process last noted it
@@ -84,7 +84,9 @@ class KeyUsage:
 
     def _write(self, pending: dict[str, int]) -> bool:
         try:
-            self.store.append({key_id: {"last_used": iso(ts)} for key_id, ts in pending.items()})
+            self.store.put_unread(
+                {key_id: {"last_used": iso(ts)} for key_id, ts in pending.items()}
+            )
         except (StorageBusy, StorageUnavailable, OSError) as exc:
             log.warning("could not write the last use of %d key(s): %s", len(pending), exc)
             return False

@@ -14,9 +14,9 @@ from typing import Any
 
 from .config import rate_limit
 from .errors import Conflict, ValidationError
-from .indexes import Index
-from .records import Field, one_of, strings, timestamp
-from .store import JsonStore, Records
+from .storage import Store, Transaction
+from .storage.indexes import Index
+from .storage.shapes import Field, one_of, strings, timestamp
 
 # Managing the account itself (keys, password, profile) is a scope of its own: a password login
 # holds these, a key only when it was created with them, so a leaked prediction key cannot mint
@@ -67,7 +67,7 @@ def fold_name(identifier: str) -> str:
     return unicodedata.normalize("NFKC", identifier).lower()
 
 
-def find_user(users: JsonStore | Records, identifier: str) -> dict[str, Any] | None:
+def find_user(users: Store | Transaction, identifier: str) -> dict[str, Any] | None:
     """The user whose username or email is `identifier` (any case), or None."""
     return users.find("name", fold_name(identifier))
 
@@ -137,7 +137,7 @@ def new_user(
 def has_default_password(user: dict[str, Any]) -> bool:
     """True while the account still has the configured default password (known to anyone who
     read our docs): such an account may only be used from the loopback address."""
-    # Records written before `default_password` existed flagged only the default admin.
+    # Transaction written before `default_password` existed flagged only the default admin.
     return bool(user.get("default_password", user.get("must_change_password", False)))
 
 
@@ -147,7 +147,7 @@ def password_change_due(user: dict[str, Any]) -> bool:
     return bool(user.get("must_change_password")) and not has_default_password(user)
 
 
-def add_user(items: Records, user: dict[str, Any]) -> None:
+def add_user(items: Transaction, user: dict[str, Any]) -> None:
     """Insert `user` into `items` (inside a store update), refusing duplicates of name or email."""
     if find_user(items, user["username"]) is not None:
         raise Conflict("username is already taken", details={"field": "username"})

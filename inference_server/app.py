@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response
 from flask_cors import CORS
 
-from auth import Auth, AuthState, JsonStore, open_state
+from auth import Auth, AuthState, Storage, open_state, open_storage
 
 from . import access_log, docs, health, model_admin, models, predict
 from .settings import Settings, load_settings
@@ -36,16 +36,31 @@ class InferenceServer(Flask):
         return response
 
 
+def open_app_storage(settings: Settings, *, maintained: bool = False) -> Storage:
+    """The storage backend of these settings, holding the model state's store beside the
+    auth stores. `maintained`: a server worker asks for its upkeep off the requests."""
+    storage = open_storage(
+        data_dir=settings.data_dir,
+        lock_timeout=settings.storage.lock_timeout_seconds,
+        maintained=maintained,
+    )
+    models.state_store(storage)
+    return storage
+
+
 def open_auth_state(
     settings: Settings,
     *,
+    storage: Storage | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] | None = None,
 ) -> AuthState:
-    """The auth stores for these settings; the server and the command line both use this."""
+    """The auth stores for these settings (in `storage`, default the settings' backend); the
+    server and the command line both use this."""
     return open_state(
         settings=settings.auth,
         data_dir=settings.data_dir,
+        storage=storage or open_app_storage(settings),
         trusted_proxies=settings.server.trusted_proxies,
         lock_timeout=settings.storage.lock_timeout_seconds,
         audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
@@ -57,16 +72,6 @@ def open_auth_state(
     )
 
 
-def models_store(settings: Settings) -> JsonStore:
-    """The store of model changes made through the API (`data/models_state.json`)."""
-    return JsonStore(
-        settings.data_dir / models.STATE_FILE,
-        collection="models",
-        shape=models.STATE_SHAPE,
-        lock_timeout=settings.storage.lock_timeout_seconds,
-    )
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -74,12 +79,14 @@ def create_app(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] | None = None,
     check_only: bool = False,
+    serving: bool = False,
 ) -> Flask:
     """Build the app from `settings`, or from the config layers plus test `overrides`;
     `clock` and `sleep` let tests control time. `check_only` builds it only to prove that it
     can start (the server's check before its workers): the data files are checked, not
     loaded, and making the default admin and loading the models are left to the workers (so
-    that each start-up message is logged once)."""
+    that each start-up message is logged once). `serving`: a server worker, which runs the
+    storage's upkeep on its background thread (`AuthState.start_background`)."""
     if settings is None:
         settings = load_settings(overrides=overrides)
     app = InferenceServer(__name__, static_folder=None)
@@ -96,16 +103,17 @@ def create_app(
             expose_headers=CORS_ANSWER_HEADERS,
             max_age=600,
         )
+    storage = open_app_storage(settings, maintained=serving)
     auth.init_app(
         app,
-        open_auth_state(settings, clock=clock, sleep=sleep),
+        open_auth_state(settings, storage=storage, clock=clock, sleep=sleep),
         limits=settings.rate_limits,
         default_admin=not check_only,
     )
     if check_only:
-        models_store(settings).open()
         return app
-    app.extensions["models"] = models.ModelRegistry(settings.models, store=models_store(settings))
+    registry = models.ModelRegistry(settings.models, store=models.state_store(storage))
+    app.extensions["models"] = registry
     predict.init_app(
         app,
         threads=settings.models.inference_threads,

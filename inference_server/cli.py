@@ -460,13 +460,10 @@ def backup(config, destination) -> None:
     version; restore by stopping the server and copying the files back into the data dir."""
     from auth import SECRET_FILE, secure_dir
 
-    from .app import models_store
-
     settings = _load(config)
     state = _state(config)
     target = secure_dir(Path(destination))
-    stores = (state.users, state.keys, state.key_usage.store, state.sessions)
-    copied = [name for store in (*stores, models_store(settings)) for name in store.copy_to(target)]
+    copied = state.storage.backup(target)
     secret = settings.data_dir / SECRET_FILE
     if secret.exists():
         shutil.copyfile(secret, target / SECRET_FILE)

@@ -24,7 +24,7 @@ logs.configure(settings.server.log_format)
 
 
 def serving_app() -> Flask:
-    app = create_app(settings)
+    app = create_app(settings, serving=True)
     app.extensions["auth"].warm()  # indexes built before the first request, not by it
     app.extensions["auth"].start_background()  # key use written, ended sessions swept
     run_every(0.5, logs.flush_access, name="access-log")  # a quiet server's lines too

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from auth.store import JsonStore
+from auth.storage.json import JsonStore
 from inference_server.app import create_app
 from inference_server.settings import load_settings
 

@@ -297,13 +297,13 @@ def test_last_used_is_noted_on_the_request_and_written_in_batches(app, actor, cl
     second = actor.create_key(actor.user_headers("pia2"))
     usage = app.extensions["auth"].key_usage
     writes = []
-    real_append = usage.store.append
+    real_append = usage.store.put_unread
 
     def counting(puts):
         writes.append(1)
         return real_append(puts)
 
-    usage.store.append = counting
+    usage.store.put_unread = counting
     for _ in range(5):
         for created in (first, second):
             assert actor.predict({"X-API-Key": created["key"]}).status_code == 200

@@ -10,8 +10,8 @@ import random
 import signal
 from pathlib import Path
 
-from auth.indexes import Index
-from auth.store import JsonStore
+from auth.storage.indexes import Index
+from auth.storage.json import JsonStore
 from inference_server.app import create_app
 from inference_server.settings import load_settings
 from tests.conftest import PASSWORD, base_overrides, on_disk

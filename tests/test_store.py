@@ -12,11 +12,12 @@ import os
 import pytest
 from filelock import FileLock
 
-from auth import store as store_module
 from auth.errors import StorageBusy
-from auth.indexes import Index
-from auth.records import Field, iso, one_of
-from auth.store import UNCHANGED, JsonStore, StoreCorrupt
+from auth.storage import UNCHANGED, StoreCorrupt
+from auth.storage import json as store_module
+from auth.storage.indexes import Index
+from auth.storage.json import JsonStore
+from auth.storage.shapes import Field, iso, one_of
 from auth.users import USER_INDEXES, USER_SHAPE, add_user, fold_name, new_user
 from inference_server.app import create_app
 from inference_server.settings import load_settings
@@ -253,16 +254,23 @@ def test_compaction_folds_the_journal_into_a_sealed_snapshot(path):
 
 
 def test_a_long_journal_is_compacted_by_the_writer_that_notices(path):
-    scheduled = []
-    writer = _store(path, compact_floor=200, schedule_compaction=scheduled.append)
+    writer = _store(path, compact_floor=200)
     for i in range(20):
         writer.update(_add(f"k{i}", i))
-    assert len(scheduled) == 1  # scheduled once, not on every write while it is due
-    scheduled[0]()
+    assert json.loads(path.read_text())["generation"] > 1
+    assert len(_journal_lines(writer)) < 10 and len(writer) == 20
+
+
+def test_a_maintained_store_compacts_when_asked_not_on_the_write(path):
+    writer = _store(path, compact_floor=200, maintained=True)
+    for i in range(20):
+        writer.update(_add(f"k{i}", i))
+    assert json.loads(path.read_text())["generation"] == 1  # the writes only noted it was due
+    writer.maintain()
     assert json.loads(path.read_text())["generation"] == 2
     assert len(_journal_lines(writer)) == 1 and len(writer) == 20
-    writer.update(_add("k20", 20))
-    assert len(scheduled) == 1
+    writer.maintain()  # nothing due: nothing done
+    assert json.loads(path.read_text())["generation"] == 2
 
 
 def test_a_torn_last_line_is_ignored_then_cut_by_the_next_writer(path):
@@ -459,10 +467,10 @@ def test_append_writes_without_loading_and_cuts_a_torn_tail(path):
     with open(reader.journal_path, "ab") as fh:
         fh.write(b'{"put":{"x":{"val')  # a writer killed mid-append
     blind = JsonStore(path, collection="things", shape=SHAPE)
-    blind.append({"b": {"value": 2}, "a": {"value": 3}})
+    blind.put_unread({"b": {"value": 2}, "a": {"value": 3}})
     assert blind._state is None  # nothing was loaded to write
     assert _journal_lines(reader)[1:] == [{"put": {"b": {"value": 2}, "a": {"value": 3}}}]
     assert dict(reader.records()) == {"a": {"value": 3}, "b": {"value": 2}}
     with pytest.raises(ValueError, match="field 'value'"):
-        blind.append({"c": {"value": "three"}})
+        blind.put_unread({"c": {"value": "three"}})
     assert len(_store(path)) == 2

@@ -7,17 +7,18 @@ keeps them by name, in step with the config and the admin API across worker proc
 from __future__ import annotations
 
 from .base import LoadedModel, ModelLoadError, ModelUnavailable, to_batch, to_batch_in_steps
-from .registry import ACTIONS, STATE_FILE, STATE_SHAPE, ModelRegistry, load_model
+from .registry import ACTIONS, STATE_SHAPE, STATE_STORE, ModelRegistry, load_model, state_store
 
 __all__ = [
     "ACTIONS",
-    "STATE_FILE",
     "STATE_SHAPE",
+    "STATE_STORE",
     "LoadedModel",
     "ModelLoadError",
     "ModelRegistry",
     "ModelUnavailable",
     "load_model",
+    "state_store",
     "to_batch",
     "to_batch_in_steps",
 ]

@@ -1,11 +1,11 @@
 """The model registry: models by name, loaded once, shared by threads, kept in step across workers.
 
 What should be served is the config's `models.registry` overlaid with the changes made through the
-API, which live in `data/models_state.json` (a locked JSON store like the auth stores): per model,
-a spec if the API added it, a wanted state (loaded, unloaded, removed), a reload generation and a
-default flag. Every worker compares that file's stat stamp on each request and, when it changed,
-reconciles its in-memory models with it; so an admin's action in one worker takes effect in all,
-and survives a restart.
+API, which live in the `models_state` store beside the auth stores (`data/models_state.json` with
+the JSON backend): per model, a spec if the API added it, a wanted state (loaded, unloaded,
+removed), a reload generation and a default flag. Every worker compares the store's version on
+each request and, when it changed, reconciles its in-memory models with it; so an admin's action
+in one worker takes effect in all (on every host sharing the storage), and survives a restart.
 
 Entries are immutable and the name -> entry map is replaced whole, never edited in place: a
 prediction that fetched a model finishes on that model even if it is reloaded or unloaded
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auth import Conflict, Field, JsonStore, NotFound, Records, one_of
+from auth import Conflict, Field, NotFound, Storage, Store, Transaction, one_of
 
 from ..settings import ConfigError, ModelSettings, ModelSpec, parse_section
 from . import builtin, onnx_backend, torchscript
@@ -37,13 +37,18 @@ LOADERS: dict[str, Callable[[ModelSpec], LoadedModel]] = {
     "torchscript": torchscript.load,
 }
 ACTIONS = ("load", "unload", "reload", "remove", "set_default")
-STATE_FILE = "models_state.json"
+STATE_STORE = "models_state"  # the store's name: `models_state.json` with the JSON backend
 STATE_SHAPE = {
     "spec": Field((dict, None)),  # checked as a ModelSpec when the state is applied
     "state": Field((str,), check=one_of(("loaded", "unloaded", "removed"))),
     "generation": Field((int,)),
     "default": Field((bool,), required=False),
 }
+
+
+def state_store(storage: Storage) -> Store:
+    """The store of the model changes made through the API."""
+    return storage.store(STATE_STORE, collection="models", shape=STATE_SHAPE)
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 
 class ModelRegistry:
-    def __init__(self, settings: ModelSettings, *, store: JsonStore) -> None:
+    def __init__(self, settings: ModelSettings, *, store: Store) -> None:
         self._config = {spec.name: spec for spec in settings.registry}
         self._config_default = settings.default
         self.max_batch_size = settings.max_batch_size
@@ -107,9 +112,9 @@ class ModelRegistry:
             spec = self._config.get(name)
             if record.get("spec") is not None:
                 try:
-                    spec = parse_section(ModelSpec, record["spec"], origin=f"{STATE_FILE} {name}")
+                    spec = parse_section(ModelSpec, record["spec"], origin=f"{STATE_STORE} {name}")
                 except ConfigError as exc:
-                    log.error("ignoring model %r from %s: %s", name, STATE_FILE, exc)
+                    log.error("ignoring model %r from %s: %s", name, STATE_STORE, exc)
                     continue
             if spec is None or record.get("state") == "removed":
                 wanted.pop(name, None)
@@ -227,7 +232,7 @@ class ModelRegistry:
     def manage(self, action: str, name: str) -> dict[str, Any]:
         """Apply an admin action durably (state file) and at once here; returns the model's view."""
 
-        def change(items: Records) -> None:
+        def change(items: Transaction) -> None:
             wanted, default = self._wanted(items)
             if name not in wanted:
                 raise NotFound(f"no model named {name!r}", details={"models": sorted(wanted)})
@@ -269,7 +274,7 @@ class ModelRegistry:
         """Add (or replace an API-added) model from a spec mapping; persists across restarts."""
         name = spec["name"]
 
-        def change(items: Records) -> None:
+        def change(items: Transaction) -> None:
             wanted, _ = self._wanted(items)
             if name in wanted and wanted[name].source == "config":
                 raise Conflict(f"{name!r} is a model from the config file; choose another name")

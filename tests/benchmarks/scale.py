@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from auth import api_keys, sessions  # noqa: E402
 from auth.passwords import hash_password  # noqa: E402
-from auth.records import iso  # noqa: E402
+from auth.storage.shapes import iso  # noqa: E402
 from auth.tokens import load_secret  # noqa: E402
 from auth.users import new_user  # noqa: E402
 from inference_server.app import open_auth_state  # noqa: E402

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .snapshot import StoreCorrupt
+from .base import StoreCorrupt
 
 Record = dict[str, Any]
 

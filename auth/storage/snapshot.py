@@ -26,24 +26,14 @@ from typing import Any
 
 import orjson
 
+from .base import StoreCorrupt, encode
+
 FORMAT = 2  # schema_version written; 1 (one JSON document, no journal) still loads
 _HEADER = re.compile(rb'^\{"schema_version":2,"generation":(\d+),"seal":"([0-9a-f]{32})",')
 _END = b"}}\n"
 
 Record = dict[str, Any]
 Check = Callable[[Path, str, Any], None]
-
-
-class StoreCorrupt(Exception):
-    """A data file exists but is not a valid document of its store; it was left untouched."""
-
-
-def encode(record: Record) -> bytes:
-    return orjson.dumps(record)
-
-
-def decode(raw: bytes) -> Record:
-    return orjson.loads(raw)
 
 
 def _seal(body: bytes | memoryview) -> str:

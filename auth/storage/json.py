@@ -51,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,20 +59,18 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
+from ..errors import StorageBusy, StorageUnavailable
 from . import journal as journal_file
 from . import snapshot as snapshot_file
+from .base import UNCHANGED, Record, StoreCorrupt, Transaction, decode, encode
 from .changes import ChangeCounter
-from .errors import StorageBusy, StorageUnavailable
 from .indexes import Index, Indexes
-from .records import Shape, record_problem
-from .snapshot import StoreCorrupt, decode, encode
+from .shapes import Shape, record_problem
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 T = TypeVar("T")
-Record = dict[str, Any]
-UNCHANGED: Any = object()  # what a change returns when it found nothing to write
 # What the disk may answer a write with that is the operator's to fix, not a bug: full, over
 # quota, read-only, permissions, failing hardware, file too large.
 REFUSED_WRITES = {
@@ -141,7 +139,7 @@ class _State:
         self.close()
 
 
-class Records(MutableMapping[str, Record]):
+class Records(Transaction):
     """The records as a change inside `update` sees them.
 
     Reads decode fresh dicts, so a change may modify what it read; `put`, item assignment and
@@ -227,9 +225,10 @@ class JsonStore:
     lock_timeout: float = 10.0
     shape: Shape | None = None
     indexes: Mapping[str, Index] = field(default_factory=dict)
-    # How a compaction is run once a write finds the journal too long: inline by default; the
-    # server hands it to a background thread so that no request waits on O(N) work.
-    schedule_compaction: Callable[[Callable[[], None]], None] = lambda compact: compact()
+    # Whether the owner asks for compaction (`maintain`) off the requests, as the server does on
+    # its background thread so that no request waits on O(N) work; otherwise the write that
+    # finds the journal too long compacts it.
+    maintained: bool = False
     compact_floor: int = COMPACT_FLOOR  # bytes of journal never worth compacting
     # Intern the record ids: for a store whose ids other stores' indexes are keyed by (users),
     # so that each id is held once in memory.
@@ -238,6 +237,7 @@ class JsonStore:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        self.name = self.path.stem
         self.journal_path = self.path.with_name(self.path.stem + ".journal.jsonl")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.changes = ChangeCounter(self.path.with_name(self.path.name + ".changes"))
@@ -619,8 +619,8 @@ class JsonStore:
                     self._append(state, puts, deletes)
                     self._commit(state, puts, deletes)
                 due = self._compaction_wanted(state)
-        if due:
-            self.schedule_compaction(self._compact_quietly)
+        if due and not self.maintained:
+            self._compact_quietly()
         return result
 
     @contextmanager
@@ -680,7 +680,7 @@ class JsonStore:
         assert state is not None
         return state
 
-    def append(self, puts: Mapping[str, Record]) -> None:
+    def put_unread(self, puts: Mapping[str, Record]) -> None:
         """Write `puts` without reading the store first (the last write wins): for bookkeeping
         written far more often than it is read (when keys were used). A process that has not
         loaded the store does not load it for this (unless the snapshot's first line is not a
@@ -701,8 +701,8 @@ class JsonStore:
                 if tail is None:
                     self._commit(state, encoded, [])
                 due = self._compaction_wanted(state)
-        if due:
-            self.schedule_compaction(self._compact_quietly)
+        if due and not self.maintained:
+            self._compact_quietly()
 
     def _tail(self) -> _State | None:
         """A state without records that knows where the journal's complete lines end: enough
@@ -816,7 +816,11 @@ class JsonStore:
             log.warning("could not compact %s: %s", self.journal_path.name, exc)
         finally:
             self._compaction_due = False
-        self._sealed: tuple[int, int, int] | None = None  # the next load hashes the snapshot
+
+    def maintain(self) -> None:
+        """Compact the journal if a write found it too long (see `maintained`)."""
+        if self._compaction_due:
+            self._compact_quietly()
 
     def compact(self) -> None:
         """Fold the journal into a new snapshot of the next generation and start a new journal.
@@ -852,3 +856,58 @@ class JsonStore:
                 if unload:
                     state.close()
                     self._state = None
+
+
+class JsonStorage:
+    """The embedded default backend: each store a snapshot and a journal in `data_dir`, one
+    host's worker processes kept in step through the files (see the top of this module)."""
+
+    backend = "json"
+
+    def __init__(self, data_dir: Path, *, lock_timeout: float = 10.0, maintained: bool = False):
+        self.data_dir = secure_dir(Path(data_dir))
+        self.lock_timeout = lock_timeout
+        self.maintained = maintained
+        self._stores: dict[str, JsonStore] = {}
+
+    def store(
+        self,
+        name: str,
+        *,
+        collection: str,
+        shape: Shape,
+        indexes: Mapping[str, Index] | None = None,
+        intern_ids: bool = False,
+    ) -> JsonStore:
+        store = self._stores.get(name)
+        if store is None:
+            store = self._stores[name] = JsonStore(
+                self.data_dir / f"{name}.json",
+                collection=collection,
+                lock_timeout=self.lock_timeout,
+                shape=shape,
+                indexes=indexes or {},
+                intern_ids=intern_ids,
+                maintained=self.maintained,
+            )
+        return store
+
+    def stores(self) -> list[JsonStore]:
+        return list(self._stores.values())
+
+    def sync(self) -> None:
+        """Nothing to do: each read follows the files by the change counter."""
+
+    def maintain(self) -> None:
+        for store in self.stores():
+            store.maintain()
+
+    def problems(self) -> list[str]:
+        return [problem for problem in (s.problem() for s in self.stores()) if problem]
+
+    def backup(self, target: Path) -> list[str]:
+        """Copy every store's files into `target`, each as one consistent version."""
+        return [name for store in self.stores() for name in store.copy_to(target)]
+
+    def describe(self) -> str:
+        return f"JSON files in {self.data_dir}"

@@ -1,0 +1,146 @@
+"""The storage interface: what the domain code and the app may ask of a store and of a backend.
+
+A *store* holds the records of one collection (users, API keys, sessions, ...), each a JSON
+object under a string id, checked against the collection's shape (`shapes.py`) and looked up by
+id or through the indexes its owner declares (`indexes.py`). Reads are answered from the
+process's own copy, kept in step with every other process and host by the backend; a write is
+one `update(change)`: the change gets a `Transaction` (a mapping of the records as committed,
+plus what it staged) and whatever it puts, deletes or modifies is committed whole or not at
+all, and is visible to every process on every host on its next request once `update` returns.
+A change may run more than once (a backend with optimistic transactions runs it again when
+another writer got there first), so it must not have effects outside the records.
+
+A *backend* (`Storage`) makes the stores, keeps them in step (`sync`, once per request) and
+does its own upkeep when asked (`maintain`).
+
+Two backends implement this: the journaled JSON files of one host (`json.py`, the embedded
+default) and Redis, shared by many hosts (`redis.py`). Callers never name a backend's class:
+`open_storage` (in `__init__`) builds the one the configuration names.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from .indexes import Index
+from .shapes import Shape
+
+R = TypeVar("R")
+Record = dict[str, Any]
+UNCHANGED: Any = object()  # what a change returns when it found nothing to write
+
+
+class StoreCorrupt(Exception):
+    """Stored data is not a valid record of its store (naming where, which record and field);
+    it was left untouched."""
+
+
+def encode(record: Record) -> bytes:
+    return orjson.dumps(record)
+
+
+def decode(raw: bytes) -> Record:
+    return orjson.loads(raw)
+
+
+class Transaction(MutableMapping[str, Record]):
+    """The records as a change inside `Store.update` sees them: reads give fresh dicts (so a
+    change may modify what it read), assignment and `put` stage a record, `del` a deletion."""
+
+    @abstractmethod
+    def put(self, record_id: str, record: Record) -> None: ...
+
+    @abstractmethod
+    def find(self, index: str, key: str) -> Record | None:
+        """The record a unique index files under `key`, or None."""
+
+    @abstractmethod
+    def ids(self, index: str, key: str) -> list[str]:
+        """The ids a (non-unique) index files under `key`."""
+
+
+class Store(Protocol):
+    """The records of one collection."""
+
+    name: str  # what the store is called in messages and on disk ("users")
+
+    def open(self) -> None:
+        """Check the stored data at start-up: raises StoreCorrupt naming file or key, record and
+        field, instead of serving bad data."""
+
+    def get(self, record_id: str | None) -> Record | None:
+        """A fresh copy of record `record_id`, or None."""
+
+    def find(self, index: str, key: str) -> Record | None:
+        """The record a unique index files under `key`, or None."""
+
+    def ids(self, index: str, key: str) -> list[str]:
+        """The ids a (non-unique) index files under `key`."""
+
+    def records(self) -> list[tuple[str, Record]]:
+        """Every (id, record): O(N), for listings and sweeps, never for requests."""
+
+    def __len__(self) -> int: ...
+
+    def version(self) -> Any:
+        """A value that changes whenever the records may have changed."""
+
+    def update(self, change: Callable[[Transaction], R], *, timeout: float | None = None) -> R:
+        """Run `change` on the records and commit what it changed; `UNCHANGED` (or an
+        exception) commits nothing. StorageBusy / StorageUnavailable when it cannot."""
+
+    def put_unread(self, puts: Mapping[str, Record]) -> None:
+        """Write `puts` without reading first, the last write winning: for bookkeeping written
+        far more often than read (when keys were used)."""
+
+    def warm(self, indexes: Iterable[str] | None = None) -> None:
+        """Load the records and build `indexes` (default: all) now, so that no request pays."""
+
+    def problem(self) -> str | None:
+        """Why this store cannot be read or written now (for readiness checks), or None."""
+
+    def close(self) -> None:
+        """Let go of what the store holds; the next read loads again."""
+
+
+class Storage(Protocol):
+    """A backend: makes the stores and keeps what is not a record."""
+
+    backend: str  # "json" or "redis"
+
+    def store(
+        self,
+        name: str,
+        *,
+        collection: str,
+        shape: Shape,
+        indexes: Mapping[str, Index] | None = None,
+        intern_ids: bool = False,
+    ) -> Store:
+        """The store `name` (made on first use), its records filed under `collection`."""
+
+    def stores(self) -> list[Store]:
+        """Every store made so far."""
+
+    def sync(self) -> None:
+        """Bring every store of this process in step with the others, cheaply (the server calls
+        it once per request, before reading anything)."""
+
+    def maintain(self) -> None:
+        """Upkeep that must not run on a request (folding journals): the server asks for it on
+        its background thread."""
+
+    def problems(self) -> list[str]:
+        """Why any store cannot be read or written now."""
+
+    def backup(self, target: Path) -> list[str]:
+        """Copy every store into directory `target` as files a JSON backend reads; returns
+        the names written."""
+
+    def describe(self) -> str:
+        """Where the data lives, for messages (never a password)."""
