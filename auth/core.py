@@ -52,7 +52,7 @@ from .decorators import (
     SCOPES_ATTR,
     check_scopes,
 )
-from .errors import AuthenticationError, Code, PermissionDenied
+from .errors import AuthenticationError, Code, PermissionDenied, StorageUnavailable
 from .limits import (
     BadCredentialWatch,
     FailureBudget,
@@ -553,6 +553,11 @@ class Guard:
         if _is_preflight(req):
             return  # a browser sends no credentials here; Flask answers the allowed methods
         policy = self.policy(endpoint)
+        try:
+            state.storage.sync()  # one look at shared storage: the request then reads copies
+        except StorageUnavailable:
+            if not policy.public:
+                raise  # a public route (health, docs) that reads nothing still answers
         enabled = state.settings.enabled
         address = client_address_of(req.environ, state.trusted_proxies)
         principal = None

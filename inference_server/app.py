@@ -39,10 +39,15 @@ class InferenceServer(Flask):
 def open_app_storage(settings: Settings, *, maintained: bool = False) -> Storage:
     """The storage backend of these settings, holding the model state's store beside the
     auth stores. `maintained`: a server worker asks for its upkeep off the requests."""
+    config = settings.storage
     storage = open_storage(
+        backend=config.backend,
         data_dir=settings.data_dir,
-        lock_timeout=settings.storage.lock_timeout_seconds,
+        lock_timeout=config.lock_timeout_seconds,
         maintained=maintained,
+        redis_url=config.redis_url,
+        redis_prefix=config.redis_prefix,
+        redis_stale_seconds=config.redis_stale_seconds,
     )
     models.state_store(storage)
     return storage
@@ -112,7 +117,9 @@ def create_app(
     )
     if check_only:
         return app
-    registry = models.ModelRegistry(settings.models, store=models.state_store(storage))
+    registry = models.ModelRegistry(
+        settings.models, store=models.state_store(storage), data_dir=settings.data_dir
+    )
     app.extensions["models"] = registry
     predict.init_app(
         app,

@@ -68,6 +68,16 @@ def _cors_origin(value: str) -> None:
         raise ValueError("an origin such as https://app.example.com (scheme and host, no path)")
 
 
+def _redis_url(value: str) -> None:
+    if not re.fullmatch(r"rediss?://\S+", value):
+        raise ValueError("a URL such as redis://localhost:6379/0 or rediss://:password@host/0")
+
+
+def _redis_prefix(value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise ValueError("1-64 letters, digits, '_', '.' or '-'")
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     data_dir: str = setting("data", help="runtime state: JSON stores, locks, secret, audit log")
@@ -81,6 +91,24 @@ class StorageSettings:
     )
     usage_flush_seconds: float = setting(
         5, min=0.1, max=3600, help="how often each worker writes the last use of API keys"
+    )
+    backend: Literal["json", "redis"] = setting(
+        "json", help="json: files in data_dir (one host) | redis: redis_url (many hosts)"
+    )
+    redis_url: str | None = setting(
+        None,
+        check=_redis_url,
+        help="redis://[:password@]host:6379/0 or rediss://... (TLS), for backend: redis",
+    )
+    redis_prefix: str = setting(
+        "inference", check=_redis_prefix, help="prefix of every key this server writes in Redis"
+    )
+    redis_stale_seconds: float = setting(
+        30,
+        min=0,
+        max=3600,
+        help="with Redis unreachable, reads are served from each process's copy this long "
+        "after the last successful sync, then 503",
     )
 
 
@@ -208,6 +236,7 @@ def load_settings(
     settings = _build(Settings, merged, (), origins, errors)
     if not errors:
         _check_models(settings.models, origins, errors)
+        _check_storage(settings.storage, origins, errors)
     if errors:
         unique = list(dict.fromkeys(errors))
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {e}" for e in unique))
@@ -221,6 +250,14 @@ def parse_section(cls: type[T], data: Any, *, origin: str) -> T:
     if errors:
         raise ConfigError("; ".join(errors))
     return section
+
+
+def _check_storage(storage: StorageSettings, origins, errors: list[str]) -> None:
+    if storage.backend == "redis" and not storage.redis_url:
+        errors.append(
+            f"storage.redis_url ({_origin(origins, ('storage', 'backend'))}): backend redis "
+            "needs a URL such as redis://localhost:6379/0"
+        )
 
 
 def _check_models(models: ModelSettings, origins, errors: list[str]) -> None:

@@ -149,35 +149,55 @@ def live_server(
         yield server
 
 
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on 127.0.0.1; yields its URI and stops it afterwards."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    try:
+class RedisProcess:
+    """A real redis-server on 127.0.0.1 that a test may stop and start again on the same port;
+    with `directory` it keeps its data there in an append-only file (AOF), so a restart
+    keeps every acknowledged write."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        persistence = ["--appendonly", "no"]
+        if self.directory is not None:
+            persistence = ["--appendonly", "yes", "--appendfsync", "always"]
+            persistence += ["--dir", str(self.directory)]
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        self._process = process = subprocess.Popen(
+            [*command, "--save", "", *persistence],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert process.stdout is not None
         for line in process.stdout:
             if "Ready to accept connections" in line:
                 break
         else:
             raise RuntimeError("redis-server did not start")
-        yield f"redis://127.0.0.1:{port}/0"
+        # Drained from here on, so a chatty server never blocks on a full pipe.
+        self._drain = threading.Thread(target=process.stdout.read, daemon=True)
+        self._drain.start()
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=20)
+            self._drain.join(timeout=5)
+            assert process.stdout is not None
+            process.stdout.close()
+
+
+@contextmanager
+def redis_server(directory: Path | None = None) -> Iterator[str]:
+    """A throwaway redis-server on 127.0.0.1; yields its URI and stops it afterwards."""
+    server = RedisProcess(directory)
+    server.start()
+    try:
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(timeout=20)
-        process.stdout.close()
+        server.stop()

@@ -24,8 +24,27 @@ __all__ = [
 
 
 def open_storage(
-    *, data_dir: Path, lock_timeout: float = 10.0, maintained: bool = False
+    *,
+    backend: str = "json",
+    data_dir: Path,
+    lock_timeout: float = 10.0,
+    maintained: bool = False,
+    redis_url: str | None = None,
+    redis_prefix: str = "inference",
+    redis_stale_seconds: float = 30.0,
 ) -> Storage:
-    """The backend the configuration names. `maintained`: the caller asks for upkeep
-    (`Storage.maintain`) off its requests, as the server does; otherwise writes do it."""
-    return JsonStorage(data_dir, lock_timeout=lock_timeout, maintained=maintained)
+    """The backend the configuration names: `json` (files in `data_dir`) or `redis`
+    (`redis_url`). `maintained`: the caller asks for upkeep (`Storage.maintain`) off its
+    requests, as the server does; otherwise writes do it."""
+    if backend == "json":
+        return JsonStorage(data_dir, lock_timeout=lock_timeout, maintained=maintained)
+    if backend == "redis" and redis_url:
+        from .redis import RedisStorage  # imports the redis package, needed only here
+
+        return RedisStorage(
+            redis_url,
+            prefix=redis_prefix,
+            stale_seconds=redis_stale_seconds,
+            timeout=lock_timeout,
+        )
+    raise ValueError(f"unknown storage backend {backend!r} (or no redis_url): json or redis")

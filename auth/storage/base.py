@@ -135,6 +135,14 @@ class Storage(Protocol):
         """Upkeep that must not run on a request (folding journals): the server asks for it on
         its background thread."""
 
+    def shutdown(self) -> list[str]:
+        """This process is done with the data: leave it whole for whoever reads it next (the
+        JSON files fold each journal into its snapshot, so a stopped data dir reads as whole
+        documents). Safe beside other processes still at work; returns what it folded."""
+
+    def close(self) -> None:
+        """Let go of every store's copy and of any connection."""
+
     def problems(self) -> list[str]:
         """Why any store cannot be read or written now."""
 

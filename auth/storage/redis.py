@@ -1,0 +1,558 @@
+"""The Redis backend: the same records and guarantees as the JSON files, shared by many hosts.
+
+Each store is three keys under one hash tag (so they live in one slot of a cluster):
+
+    {<prefix>:users}:records   a hash: record id -> the record's JSON
+    {<prefix>:users}:version   a counter, one up per committed change
+    {<prefix>:users}:log       a stream: entry `<version>-0` lists the ids that change touched
+
+A change is committed by one Lua script (`COMMIT`): it compares the version the change was made
+against with the stored one (optimistic: a change made on an older copy is refused and run
+again on a fresh one, never under a client-side lock), writes the records, bumps the version and
+appends the ids to the log, atomically. So of concurrent refreshes of one token on any number
+of hosts exactly one wins, and a username is unique across hosts: the second writer finds the
+first one's record when its change runs again.
+
+Every process keeps a copy of each store (records as JSON bytes, and the same indexes as the
+JSON backend, `indexes.py`) and brings it up to date once per request, before anything is read:
+`RedisStorage.sync` runs one script (`SYNC`) that compares every store's version with the
+copy's and answers, for the stores that moved, the records their log names since then. An idle
+request thus costs one round trip whatever it reads, and a change is read once per process, not
+once per read. (RESP3 client-side caching was the other way: its invalidations travel
+asynchronously, so a host could serve a revoked key for a moment after the revocation was
+acknowledged; and it caches replies, not the indexes built from them.) A copy that fell behind
+the log (trimmed to `LOG_LENGTH` entries), or whose data set was replaced (a new `epoch`, made
+whenever a Redis without it is met: emptied, or restarted without persistence), is loaded again.
+Reads outside a request (the command line, background jobs) sync before every read.
+
+When Redis cannot be reached, writes answer 503 STORAGE_UNAVAILABLE; reads are served from the
+copy for `stale_seconds` after the last sync that worked, then 503 too; every command retries
+once, and the next request after Redis is back syncs as usual: nothing to restart.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from ..errors import StorageBusy, StorageUnavailable
+from .base import UNCHANGED, Record, StoreCorrupt, decode, encode
+from .indexes import Index, Indexes
+from .shapes import Shape, record_problem
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError:  # an optional dependency: only this backend needs it
+    redis = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+LOG_LENGTH = 10_000  # changes kept per store; a copy further behind loads again
+MOST_CHANGES = 1_000  # beyond this many changes to catch up on, a whole load is cheaper
+COMMIT_ATTEMPTS = 100  # a change refused this often in a row (others always first): 503
+
+# KEYS: records, version, log. ARGV: the version the change was made on ("" for a blind
+# write), the log length, the number of puts, then id, JSON for each put, then ids to delete.
+# Answers the new version, or -1 when the stored version is not the one expected.
+COMMIT = """
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then return -1 end
+local ids = {}
+local at = 4
+for _ = 1, tonumber(ARGV[3]) do
+  redis.call('HSET', KEYS[1], ARGV[at], ARGV[at + 1])
+  ids[#ids + 1] = ARGV[at]
+  at = at + 2
+end
+while at <= #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[at])
+  ids[#ids + 1] = ARGV[at]
+  at = at + 1
+end
+version = version + 1
+redis.call('SET', KEYS[2], version)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], version .. '-0', 'ids', cjson.encode(ids))
+return version
+"""
+
+# KEYS: the epoch, then version, log and records of each store. ARGV: the most changes worth
+# catching up on, then the version each store's copy holds (-1: none). Answers the epoch and,
+# per store, 0 when its copy is current, {version} when it must load whole, or {version, id,
+# JSON or false, ...} with the records changed since the copy's version.
+SYNC = """
+local answer = {redis.call('GET', KEYS[1]) or false}
+for i = 2, #ARGV do
+  local k = 2 + (i - 2) * 3
+  local held = tonumber(ARGV[i])
+  local version = tonumber(redis.call('GET', KEYS[k]) or '0')
+  if version == held then
+    answer[#answer + 1] = 0
+  elseif held < 0 or version < held or version - held > tonumber(ARGV[1]) then
+    answer[#answer + 1] = {version}
+  else
+    local entries = redis.call('XRANGE', KEYS[k + 1], (held + 1) .. '-0', version .. '-0')
+    if #entries == 0 or entries[1][1] ~= (held + 1) .. '-0' then
+      answer[#answer + 1] = {version}
+    else
+      local seen, ids = {}, {}
+      for _, entry in ipairs(entries) do
+        for _, id in ipairs(cjson.decode(entry[2][2])) do
+          if not seen[id] then seen[id] = true; ids[#ids + 1] = id end
+        end
+      end
+      if #ids > tonumber(ARGV[1]) then
+        answer[#answer + 1] = {version}
+      else
+        local values = redis.call('HMGET', KEYS[k + 2], unpack(ids))
+        local found = {version}
+        for j, id in ipairs(ids) do
+          found[#found + 1] = id
+          found[#found + 1] = values[j]
+        end
+        answer[#answer + 1] = found
+      end
+    end
+  end
+end
+return answer
+"""
+
+# KEYS: version, records. Answers the version and every id, JSON: one consistent version.
+LOAD = """
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('HGETALL', KEYS[2])}
+"""
+
+# Set in the context of a request once its sync ran: reads then trust the copies.
+_synced: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "redis_storage_synced", default=False
+)
+
+
+def shown_url(url: str) -> str:
+    """`url` without its password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+@dataclass
+class _Copy:
+    """What one process holds of a store: the records as JSON bytes, their indexes, and the
+    version they are as of."""
+
+    records: dict[str, bytes]
+    indexes: Indexes
+    version: int
+    epoch: bytes | None
+
+
+class RedisStore:
+    """One collection in Redis, read through this process's copy (see the module's top)."""
+
+    def __init__(
+        self,
+        storage: RedisStorage,
+        name: str,
+        *,
+        collection: str,
+        shape: Shape,
+        indexes: Mapping[str, Index],
+    ) -> None:
+        self.name = name
+        self.collection = collection
+        self.shape = shape
+        self.indexes = indexes
+        self._storage = storage
+        tag = f"{{{storage.prefix}:{name}}}"
+        self.keys = (f"{tag}:records", f"{tag}:version", f"{tag}:log")
+        self._copy: _Copy | None = None
+        self._broken: str | None = None
+        self._mutex = threading.RLock()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Load the store, checking every record (StoreCorrupt naming key, record, field)."""
+        with self._mutex:
+            self._load(self._storage.epoch())
+
+    def get(self, record_id: str | None) -> Record | None:
+        raw = self._current().records.get(record_id) if record_id is not None else None
+        return decode(raw) if raw is not None else None
+
+    def find(self, index: str, key: str) -> Record | None:
+        copy = self._current()
+        with self._mutex:
+            record_id = copy.indexes.one(index, key, copy.records)
+            raw = copy.records.get(record_id) if record_id is not None else None
+        return decode(raw) if raw is not None else None
+
+    def ids(self, index: str, key: str) -> list[str]:
+        copy = self._current()
+        with self._mutex:
+            return copy.indexes.all(index, key, copy.records)
+
+    def records(self) -> list[tuple[str, Record]]:
+        return [(i, decode(raw)) for i, raw in list(self._current().records.items())]
+
+    def __len__(self) -> int:
+        return len(self._current().records)
+
+    def version(self) -> Any:
+        copy = self._current()
+        return (copy.epoch, copy.version)
+
+    def warm(self, indexes: Iterable[str] | None = None) -> None:
+        copy = self._current()
+        with self._mutex:
+            copy.indexes.build(copy.records, indexes)
+
+    def problem(self) -> str | None:
+        if self._broken:
+            return self._broken
+        try:
+            self._storage.refresh([self])
+        except StorageUnavailable as exc:
+            return exc.description
+        return self._broken
+
+    def close(self) -> None:
+        with self._mutex:
+            self._copy = None
+
+    def _current(self) -> _Copy:
+        """The copy, synced first unless this request synced already."""
+        if not _synced.get() or self._copy is None:
+            self._storage.refresh(self._storage.stores())
+        copy = self._copy
+        if copy is None:
+            raise StorageUnavailable(
+                f"the {self.name} store could not be read from {self._storage.describe()}",
+                headers={"Retry-After": "5"},
+            )
+        return copy
+
+    # -- keeping the copy in step ------------------------------------------------------------
+
+    def _load(self, epoch: bytes | None) -> None:
+        """Read the whole store (one consistent version), checking every record."""
+        version, flat = self._storage.run(self._storage.load_script, self.keys[1::-1], [])
+        held = self._copy
+        if held is not None and held.epoch == epoch and held.version > int(version):
+            return  # an answer older than the copy (another thread synced meanwhile)
+        records: dict[str, bytes] = {}
+        for at in range(0, len(flat), 2):
+            record_id = flat[at].decode()
+            self._check(record_id, flat[at + 1])
+            records[record_id] = flat[at + 1]
+        self._copy = _Copy(records, Indexes(self.indexes), int(version), epoch)
+        self._broken = None
+
+    def _apply(self, answer: Any, epoch: bytes | None) -> None:
+        """Apply this store's part of a SYNC answer (see the script)."""
+        copy = self._copy
+        if answer == 0 and copy is not None and copy.epoch == epoch:
+            return
+        with self._mutex:
+            copy = self._copy
+            if copy is None or copy.epoch != epoch or answer == 0 or len(answer) == 1:
+                self._load(epoch)
+                return
+            version = int(answer[0])
+            if version <= copy.version:
+                return  # a commit of this process got there first
+            changes = {answer[at].decode(): answer[at + 1] for at in range(1, len(answer), 2)}
+            try:
+                for record_id, raw in changes.items():
+                    if raw is not None:
+                        self._check(record_id, raw)
+            except StoreCorrupt as exc:
+                self._broken = f"{exc}; serving the last good copy and refusing writes"
+                log.error("%s", self._broken)
+                return
+            self._commit(
+                copy,
+                {i: r for i, r in changes.items() if r is not None},
+                [i for i, r in changes.items() if r is None],
+                version,
+            )
+
+    def _commit(
+        self, copy: _Copy, puts: dict[str, bytes], deletes: Iterable[str], version: int
+    ) -> None:
+        indexes = copy.indexes if copy.indexes.built else None
+        for record_id in deletes:
+            old = copy.records.pop(record_id, None)
+            if indexes is not None and old is not None:
+                indexes.remove(record_id, decode(old))
+        for record_id, raw in puts.items():
+            old = copy.records.get(record_id)
+            if indexes is not None and old is not None:
+                indexes.remove(record_id, decode(old))
+            copy.records[record_id] = raw
+            if indexes is not None:
+                indexes.add(record_id, decode(raw))
+        copy.version = version
+
+    def _check(self, record_id: str, raw: bytes) -> None:
+        where = f"redis key {self.keys[0]}"
+        try:
+            record = decode(raw)
+        except ValueError as exc:
+            raise StoreCorrupt(f"{where}: record {record_id!r} is not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise StoreCorrupt(f"{where}: record {record_id!r} must be an object")
+        problem = record_problem(self.shape, record_id, record)
+        if problem:
+            raise StoreCorrupt(f"{where}: record {record_id!r}: {problem}")
+
+    def check_new(self, record_id: str, record: Record) -> None:
+        """A record about to be written must fit (else: a bug of the code writing it)."""
+        problem = record_problem(self.shape, record_id, record)
+        if problem:
+            raise ValueError(f"refusing to write record {record_id!r} of {self.name}: {problem}")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def update(self, change: Callable[[Any], R], *, timeout: float | None = None) -> R:
+        """Run `change` on a fresh copy and commit what it changed if nobody committed to this
+        store meanwhile; else run it again on the newer copy (see COMMIT)."""
+        from .json import Records  # the transaction view both backends share
+
+        for _ in range(COMMIT_ATTEMPTS):
+            with self._mutex:
+                self._storage.refresh([self], stale_ok=False)
+                copy = self._writable()
+                records = Records(self, copy)  # type: ignore[arg-type]
+                result = change(records)
+                if result is UNCHANGED:
+                    return result
+                puts, deletes = records.changes()
+                if not puts and not deletes:
+                    return result
+                if self._write(copy, puts, deletes, expected=copy.version):
+                    return result
+        raise StorageBusy(
+            f"the {self.name} store is changed by too many writers at once; try again",
+            headers={"Retry-After": "1"},
+        )
+
+    def put_unread(self, puts: Mapping[str, Record]) -> None:
+        encoded = {}
+        for record_id, record in puts.items():
+            self.check_new(record_id, record)
+            encoded[record_id] = encode(record)
+        with self._mutex:
+            self._write(self._copy, encoded, [], expected=None)
+
+    def _writable(self) -> _Copy:
+        if self._broken:
+            raise StorageBusy(
+                f"{self._broken.partition(';')[0]}; changes are refused until an operator "
+                "repairs it"
+            )
+        assert self._copy is not None
+        return self._copy
+
+    def _write(
+        self,
+        copy: _Copy | None,
+        puts: dict[str, bytes],
+        deletes: list[str],
+        *,
+        expected: int | None,
+    ) -> bool:
+        args: list[Any] = ["" if expected is None else expected, LOG_LENGTH, len(puts)]
+        for record_id, raw in puts.items():
+            args += [record_id, raw]
+        args += deletes
+        version = int(self._storage.run(self._storage.commit_script, self.keys, args))
+        if version < 0:
+            return False
+        if copy is not None and version == copy.version + 1:
+            self._commit(copy, puts, deletes, version)  # our own change: no need to read it
+        return True
+
+
+class RedisStorage:
+    """The stores of one Redis data set (see the top of this module)."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "inference",
+        stale_seconds: float = 30.0,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if redis is None:
+            raise StorageUnavailable(
+                "storage.backend redis needs the redis package: pip install 'redis>=5'"
+            )
+        self.url = url
+        self.prefix = prefix
+        self.stale_seconds = stale_seconds
+        self.clock = clock
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),  # one quick retry: a reconnect, not a wait
+            health_check_interval=30,
+        )
+        self.commit_script = self.client.register_script(COMMIT)
+        self.load_script = self.client.register_script(LOAD)
+        self._sync_script = self.client.register_script(SYNC)
+        self._stores: dict[str, RedisStore] = {}
+        self._epoch_key = f"{prefix}:epoch"
+        self._synced_at: float | None = None
+        self._down_since: float | None = None
+        self._mutex = threading.RLock()
+
+    def store(
+        self,
+        name: str,
+        *,
+        collection: str,
+        shape: Shape,
+        indexes: Mapping[str, Index] | None = None,
+        intern_ids: bool = False,
+    ) -> RedisStore:
+        store = self._stores.get(name)
+        if store is None:
+            store = self._stores[name] = RedisStore(
+                self, name, collection=collection, shape=shape, indexes=indexes or {}
+            )
+        return store
+
+    def stores(self) -> list[RedisStore]:
+        return list(self._stores.values())
+
+    def describe(self) -> str:
+        return f"Redis at {shown_url(self.url)}"
+
+    def run(self, script: Any, keys: Iterable[str], args: Iterable[Any]) -> Any:
+        """Run a registered script, Redis trouble answered as 503 STORAGE_UNAVAILABLE."""
+        try:
+            return script(keys=list(keys), args=list(args))
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise StorageUnavailable(
+                f"the storage ({self.describe()}) cannot be reached ({exc}); nothing was "
+                "changed: try again",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    def epoch(self) -> bytes:
+        """The data set's epoch, made when there is none (a new or emptied Redis)."""
+        try:
+            self.client.set(self._epoch_key, secrets.token_hex(8), nx=True)
+            return self.client.get(self._epoch_key)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise StorageUnavailable(
+                f"the storage ({self.describe()}) cannot be reached ({exc})",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    def sync(self) -> None:
+        """Bring every store's copy up to date in one round trip (a request's first step);
+        the rest of the request then reads the copies without asking Redis."""
+        self.refresh(self.stores())
+        _synced.set(True)
+
+    def refresh(self, stores: list[RedisStore], *, stale_ok: bool = True) -> None:
+        """Bring the copies of `stores` up to date in one round trip. With Redis down, the
+        copies serve reads for `stale_seconds` after the last sync that worked (`stale_ok`);
+        then, and for writes at once, StorageUnavailable."""
+        keys = [self._epoch_key]
+        args: list[Any] = [MOST_CHANGES]
+        for store in stores:
+            keys += [store.keys[1], store.keys[2], store.keys[0]]
+            args.append(store._copy.version if store._copy is not None else -1)
+        try:
+            answer = self.run(self._sync_script, keys, args)
+            epoch = answer[0] or self.epoch()
+            for store, part in zip(stores, answer[1:], strict=True):
+                store._apply(part, epoch)
+        except StorageUnavailable:
+            if not (self._serve_stale(stores) and stale_ok):
+                raise
+        else:
+            self._synced_at = self.clock()
+            if self._down_since is not None:
+                log.warning("%s is reachable again", self.describe())
+                self._down_since = None
+
+    def _serve_stale(self, stores: list[RedisStore]) -> bool:
+        now = self.clock()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "%s cannot be reached: reads are served from this process's copy for %g s, "
+                "writes answer 503",
+                self.describe(),
+                self.stale_seconds,
+            )
+        fresh = self._synced_at is not None and now - self._synced_at <= self.stale_seconds
+        return fresh and all(store._copy is not None for store in stores)
+
+    def maintain(self) -> None:
+        """Nothing to fold: Redis trims each store's log as it appends."""
+
+    def shutdown(self) -> list[str]:
+        """Nothing to leave whole: every change is in Redis once acknowledged."""
+        self.close()
+        return []
+
+    def close(self) -> None:
+        """Let go of the copies and the connections."""
+        for store in self.stores():
+            store.close()
+        self.client.close()
+
+    def problems(self) -> list[str]:
+        try:
+            self.client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return [f"the storage ({self.describe()}) cannot be reached ({exc})"]
+        return [problem for problem in (s.problem() for s in self.stores()) if problem]
+
+    def backup(self, target: Path) -> list[str]:
+        """Write every store into `target` as the JSON backend's files."""
+        from .json import JsonStorage
+
+        files = JsonStorage(target)
+        written = []
+        for store in self.stores():
+            copy = files.store(
+                store.name, collection=store.collection, shape=store.shape, indexes=store.indexes
+            )
+            copy.open()
+            copy.update(_replace_all(dict(store.records())))
+            written.append(f"{store.name}.json")
+        return written
+
+
+def _replace_all(records: dict[str, Record]) -> Callable[[Any], None]:
+    def change(items: Any) -> None:
+        for record_id in list(items):
+            if record_id not in records:
+                del items[record_id]
+        for record_id, record in records.items():
+            items[record_id] = record
+
+    return change

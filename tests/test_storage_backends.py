@@ -1,0 +1,335 @@
+"""One suite for every storage backend: the JSON files and a real redis-server on 127.0.0.1.
+
+Two `Storage` objects on the same data stand for two processes (or hosts): each keeps its own
+copy. Real processes are in `test_multi_host.py` and `test_concurrency.py`; what only one
+backend does (journals, compaction; Redis's log and epoch) is in `test_store.py` and below.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import uuid
+
+import pytest
+import redis as redis_client
+
+from auth.errors import StorageBusy, StorageUnavailable
+from auth.storage import UNCHANGED, StoreCorrupt, open_storage
+from auth.storage import redis as redis_backend
+from auth.storage.indexes import Index
+from auth.storage.shapes import Field
+from tests.live import RedisProcess
+
+SHAPE = {"name": Field((str,)), "n": Field((int,)), "team": Field((str,), required=False)}
+INDEXES = {
+    "name": Index(lambda r: (r["name"],)),
+    "team": Index(lambda r: (r["team"],) if "team" in r else (), unique=False),
+}
+has_redis = shutil.which("redis-server") is not None
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    if not has_redis:
+        pytest.skip("redis-server not installed")
+    server = RedisProcess()
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["json", "redis"])
+def backend(request, tmp_path):
+    """A factory of storages on one data set (call it again for another process's view)."""
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    yield from _factory(request.param, tmp_path, url)
+
+
+@pytest.fixture
+def redis_backend_only(tmp_path, redis_url):
+    yield from _factory("redis", tmp_path, redis_url)
+
+
+def _factory(name, tmp_path, url):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    made = []
+
+    def make(**options):
+        storage = open_storage(
+            backend=name,
+            data_dir=tmp_path / "data",
+            lock_timeout=0.5,
+            redis_url=url,
+            redis_prefix=prefix,
+            **options,
+        )
+        made.append(storage)
+        store = storage.store("things", collection="things", shape=SHAPE, indexes=INDEXES)
+        store.open()
+        return storage, store
+
+    make.name = name
+    make.url = url
+    make.prefix = prefix
+    yield make
+    for storage in made:
+        storage.close()
+
+
+def _put(record_id, name, n=1, **extra):
+    def change(items):
+        items[record_id] = {"name": name, "n": n, **extra}
+        return record_id
+
+    return change
+
+
+def test_a_write_is_read_back_by_every_process(backend):
+    _, writer = backend()
+    _, reader = backend()
+    assert reader.get("a") is None
+    assert writer.update(_put("a", "alice")) == "a"
+    assert reader.get("a") == {"name": "alice", "n": 1}
+    assert reader.find("name", "alice")["n"] == 1
+    assert len(reader) == 1 and dict(reader.records()) == {"a": {"name": "alice", "n": 1}}
+
+
+def test_reads_are_fresh_copies(backend):
+    _, store = backend()
+    store.update(_put("a", "alice"))
+    store.get("a")["n"] = 99
+    assert store.get("a")["n"] == 1
+
+
+def test_a_change_that_fails_or_finds_nothing_writes_nothing(backend):
+    _, store = backend()
+    store.update(_put("a", "alice"))
+    version = store.version()
+
+    def failing(items):
+        items["b"] = {"name": "bob", "n": 2}
+        raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError):
+        store.update(failing)
+
+    def nothing(items):
+        items["a"]["n"] = 5
+        return UNCHANGED
+
+    assert store.update(nothing) is UNCHANGED
+    assert store.version() == version
+    assert dict(store.records()) == {"a": {"name": "alice", "n": 1}}
+
+
+def test_a_change_may_modify_read_and_delete(backend):
+    _, store = backend()
+    store.update(_put("a", "alice"))
+    store.update(_put("b", "bob", team="red"))
+
+    def change(items):
+        items["a"]["n"] += 1
+        del items["b"]
+        assert "b" not in items and len(items) == 1
+
+    store.update(change)
+    _, other = backend()
+    assert dict(other.records()) == {"a": {"name": "alice", "n": 2}}
+    assert other.ids("team", "red") == []
+
+
+def test_indexes_follow_changes_made_elsewhere(backend):
+    _, writer = backend()
+    _, reader = backend()
+    reader.warm()  # tables built: from now on kept up by each change applied
+    writer.update(_put("a", "alice", team="red"))
+    writer.update(_put("b", "bob", team="red"))
+    assert sorted(reader.ids("team", "red")) == ["a", "b"]
+
+    def rename(items):
+        items["a"]["name"] = "alicia"
+        items["a"]["team"] = "blue"
+
+    writer.update(rename)
+    assert reader.find("name", "alice") is None
+    assert reader.find("name", "alicia")["team"] == "blue"
+    assert reader.ids("team", "red") == ["b"] and reader.ids("team", "blue") == ["a"]
+
+
+def test_a_record_that_does_not_fit_is_never_written(backend):
+    _, store = backend()
+    with pytest.raises(ValueError, match="'n'"):
+        store.update(_put("a", "alice", n="many"))
+    with pytest.raises(ValueError, match="colour"):
+        store.put_unread({"a": {"name": "alice", "n": 1, "colour": "red"}})
+    assert len(store) == 0
+
+
+def test_put_unread_writes_without_reading_and_the_last_write_wins(backend):
+    _, first = backend()
+    _, second = backend()
+    first.put_unread({"a": {"name": "alice", "n": 1}})
+    second.put_unread({"a": {"name": "alice", "n": 2}, "b": {"name": "bob", "n": 3}})
+    assert first.get("a") == {"name": "alice", "n": 2} and first.find("name", "bob")["n"] == 3
+
+
+def test_the_version_moves_with_every_change(backend):
+    _, store = backend()
+    _, other = backend()
+    before = store.version()
+    other.update(_put("a", "alice"))
+    assert store.version() != before
+    assert store.version() == other.version()
+
+
+def test_unique_names_hold_across_processes(backend):
+    """Each process checks the name in its change: the second one sees the first's record."""
+    _, first = backend()
+    _, second = backend()
+
+    def add(store, record_id):
+        def change(items):
+            if items.find("name", "alice") is not None:
+                return "taken"
+            items[record_id] = {"name": "alice", "n": 1}
+            return "made"
+
+        return store.update(change)
+
+    second.get("x")  # both copies loaded before either writes
+    assert add(first, "a") == "made"
+    assert add(second, "b") == "taken"
+    assert [i for i, _ in first.records()] == ["a"]
+
+
+def _count_up(spec):
+    backend_name, data_dir, url, prefix, times = spec
+    storage = open_storage(
+        backend=backend_name, data_dir=data_dir, redis_url=url, redis_prefix=prefix
+    )
+    store = storage.store("things", collection="things", shape=SHAPE, indexes=INDEXES)
+    store.open()
+
+    def bump(items):
+        items["counter"]["n"] += 1
+
+    for _ in range(times):
+        store.update(bump)
+    storage.close()
+
+
+def test_concurrent_writers_in_real_processes_lose_no_change(backend, tmp_path):
+    _, store = backend()
+    store.update(_put("counter", "counter", n=0))
+    spec = (backend.name, tmp_path / "data", backend.url, backend.prefix, 25)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_count_up, [spec] * 4)
+    assert store.get("counter")["n"] == 100
+
+
+# -- Redis only ------------------------------------------------------------------------------
+
+
+def test_a_record_that_does_not_fit_in_redis_is_named_at_start(redis_backend_only):
+    storage, store = redis_backend_only()
+    store.update(_put("a", "alice"))
+    with redis_client.Redis.from_url(redis_backend_only.url) as raw:
+        raw.hset(store.keys[0], "b", b'{"name": "bob", "n": "two"}')
+    with pytest.raises(StoreCorrupt) as refused:
+        redis_backend_only()
+    assert "record 'b'" in str(refused.value) and "'n'" in str(refused.value)
+    assert store.keys[0] in str(refused.value)
+
+
+def test_a_copy_far_behind_loads_whole(redis_backend_only, monkeypatch):
+    _, writer = redis_backend_only()
+    _, reader = redis_backend_only()
+    reader.warm()
+    monkeypatch.setattr(redis_backend, "MOST_CHANGES", 2)
+    for i in range(5):
+        writer.update(_put(f"k{i}", f"name{i}", team="red"))
+    assert len(reader) == 5 and sorted(reader.ids("team", "red")) == [f"k{i}" for i in range(5)]
+
+
+def test_an_emptied_redis_is_noticed_even_at_the_same_version(redis_backend_only):
+    _, writer = redis_backend_only()
+    _, reader = redis_backend_only()
+    writer.update(_put("a", "alice"))
+    assert reader.get("a") is not None
+    with redis_client.Redis.from_url(redis_backend_only.url) as raw:
+        raw.flushdb()
+    _, other = redis_backend_only()
+    other.update(_put("b", "bob"))  # version 1 again, in a new epoch
+    assert reader.get("a") is None and reader.get("b") == {"name": "bob", "n": 1}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_redis_down_reads_stale_for_a_while_writes_503_then_recovery(tmp_path):
+    if not has_redis:
+        pytest.skip("redis-server not installed")
+    server = RedisProcess(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    server.start()
+    try:
+        clock = Clock()
+        storage = redis_backend.RedisStorage(server.url, prefix="down", stale_seconds=30)
+        storage.clock = clock
+        store = storage.store("things", collection="things", shape=SHAPE, indexes=INDEXES)
+        store.open()
+        store.update(_put("a", "alice"))
+        storage.sync()
+        server.stop()
+        clock.now += 10
+        storage.sync()  # within the window: the copy serves
+        assert store.get("a") == {"name": "alice", "n": 1}
+        with pytest.raises(StorageUnavailable) as refused:
+            store.update(_put("b", "bob"))
+        assert "redis://127.0.0.1" in refused.value.description and refused.value.code == 503
+        clock.now += 25
+        with pytest.raises(StorageUnavailable):
+            storage.sync()
+        server.start()  # the same port, its data kept by the append-only file
+        storage.sync()
+        store.update(_put("b", "bob"))
+        assert sorted(i for i, _ in store.records()) == ["a", "b"]
+        storage.close()
+    finally:
+        server.stop()
+
+
+def test_a_start_with_redis_unreachable_fails_with_one_clear_line():
+    from tests.live import free_port
+
+    storage = open_storage(
+        backend="redis", data_dir=None, redis_url=f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    )
+    with pytest.raises(StorageUnavailable) as refused:
+        storage.store("things", collection="things", shape=SHAPE).open()
+    storage.close()
+    message = refused.value.description
+    assert "cannot be reached" in message and "hunter2" not in message
+    assert "\n" not in message
+
+
+def test_too_many_lost_races_answer_busy(redis_backend_only, monkeypatch):
+    _, store = redis_backend_only()
+    _, other = redis_backend_only()
+    monkeypatch.setattr(redis_backend, "COMMIT_ATTEMPTS", 3)
+    runs = []
+
+    def change(items):
+        runs.append(1)
+        other.put_unread({f"x{len(runs)}": {"name": f"x{len(runs)}", "n": 1}})  # always first
+        items["a"] = {"name": "alice", "n": 1}
+
+    with pytest.raises(StorageBusy):
+        store.update(change)
+    assert len(runs) == 3 and store.get("a") is None
