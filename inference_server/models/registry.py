@@ -7,6 +7,12 @@ removed), a reload generation and a default flag. Every worker compares the stor
 each request and, when it changed, reconciles its in-memory models with it; so an admin's action
 in one worker takes effect in all (on every host sharing the storage), and survives a restart.
 
+A model file inside the data dir (a download) is stored by its path relative to the data dir and
+found against the data dir of the process that reads it, so a data dir restored on another host
+(or under another path) still finds its models; other paths are kept as given. Records written
+with absolute paths into the data dir (before paths were stored this way) are still read as
+they are; `rebase_paths` rewrites them for a data dir restored from elsewhere.
+
 Entries are immutable and the name -> entry map is replaced whole, never edited in place: a
 prediction that fetched a model finishes on that model even if it is reloaded or unloaded
 meanwhile. A model that fails to load is kept as an entry with its error and answers 503.
@@ -14,6 +20,7 @@ meanwhile. A model that fails to load is kept as an entry with its error and ans
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -72,14 +79,62 @@ class Entry:
         return same and (self.status == "unloaded") == (wanted.state == "unloaded")
 
 
+def stored_path(path: str, data_dir: Path) -> str:
+    """How the state store keeps the model file `path`: relative to `data_dir` when the file is
+    inside it, else as given."""
+    if not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(os.path.normpath(path), data_dir)
+    if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+        return path
+    return Path(relative).as_posix()
+
+
+def resolved_path(path: str, data_dir: Path) -> str:
+    """Where the stored model file `path` is: a relative one is inside `data_dir`."""
+    return path if os.path.isabs(path) else str(data_dir / path)
+
+
+def rebase_paths(store: Store, old_data_dir: str) -> list[str]:
+    """Store the absolute paths of API-added models that point into `old_data_dir` (where a
+    restored backup came from) relative to it, as paths inside the data dir are stored now;
+    returns the names of the models changed."""
+
+    def moved(record: dict[str, Any]) -> dict[str, Any] | None:
+        spec = record.get("spec")
+        path = spec.get("path") if isinstance(spec, dict) else None
+        if not isinstance(path, str) or not os.path.isabs(path):
+            return None
+        relative = stored_path(path, Path(old_data_dir))
+        return None if relative == path else {**record, "spec": {**spec, "path": relative}}
+
+    names = sorted(name for name, record in store.records() if moved(record) is not None)
+    if names:
+
+        def change(items: Transaction) -> None:
+            for name in names:
+                record = items.get(name)
+                rebased = moved(record) if record is not None else None
+                if rebased is not None:
+                    items[name] = rebased
+
+        store.update(change)
+    return names
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load `spec` with its backend; raises ModelLoadError with a message for the operator."""
     return LOADERS[spec.backend](spec)
 
 
 class ModelRegistry:
-    def __init__(self, settings: ModelSettings, *, store: Store) -> None:
+    def __init__(
+        self, settings: ModelSettings, *, store: Store, data_dir: Path | None = None
+    ) -> None:
+        """`data_dir`: where the stored paths of downloaded models are relative to (None: the
+        paths are stored and read as given)."""
         self._config = {spec.name: spec for spec in settings.registry}
+        self._data_dir = data_dir
         self._config_default = settings.default
         self.max_batch_size = settings.max_batch_size
         self._store = store
@@ -116,6 +171,8 @@ class ModelRegistry:
                 except ConfigError as exc:
                     log.error("ignoring model %r from %s: %s", name, STATE_STORE, exc)
                     continue
+                if self._data_dir is not None:
+                    spec = dataclasses.replace(spec, path=resolved_path(spec.path, self._data_dir))
             if spec is None or record.get("state") == "removed":
                 wanted.pop(name, None)
                 continue
@@ -271,8 +328,11 @@ class ModelRegistry:
             raise Conflict(f"a model of the config file uses the file {name!r} would be saved to")
 
     def register(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Add (or replace an API-added) model from a spec mapping; persists across restarts."""
+        """Add (or replace an API-added) model from a spec mapping; persists across restarts.
+        A path inside the data dir is stored relative to it."""
         name = spec["name"]
+        if self._data_dir is not None:
+            spec = {**spec, "path": stored_path(spec["path"], self._data_dir)}
 
         def change(items: Transaction) -> None:
             wanted, _ = self._wanted(items)
