@@ -39,6 +39,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    StorageUnavailable,
     ValidationError,
     error_body,
     error_code,
@@ -62,8 +63,9 @@ from .offload import ThreadOffload
 from .openapi import describe, doc
 from .schemas import answer, body
 from .storage import Storage, Store, StoreCorrupt, Transaction, open_storage, secure_dir
+from .storage.json import SECRET_FILE
 from .storage.shapes import Field, one_of
-from .tokens import SECRET_FILE, SecretError
+from .tokens import SecretError
 from .users import ALL_SCOPES, check_email, check_username, profile
 
 __all__ = [
@@ -84,6 +86,7 @@ __all__ = [
     "RateLimitSettings",
     "SecretError",
     "Storage",
+    "StorageUnavailable",
     "Store",
     "StoreCorrupt",
     "ThreadOffload",

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, g, request
 from flask.wrappers import Response
@@ -83,6 +83,7 @@ from .users import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PASSWORD_CHANGE_HEADER = "X-Password-Change-Required"
 SESSION_ENDED = "this session has ended; log in again"
@@ -376,11 +377,17 @@ class AuthState:
     def start_background(self) -> None:
         """This worker's background work: writing key use, sweeping ended sessions, the
         storage's upkeep (off the loop, on one background thread)."""
-        self.key_usage.start(self.offload)
-        sweep = functools.partial(self.offload.run, self.sweep_sessions)
+        self.key_usage.start(self.run_storage_work)
+        sweep = functools.partial(self.run_storage_work, self.sweep_sessions)
         run_every(self.sweep_seconds, sweep, name="session-sweep")
-        upkeep = functools.partial(self.offload.run, self.storage.maintain)
+        upkeep = functools.partial(self.run_storage_work, self.storage.maintain)
         run_every(MAINTAIN_SECONDS, upkeep, name="storage-upkeep")
+
+    def run_storage_work(self, job: Callable[[], T]) -> T:
+        """Run background `job` where the storage's calls belong: on a real thread when they
+        block (file locks, fsync), on the event loop when they cooperate with it (Redis's
+        sockets under gevent, which a real thread must not touch)."""
+        return self.offload.run(job) if self.storage.blocking else job()
 
     def warm(self) -> None:
         """Load what every request reads (users, keys and their hashes, sessions) before the
@@ -404,8 +411,8 @@ class AuthState:
         return self.storage.problems()
 
     def in_background(self, job: Callable[[], Any]) -> None:
-        """Run `job` soon on this worker's background thread; the caller does not wait."""
-        run_soon(functools.partial(self.offload.run, job), name="background")
+        """Run `job` soon in this worker's background; the caller does not wait."""
+        run_soon(functools.partial(self.run_storage_work, job), name="background")
 
     def sweep_sessions(self) -> int:
         return sessions.sweep(self.sessions, now=self.now())
@@ -614,7 +621,7 @@ def init_core(
     if settings.enabled:
         state.signer = TokenSigner(
             secret=load_secret(
-                settings.jwt_secret, state.data_dir, may_create=lambda: len(state.sessions) == 0
+                settings.jwt_secret, state.storage, may_create=lambda: len(state.sessions) == 0
             ),
             algorithm=settings.jwt_algorithm,
             issuer=settings.jwt_issuer,

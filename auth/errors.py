@@ -155,8 +155,9 @@ class StorageBusy(ApiError):
 
 
 class StorageUnavailable(ApiError):
-    """The disk refused a write (full, over quota, read-only, I/O error): nothing was changed,
-    and the same request may succeed once the operator has made room."""
+    """The storage cannot take the change: the disk refused a write (full, over quota,
+    read-only, I/O error) or Redis cannot be reached. Nothing was changed, and the same request
+    may succeed once the operator has made room or Redis is back."""
 
     code, error_code = 503, Code.STORAGE_UNAVAILABLE
 

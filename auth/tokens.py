@@ -12,23 +12,20 @@ Revocation is not in the token: a token is only honoured while its session is li
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jwt
 
 from .errors import AuthenticationError, Code
+from .storage import Storage
 
 REQUIRED_CLAIMS = ["sub", "sid", "exp", "iat", "jti", "type", "iss", "aud"]
 MIN_SECRET_BYTES = 32
 CLOCK_LEEWAY = 10  # seconds a token's iat or nbf may be ahead of our clock (skew between hosts)
 _PLACEHOLDER = re.compile(r"change|secret|your[-_ ]|example|placeholder|default", re.IGNORECASE)
-SECRET_FILE = "jwt_secret"
 
 
 class SecretError(Exception):
@@ -124,45 +121,32 @@ def secret_problem(secret: str) -> str | None:
 
 
 def load_secret(
-    configured: str | None, data_dir: Path, *, may_create: Callable[[], bool] = lambda: True
+    configured: str | None, storage: Storage, *, may_create: Callable[[], bool] = lambda: True
 ) -> str:
-    """The configured secret if strong enough, else the one kept in `data_dir` (made once, 0600).
+    """The configured secret if strong enough, else the one `storage` keeps (made once for every
+    process and host, with 32 random bytes).
 
-    A secret is made only while no token can be alive (`may_create()`, asked only when the
-    file is missing: the data dir holds no sessions): one that vanished after that stops the
-    start, since a worker making a new one would disagree with every other worker about every
-    token."""
+    A secret is made only while no token can be alive (`may_create()`, asked only when none is
+    kept: there are no sessions): one that vanished after that stops the start, since a process
+    making a new one would disagree with every other about every token."""
     if configured is not None:
         problem = secret_problem(configured)
         if problem:
             raise SecretError(problem)
         return configured
-    path = data_dir / SECRET_FILE
-    if not path.exists() and not may_create():
+    secret = storage.kept_secret()
+    if secret is None and not may_create():
         raise SecretError(
-            f"{path} is missing, but tokens were signed with it (the data dir has sessions): "
-            "restore it from a backup, or delete sessions.json and sessions.journal.jsonl to "
-            "end every session and start with a new secret"
+            f"{storage.secret_place()} is missing, but tokens were signed with it (there are "
+            "sessions): restore it from a backup, or delete the sessions to end every session "
+            "and start with a new secret"
         )
-    if not path.exists():
-        # Written to a temp file, then linked into place: link never replaces an existing file,
-        # so of several workers starting at once one secret wins and nobody reads a partial one.
-        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".jwt_secret.")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                # Hex, not base64: letters a-f cannot spell a placeholder word, which base64
-                # text did about once in half a million secrets (and the start then failed).
-                fh.write(secrets.token_hex(32))
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
-    secret = path.read_text().strip()
+    if secret is None:
+        # Hex, not base64: letters a-f cannot spell a placeholder word, which base64 text did
+        # about once in half a million secrets (and the start then failed).
+        secret = storage.kept_secret(make=lambda: secrets.token_hex(32))
+    assert secret is not None
     problem = secret_problem(secret)
     if problem:
-        raise SecretError(f"{path}: {problem}")
+        raise SecretError(f"{storage.secret_place()}: {problem}")
     return secret

@@ -23,11 +23,11 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from .api_keys import LAST_USED_EVERY_SECONDS
 from .background import run_every
 from .errors import StorageBusy, StorageUnavailable
-from .offload import ThreadOffload
 from .storage import Store
 from .storage.shapes import iso
 
@@ -92,13 +92,13 @@ class KeyUsage:
             return False
         return True
 
-    def start(self, threads: ThreadOffload) -> None:
-        """Flush every `flush_seconds` in the background of this process (writing on one of
-        `threads`), and at its exit."""
+    def start(self, run: Callable[..., Any]) -> None:
+        """Flush every `flush_seconds` in the background of this process (the write made by
+        `run(write)`: on a real thread when the storage blocks), and at its exit."""
         if self._flusher_pid == os.getpid():
             return
         self._flusher_pid = os.getpid()
         atexit.register(self.flush)
-        # The notes are taken and kept on the event loop; only the write is on a thread.
-        off_loop = functools.partial(threads.run, self._write)
-        run_every(self.flush_seconds, lambda: self._flush(off_loop), name="key-usage")
+        # The notes are taken and kept on the event loop; only the write may go to a thread.
+        write = functools.partial(run, self._write)
+        run_every(self.flush_seconds, lambda: self._flush(write), name="key-usage")

@@ -7,6 +7,8 @@ while it runs and what they change reaches every worker at once:
     create-admin                    the first admin, without ever having a default password
     users list|show|disable|enable|delete|set-role|reset-password
     keys list|create|revoke         a new key is printed once
+    backup DIR, restore DIR         copy the data out (while serving), and back (server stopped)
+    storage compact                 fold each journal into its snapshot (as a clean stop does)
     config check                    validate the config and print it, secrets masked
     audit tail                      recent audit events
 
@@ -23,7 +25,6 @@ import getpass
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from auth import (
     AuthState,
     LimiterConfigError,
     SecretError,
+    StorageUnavailable,
     StoreCorrupt,
     accounts,
     check_email,
@@ -84,6 +86,8 @@ def _state(config: str | None) -> AuthState:
         return open_auth_state(_load(config))
     except StoreCorrupt as exc:
         raise click.ClickException(f"{exc}; fix or restore it first") from None
+    except StorageUnavailable as exc:
+        raise click.ClickException(exc.description) from None
 
 
 def _actor() -> str:
@@ -142,6 +146,8 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int |
         raise BadAddress(str(exc)) from None
     except (StoreCorrupt, SecretError, LimiterConfigError) as exc:
         raise click.ClickException(f"{exc}; refusing to start") from None
+    except StorageUnavailable as exc:
+        raise click.ClickException(f"{exc.description}; refusing to start") from None
 
 
 class BadAddress(click.ClickException):
@@ -453,23 +459,86 @@ def keys_revoke(config, key_id) -> None:
 @cli.command()
 @config_option
 @click.argument("destination", type=click.Path(file_okay=False))
+@refusals
 def backup(config, destination) -> None:
-    """Copy the data files into DESTINATION, safe while the server runs.
+    """Copy the data into DESTINATION, a new or empty directory; safe while the server runs.
 
-    Each store is copied under its lock, so its snapshot and journal are one consistent
-    version; restore by stopping the server and copying the files back into the data dir."""
-    from auth import SECRET_FILE, secure_dir
+    The stores (each under its lock, so its snapshot and journal are one consistent version),
+    the secret, the audit log and its rotated generations, the downloaded models, and a
+    manifest of their sizes and SHA-256 sums that `restore` checks."""
+    from .backup import BackupError, make_backup
 
     settings = _load(config)
-    state = _state(config)
-    target = secure_dir(Path(destination))
-    copied = state.storage.backup(target)
-    secret = settings.data_dir / SECRET_FILE
-    if secret.exists():
-        shutil.copyfile(secret, target / SECRET_FILE)
-        os.chmod(target / SECRET_FILE, 0o600)
-        copied.append(SECRET_FILE)
-    click.echo(f"copied {', '.join(copied)} to {target}")
+    try:
+        copied = make_backup(_state(config), settings.data_dir, Path(destination))
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"copied {', '.join(copied)} to {Path(destination).resolve()}")
+
+
+@cli.command()
+@config_option
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--force",
+    is_flag=True,
+    help="replace the data the data dir holds (moved aside into DATA/replaced-*/, not deleted)",
+)
+@refusals
+def restore(config, source, force) -> None:
+    """Copy the backup in SOURCE into the data dir, with the server stopped.
+
+    Every file is checked against the backup's manifest and the stores are opened before the
+    data dir changes. Refused while a process has the data dir's stores open (seen through
+    /proc on Linux), and over a data dir that holds a store or the secret unless --force.
+    Downloaded models are found in the restored data dir wherever it is."""
+    from .backup import BackupError, restore_backup
+
+    settings = _load(config)
+    try:
+        done = restore_backup(settings, Path(source), force=force)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored {', '.join(done.files)} into {settings.data_dir}")
+    if not done.checked:
+        click.echo(
+            "the backup has no manifest (made by an older release): its files were not "
+            "checked against one, but its stores open",
+            err=True,
+        )
+    if done.aside:
+        click.echo(
+            f"what the data dir held ({', '.join(done.replaced)}) was moved to {done.aside}; "
+            "delete it once the restored data is checked",
+            err=True,
+        )
+    if done.rebased:
+        click.echo(
+            f"paths of model(s) {', '.join(done.rebased)} are now kept relative to the data dir",
+            err=True,
+        )
+
+
+# -- storage ------------------------------------------------------------------------------
+
+
+@cli.group("storage")
+def storage_group() -> None:
+    """Maintain the stored data."""
+
+
+@storage_group.command("compact")
+@config_option
+@refusals
+def storage_compact(config) -> None:
+    """Fold every store's journal into its snapshot, as a clean stop of the server does, so
+    that the data files read as whole JSON documents (to read, or edit by hand); safe while
+    the server runs."""
+    folded = _state(config).storage.shutdown()
+    for each in folded:
+        click.echo(f"folded {each}")
+    if not folded:
+        click.echo("nothing to fold: every journal is empty")
 
 
 # -- config and audit ----------------------------------------------------------------------

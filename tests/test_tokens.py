@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import string
-from pathlib import Path
 
 import jwt
 import pytest
 
+from auth.storage.json import JsonStorage
 from auth.tokens import _PLACEHOLDER, SecretError, TokenSigner, load_secret, secret_problem
 from inference_server.settings import ConfigError
 from tests.conftest import ADMIN, PASSWORD, assert_error, bearer
@@ -222,7 +222,7 @@ def test_user_disabled_or_deleted_fails_at_once(app, actor):
         "a" * 64,
     ],
 )
-def test_weak_or_placeholder_secret_is_refused(make_app, secret):
+def test_weak_or_placeholder_secret_is_refused(make_app, secret, tmp_path):
     # Refused with the rest of the configuration (so `config check` refuses it too), never
     # echoed: the message names the key, not the value.
     with pytest.raises(ConfigError, match="auth.jwt_secret") as refused:
@@ -230,7 +230,7 @@ def test_weak_or_placeholder_secret_is_refused(make_app, secret):
     assert secret not in str(refused.value)
     assert secret_problem(secret)
     with pytest.raises(SecretError):  # and by the extension itself, for any app that uses it
-        load_secret(secret, Path("unused"))
+        load_secret(secret, JsonStorage(tmp_path))
 
 
 def test_strong_configured_secret_is_used(make_app):
@@ -240,10 +240,10 @@ def test_strong_configured_secret_is_used(make_app):
 
 
 def test_generated_secret_is_private_and_stable(tmp_path):
-    first = load_secret(None, tmp_path)
+    first = load_secret(None, JsonStorage(tmp_path))
     assert len(first) >= 32
     assert (tmp_path / "jwt_secret").stat().st_mode & 0o777 == 0o600
-    assert load_secret(None, tmp_path) == first
+    assert load_secret(None, JsonStorage(tmp_path)) == first
 
 
 def test_signer_rejects_wrong_type_claims():
@@ -269,7 +269,7 @@ def test_signer_rejects_wrong_type_claims():
 
 
 def test_a_secret_the_server_makes_can_never_look_like_a_placeholder(tmp_path):
-    made = load_secret(None, tmp_path)
+    made = load_secret(None, JsonStorage(tmp_path))
     assert len(made) >= 64 and set(made) <= set(string.hexdigits.lower())
     words = _PLACEHOLDER.pattern.replace("[-_ ]", "_").split("|")
     assert not any(set(word) <= set(string.hexdigits.lower()) for word in words)

@@ -112,6 +112,9 @@ class Storage(Protocol):
     """A backend: makes the stores and keeps what is not a record."""
 
     backend: str  # "json" or "redis"
+    # Whether its calls block the process (then a server runs its background work on a real
+    # thread, not on the event loop) or cooperate with an event loop.
+    blocking: bool
 
     def store(
         self,
@@ -152,3 +155,10 @@ class Storage(Protocol):
 
     def describe(self) -> str:
         """Where the data lives, for messages (never a password)."""
+
+    def secret_place(self) -> str:
+        """Where the kept secret lives, for messages."""
+
+    def kept_secret(self, make: Callable[[], str] | None = None) -> str | None:
+        """The token signing secret this backend keeps, or None; with `make`, one is made when
+        there is none, once for every process and host (the first one kept wins)."""

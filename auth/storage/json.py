@@ -82,6 +82,7 @@ REFUSED_WRITES = {
     errno.EIO,
     errno.EFBIG,
 }
+SECRET_FILE = "jwt_secret"  # the token signing secret, when the config sets none
 COMPACT_FLOOR = 256 * 1024  # a journal smaller than this is never worth compacting
 # How long a read trusts the change counter alone: a file edited by hand, or written by a
 # process that does not count its changes, is seen within this long.
@@ -101,6 +102,12 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _digests(records: dict[str, bytes], ids: list[str]) -> dict[str, str | None]:
+    """What each of `ids` was in `records`, as a journal line's `was` notes it."""
+    digest = journal_file.digest
+    return {i: None if (raw := records.get(i)) is None else digest(raw) for i in ids}
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -126,6 +133,10 @@ class _State:
     offset: int = 0  # end of the last complete line applied
     seen_size: int = 0  # journal size at the last look (a torn tail stays unread)
     stale_journal: bool = False  # the journal predates the snapshot: the next writer resets it
+    kind: str | None = None  # what the snapshot was found to be (`snapshot.py`), None: no file
+    # When the snapshot was edited by hand: the ids whose first journal change has been
+    # compared with it (see `_check_edit`); None when it is as written (no comparison at all).
+    edited: set[str] | None = None
     broken: tuple[Any, ...] | None = None  # stamps of files found unreadable
     changes_seen: int = -1  # the change counter when the files last matched this state
     recheck_at: float = 0.0  # when to look at the files even if the counter did not move
@@ -258,14 +269,77 @@ class JsonStore:
         store (the CLI) never loads the others; a sealed snapshot is checked by its hash."""
         secure_dir(self.path.parent)
         with self._mutex:
-            self._load(keep=False)
+            kind = self._load(keep=False).kind
         if not self.path.exists() and not self.journal_path.exists():
             self._create()
+        elif kind in (snapshot_file.UPGRADE, snapshot_file.EDIT):
+            self._seal()
         try:
             with self._locked(0):
                 self._remove_dead_temp_files()
+                if kind == snapshot_file.SEALED:
+                    self._backup_path.unlink(missing_ok=True)  # left by a crash after commit
         except StorageBusy:
             pass  # a writer is at work: the next compaction cleans up
+
+    def _seal(self) -> None:
+        """Fold a snapshot that is not sealed (the previous version's document, or a hand edit
+        found to fit) and its journal into a sealed snapshot now, so that this store is back on
+        the fast path at its first start instead of at its first compaction: every later load
+        cuts lines instead of parsing and checking every record. Under the lock and checked
+        again, so of several processes starting together one converts. The previous version's
+        file is kept as `NAME.json.v1.bak` until the new snapshot is in place, then removed: the
+        new one holds every record of it. A failure leaves the old file in place and usable (it
+        is read the slow way, and the next start tries again)."""
+        try:
+            with self._locked(None):
+                with self._mutex:
+                    loaded = self._state is not None
+                    state = self._load()
+                try:
+                    self._convert(state)
+                finally:
+                    if not loaded:
+                        with self._mutex:
+                            self.close()
+        except (StorageBusy, StorageUnavailable, OSError) as exc:
+            log.warning(
+                "could not convert %s to the sealed format (%s): it is read as it is, the "
+                "slow way, until a start converts it",
+                self.path.name,
+                getattr(exc, "description", None) or exc,
+            )
+
+    def _convert(self, state: _State) -> None:
+        """`_seal`'s work, under the lock, on `state` just loaded from the files."""
+        if state.kind == snapshot_file.UPGRADE:
+            backup = self._keep_backup()
+            self.compact()
+            backup.unlink()
+            _fsync_dir(self.path.parent)
+            log.info("converted %s to the sealed format", self.path.name)
+        elif state.kind == snapshot_file.EDIT:
+            self.compact()
+            log.info("%s was edited by hand: folded and sealed again", self.path.name)
+
+    @property
+    def _backup_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".v1.bak")
+
+    def _keep_backup(self) -> Path:
+        """The snapshot as it is now, as `NAME.json.v1.bak` beside it (a hard link: the
+        compaction replaces the snapshot's name, never its bytes), durable before the
+        conversion starts. A backup left by a conversion that crashed is replaced."""
+        backup = self._backup_path
+        temp = backup.with_name(f".{self.path.name}.v1.bak.tmp")
+        temp.unlink(missing_ok=True)
+        try:
+            os.link(self.path, temp)
+        except OSError:  # a file system without hard links: a copy
+            os.replace(self._write_temp(temp, [self.path.read_bytes()]), temp)
+        os.replace(temp, backup)
+        _fsync_dir(self.path.parent)
+        return backup
 
     def _create(self) -> None:
         """Give a new store its files at once: an empty snapshot of generation 1 and its
@@ -412,14 +486,14 @@ class JsonStore:
         only check them: a sealed snapshot's records are not even split out."""
         snapshot = _stamp(self._snapshot_path)
         records: dict[str, bytes] = {}
-        generation, size = 0, 0
+        generation, size, kind = 0, 0, None
         if snapshot is not None:
             try:
                 with open(self.path, "rb") as fh:
                     raw = fh.read()
             except OSError as exc:
                 raise StoreCorrupt(f"data file {self.path} cannot be read ({exc})") from None
-            records, generation, sealed = snapshot_file.parse(
+            records, generation, kind = snapshot_file.parse(
                 raw,
                 path=self.path,
                 collection=self.collection,
@@ -427,7 +501,7 @@ class JsonStore:
                 split=keep,
                 seal_checked=snapshot == self._sealed,
             )
-            self._sealed = snapshot if sealed else None
+            self._sealed = snapshot if kind == snapshot_file.SEALED else None
             size = len(raw)
             if self.intern_ids:
                 records = {sys.intern(i): raw_record for i, raw_record in records.items()}
@@ -437,6 +511,8 @@ class JsonStore:
             generation=generation,
             snapshot=snapshot,
             snapshot_size=size,
+            kind=kind,
+            edited=set() if kind == snapshot_file.EDIT else None,
         )
         try:
             self._open_journal(state)
@@ -504,10 +580,35 @@ class JsonStore:
         state.seen_size = size
 
     def _apply_line(self, state: _State, line: bytes) -> None:
-        puts, deletes = journal_file.parse_change(line, self.journal_path, state.offset)
+        puts, deletes, was = journal_file.parse_change(line, self.journal_path, state.offset)
         for record_id, record in puts.items():
             self._check(self.journal_path, record_id, record)
+        if state.edited is not None:
+            self._check_edit(state, [*puts, *deletes], was)
         self._commit(state, {i: encode(r) for i, r in puts.items()}, deletes)
+
+    def _check_edit(self, state: _State, changed: list[str], was: dict[str, Any]) -> None:
+        """Below a snapshot edited by hand, the first change the journal holds of each record
+        must start from the record that snapshot holds (its `was` digest, `journal.py`): if
+        not, the operator edited a record the journal also changed, and applying the change
+        would silently undo the edit. Refused instead, naming both files and the record.
+        Later changes of a record start from the earlier ones: only the first is compared."""
+        assert state.edited is not None
+        for record_id in changed:
+            if record_id in state.edited:
+                continue
+            state.edited.add(record_id)
+            if record_id not in was:
+                continue  # written without a digest (key use, an earlier version): as it is
+            raw = state.records.get(record_id)
+            if was[record_id] != (None if raw is None else journal_file.digest(raw)):
+                raise StoreCorrupt(
+                    f"data file {self.path}: record {record_id!r} was edited by hand, but "
+                    f"{self.journal_path} changed it too (the line at byte {state.offset}) "
+                    "and would silently undo the edit: put the record back as it was, fold "
+                    "the journal into the snapshot (a clean stop of the server does, as does "
+                    "`storage compact`), then edit it again"
+                )
 
     def _commit(self, state: _State, puts: dict[str, bytes], deletes: Iterable[str]) -> None:
         """Apply a change to the in-memory records and the indexes built so far."""
@@ -580,12 +681,16 @@ class JsonStore:
             os.close(fd)
             raise
         snapshot = _stamp(self._snapshot_path)
+        folded_from = header.get("from")  # absent before this was written: taken on trust
         if (
             header["generation"] != state.generation + 1
             or header.get("snapshot") != (list(snapshot) if snapshot else None)
+            or (folded_from is not None and folded_from != list(state.snapshot or ()))
             or state.journal_fd is None
         ):
-            os.close(fd)  # not (only) a compaction: a hand edit, or more than one compaction
+            # Not (only) a compaction of what this state holds: a hand edit (perhaps folded
+            # by the compaction), or more than one compaction.
+            os.close(fd)
             return False
         if state.journal_fd is not None:
             self._apply_new_lines(state)
@@ -594,6 +699,7 @@ class JsonStore:
         state.generation = header["generation"]
         state.snapshot = snapshot
         state.snapshot_size = snapshot[2] if snapshot else 0
+        state.kind, state.edited = snapshot_file.SEALED, None
         self._apply_new_lines(state)
         return True
 
@@ -694,7 +800,7 @@ class JsonStore:
                 tail = self._tail() if self._state is None else None
                 state = tail or self._fresh_for_write()
                 try:
-                    self._append(state, encoded, [])
+                    self._append(state, encoded, [], read=tail is None)
                 finally:
                     if tail is not None:
                         tail.close()
@@ -737,15 +843,19 @@ class JsonStore:
         state.offset = state.seen_size = journal_file.end_of_last_line(fd)
         return state
 
-    def _append(self, state: _State, puts: dict[str, bytes], deletes: list[str]) -> None:
-        """Append one change to the journal and fdatasync it (making the journal if needed)."""
+    def _append(
+        self, state: _State, puts: dict[str, bytes], deletes: list[str], *, read: bool = True
+    ) -> None:
+        """Append one change to the journal and fdatasync it (making the journal if needed).
+        `read`: `state` holds the records, so the line notes what each one was before."""
         if state.journal_fd is None or state.stale_journal:
             self._new_journal(state)
         assert state.journal_fd is not None
         fd = state.journal_fd
         if os.fstat(fd).st_size != state.offset:
             os.ftruncate(fd, state.offset)  # a torn line of a writer that died mid-append
-        line = journal_file.change_line(puts, deletes)
+        was = _digests(state.records, [*puts, *deletes]) if read else None
+        line = journal_file.change_line(puts, deletes, was)
         try:
             if os.write(fd, line) != len(line):  # a short write: the disk is full
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -822,6 +932,30 @@ class JsonStore:
         if self._compaction_due:
             self._compact_quietly()
 
+    def fold(self) -> bool:
+        """Compact if the journal holds any change, so that the snapshot alone holds every
+        record (a clean stop, `storage compact`); True if it did. Safe beside other processes
+        at work: decided and done under the file lock, so of several processes stopping
+        together the first folds and the others find nothing to do."""
+        with self._locked(None):
+            if not self._journal_has_changes():
+                return False
+            self.compact()
+        return True
+
+    def _journal_has_changes(self) -> bool:
+        """Whether the journal holds anything after its first line (a torn line included:
+        the compaction drops it)."""
+        try:
+            fd = os.open(self._journal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            _, start = journal_file.read_header(fd, self.journal_path)
+            return os.fstat(fd).st_size > start
+        finally:
+            os.close(fd)
+
     def compact(self) -> None:
         """Fold the journal into a new snapshot of the next generation and start a new journal.
 
@@ -834,6 +968,10 @@ class JsonStore:
             with self._mutex:
                 unload = self._state is None
                 state = self._fresh_for_write()
+                if state.journal_fd is None:
+                    # A store without one (new, or the previous version's): a crash between
+                    # the two replaces below must leave a stale journal, never none.
+                    self._new_journal(state)
                 records = dict(state.records)
                 generation = state.generation + 1
             chunks = snapshot_file.render(
@@ -841,7 +979,7 @@ class JsonStore:
             )
             snapshot = self._write_temp(self.path, chunks)
             stamp = _stamp(snapshot)  # os.replace keeps inode and mtime: how readers know it
-            header = journal_file.header_line(generation, stamp)
+            header = journal_file.header_line(generation, stamp, folded_from=state.snapshot)
             journal = self._write_temp(self.journal_path, [header])
             with self._mutex:
                 # The snapshot goes first: a crash in between leaves a journal of the previous
@@ -852,6 +990,7 @@ class JsonStore:
                 state.generation = generation
                 state.snapshot = stamp
                 state.snapshot_size = sum(map(len, chunks))
+                state.kind, state.edited = snapshot_file.SEALED, None
                 self._attach_journal(state)
                 if unload:
                     state.close()
@@ -863,6 +1002,7 @@ class JsonStorage:
     host's worker processes kept in step through the files (see the top of this module)."""
 
     backend = "json"
+    blocking = True  # file locks and fsync: kept off an event loop
 
     def __init__(self, data_dir: Path, *, lock_timeout: float = 10.0, maintained: bool = False):
         self.data_dir = secure_dir(Path(data_dir))
@@ -902,6 +1042,31 @@ class JsonStorage:
         for store in self.stores():
             store.maintain()
 
+    def shutdown(self) -> list[str]:
+        """Fold every journal that holds a change into its snapshot, so that the data dir of a
+        stopped server reads as whole JSON documents (and the next start loads sealed
+        snapshots only). Tries every store; one it cannot fold (locked past the timeout,
+        unreadable, a full disk) keeps its journal, which the next start applies as always,
+        and is raised once the others are done. Returns what was folded."""
+        folded: list[str] = []
+        failed: list[str] = []
+        for store in self.stores():
+            try:
+                if store.fold():
+                    folded.append(f"{store.journal_path.name} into {store.path.name}")
+            except (StoreCorrupt, StorageBusy, StorageUnavailable, OSError) as exc:
+                reason = getattr(exc, "description", None) or str(exc)
+                log.warning("could not fold %s: %s", store.journal_path.name, reason)
+                failed.append(f"{store.journal_path.name} ({reason})")
+        if failed:
+            done = f"; folded {', '.join(folded)}" if folded else ""
+            raise StorageBusy(f"could not fold {', '.join(failed)}{done}")
+        return folded
+
+    def close(self) -> None:
+        for store in self.stores():
+            store.close()
+
     def problems(self) -> list[str]:
         return [problem for problem in (s.problem() for s in self.stores()) if problem]
 
@@ -911,3 +1076,27 @@ class JsonStorage:
 
     def describe(self) -> str:
         return f"JSON files in {self.data_dir}"
+
+    def secret_place(self) -> str:
+        return str(self.data_dir / SECRET_FILE)
+
+    def kept_secret(self, make: Callable[[], str] | None = None) -> str | None:
+        """The secret in `SECRET_FILE` (0600); made with `make` when there is none. Written to
+        a temp file, then linked into place: a link never replaces a file, so of several
+        processes starting at once one secret wins and nobody reads a partial one."""
+        path = self.data_dir / SECRET_FILE
+        if not path.exists() and make is not None:
+            tmp = self._write_secret_temp(make())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def _write_secret_temp(self, secret: str) -> str:
+        return JsonStore._write_temp(self.data_dir / SECRET_FILE, [secret.encode()])

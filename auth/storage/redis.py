@@ -390,6 +390,7 @@ class RedisStorage:
     """The stores of one Redis data set (see the top of this module)."""
 
     backend = "redis"
+    blocking = False  # its sockets cooperate with an event loop (gevent)
 
     def __init__(
         self,
@@ -463,10 +464,13 @@ class RedisStorage:
             self.client.set(self._epoch_key, secrets.token_hex(8), nx=True)
             return self.client.get(self._epoch_key)
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            raise StorageUnavailable(
-                f"the storage ({self.describe()}) cannot be reached ({exc})",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: Exception) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"the storage ({self.describe()}) cannot be reached ({exc})",
+            headers={"Retry-After": "5"},
+        )
 
     def sync(self) -> None:
         """Bring every store's copy up to date in one round trip (a request's first step);
@@ -509,6 +513,21 @@ class RedisStorage:
             )
         fresh = self._synced_at is not None and now - self._synced_at <= self.stale_seconds
         return fresh and all(store._copy is not None for store in stores)
+
+    def secret_place(self) -> str:
+        return f"key {self.prefix}:jwt_secret of {self.describe()}"
+
+    def kept_secret(self, make: Callable[[], str] | None = None) -> str | None:
+        """The secret kept under `<prefix>:jwt_secret`; made with `make` when there is none
+        (SET NX: of several hosts starting at once, one secret wins)."""
+        key = f"{self.prefix}:jwt_secret"
+        try:
+            if make is not None:
+                self.client.set(key, make(), nx=True)
+            kept = self.client.get(key)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise self._unreachable(exc) from None
+        return kept.decode() if kept is not None else None
 
     def maintain(self) -> None:
         """Nothing to fold: Redis trims each store's log as it appends."""

@@ -57,7 +57,7 @@ def build(data_dir: Path, size: int) -> list[str]:
         overrides={"storage": {"data_dir": str(data_dir)}, "auth": {"default_admin": None}},
     )
     state = open_auth_state(settings)
-    load_secret(None, settings.data_dir)  # the server's secret, made before any session exists
+    load_secret(None, state.storage)  # the server's secret, made before any session exists
     now = int(time.time())
     user_hash = hash_password(USER_PASSWORD, rounds=4)
     users, keys, live, usage, plain = {}, {}, {}, {}, []
