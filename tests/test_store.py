@@ -6,8 +6,10 @@ descriptors and lock (tests of real processes are in test_concurrency.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 
 import pytest
 from filelock import FileLock
@@ -16,7 +18,7 @@ from auth.errors import StorageBusy
 from auth.storage import UNCHANGED, StoreCorrupt
 from auth.storage import json as store_module
 from auth.storage.indexes import Index
-from auth.storage.json import JsonStore
+from auth.storage.json import JsonStorage, JsonStore
 from auth.storage.shapes import Field, iso, one_of
 from auth.users import USER_INDEXES, USER_SHAPE, add_user, fold_name, new_user
 from inference_server.app import create_app
@@ -60,6 +62,15 @@ def _journal_lines(store) -> list[dict]:
     return [json.loads(line) for line in store.journal_path.read_text().splitlines()]
 
 
+def _changes(store) -> list[dict]:
+    """The journal's change lines without what each record was before (`was`)."""
+    return [{k: v for k, v in line.items() if k != "was"} for line in _journal_lines(store)[1:]]
+
+
+def _digest(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def test_a_write_appends_one_line_and_reads_back(store):
     empty = store.path.read_bytes()  # a new store starts with an empty snapshot of generation 1
     assert store.update(_add("a")) == "a"
@@ -67,9 +78,9 @@ def test_a_write_appends_one_line_and_reads_back(store):
     assert store.path.read_bytes() == empty  # nothing rewritten: the journal holds the changes
     header, *changes = _journal_lines(store)
     assert header["generation"] == 1
-    assert changes == [
-        {"put": {"a": {"value": 1}}},
-        {"put": {"b": {"value": 2}}},
+    assert changes == [  # each line notes what its records were before: here, nothing
+        {"put": {"a": {"value": 1}}, "was": {"a": None}},
+        {"put": {"b": {"value": 2}}, "was": {"b": None}},
     ]
     assert dict(store.records()) == {"a": {"value": 1}, "b": {"value": 2}}
     assert store.get("a") == {"value": 1} and store.get("zz") is None
@@ -93,7 +104,10 @@ def test_only_what_a_change_touched_is_written(store):
         assert items["b"]["value"] == 1  # only read: not written
 
     store.update(touch)
-    assert _journal_lines(store)[-1] == {"put": {"a": {"value": 5}}}
+    assert _journal_lines(store)[-1] == {
+        "put": {"a": {"value": 5}},
+        "was": {"a": _digest({"value": 1})},
+    }
     size = store.journal_path.stat().st_size
     store.update(lambda items: items["b"])  # a read-only change appends nothing
     assert store.update(lambda items: UNCHANGED) is UNCHANGED
@@ -148,7 +162,7 @@ def test_another_process_reads_only_the_new_lines(path, monkeypatch):
     assert read == []  # nothing changed: not a byte read
     writer.update(_add("new", 99))
     assert reader.get("new") == {"value": 99}
-    assert sum(read) == len(b'{"put":{"new":{"value":99}}}\n')
+    assert sum(read) == len(b'{"put":{"new":{"value":99}},"was":{"new":null}}\n')
 
 
 def _count_stats(monkeypatch) -> list[str]:
@@ -282,7 +296,7 @@ def test_a_torn_last_line_is_ignored_then_cut_by_the_next_writer(path):
     assert dict(reader.records()) == {"a": {"value": 1}}
     other = _store(path)
     other.update(_add("c", 3))
-    assert _journal_lines(other)[1:] == [{"put": {"a": {"value": 1}}}, {"put": {"c": {"value": 3}}}]
+    assert _changes(other) == [{"put": {"a": {"value": 1}}}, {"put": {"c": {"value": 3}}}]
     assert dict(reader.records()) == {"a": {"value": 1}, "c": {"value": 3}}
 
 
@@ -307,7 +321,8 @@ def test_a_crash_between_snapshot_and_journal_replace_loses_nothing(path, monkey
     fresh = _store(path)
     assert dict(fresh.records()) == {"a": {"value": 1}, "b": {"value": 2}}
     fresh.update(_add("c", 3))  # the stale journal is replaced, not appended to
-    assert _journal_lines(fresh) == [{"generation": 2}, {"put": {"c": {"value": 3}}}]
+    assert _journal_lines(fresh)[0] == {"generation": 2}
+    assert _changes(fresh) == [{"put": {"c": {"value": 3}}}]
     assert len(_store(path)) == 3
 
 
@@ -323,17 +338,88 @@ def test_a_snapshot_replaced_by_an_older_copy_is_named(path):
         _store(path)
 
 
-def test_files_of_the_earlier_single_document_format_load_unchanged(path):
-    path.parent.mkdir(parents=True)
-    original = json.dumps({"schema_version": 1, "things": {"a": {"value": 1}}})
-    path.write_text(original)
+def _v1(path, records: dict, *, collection: str = "things") -> bytes:
+    """A store file as the previous version wrote it: one document, sorted, no journal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"schema_version": 1, collection: records}
+    path.write_text(json.dumps(document, separators=(",", ":"), sort_keys=True))
+    return path.read_bytes()
+
+
+SEALED_HEAD = re.compile(r'^\{"schema_version":2,"generation":(\d+),"seal":"[0-9a-f]{32}",')
+
+
+def _sealed_generation(path) -> int | None:
+    head = SEALED_HEAD.match(path.read_text())
+    return int(head.group(1)) if head else None
+
+
+def test_a_file_of_the_earlier_format_is_sealed_at_its_first_open(path, caplog):
+    records = {f"k{i}": {"value": i} for i in range(5)}
+    _v1(path, records)
+    caplog.set_level("INFO", logger=store_module.__name__)
     s = _store(path)
-    assert dict(s.records()) == {"a": {"value": 1}}
-    s.update(_add("b", 2))
-    assert path.read_text() == original  # untouched until the first compaction
-    s.compact()
-    assert json.loads(path.read_text())["schema_version"] == 2
-    assert len(_store(path)) == 2
+    assert "converted things.json to the sealed format" in caplog.text
+    assert _sealed_generation(path) == 1 and _journal_lines(s) == [_journal_lines(s)[0]]
+    assert dict(s.records()) == records
+    assert s._state is not None and s._state.kind == "sealed"
+    assert not path.with_name("things.json.v1.bak").exists()  # removed once committed
+    assert list(path.parent.glob(".*.tmp")) == []
+    caplog.clear()
+    again = _store(path)  # once: a later open finds it sealed and leaves it alone
+    assert _sealed_generation(path) == 1 and "converted" not in caplog.text
+    assert dict(again.records()) == records
+
+
+def test_an_earlier_file_with_a_journal_of_this_version_is_folded_whole(path):
+    _v1(path, {"a": {"value": 1}})
+    path.with_name("things.journal.jsonl").write_bytes(
+        b'{"generation":0}\n{"put":{"b":{"value":2}}}\n{"delete":["a"]}\n'
+    )
+    s = _store(path)
+    assert _sealed_generation(path) == 1 and len(_journal_lines(s)) == 1
+    assert dict(_store(path).records()) == {"b": {"value": 2}}
+
+
+def _failing_replace(monkeypatch, target: str, *, after: str | None = None) -> None:
+    """os.replace onto a name ending in `target` fails (once one onto `after` has been done)."""
+    real_replace = os.replace
+    done: list[str] = []
+
+    def replace(src, dst):
+        if os.fspath(dst).endswith(target) and (after is None or after in done):
+            raise OSError("killed mid-conversion")
+        real_replace(src, dst)
+        done.append(os.path.basename(dst))
+
+    monkeypatch.setattr(store_module.os, "replace", replace)
+
+
+def test_a_conversion_that_fails_leaves_the_old_file_usable(path, monkeypatch, caplog):
+    original = _v1(path, {"a": {"value": 1}, "b": {"value": 2}})
+    backup = path.with_name("things.json.v1.bak")
+    with monkeypatch.context() as m:
+        _failing_replace(m, "/things.json")  # the new snapshot never takes the file's name
+        s = _store(path)
+    assert "could not convert things.json to the sealed format" in caplog.text
+    assert path.read_bytes() == original == backup.read_bytes()
+    assert dict(s.records()) == {"a": {"value": 1}, "b": {"value": 2}}  # read the slow way
+    s.update(_add("c", 3))
+    assert path.read_bytes() == original  # the write went to the journal
+    converted = _store(path)  # the next start converts, the change included
+    assert _sealed_generation(path) == 1 and not backup.exists()
+    assert dict(converted.records()) == {"a": {"value": 1}, "b": {"value": 2}, "c": {"value": 3}}
+
+
+def test_a_conversion_that_dies_after_its_commit_leaves_nothing_behind(path, monkeypatch):
+    _v1(path, {"a": {"value": 1}})
+    backup = path.with_name("things.json.v1.bak")
+    with monkeypatch.context() as m:
+        _failing_replace(m, ".journal.jsonl", after="things.json")  # between the two
+        _store(path)
+    assert _sealed_generation(path) == 1 and backup.exists()
+    s = _store(path)  # the sealed snapshot already holds everything: the backup goes
+    assert not backup.exists() and dict(s.records()) == {"a": {"value": 1}}
 
 
 def test_a_hand_edited_snapshot_is_checked_record_by_record(path):
@@ -343,6 +429,135 @@ def test_a_hand_edited_snapshot_is_checked_record_by_record(path):
     path.write_text(path.read_text().replace('{"value":1}', '{"value":"one"}'))
     with pytest.raises(StoreCorrupt, match=r"things.json: record 'a': field 'value'"):
         _store(path)
+
+
+def _hand_edit(path, change) -> bytes:
+    """Edit the snapshot as an operator might: as a JSON document, written back indented."""
+    document = json.loads(path.read_text())
+    change(document["things"])
+    path.write_text(json.dumps(document, indent=2))
+    return path.read_bytes()
+
+
+def _folded_then_changed(path) -> JsonStore:
+    """A store whose snapshot holds a=1, b=2 and whose journal then set b=3 and made c=4."""
+    s = _store(path)
+    s.update(_add("a"))
+    s.update(_add("b", 2))
+    s.compact()
+    s.update(_add("b", 3))
+    s.update(_add("c", 4))
+    return s
+
+
+def test_a_hand_edit_of_a_record_the_journal_did_not_change_holds(path, caplog):
+    _folded_then_changed(path)
+    _hand_edit(path, lambda things: things["a"].update(value=10))
+    caplog.set_level("INFO", logger=store_module.__name__)
+    s = _store(path)
+    assert dict(s.records()) == {"a": {"value": 10}, "b": {"value": 3}, "c": {"value": 4}}
+    assert "things.json was edited by hand: folded and sealed again" in caplog.text
+    assert _sealed_generation(path) == 3 and len(_journal_lines(s)) == 1  # fast path again
+
+
+@pytest.mark.parametrize(
+    ("edit", "record"),
+    [
+        (lambda things: things["b"].update(value=20), "b"),  # the journal changed b
+        (lambda things: things.pop("b"), "b"),
+        (lambda things: things.update(c={"value": 40}), "c"),  # the journal made c too
+    ],
+)
+def test_a_hand_edit_of_a_record_the_journal_also_changed_refuses_naming_both(path, edit, record):
+    journal = _folded_then_changed(path).journal_path
+    edited, changes = _hand_edit(path, edit), journal.read_bytes()
+    with pytest.raises(StoreCorrupt) as refused:
+        _store(path)
+    message = str(refused.value)
+    assert f"{path}: record '{record}' was edited by hand" in message
+    assert f"{journal} changed it too" in message
+    assert path.read_bytes() == edited and journal.read_bytes() == changes  # both kept
+
+
+def test_after_a_hand_edit_only_the_first_change_of_a_record_is_compared(path):
+    s = _folded_then_changed(path)
+    s.update(_add("b", 5))  # starts from b=3, not from the snapshot's b=2: not compared
+    _hand_edit(path, lambda things: things.update(d={"value": 6}))
+    assert dict(_store(path).records()) == {
+        "a": {"value": 1},
+        "b": {"value": 5},
+        "c": {"value": 4},
+        "d": {"value": 6},
+    }
+
+
+def test_journal_lines_without_digests_still_apply_over_a_hand_edit(path):
+    s = _store(path)
+    s.update(_add("a"))
+    s.compact()
+    with open(s.journal_path, "ab") as fh:  # as an earlier version, or key use, wrote it
+        fh.write(b'{"put":{"a":{"value":2}}}\n')
+    _hand_edit(path, lambda things: things.update(b={"value": 7}))
+    assert dict(_store(path).records()) == {"a": {"value": 2}, "b": {"value": 7}}
+
+
+def test_a_sealed_snapshot_is_never_compared_with_its_journal(path, monkeypatch):
+    _folded_then_changed(path)
+    hashed = []
+    real_digest = store_module.journal_file.digest
+    monkeypatch.setattr(
+        store_module.journal_file, "digest", lambda raw: hashed.append(raw) or real_digest(raw)
+    )
+    assert dict(_store(path).records()) == {"a": {"value": 1}, "b": {"value": 3}, "c": {"value": 4}}
+    assert hashed == []
+
+
+def test_a_conflicting_hand_edit_under_a_running_process_keeps_the_last_good_copy(path):
+    s = _folded_then_changed(path)
+    _hand_edit(path, lambda things: things["b"].update(value=20))
+    assert dict(s.records()) == {"a": {"value": 1}, "b": {"value": 3}, "c": {"value": 4}}
+    with pytest.raises(StorageBusy):
+        s.update(_add("d"))
+
+
+def test_a_hand_edit_folded_by_another_process_reaches_a_running_one(path):
+    running = _folded_then_changed(path)
+    _hand_edit(path, lambda things: things["a"].update(value=10))
+    _store(path)  # another process starts (the CLI): it folds the edit into a new snapshot
+    # The new journal says which snapshot it was folded from: not the one `running` holds, so
+    # it reads the new snapshot instead of going on from its own records.
+    assert running.get("a") == {"value": 10}
+
+
+def test_fold_compacts_only_a_journal_that_holds_a_change(path):
+    s = _store(path)
+    assert s.fold() is False and _sealed_generation(path) == 1
+    s.update(_add("a"))
+    assert s.fold() is True
+    assert _sealed_generation(path) == 2 and len(_journal_lines(s)) == 1
+    assert json.loads(path.read_text())["things"] == {"a": {"value": 1}}
+    assert s.fold() is False
+
+
+def test_shutdown_folds_each_changed_store_once_among_processes(tmp_path):
+    def storage() -> JsonStorage:
+        backend = JsonStorage(tmp_path / "data", lock_timeout=0.2)
+        for name in ("one", "two"):
+            backend.store(name, collection="things", shape=SHAPE).open()
+        return backend
+
+    first, second = storage(), storage()
+    first.stores()[0].update(_add("a"))
+    assert first.shutdown() == ["one.journal.jsonl into one.json"]
+    assert second.shutdown() == []  # stopping beside it: nothing left to fold
+    for each in first.stores():
+        each.update(_add("b"))
+    with FileLock(str(tmp_path / "data" / "one.json.lock")):
+        with pytest.raises(StorageBusy) as busy:
+            second.shutdown()
+    assert busy.value.description.startswith("could not fold one.journal.jsonl (data file")
+    assert busy.value.description.endswith("; folded two.journal.jsonl into two.json")
+    assert second.shutdown() == ["one.journal.jsonl into one.json"]
 
 
 @pytest.mark.parametrize(
@@ -469,6 +684,7 @@ def test_append_writes_without_loading_and_cuts_a_torn_tail(path):
     blind = JsonStore(path, collection="things", shape=SHAPE)
     blind.put_unread({"b": {"value": 2}, "a": {"value": 3}})
     assert blind._state is None  # nothing was loaded to write
+    # Written without reading: the line cannot say what the records were.
     assert _journal_lines(reader)[1:] == [{"put": {"b": {"value": 2}, "a": {"value": 3}}}]
     assert dict(reader.records()) == {"a": {"value": 3}, "b": {"value": 2}}
     with pytest.raises(ValueError, match="field 'value'"):

@@ -23,15 +23,27 @@ When a write leaves the journal longer than half the snapshot (and than `compact
 default), it schedules `compact`, which folds the journal into a new snapshot with generation G+1
 (the server runs it on a background thread, off the event loop): fsynced temp files for the snapshot
 and a fresh journal, `os.replace` of the snapshot, then of the journal, then an fsync of the
-directory. A crash between the two replaces leaves a journal of generation G beside a snapshot of
-G+1, which already holds all of it, so the journal is ignored. Processes that had applied the old
-journal read its last lines through the descriptor they hold and go on with the new one: nobody
-reloads the snapshot because somebody else compacted.
+directory (a store without a journal is given one of generation G first). A crash between the two
+replaces leaves a journal of generation G beside a snapshot of G+1, which already holds all of it,
+so the journal is ignored. Processes that had applied the old journal on top of the snapshot the
+compaction started from (the new journal's header names both) read its last lines through the
+descriptor they hold and go on with the new one: nobody reloads the snapshot because somebody else
+compacted. A process that stops cleanly folds every journal holding a change (`fold`, through
+`JsonStorage.shutdown`), as does `storage compact`, so that a stopped data dir reads as whole JSON
+documents an operator can edit.
 
 A sealed snapshot loads by splitting lines, its records unchecked (they were checked before they
-were written); any other (an earlier version's file, a hand edit) is parsed whole and every record
-checked against the store's shape (`records.py`). Records arriving through the journal are checked
-as they are applied, and records are checked before they are written.
+were written); any other is parsed whole and every record checked against the store's shape
+(`shapes.py`), and `open` then seals it at once (`_seal`: a compaction under the lock), so the
+slow path is taken once, at the first start, not until the journal grows long enough. That is the
+previous version's document (its file kept as `NAME.json.v1.bak` until the new snapshot is in
+place, then removed: the new one holds every record of it) or a hand edit. A hand edit is first
+held against the journal: each record's first change there notes what the record was before it
+(`journal.py`), and one that does not start from what the edited snapshot holds means the
+operator edited a record the journal also changed; the load refuses (StoreCorrupt naming both
+files and the record) instead of replaying the journal over the edit. A sealed snapshot skips
+that comparison. Records arriving through the journal are checked as they are applied, and
+records are checked before they are written.
 A file that cannot be parsed or a record that does not fit is never overwritten: `open` raises
 StoreCorrupt naming the file (record, field), so the server does not start on it; at run time a
 process keeps serving reads from its last good state and writes answer 503 (a process without one

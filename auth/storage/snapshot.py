@@ -11,9 +11,12 @@ checksum, not a signature: it says the lines are as this module wrote them, from
 were checked before they were committed, unless someone recomputed it. A snapshot whose first
 line has exactly that form and names the expected collection, that ends with `}}` and whose
 seal matches, loads by cutting the lines apart, with no parsing and no per-record check (a line
-whose id holds a backslash is parsed). Anything else (an earlier version's single document, an
-edit by hand, a flipped byte) is parsed whole and every record checked, so a bad one is named
-before it is served.
+whose id holds a backslash is parsed). Anything else is parsed whole and every record checked, so
+a bad one is named before it is served, and `parse` says which of two kinds it was: the previous
+version's single document (`schema_version` 1, an `UPGRADE`) or a file of this format that is no
+longer as this module wrote it (an `EDIT` by hand, or a flipped byte that still parses). The store
+treats them differently (`json.py`): an upgrade is converted to a sealed snapshot at once, an edit
+is first checked against the journal written on top of it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ import orjson
 from .base import StoreCorrupt, encode
 
 FORMAT = 2  # schema_version written; 1 (one JSON document, no journal) still loads
+# What a snapshot file was found to be.
+SEALED = "sealed"  # as this module wrote it: records unchecked, lines cut apart
+UPGRADE = "upgrade"  # the previous version's document (schema_version 1)
+EDIT = "edit"  # this format, but not as written: edited by hand
 _HEADER = re.compile(rb'^\{"schema_version":2,"generation":(\d+),"seal":"([0-9a-f]{32})",')
 _END = b"}}\n"
 
@@ -58,11 +65,11 @@ def parse(
     check: Check,
     split: bool = True,
     seal_checked: bool = False,
-) -> tuple[dict[str, bytes], int, bool]:
-    """The records (id -> encoded record) and generation of snapshot `raw`, and whether it was
-    sealed; StoreCorrupt (naming `path`, record and field) if it is not a valid snapshot of
-    `collection`. With `split` false a sealed snapshot's records are only vouched for, not
-    returned; `seal_checked` says this very file's seal was checked already."""
+) -> tuple[dict[str, bytes], int, str]:
+    """The records (id -> encoded record) and generation of snapshot `raw`, and what it was
+    (`SEALED`, `UPGRADE` or `EDIT`); StoreCorrupt (naming `path`, record and field) if it is not
+    a valid snapshot of `collection`. With `split` false a sealed snapshot's records are only
+    vouched for, not returned; `seal_checked` says this very file's seal was checked already."""
     # Offsets into `raw`, not slices of it: a copy of a 40 MB snapshot would outlive the load
     # in the allocator's heap.
     start = raw.find(b"\n", 0, 4096) + 1
@@ -71,8 +78,8 @@ def parse(
     end = len(raw) - len(_END)
     if sealed and head.endswith(b'"' + collection.encode() + b'":{') and raw.endswith(_END):
         if seal_checked or _seal(memoryview(raw)[start:end]) == sealed.group(2).decode():
-            return (_split_lines(raw, start, end) if split else {}), int(sealed.group(1)), True
-    return (*_parse_document(raw, path=path, collection=collection, check=check), False)
+            return (_split_lines(raw, start, end) if split else {}), int(sealed.group(1)), SEALED
+    return _parse_document(raw, path=path, collection=collection, check=check)
 
 
 def sealed_generation(path: str) -> int | None:
@@ -109,7 +116,7 @@ def _split_lines(raw: bytes, pos: int, size: int) -> dict[str, bytes]:
 
 def _parse_document(
     raw: bytes, *, path: Path, collection: str, check: Check
-) -> tuple[dict[str, bytes], int]:
+) -> tuple[dict[str, bytes], int, str]:
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -130,4 +137,5 @@ def _parse_document(
         raise StoreCorrupt(f"data file {path}: '{collection}' must map ids to objects")
     for record_id, record in items.items():
         check(path, record_id, record)
-    return {record_id: encode(record) for record_id, record in items.items()}, generation
+    records = {record_id: encode(record) for record_id, record in items.items()}
+    return records, generation, UPGRADE if version == 1 else EDIT

@@ -2,10 +2,14 @@
 
 For each size it builds a data dir through the project's own code (users with a key, a live
 session and a recorded key use each; one store write per store, so building is not what is
-measured), starts the real server with 2 workers on it and prints:
+measured), and for each data dir format asked for (`--formats`): `new`, as this release writes
+it, or `upgraded`, the same records as the previous release wrote them (one JSON document per
+store, schema_version 1, no journal: `tests/previous_release.py`), which the first start
+converts. It starts the real server with 2 workers on it once (the first start, stopped at once)
+and again for the measurements, and prints:
 
-- start-up: from launch until /health answers; the largest worker's RSS once the predictions
-  below have run;
+- first start and start-up (the second start): from launch until /health answers; the largest
+  worker's RSS once the predictions below have run;
 - POST /predict req/s and p99 (wrk, medians of alternating rounds) with one API key, quiet and
   while one login a second runs (the login writes a session), with 1,000 distinct keys in
   rotation (each one's first use noted), and with a JWT;
@@ -13,7 +17,11 @@ measured), starts the real server with 2 workers on it and prints:
   logout, admin PATCH; bcrypt at cost 4 so hashing does not hide the store) and of the CLI's
   `keys create`.
 
-    python tests/benchmarks/scale.py [--sizes 10,1000,10000,100000] [--seconds 3] [--writes 15]
+    python tests/benchmarks/scale.py [--sizes 10,1000,10000,100000] [--formats new,upgraded]
+        [--seconds 3] [--writes 15]
+
+Targets (issue 21), at 100,000 users, for both formats: start-up <= 2 s, a CLI write <= 1 s,
+RSS <= 250 MB per worker.
 
 Needs wrk (Debian: apt-get install wrk). Not part of pytest.
 """
@@ -44,6 +52,7 @@ from inference_server.app import open_auth_state  # noqa: E402
 from inference_server.settings import load_settings  # noqa: E402
 from tests.benchmarks.auth_overhead import BENCH_ENV, PREDICT, lua, rate_and_p99  # noqa: E402
 from tests.live import REPO, live_server  # noqa: E402
+from tests.previous_release import downgrade  # noqa: E402
 
 ADMIN_PASSWORD = "benchmark admin passphrase"
 USER_PASSWORD = "benchmark user passphrase"
@@ -228,14 +237,10 @@ def admin_target(server, admin, _cache={}) -> str:  # noqa: B006 (a deliberate m
     return _cache[server.base]
 
 
-def measure(size: int, tmp: Path, opts) -> dict[str, float | str]:
-    data_dir = tmp / f"size-{size}"
-    keys = build(data_dir, size)
-    script = tmp / "predict.lua"
-    script.write_text(lua(PREDICT))
-    rotation = rotation_script(tmp / f"rotation-{size}.lua", keys)
-    started = time.perf_counter()
-    env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__LOGIN": "100000000/minute"}
+@contextmanager
+def started(data_dir: Path, env: dict[str, str]):
+    """The server started on `data_dir` with 2 workers, and the seconds until /health answered."""
+    began = time.perf_counter()
     with live_server(data_dir, workers=2, env=env) as server:
         while True:
             try:
@@ -243,7 +248,21 @@ def measure(size: int, tmp: Path, opts) -> dict[str, float | str]:
                     break
             except requests.ConnectionError:
                 pass
-        startup = time.perf_counter() - started
+        yield server, time.perf_counter() - began
+
+
+def measure(size: int, data_format: str, tmp: Path, opts) -> dict[str, float | str]:
+    data_dir = tmp / f"size-{size}-{data_format}"
+    keys = build(data_dir, size)
+    if data_format == "upgraded":
+        downgrade(data_dir)
+    script = tmp / "predict.lua"
+    script.write_text(lua(PREDICT))
+    rotation = rotation_script(tmp / f"rotation-{size}.lua", keys)
+    env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__LOGIN": "100000000/minute"}
+    with started(data_dir, env) as (_, first_start):
+        pass  # the first start (which converts an upgraded data dir), and a clean stop
+    with started(data_dir, env) as (server, startup):
         one_key = {"X-API-Key": keys[0]}
         token = requests.post(
             server.url("/auth/login"),
@@ -268,6 +287,8 @@ def measure(size: int, tmp: Path, opts) -> dict[str, float | str]:
                 runs.setdefault(name, []).append(figures)
         row: dict[str, float | str] = {
             "users": f"{size:,}",
+            "data dir": data_format,
+            "first start s": first_start,
             "start-up s": startup,
             "RSS/worker MB": max(worker_rss_mb(server.process.pid) or [0.0]),
         }
@@ -282,6 +303,12 @@ def measure(size: int, tmp: Path, opts) -> dict[str, float | str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10,1000,10000,100000")
+    parser.add_argument(
+        "--formats",
+        default="new,upgraded",
+        help="data dirs as this release writes them (new), or as the previous one did "
+        "(upgraded: converted by the first start)",
+    )
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--writes", type=int, default=15)
@@ -290,13 +317,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in opts.sizes.split(",")):
-            rows.append(measure(size, Path(tmp), opts))
-            print(f"measured {size:,} users", file=sys.stderr)
+            for data_format in opts.formats.split(","):
+                rows.append(measure(size, data_format, Path(tmp), opts))
+                print(f"measured {size:,} users, {data_format}", file=sys.stderr)
     names = list(rows[0])
     print(f"{'':<22}" + "".join(f"{row['users']:>12}" for row in rows))
     for name in names[1:]:
         cells = "".join(
-            f"{row[name]:>12.1f}" if isinstance(row[name], float) else f"{row[name]:>12}"
+            f"{row[name]:>12{'.2f' if row[name] < 10 else '.1f'}}"
+            if isinstance(row[name], float)
+            else f"{row[name]:>12}"
             for row in rows
         )
         print(f"{name:<22}{cells}")
