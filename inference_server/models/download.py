@@ -3,7 +3,8 @@
 The body is streamed into a temp file beside its destination while its SHA-256 is computed and its
 size counted; past the size limit the transfer stops (413). Only a complete file whose checksum
 matches (when one was given) and that its backend can load is renamed into place; on any failure
-the temp file is removed, so no partial or unverified file is ever left behind.
+the temp file is removed, so no partial or unverified file is ever left behind. The temp file's
+name starts with a dot: `downloaded_files` (what a backup carries) never lists one.
 
 What a download may reach is narrow, because an admin's credential in the wrong hands must not
 turn it into a file reader or a probe of the internal network (SSRF):
@@ -38,10 +39,25 @@ from auth import PayloadTooLarge, ValidationError
 from .base import ModelLoadError
 
 CHUNK = 1 << 16
+MODELS_DIR = "models"  # downloads land in this folder of the data dir
 SUFFIXES = {"builtin": ".json", "onnx": ".onnx", "torchscript": ".pt"}
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def downloaded_files(data_dir: Path) -> list[Path]:
+    """The model files in the data dir's models folder, downloads under way left out."""
+    folder = data_dir / MODELS_DIR
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    return [
+        folder / e.name
+        for e in entries
+        if not e.name.startswith(".") and e.is_file(follow_symlinks=False)
+    ]
 
 
 @dataclass(frozen=True)
