@@ -64,6 +64,7 @@ from .openapi import describe, doc
 from .schemas import answer, body
 from .storage import Storage, Store, StoreCorrupt, Transaction, open_storage, secure_dir
 from .storage.json import SECRET_FILE
+from .storage.migrate import MigrationRefused, migrate
 from .storage.shapes import Field, one_of
 from .tokens import SecretError
 from .users import ALL_SCOPES, check_email, check_username, profile
@@ -79,6 +80,7 @@ __all__ = [
     "Conflict",
     "Field",
     "LimiterConfigError",
+    "MigrationRefused",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -113,6 +115,7 @@ __all__ = [
     "json_bytes",
     "loggable",
     "max_json_depth",
+    "migrate",
     "one_of",
     "open_state",
     "open_storage",

@@ -541,6 +541,50 @@ def storage_compact(config) -> None:
         click.echo("nothing to fold: every journal is empty")
 
 
+@storage_group.command("migrate")
+@config_option
+@click.option("--to", "to", type=click.Choice(["json", "redis"]), required=True)
+@click.option("--redis-url", help="the Redis to copy into (default: storage.redis_url)")
+@click.option("--data-dir", help="the data dir to copy into (default: storage.data_dir)")
+@click.option("--force", is_flag=True, help="replace what the target already holds")
+@refusals
+def storage_migrate(config, to, redis_url, data_dir, force) -> None:
+    """Copy every record (and the token signing secret) from the configured backend into the
+    other one, then read each back and compare. Stop the servers first; afterwards set
+    storage.backend to the target and start them again."""
+    from auth import MigrationRefused, Storage, migrate, open_storage
+
+    settings = _load(config)
+    if to == settings.storage.backend:
+        raise click.UsageError(f"the configured backend is {to} already: nothing to copy")
+    config_ = settings.storage
+    url = redis_url or config_.redis_url
+    if to == "redis" and not url:
+        raise click.UsageError("give --redis-url or set storage.redis_url")
+
+    def target() -> Storage:
+        return open_storage(
+            backend=to,
+            data_dir=Path(data_dir) if data_dir else settings.data_dir,
+            lock_timeout=config_.lock_timeout_seconds,
+            redis_url=url,
+            redis_prefix=config_.redis_prefix,
+        )
+
+    source = _state(config).storage
+    into = target()
+    try:
+        copied = migrate(source, into, force=force, reopen=target)
+    except MigrationRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        into.close()
+        source.close()
+    for each in copied:
+        click.echo(f"{each.store}: {each.records} records copied and checked")
+    click.echo(f"done: set storage.backend: {to} and start the servers")
+
+
 # -- config and audit ----------------------------------------------------------------------
 
 

@@ -333,3 +333,69 @@ def test_too_many_lost_races_answer_busy(redis_backend_only, monkeypatch):
     with pytest.raises(StorageBusy):
         store.update(change)
     assert len(runs) == 3 and store.get("a") is None
+
+
+# -- moving between backends ---------------------------------------------------------------
+
+
+def _records(storage) -> dict[str, dict]:
+    return {store.name: dict(store.records()) for store in storage.stores()}
+
+
+def test_migrate_json_to_redis_and_back_keeps_every_record(tmp_path, redis_url):
+    from click.testing import CliRunner
+
+    from inference_server.app import open_auth_state
+    from inference_server.cli import cli
+    from inference_server.settings import load_settings
+
+    runner = CliRunner()
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    base = {
+        "INFERENCE_STORAGE__DATA_DIR": str(tmp_path / "data"),
+        "INFERENCE_AUTH__BCRYPT_ROUNDS": "4",
+        "INFERENCE_STORAGE__REDIS_URL": redis_url,
+        "INFERENCE_STORAGE__REDIS_PREFIX": prefix,
+    }
+    on_redis = {**base, "INFERENCE_STORAGE__BACKEND": "redis"}
+
+    def invoke(env, *args):
+        result = runner.invoke(cli, list(args), env=env)
+        return result.exit_code, result.output
+
+    code, _ = invoke(
+        base,
+        "create-admin",
+        "--username",
+        "root",
+        "--email",
+        "r@x.io",
+        "--password",
+        "a-long-password-1",
+        "--with-key",
+        "svc",
+    )
+    assert code == 0
+    settings = load_settings(
+        environ={}, overrides={"storage": {"data_dir": str(tmp_path / "data")}}
+    )
+    state = open_auth_state(settings)
+    before, secret = _records(state.storage), state.storage.kept_secret()
+    state.storage.close()
+    assert before["users"] and before["api_keys"]
+
+    code, output = invoke(base, "storage", "migrate", "--to", "redis")
+    assert code == 0, output
+    assert "users: 1 records copied and checked" in output
+    code, output = invoke(base, "storage", "migrate", "--to", "redis")
+    assert code == 1 and "pass --force" in output  # a non-empty target is never overwritten
+    code, output = invoke(on_redis, "users", "list")
+    assert code == 0 and "root" in output
+
+    back = tmp_path / "back"
+    code, output = invoke(on_redis, "storage", "migrate", "--to", "json", "--data-dir", str(back))
+    assert code == 0, output
+    settings = load_settings(environ={}, overrides={"storage": {"data_dir": str(back)}})
+    state = open_auth_state(settings)
+    assert _records(state.storage) == before and state.storage.kept_secret() == secret
+    state.storage.close()

@@ -68,6 +68,9 @@ class Store(Protocol):
     """The records of one collection."""
 
     name: str  # what the store is called in messages and on disk ("users")
+    collection: str  # what its records are filed under ("users", "keys")
+    shape: Shape | None
+    indexes: Mapping[str, Index]
 
     def open(self) -> None:
         """Check the stored data at start-up: raises StoreCorrupt naming file or key, record and
@@ -155,6 +158,9 @@ class Storage(Protocol):
 
     def describe(self) -> str:
         """Where the data lives, for messages (never a password)."""
+
+    def replace_secret(self, secret: str) -> None:
+        """Keep `secret` as the token signing secret, whatever was kept before (a migration)."""
 
     def secret_place(self) -> str:
         """Where the kept secret lives, for messages."""

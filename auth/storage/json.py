@@ -1110,5 +1110,9 @@ class JsonStorage:
         except FileNotFoundError:
             return None
 
+    def replace_secret(self, secret: str) -> None:
+        os.replace(self._write_secret_temp(secret), self.data_dir / SECRET_FILE)
+        _fsync_dir(self.data_dir)
+
     def _write_secret_temp(self, secret: str) -> str:
         return JsonStore._write_temp(self.data_dir / SECRET_FILE, [secret.encode()])

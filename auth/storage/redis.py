@@ -517,6 +517,12 @@ class RedisStorage:
     def secret_place(self) -> str:
         return f"key {self.prefix}:jwt_secret of {self.describe()}"
 
+    def replace_secret(self, secret: str) -> None:
+        try:
+            self.client.set(f"{self.prefix}:jwt_secret", secret)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise self._unreachable(exc) from None
+
     def kept_secret(self, make: Callable[[], str] | None = None) -> str | None:
         """The secret kept under `<prefix>:jwt_secret`; made with `make` when there is none
         (SET NX: of several hosts starting at once, one secret wins)."""
@@ -553,25 +559,11 @@ class RedisStorage:
     def backup(self, target: Path) -> list[str]:
         """Write every store into `target` as the JSON backend's files."""
         from .json import JsonStorage
+        from .migrate import migrate
 
         files = JsonStorage(target)
-        written = []
-        for store in self.stores():
-            copy = files.store(
-                store.name, collection=store.collection, shape=store.shape, indexes=store.indexes
-            )
-            copy.open()
-            copy.update(_replace_all(dict(store.records())))
-            written.append(f"{store.name}.json")
-        return written
-
-
-def _replace_all(records: dict[str, Record]) -> Callable[[Any], None]:
-    def change(items: Any) -> None:
-        for record_id in list(items):
-            if record_id not in records:
-                del items[record_id]
-        for record_id, record in records.items():
-            items[record_id] = record
-
-    return change
+        try:
+            copied = migrate(self, files, with_secret=False)
+        finally:
+            files.close()
+        return [f"{each.store}.json" for each in copied]
