@@ -19,7 +19,6 @@ It never imports the application that uses it.
 from __future__ import annotations
 
 from . import accounts
-from .audit import read_events
 from .background import run_every
 from .config import AuthSettings, RateLimitSettings, check_bounds, setting, shown
 from .core import AuthState, Principal, auth_state, open_state
@@ -122,7 +121,6 @@ __all__ = [
     "parse_json_object",
     "profile",
     "public",
-    "read_events",
     "refuse_unknown_fields",
     "request_id",
     "require_auth",

@@ -48,6 +48,9 @@ def open_app_storage(settings: Settings, *, maintained: bool = False) -> Storage
         redis_url=config.redis_url,
         redis_prefix=config.redis_prefix,
         redis_stale_seconds=config.redis_stale_seconds,
+        audit_max_bytes=int(config.audit_max_mb * 1024 * 1024),
+        audit_backups=config.audit_backups,
+        redis_audit_entries=config.redis_audit_entries,
     )
     models.state_store(storage)
     return storage
@@ -68,8 +71,6 @@ def open_auth_state(
         storage=storage or open_app_storage(settings),
         trusted_proxies=settings.server.trusted_proxies,
         lock_timeout=settings.storage.lock_timeout_seconds,
-        audit_max_bytes=int(settings.storage.audit_max_mb * 1024 * 1024),
-        audit_backups=settings.storage.audit_backups,
         usage_flush_seconds=settings.storage.usage_flush_seconds,
         sweep_seconds=settings.storage.session_sweep_minutes * 60,
         clock=clock,

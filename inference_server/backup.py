@@ -112,7 +112,7 @@ def make_backup(state: AuthState, data_dir: Path, target: Path) -> list[str]:
         for model in models:
             _copy(model, partial / MODELS_DIR / model.name)
             copied.append(f"{MODELS_DIR}/{model.name}")
-        copied += state.audit.copy_to(partial)
+        copied += state.storage.audit.copy_to(partial)
         _write_manifest(partial, copied, data_dir)
         os.rename(partial, target)  # over an empty directory too
         _sync_dir(target.parent)

@@ -549,9 +549,9 @@ def storage_compact(config) -> None:
 @click.option("--force", is_flag=True, help="replace what the target already holds")
 @refusals
 def storage_migrate(config, to, redis_url, data_dir, force) -> None:
-    """Copy every record (and the token signing secret) from the configured backend into the
-    other one, then read each back and compare. Stop the servers first; afterwards set
-    storage.backend to the target and start them again."""
+    """Copy every record, the token signing secret and the audit events from the configured
+    backend into the other one, then read each record back and compare. Stop the servers
+    first; afterwards set storage.backend to the target and start them again."""
     from auth import MigrationRefused, Storage, migrate, open_storage
 
     settings = _load(config)
@@ -581,7 +581,8 @@ def storage_migrate(config, to, redis_url, data_dir, force) -> None:
         into.close()
         source.close()
     for each in copied:
-        click.echo(f"{each.store}: {each.records} records copied and checked")
+        what = "events copied" if each.store == "audit" else "records copied and checked"
+        click.echo(f"{each.store}: {each.records} {what}")
     click.echo(f"done: set storage.backend: {to} and start the servers")
 
 
@@ -639,14 +640,12 @@ def audit() -> None:
 @refusals
 def audit_tail(config, count, user, event) -> None:
     """Print the most recent audit events, one JSON object per line."""
-    from auth import read_events
-
-    settings = _load(config)
+    state = _state(config)
     names: tuple[str, ...] = ()
     if user:
-        record = accounts.find(_state(config), user)
+        record = accounts.find(state, user)
         names = (record["id"], record["username"])
-    entries = read_events(settings.data_dir / "audit.log", count=count, user=names, event=event)
+    entries = state.audit.read(count=count, user=names, event=event)
     for entry in entries:
         click.echo(json.dumps(entry, sort_keys=True))
     if not entries:

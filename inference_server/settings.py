@@ -103,6 +103,9 @@ class StorageSettings:
     redis_prefix: str = setting(
         "inference", check=_redis_prefix, help="prefix of every key this server writes in Redis"
     )
+    redis_audit_entries: int = setting(
+        100_000, min=100, help="audit events kept in Redis (the oldest dropped beyond)"
+    )
     redis_stale_seconds: float = setting(
         30,
         min=0,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from auth.accounts import audit_identity
 from auth.audit import AuditLog, read_events
+from auth.storage.audit_file import AuditFile
 from tests import test_faults
 from tests.conftest import Actor
 
@@ -72,7 +73,7 @@ def test_a_full_disk_during_audit_appends_leaves_only_whole_lines(small_disk, ma
 
 def test_a_torn_tail_left_by_a_dead_writer_is_cut_before_the_next_line(tmp_path, caplog):
     path = tmp_path / "audit.log"
-    log = AuditLog(path)
+    log = AuditLog(AuditFile(path))
     log.record("first")
     with open(path, "ab") as fh:  # a writer that died mid-append
         fh.write(b'{"event": "api_key.created", "actor": "cli:ro')
@@ -83,7 +84,7 @@ def test_a_torn_tail_left_by_a_dead_writer_is_cut_before_the_next_line(tmp_path,
 
 def test_a_short_write_is_taken_back(tmp_path, monkeypatch):
     path = tmp_path / "audit.log"
-    log = AuditLog(path)
+    log = AuditLog(AuditFile(path))
     log.record("first")
     real_write = os.write
 
@@ -95,18 +96,18 @@ def test_a_short_write_is_taken_back(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "write", real_write)
     log.record("third")
     assert [e["event"] for e in _lines(path)] == ["first", "third"]
-    assert [e["event"] for e in read_events(path, count=10)] == ["first", "third"]
+    assert [e["event"] for e in read_events(AuditFile(path), count=10)] == ["first", "third"]
 
 
 def _append_many(path: str, worker: int, count: int) -> None:
-    log = AuditLog(Path(path))
+    log = AuditLog(AuditFile(Path(path)))
     for n in range(count):
         log.record("test.event", worker=worker, n=n)
 
 
 def test_appenders_in_several_processes_write_whole_lines_around_one_cut(tmp_path):
     path = tmp_path / "audit.log"
-    AuditLog(path).record("first")
+    AuditLog(AuditFile(path)).record("first")
     with open(path, "ab") as fh:
         fh.write(b'{"event": "torn')  # every process finds this tail; one cuts it, under the lock
     spawn = multiprocessing.get_context("spawn")

@@ -8,7 +8,10 @@ back is answered with 503s and served again without restarting anything.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from multiprocessing import get_context
@@ -17,7 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import assert_error
-from tests.live import RedisProcess, live_server
+from tests.live import REPO, RedisProcess, live_server, server_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,6 +46,8 @@ def two_hosts(tmp_path, *, workers=1, **env):
                 stack.enter_context(live_server(tmp_path / name, workers=workers, env=shared))
                 for name in ("host-a", "host-b")
             ]
+            for host in hosts:
+                host.env = shared
             yield redis, *hosts
     finally:
         redis.stop()
@@ -126,6 +131,17 @@ def test_what_happens_on_one_host_holds_on_the_other(tmp_path):
             a.url("/predict"), json={"data": [[1, 2, 3]]}, headers=key, timeout=60
         )
         assert_error(refused, 401, "INVALID_API_KEY")
+        tail = subprocess.run(
+            [sys.executable, "run.py", "audit", "tail", "-n", "100"],
+            env=server_env(tmp_path / "cli", **a.env),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    events = [json.loads(line)["event"] for line in tail.stdout.splitlines()]
+    # One trail for both hosts: the registration on A, the key made on B, the disabling on B.
+    assert {"user.registered", "api_key.created", "user.updated"} <= set(events), events
 
 
 def test_concurrent_refreshes_of_one_token_across_hosts_exactly_one_wins(tmp_path):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from auth.audit import AuditLog, read_events
+from auth.storage.audit_file import AuditFile
 from tests.conftest import Actor, assert_error
 
 
@@ -36,15 +37,15 @@ def test_simple_mode_opens_predict_hides_auth_and_keeps_data(make_app, data_dir)
 
 
 def test_audit_log_rotates_and_reads_across_generations(tmp_path):
-    log = AuditLog(tmp_path / "audit.log", max_bytes=400, backups=2)
+    log = AuditLog(AuditFile(tmp_path / "audit.log", max_bytes=400, backups=2))
     for i in range(40):
         log.record("test.event", n=i)
     names = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
     assert names == ["audit.log", "audit.log.1", "audit.log.2"]
     assert all((tmp_path / n).stat().st_size <= 400 + 100 for n in names)
-    events = read_events(tmp_path / "audit.log", count=5)
+    events = read_events(AuditFile(tmp_path / "audit.log"), count=5)
     assert [e["n"] for e in events] == [35, 36, 37, 38, 39]
-    kept = read_events(tmp_path / "audit.log", count=1000)
+    kept = read_events(AuditFile(tmp_path / "audit.log"), count=1000)
     numbers = [e["n"] for e in kept]
     assert numbers == sorted(numbers) and numbers[-1] == 39  # oldest dropped, order kept
     assert all((tmp_path / n).stat().st_mode & 0o777 == 0o600 for n in names)
@@ -55,7 +56,7 @@ def test_read_events_skips_a_torn_line(tmp_path):
     path.write_text(
         json.dumps({"event": "a"}) + "\n{torn" + "\n" + json.dumps({"event": "b"}) + "\n"
     )
-    assert [e["event"] for e in read_events(path, count=10)] == ["a", "b"]
+    assert [e["event"] for e in read_events(AuditFile(path), count=10)] == ["a", "b"]
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,11 @@ import uuid
 import pytest
 import redis as redis_client
 
+from auth.audit import AuditLog
 from auth.errors import StorageBusy, StorageUnavailable
 from auth.storage import UNCHANGED, StoreCorrupt, open_storage
 from auth.storage import redis as redis_backend
+from auth.storage.audit_file import AuditFile
 from auth.storage.indexes import Index
 from auth.storage.shapes import Field
 from tests.live import RedisProcess
@@ -272,6 +274,24 @@ class Clock:
         return self.now
 
 
+def test_audit_events_are_kept_whole_and_read_back_in_order(backend, tmp_path):
+    storage, _ = backend()
+    log = AuditLog(storage.audit)
+    for n in range(3):
+        log.record("thing.done", actor=f"cli:{n}", user_id="usr_1" if n != 1 else "usr_2")
+    events = log.read(count=10, user=["usr_1"])
+    assert [e["actor"] for e in events] == ["cli:0", "cli:2"]
+    assert [e["actor"] for e in log.read(count=1)] == ["cli:2"]
+    out = tmp_path / "copy"
+    out.mkdir()
+    assert storage.audit.copy_to(out) == ["audit.log"]
+    assert [e["actor"] for e in AuditFile(out / "audit.log").entries()] == [
+        "cli:0",
+        "cli:1",
+        "cli:2",
+    ]
+
+
 def test_redis_down_reads_stale_for_a_while_writes_503_then_recovery(tmp_path):
     if not has_redis:
         pytest.skip("redis-server not installed")
@@ -398,4 +418,7 @@ def test_migrate_json_to_redis_and_back_keeps_every_record(tmp_path, redis_url):
     settings = load_settings(environ={}, overrides={"storage": {"data_dir": str(back)}})
     state = open_auth_state(settings)
     assert _records(state.storage) == before and state.storage.kept_secret() == secret
+    events = [e["event"] for e in state.storage.audit.entries()]
+    assert "user.created" in events or "api_key.created" in events
+    assert events == [e["event"] for e in AuditFile(tmp_path / "data" / "audit.log").entries()]
     state.storage.close()

@@ -11,7 +11,8 @@ A change may run more than once (a backend with optimistic transactions runs it 
 another writer got there first), so it must not have effects outside the records.
 
 A *backend* (`Storage`) makes the stores, keeps them in step (`sync`, once per request) and
-does its own upkeep when asked (`maintain`).
+does its own upkeep when asked (`maintain`); it also keeps the token signing secret and the audit
+trail.
 
 Two backends implement this: the journaled JSON files of one host (`json.py`, the embedded
 default) and Redis, shared by many hosts (`redis.py`). Callers never name a backend's class:
@@ -21,7 +22,7 @@ default) and Redis, shared by many hosts (`redis.py`). Callers never name a back
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -111,10 +112,27 @@ class Store(Protocol):
         """Let go of what the store holds; the next read loads again."""
 
 
+class AuditTrail(Protocol):
+    """Where a backend keeps the audit events: appended whole, read back oldest first."""
+
+    name: str  # for messages: "audit.log", "the Redis stream inference:audit"
+
+    def append(self, entry: Record) -> None:
+        """Keep `entry`; OSError (or a lock Timeout) when it cannot be kept."""
+
+    def entries(self) -> Iterator[Record]:
+        """Every event kept, oldest first."""
+
+    def copy_to(self, directory: Path) -> list[str]:
+        """Write the events into `directory` as the JSON backend's `audit.log` files; returns
+        the names written."""
+
+
 class Storage(Protocol):
     """A backend: makes the stores and keeps what is not a record."""
 
     backend: str  # "json" or "redis"
+    audit: AuditTrail
     # Whether its calls block the process (then a server runs its background work on a real
     # thread, not on the event loop) or cooperate with an event loop.
     blocking: bool

@@ -74,6 +74,7 @@ from filelock import FileLock, Timeout
 from ..errors import StorageBusy, StorageUnavailable
 from . import journal as journal_file
 from . import snapshot as snapshot_file
+from .audit_file import AuditFile
 from .base import UNCHANGED, Record, StoreCorrupt, Transaction, decode, encode
 from .changes import ChangeCounter
 from .indexes import Index, Indexes
@@ -1016,10 +1017,24 @@ class JsonStorage:
     backend = "json"
     blocking = True  # file locks and fsync: kept off an event loop
 
-    def __init__(self, data_dir: Path, *, lock_timeout: float = 10.0, maintained: bool = False):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        lock_timeout: float = 10.0,
+        maintained: bool = False,
+        audit_max_bytes: int = 10 * 1024 * 1024,
+        audit_backups: int = 5,
+    ):
         self.data_dir = secure_dir(Path(data_dir))
         self.lock_timeout = lock_timeout
         self.maintained = maintained
+        self.audit = AuditFile(
+            self.data_dir / "audit.log",
+            max_bytes=audit_max_bytes,
+            backups=audit_backups,
+            lock_timeout=lock_timeout,
+        )
         self._stores: dict[str, JsonStore] = {}
 
     def store(

@@ -5,7 +5,7 @@ every store of the target has been found empty (or `force` says to replace what 
 store is then written in one change, and read back through a fresh view of the target and
 compared with the source record by record, so a copy that differs in any record is reported,
 never taken for done. The token signing secret goes along, so tokens signed before the move stay
-valid after it.
+valid after it, and so do the audit events.
 """
 
 from __future__ import annotations
@@ -33,16 +33,20 @@ def migrate(
     *,
     force: bool = False,
     reopen: Callable[[], Storage] | None = None,
-    with_secret: bool = True,
+    whole: bool = True,
 ) -> list[Copied]:
-    """Copy every store of `source` (and, `with_secret`, the kept secret) into `target`;
-    `reopen` makes a fresh view of the target to verify through (default: `target` itself)."""
+    """Copy every store of `source` into `target`, and when `whole` the kept secret and the
+    audit events too; `reopen` makes a fresh view of the target to verify through (default:
+    `target` itself)."""
     pairs = [(store, _twin(target, store)) for store in source.stores()]
     held = [f"{twin.name} ({len(twin)} records)" for _, twin in pairs if len(twin)]
-    secret = source.kept_secret() if with_secret else None
-    kept = target.kept_secret() if with_secret else None
+    secret = source.kept_secret() if whole else None
+    kept = target.kept_secret() if whole else None
     if kept is not None and kept != secret:
         held.append("a different token signing secret")
+    events = list(source.audit.entries()) if whole else []
+    if events and next(iter(target.audit.entries()), None) is not None:
+        held.append("audit events (the copied ones would follow them)")
     if held and not force:
         raise MigrationRefused(
             f"{target.describe()} already holds {', '.join(held)}; pass --force to replace it"
@@ -54,6 +58,10 @@ def migrate(
         copied.append(Copied(store.name, len(records)))
     if secret is not None:
         target.replace_secret(secret)
+    for event in events:
+        target.audit.append(event)
+    if events:
+        copied.append(Copied("audit", len(events)))
     check = reopen() if reopen is not None else target
     try:
         for store, _ in pairs:

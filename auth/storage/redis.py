@@ -33,11 +33,14 @@ once, and the next request after Redis is back syncs as usual: nothing to restar
 from __future__ import annotations
 
 import contextvars
+import errno
+import json
 import logging
+import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -386,6 +389,51 @@ class RedisStore:
         return True
 
 
+class RedisAudit:
+    """The audit trail in Redis: a stream capped at about `max_entries` events (XADD MAXLEN ~),
+    each one field holding the event's JSON. Every host appends to it; `audit tail` reads it."""
+
+    def __init__(self, storage: RedisStorage, key: str, max_entries: int) -> None:
+        self.storage = storage
+        self.key = key
+        self.max_entries = max_entries
+        self.name = f"the Redis stream {key}"
+
+    def append(self, entry: Record) -> None:
+        data = json.dumps(entry, sort_keys=True)
+        try:
+            self.storage.client.xadd(
+                self.key, {"e": data}, maxlen=self.max_entries, approximate=True
+            )
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise OSError(
+                errno.EIO, f"{self.storage.describe()} cannot be reached ({exc})"
+            ) from None
+
+    def entries(self) -> Iterator[Record]:
+        start = "-"
+        while True:
+            try:
+                chunk = self.storage.client.xrange(self.key, min=start, count=1000)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                raise self.storage._unreachable(exc) from None
+            for _, fields in chunk:
+                yield json.loads(fields[b"e"])
+            if len(chunk) < 1000:
+                return
+            start = "(" + chunk[-1][0].decode()
+
+    def copy_to(self, directory: Path) -> list[str]:
+        with open(directory / "audit.log", "w", encoding="utf-8", opener=_private) as fh:
+            for entry in self.entries():
+                fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        return ["audit.log"]
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
 class RedisStorage:
     """The stores of one Redis data set (see the top of this module)."""
 
@@ -400,6 +448,7 @@ class RedisStorage:
         stale_seconds: float = 30.0,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        audit_entries: int = 100_000,
     ) -> None:
         if redis is None:
             raise StorageUnavailable(
@@ -420,6 +469,7 @@ class RedisStorage:
         self.load_script = self.client.register_script(LOAD)
         self._sync_script = self.client.register_script(SYNC)
         self._stores: dict[str, RedisStore] = {}
+        self.audit = RedisAudit(self, f"{prefix}:audit", audit_entries)
         self._epoch_key = f"{prefix}:epoch"
         self._synced_at: float | None = None
         self._down_since: float | None = None
@@ -563,7 +613,7 @@ class RedisStorage:
 
         files = JsonStorage(target)
         try:
-            copied = migrate(self, files, with_secret=False)
+            copied = migrate(self, files, whole=False)
         finally:
             files.close()
         return [f"{each.store}.json" for each in copied]
