@@ -607,13 +607,18 @@ class RedisStorage:
         return [problem for problem in (s.problem() for s in self.stores()) if problem]
 
     def backup(self, target: Path) -> list[str]:
-        """Write every store into `target` as the JSON backend's files."""
+        """Write every store into `target` as the JSON backend's files (each snapshot whole,
+        its journal empty), as a restore of a JSON data dir expects them."""
         from .json import JsonStorage
         from .migrate import migrate
 
         files = JsonStorage(target)
         try:
             copied = migrate(self, files, whole=False)
+            files.shutdown()
         finally:
             files.close()
-        return [f"{each.store}.json" for each in copied]
+        for leftover in [*target.glob("*.lock"), *target.glob("*.changes")]:
+            leftover.unlink()  # the copy's own bookkeeping, not data
+        names = [(f"{c.store}.json", f"{c.store}.journal.jsonl") for c in copied]
+        return [name for pair in names for name in pair]

@@ -11,7 +11,9 @@ runs the model.
 - bare flask: Flask + NumPy, no auth, no limits (`peers/bare_app.py`): the ceiling of the stack;
 - flask-jwt-extended: `@jwt_required()` + a Flask-Limiter limit per identity (`peers/jwt_app.py`);
 - this server with auth disabled (limited per client address), with an API key and with a JWT
-  (limited per user), with memory:// limit storage, and with Redis when `--redis` is given;
+  (limited per user), with memory:// limit storage and the JSON files, and with `--redis` also
+  with Redis holding both the limits and the stores (`storage.backend: redis`), given as a ratio
+  to the same variant on memory and files;
   with `--no-access-log` also with its access log off (bare Flask writes none);
 - with `--hooked`, bare Flask and this server (API key) each with one app-level after_request
   hook of an app owner's (`peers/hooked.py`).
@@ -111,7 +113,13 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
         storages["redis"] = stack.enter_context(redis_server())
     for label, uri in storages.items():
         env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__STORAGE_URI": uri}
-        off = {**env, "INFERENCE_AUTH__ENABLED": "false"}
+        if label == "redis":  # the limits and the stores: users, keys, sessions, model state
+            env |= {"INFERENCE_STORAGE__BACKEND": "redis", "INFERENCE_STORAGE__REDIS_URL": uri}
+        off = {
+            **env,
+            "INFERENCE_AUTH__ENABLED": "false",
+            "INFERENCE_STORAGE__REDIS_PREFIX": "auth-off",
+        }
         open_server = stack.enter_context(live_server(tmp / f"off-{label}", workers=2, env=off))
         found[f"ours, auth off/{label}"] = (open_server.url("/predict"), {})
         server = stack.enter_context(live_server(tmp / label, workers=2, env=env))
@@ -146,7 +154,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--redis", action="store_true", help="also with Redis limit storage")
+    parser.add_argument(
+        "--redis", action="store_true", help="also with Redis for the limits and the stores"
+    )
     parser.add_argument("--hooked", action="store_true", help="also with an app-level hook")
     parser.add_argument(
         "--no-access-log", action="store_true", help="also this server with its access log off"
@@ -178,11 +188,14 @@ def main() -> None:
     rate = {n: statistics.median(v[0] for v in runs) for n, runs in results.items()}
     p99 = {n: statistics.median(v[1] for v in runs) for n, runs in results.items()}
     base = "bare flask"
-    print(f"\n{'variant':<30}{'req/s':>10}{'x bare':>8}{'p99 ms':>9}{'x bare':>8}")
+    print(f"\n{'variant':<30}{'req/s':>10}{'x bare':>8}{'p99 ms':>9}{'x bare':>8}{'x memory':>10}")
     for name in results:
+        # Redis (limits and stores) as a ratio to the same variant on memory:// and JSON files.
+        on_memory = name.replace("/redis", "/memory")
+        versus = f"{rate[name] / rate[on_memory]:>10.2f}" if on_memory != name else ""
         print(
             f"{name:<30}{rate[name]:>10.0f}{rate[name] / rate[base]:>8.2f}"
-            f"{p99[name]:>9.2f}{p99[name] / p99[base]:>8.2f}"
+            f"{p99[name]:>9.2f}{p99[name] / p99[base]:>8.2f}{versus}"
         )
 
 
