@@ -354,11 +354,19 @@ def _sealed_generation(path) -> int | None:
     return int(head.group(1)) if head else None
 
 
-def test_a_file_of_the_earlier_format_is_sealed_at_its_first_open(path, caplog):
+def test_a_file_of_the_earlier_format_is_sealed_at_its_first_open(path, caplog, monkeypatch):
     records = {f"k{i}": {"value": i} for i in range(5)}
     _v1(path, records)
     caplog.set_level("INFO", logger=store_module.__name__)
+    parse_whole = store_module.snapshot_file._parse_document
+    parsed = []
+    monkeypatch.setattr(
+        store_module.snapshot_file,
+        "_parse_document",
+        lambda raw, **kw: parsed.append(kw["path"]) or parse_whole(raw, **kw),
+    )
     s = _store(path)
+    assert parsed == [path]  # checked and converted in one read (seconds at 100,000 records)
     assert "converted things.json to the sealed format" in caplog.text
     assert _sealed_generation(path) == 1 and _journal_lines(s) == [_journal_lines(s)[0]]
     assert dict(s.records()) == records

@@ -281,12 +281,19 @@ class JsonStore:
         a process that only checks (the server's start, before its workers) or touches one
         store (the CLI) never loads the others; a sealed snapshot is checked by its hash."""
         secure_dir(self.path.parent)
-        with self._mutex:
-            kind = self._load(keep=False).kind
+        kind = None
+        head_sealed = snapshot_file.sealed_generation(self._snapshot_path) is not None
+        if not head_sealed:
+            # Not sealed, by its first line (the previous version's document): check it and
+            # convert it in one load under the lock, not one load each (seconds at 100,000).
+            kind = self._seal()
+        if kind is None:
+            with self._mutex:
+                kind = self._load(keep=False).kind
+            if kind in (snapshot_file.UPGRADE, snapshot_file.EDIT) and head_sealed:
+                self._seal()  # a first line intact above records edited by hand
         if not self.path.exists() and not self.journal_path.exists():
             self._create()
-        elif kind in (snapshot_file.UPGRADE, snapshot_file.EDIT):
-            self._seal()
         try:
             with self._locked(0):
                 self._remove_dead_temp_files()
@@ -295,7 +302,7 @@ class JsonStore:
         except StorageBusy:
             pass  # a writer is at work: the next compaction cleans up
 
-    def _seal(self) -> None:
+    def _seal(self) -> str | None:
         """Fold a snapshot that is not sealed (the previous version's document, or a hand edit
         found to fit) and its journal into a sealed snapshot now, so that this store is back on
         the fast path at its first start instead of at its first compaction: every later load
@@ -303,12 +310,15 @@ class JsonStore:
         again, so of several processes starting together one converts. The previous version's
         file is kept as `NAME.json.v1.bak` until the new snapshot is in place, then removed: the
         new one holds every record of it. A failure leaves the old file in place and usable (it
-        is read the slow way, and the next start tries again)."""
+        is read the slow way, and the next start tries again). Returns what the snapshot was
+        found to be under the lock (its records checked), or None when it was not read."""
+        kind = None
         try:
             with self._locked(None):
                 with self._mutex:
                     loaded = self._state is not None
                     state = self._load()
+                kind = state.kind
                 try:
                     self._convert(state)
                 finally:
@@ -322,6 +332,7 @@ class JsonStore:
                 self.path.name,
                 getattr(exc, "description", None) or exc,
             )
+        return kind
 
     def _convert(self, state: _State) -> None:
         """`_seal`'s work, under the lock, on `state` just loaded from the files."""
