@@ -14,15 +14,17 @@ of hosts exactly one wins, and a username is unique across hosts: the second wri
 first one's record when its change runs again.
 
 Every process keeps a copy of each store (records as JSON bytes, and the same indexes as the
-JSON backend, `indexes.py`) and brings it up to date once per request, before anything is read:
-`RedisStorage.sync` runs one script (`SYNC`) that compares every store's version with the
-copy's and answers, for the stores that moved, the records their log names since then. An idle
-request thus costs one round trip whatever it reads, and a change is read once per process, not
-once per read. (RESP3 client-side caching was the other way: its invalidations travel
-asynchronously, so a host could serve a revoked key for a moment after the revocation was
-acknowledged; and it caches replies, not the indexes built from them.) A copy that fell behind
-the log (trimmed to `LOG_LENGTH` entries), or whose data set was replaced (a new `epoch`, made
-whenever a Redis without it is met: emptied, or restarted without persistence), is loaded again.
+JSON backend, `indexes.py`) and brings it up to date once per request, before anything is read
+(`RedisStorage.sync`): one MGET of the data set's epoch and change counter (one up for every
+commit, to any store) says whether anything changed since the last sync, which for most requests
+is all it costs; when it did, one script (`SYNC`) compares every store's version with the
+copy's and answers, for the stores that moved, the records their log names since then. So a
+change is read once per process, not once per read. (RESP3 client-side caching was the other
+way: its invalidations travel asynchronously, so a host could serve a revoked key for a moment
+after the revocation was acknowledged; and it caches replies, not the indexes built from them.)
+A copy that fell behind the log (trimmed to `LOG_LENGTH` entries), or whose data set was
+replaced (a new `epoch`, made whenever a Redis without it is met: emptied, or restarted without
+persistence), is loaded again.
 Reads outside a request (the command line, background jobs) sync before every read.
 
 When Redis cannot be reached, writes answer 503 STORAGE_UNAVAILABLE; reads are served from the
@@ -65,8 +67,9 @@ LOG_LENGTH = 10_000  # changes kept per store; a copy further behind loads again
 MOST_CHANGES = 1_000  # beyond this many changes to catch up on, a whole load is cheaper
 COMMIT_ATTEMPTS = 100  # a change refused this often in a row (others always first): 503
 
-# KEYS: records, version, log. ARGV: the version the change was made on ("" for a blind
-# write), the log length, the number of puts, then id, JSON for each put, then ids to delete.
+# KEYS: records, version, log, the data set's change counter. ARGV: the version the change was
+# made on ("" for a blind write), the log length, the number of puts, then id, JSON for each
+# put, then ids to delete.
 # Answers the new version, or -1 when the stored version is not the one expected.
 COMMIT = """
 local version = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -85,18 +88,20 @@ while at <= #ARGV do
 end
 version = version + 1
 redis.call('SET', KEYS[2], version)
+redis.call('INCR', KEYS[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], version .. '-0', 'ids', cjson.encode(ids))
 return version
 """
 
-# KEYS: the epoch, then version, log and records of each store. ARGV: the most changes worth
-# catching up on, then the version each store's copy holds (-1: none). Answers the epoch and,
-# per store, 0 when its copy is current, {version} when it must load whole, or {version, id,
-# JSON or false, ...} with the records changed since the copy's version.
+# KEYS: the epoch, the change counter, then version, log and records of each store. ARGV: the
+# most changes worth catching up on, then the version each store's copy holds (-1: none).
+# Answers the epoch, the change counter and, per store, 0 when its copy is current, {version}
+# when it must load whole, or {version, id, JSON or false, ...} with the records changed since
+# the copy's version.
 SYNC = """
-local answer = {redis.call('GET', KEYS[1]) or false}
+local answer = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false}
 for i = 2, #ARGV do
-  local k = 2 + (i - 2) * 3
+  local k = 3 + (i - 2) * 3
   local held = tonumber(ARGV[i])
   local version = tonumber(redis.call('GET', KEYS[k]) or '0')
   if version == held then
@@ -381,7 +386,8 @@ class RedisStore:
         for record_id, raw in puts.items():
             args += [record_id, raw]
         args += deletes
-        version = int(self._storage.run(self._storage.commit_script, self.keys, args))
+        keys = [*self.keys, self._storage.changes_key]
+        version = int(self._storage.run(self._storage.commit_script, keys, args))
         if version < 0:
             return False
         if copy is not None and version == copy.version + 1:
@@ -471,6 +477,8 @@ class RedisStorage:
         self._stores: dict[str, RedisStore] = {}
         self.audit = RedisAudit(self, f"{prefix}:audit", audit_entries)
         self._epoch_key = f"{prefix}:epoch"
+        self.changes_key = f"{prefix}:changes"  # one up for every commit to any store
+        self._seen: tuple[Any, Any] | None = None  # (epoch, changes) all copies are as of
         self._synced_at: float | None = None
         self._down_since: float | None = None
         self._mutex = threading.RLock()
@@ -523,16 +531,29 @@ class RedisStorage:
         )
 
     def sync(self) -> None:
-        """Bring every store's copy up to date in one round trip (a request's first step);
-        the rest of the request then reads the copies without asking Redis."""
-        self.refresh(self.stores())
+        """Bring every store's copy up to date (a request's first step); the rest of the
+        request then reads the copies without asking Redis. When nothing changed since the last
+        sync, which is most requests, that costs one MGET of the epoch and the change counter
+        (every commit counts); else one script that answers what changed."""
+        stores = self.stores()
+        seen = self._seen
+        if seen is not None and all(store._copy is not None for store in stores):
+            try:
+                current = tuple(self.client.mget(self._epoch_key, self.changes_key))
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                current = None  # the script's attempt below answers as Redis trouble does
+            if current == seen:
+                self._synced(self.clock())
+                _synced.set(True)
+                return
+        self.refresh(stores)
         _synced.set(True)
 
     def refresh(self, stores: list[RedisStore], *, stale_ok: bool = True) -> None:
         """Bring the copies of `stores` up to date in one round trip. With Redis down, the
         copies serve reads for `stale_seconds` after the last sync that worked (`stale_ok`);
         then, and for writes at once, StorageUnavailable."""
-        keys = [self._epoch_key]
+        keys = [self._epoch_key, self.changes_key]
         args: list[Any] = [MOST_CHANGES]
         for store in stores:
             keys += [store.keys[1], store.keys[2], store.keys[0]]
@@ -540,16 +561,21 @@ class RedisStorage:
         try:
             answer = self.run(self._sync_script, keys, args)
             epoch = answer[0] or self.epoch()
-            for store, part in zip(stores, answer[1:], strict=True):
+            for store, part in zip(stores, answer[2:], strict=True):
                 store._apply(part, epoch)
         except StorageUnavailable:
             if not (self._serve_stale(stores) and stale_ok):
                 raise
         else:
-            self._synced_at = self.clock()
-            if self._down_since is not None:
-                log.warning("%s is reachable again", self.describe())
-                self._down_since = None
+            if len(stores) == len(self._stores) and answer[0]:
+                self._seen = (answer[0], answer[1])  # every copy is as of this change count
+            self._synced(self.clock())
+
+    def _synced(self, now: float) -> None:
+        self._synced_at = now
+        if self._down_since is not None:
+            log.warning("%s is reachable again", self.describe())
+            self._down_since = None
 
     def _serve_stale(self, stores: list[RedisStore]) -> bool:
         now = self.clock()
