@@ -129,6 +129,24 @@ class Indexes:
                     if len(held) == 1:
                         table[key] = held[0]
 
+    def apply(
+        self, records: dict[str, bytes], puts: Mapping[str, bytes], deletes: Iterable[str]
+    ) -> None:
+        """Apply one change (encoded records to put, ids to delete) to `records`, and to the
+        tables built so far."""
+        built = bool(self._tables)
+        for record_id in deletes:
+            old = records.pop(record_id, None)
+            if built and old is not None:
+                self.remove(record_id, orjson.loads(old))
+        for record_id, raw in puts.items():
+            old = records.get(record_id)
+            if built and old is not None:
+                self.remove(record_id, orjson.loads(old))
+            records[record_id] = raw
+            if built:
+                self.add(record_id, orjson.loads(raw))
+
     def has(self, name: str) -> bool:
         return name in self._tables
 

@@ -49,8 +49,8 @@ StoreCorrupt naming the file (record, field), so the server does not start on it
 process keeps serving reads from its last good state and writes answer 503 (a process without one
 answers 503 to reads too).
 
-Inside `update`, a change sees a `Records` mapping: what it reads is decoded into fresh dicts, and
-at commit only the records it put, deleted or modified are written.
+Inside `update`, a change sees a `StagedRecords` mapping (`staged.py`): what it reads is decoded
+into fresh dicts, and at commit only the records it put, deleted or modified are written.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ from .base import UNCHANGED, Record, StoreCorrupt, Transaction, decode, encode
 from .changes import ChangeCounter
 from .indexes import Index, Indexes
 from .shapes import Shape, record_problem
+from .staged import StagedRecords
 
 log = logging.getLogger(__name__)
 
@@ -161,85 +162,6 @@ class _State:
 
     def __del__(self) -> None:  # a raw descriptor, not a file object: close it ourselves
         self.close()
-
-
-class Records(Transaction):
-    """The records as a change inside `update` sees them.
-
-    Reads decode fresh dicts, so a change may modify what it read; `put`, item assignment and
-    `del` stage writes. At commit, the records staged or modified (compared with what was read)
-    make one journal line. `find` and `ids` consult the indexes as committed before this change.
-    """
-
-    def __init__(self, store: JsonStore, state: _State) -> None:
-        self._store = store
-        self._state = state
-        self._read: dict[str, Record] = {}
-        self._put: dict[str, Record] = {}
-        self._deleted: set[str] = set()
-
-    def __getitem__(self, record_id: str) -> Record:
-        if record_id in self._put:
-            return self._put[record_id]
-        if record_id in self._deleted or record_id not in self._state.records:
-            raise KeyError(record_id)
-        record = self._read.get(record_id)
-        if record is None:
-            record = self._read[record_id] = decode(self._state.records[record_id])
-        return record
-
-    def __contains__(self, record_id: object) -> bool:
-        return record_id in self._put or (
-            record_id not in self._deleted and record_id in self._state.records
-        )
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._put
-        for record_id in list(self._state.records):
-            if record_id not in self._put and record_id not in self._deleted:
-                yield record_id
-
-    def __len__(self) -> int:
-        committed = self._state.records
-        fresh = sum(1 for record_id in self._put if record_id not in committed)
-        gone = sum(1 for record_id in self._deleted if record_id in committed)
-        return len(committed) + fresh - gone
-
-    def __setitem__(self, record_id: str, record: Record) -> None:
-        self.put(record_id, record)
-
-    def __delitem__(self, record_id: str) -> None:
-        if record_id not in self:
-            raise KeyError(record_id)
-        self._put.pop(record_id, None)
-        self._read.pop(record_id, None)
-        self._deleted.add(record_id)
-
-    def put(self, record_id: str, record: Record) -> None:
-        self._deleted.discard(record_id)
-        self._read.pop(record_id, None)
-        self._put[record_id] = record
-
-    def find(self, index: str, key: str) -> Record | None:
-        """The record a unique index files under `key`, or None."""
-        record_id = self._state.indexes.one(index, key, self._state.records)
-        return self.get(record_id) if record_id is not None else None
-
-    def ids(self, index: str, key: str) -> list[str]:
-        """The ids a (non-unique) index files under `key`."""
-        return [i for i in self._state.indexes.all(index, key, self._state.records) if i in self]
-
-    def changes(self) -> tuple[dict[str, bytes], list[str]]:
-        """What to commit: encoded records to put, ids to delete. A record that does not fit
-        the store's shape is a bug of the change, never written where it would stop the store."""
-        puts = {}
-        for record_id, record in [*self._put.items(), *self._read.items()]:
-            raw = encode(record)
-            if raw != self._state.records.get(record_id):
-                self._store.check_new(record_id, record)
-                puts[record_id] = raw
-        deletes = [i for i in self._deleted if i in self._state.records]
-        return puts, deletes
 
 
 @dataclass
@@ -636,18 +558,7 @@ class JsonStore:
 
     def _commit(self, state: _State, puts: dict[str, bytes], deletes: Iterable[str]) -> None:
         """Apply a change to the in-memory records and the indexes built so far."""
-        indexes = state.indexes if state.indexes.built else None
-        for record_id in deletes:
-            old = state.records.pop(record_id, None)
-            if indexes is not None and old is not None:
-                indexes.remove(record_id, decode(old))
-        for record_id, raw in puts.items():
-            old = state.records.get(record_id)
-            if indexes is not None and old is not None:
-                indexes.remove(record_id, decode(old))
-            state.records[record_id] = raw
-            if indexes is not None:
-                indexes.add(record_id, decode(raw))
+        state.indexes.apply(state.records, puts, deletes)
 
     def _catch_up(self, state: _State) -> None:
         """Bring `state` to what is on disk, reading only what changed when it can."""
@@ -729,10 +640,10 @@ class JsonStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def update(self, change: Callable[[Records], R], *, timeout: float | None = None) -> R:
+    def update(self, change: Callable[[Transaction], R], *, timeout: float | None = None) -> R:
         """Apply `change` to the records under the file lock and commit what it changed.
 
-        `change` gets a `Records` mapping (put, assign, delete, or modify what it read) and
+        `change` gets a `Transaction` (put, assign, delete, or modify what it read) and
         returns a value that `update` passes back. If it raises, or returns `UNCHANGED`,
         nothing is written. Raises StorageBusy when the lock cannot be had in time or a file
         on disk is unreadable.
@@ -740,7 +651,7 @@ class JsonStore:
         with self._locked(timeout):
             with self._mutex:
                 state = self._fresh_for_write()
-                records = Records(self, state)
+                records = StagedRecords(state.records, state.indexes, check=self.check_new)
                 result = change(records)
                 if result is UNCHANGED:
                     return result

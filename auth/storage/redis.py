@@ -52,6 +52,7 @@ from ..errors import StorageBusy, StorageUnavailable
 from .base import UNCHANGED, Record, StoreCorrupt, decode, encode
 from .indexes import Index, Indexes
 from .shapes import Shape, record_problem
+from .staged import StagedRecords
 
 try:
     import redis
@@ -300,18 +301,7 @@ class RedisStore:
     def _commit(
         self, copy: _Copy, puts: dict[str, bytes], deletes: Iterable[str], version: int
     ) -> None:
-        indexes = copy.indexes if copy.indexes.built else None
-        for record_id in deletes:
-            old = copy.records.pop(record_id, None)
-            if indexes is not None and old is not None:
-                indexes.remove(record_id, decode(old))
-        for record_id, raw in puts.items():
-            old = copy.records.get(record_id)
-            if indexes is not None and old is not None:
-                indexes.remove(record_id, decode(old))
-            copy.records[record_id] = raw
-            if indexes is not None:
-                indexes.add(record_id, decode(raw))
+        copy.indexes.apply(copy.records, puts, deletes)
         copy.version = version
 
     def _check(self, record_id: str, raw: bytes) -> None:
@@ -337,13 +327,11 @@ class RedisStore:
     def update(self, change: Callable[[Any], R], *, timeout: float | None = None) -> R:
         """Run `change` on a fresh copy and commit what it changed if nobody committed to this
         store meanwhile; else run it again on the newer copy (see COMMIT)."""
-        from .json import Records  # the transaction view both backends share
-
         for _ in range(COMMIT_ATTEMPTS):
             with self._mutex:
                 self._storage.refresh([self], stale_ok=False)
                 copy = self._writable()
-                records = Records(self, copy)  # type: ignore[arg-type]
+                records = StagedRecords(copy.records, copy.indexes, check=self.check_new)
                 result = change(records)
                 if result is UNCHANGED:
                     return result
