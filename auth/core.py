@@ -581,6 +581,7 @@ class Guard:
         self._limiter.before_view(endpoint)
 
     def after(self, response: Response) -> Response:
+        self._state.storage.end_request()
         scratch = g._get_current_object()
         limits = self._limiter.after_view(response) or scratch.get("limit_headers", {})
         extra: list[tuple[str, str]] = list(limits.items())

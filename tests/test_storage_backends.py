@@ -310,6 +310,7 @@ def test_redis_down_reads_stale_for_a_while_writes_503_then_recovery(tmp_path):
         clock.now += 10
         storage.sync()  # within the window: the copy serves
         assert store.get("a") == {"name": "alice", "n": 1}
+        storage.end_request()
         with pytest.raises(StorageUnavailable) as refused:
             store.update(_put("b", "bob"))
         assert "redis://127.0.0.1" in refused.value.description and refused.value.code == 503
@@ -318,6 +319,7 @@ def test_redis_down_reads_stale_for_a_while_writes_503_then_recovery(tmp_path):
             storage.sync()
         server.start()  # the same port, its data kept by the append-only file
         storage.sync()
+        storage.end_request()
         store.update(_put("b", "bob"))
         assert sorted(i for i, _ in store.records()) == ["a", "b"]
         storage.close()
@@ -422,3 +424,23 @@ def test_migrate_json_to_redis_and_back_keeps_every_record(tmp_path, redis_url):
     assert "user.created" in events or "api_key.created" in events
     assert events == [e["event"] for e in AuditFile(tmp_path / "data" / "audit.log").entries()]
     state.storage.close()
+
+
+def test_a_sync_trusts_the_copies_until_redis_says_the_data_moved(redis_backend_only, monkeypatch):
+    clock = Clock()  # frozen: no recheck comes due, only Redis's message can move the copy
+    reader_storage, reader = redis_backend_only()
+    reader_storage.clock = clock
+    _, writer = redis_backend_only()
+    reader_storage.sync()
+    reader_storage.sync()  # the subscription is up: nothing moved
+    asked = []
+    real_mget = reader_storage.client.mget
+    monkeypatch.setattr(reader_storage.client, "mget", lambda *a: asked.append(a) or real_mget(*a))
+    reader_storage.sync()
+    assert asked == []  # no round trip while nothing changed
+    writer.update(_put("a", "alice"))
+    subscribed = reader_storage._invalidations._subscribed
+    assert subscribed.can_read(timeout=5)  # Redis's word that the counter moved
+    reader_storage.sync()
+    assert len(asked) == 1 and reader.get("a") == {"name": "alice", "n": 1}
+    reader_storage.end_request()

@@ -153,7 +153,10 @@ class Storage(Protocol):
 
     def sync(self) -> None:
         """Bring every store of this process in step with the others, cheaply (the server calls
-        it once per request, before reading anything)."""
+        it once per request, before reading anything); until `end_request`, reads trust it."""
+
+    def end_request(self) -> None:
+        """The request `sync` began is answered."""
 
     def maintain(self) -> None:
         """Upkeep that must not run on a request (folding journals): the server asks for it on

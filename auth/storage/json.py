@@ -987,6 +987,9 @@ class JsonStorage:
     def sync(self) -> None:
         """Nothing to do: each read follows the files by the change counter."""
 
+    def end_request(self) -> None:
+        """Nothing to do (see `sync`)."""
+
     def maintain(self) -> None:
         for store in self.stores():
             store.maintain()

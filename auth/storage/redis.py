@@ -67,6 +67,7 @@ R = TypeVar("R")
 LOG_LENGTH = 10_000  # changes kept per store; a copy further behind loads again
 MOST_CHANGES = 1_000  # beyond this many changes to catch up on, a whole load is cheaper
 COMMIT_ATTEMPTS = 100  # a change refused this often in a row (others always first): 503
+RECHECK_SECONDS = 1.0  # how long a sync trusts Redis's invalidation messages alone
 
 # KEYS: records, version, log, the data set's change counter. ARGV: the version the change was
 # made on ("" for a blind write), the log length, the number of puts, then id, JSON for each
@@ -142,7 +143,8 @@ LOAD = """
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('HGETALL', KEYS[2])}
 """
 
-# Set in the context of a request once its sync ran: reads then trust the copies.
+# Set in the context of a request once its sync ran, until it is answered: reads then trust
+# the copies.
 _synced: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "redis_storage_synced", default=False
 )
@@ -383,6 +385,70 @@ class RedisStore:
         return True
 
 
+class _Invalidations:
+    """Redis's word that the change counter moved, without asking it on every request.
+
+    Server-assisted client-side caching in broadcast mode: one connection of this process is
+    subscribed to `__redis__:invalidate`, and a second one asks Redis (CLIENT TRACKING ... BCAST
+    PREFIX) to publish there whenever the counter's key is written. `moved` polls the subscribed
+    socket without waiting (a `poll`, no round trip). Redis sends the message while it runs the
+    commit, before it answers the writer, so a request that follows an acknowledged write on
+    another host finds it waiting, but for a network that delivers the later packet first;
+    `RedisStorage.sync` also asks Redis itself at least every `RECHECK_SECONDS`. Connections
+    made in another process (before a fork), or lost (Redis restarted), are made again, and
+    until they are every answer is "moved"."""
+
+    def __init__(self, url: str, key: str, timeout: float) -> None:
+        self._url, self._key, self._timeout = url, key, timeout
+        self._pool: Any = None
+        self._pid: int | None = None
+        self._subscribed: Any = None
+        self._tracking: Any = None
+
+    def moved(self) -> bool:
+        if self._subscribed is None or self._pid != os.getpid():
+            self._listen()
+            return True
+        subscribed = self._subscribed
+        moved = False
+        try:
+            while subscribed.can_read(timeout=0):
+                subscribed.read_response()
+                moved = True
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self.close()
+            return True
+        return moved
+
+    def _listen(self) -> None:
+        self.close()
+        self._pid = os.getpid()
+        # RESP2: the subscribed connection reads the messages as replies.
+        self._pool = redis.ConnectionPool.from_url(
+            self._url, protocol=2, socket_timeout=self._timeout
+        )
+        try:
+            subscribed = self._pool.make_connection()
+            subscribed.send_command("CLIENT", "ID")
+            client_id = subscribed.read_response()
+            subscribed.send_command("SUBSCRIBE", "__redis__:invalidate")
+            subscribed.read_response()
+            tracking = self._pool.make_connection()
+            tracking.send_command(
+                "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", self._key
+            )
+            tracking.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
+            self.close()  # asked again on the next request; until then every sync asks Redis
+            return
+        self._subscribed, self._tracking = subscribed, tracking
+
+    def close(self) -> None:
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.disconnect()
+        self._pool = self._subscribed = self._tracking = None
+
+
 class RedisAudit:
     """The audit trail in Redis: a stream capped at about `max_entries` events (XADD MAXLEN ~),
     each one field holding the event's JSON. Every host appends to it; `audit tail` reads it."""
@@ -467,6 +533,8 @@ class RedisStorage:
         self._epoch_key = f"{prefix}:epoch"
         self.changes_key = f"{prefix}:changes"  # one up for every commit to any store
         self._seen: tuple[Any, Any] | None = None  # (epoch, changes) all copies are as of
+        self._recheck_at = 0.0
+        self._invalidations = _Invalidations(url, self.changes_key, timeout)
         self._synced_at: float | None = None
         self._down_since: float | None = None
         self._mutex = threading.RLock()
@@ -520,11 +588,17 @@ class RedisStorage:
 
     def sync(self) -> None:
         """Bring every store's copy up to date (a request's first step); the rest of the
-        request then reads the copies without asking Redis. When nothing changed since the last
-        sync, which is most requests, that costs one MGET of the epoch and the change counter
-        (every commit counts); else one script that answers what changed."""
+        request then reads the copies without asking Redis. When Redis has not said that the
+        change counter moved (`_Invalidations`), which is most requests, that costs no round
+        trip at all; else, and at least every `RECHECK_SECONDS`, one MGET of the epoch and the
+        counter, and when they moved one script that answers what changed."""
         stores = self.stores()
         seen = self._seen
+        now = self.clock()
+        moved = self._invalidations.moved()  # drained first: a later change tells again
+        if seen is not None and not moved and now < self._recheck_at and self._down_since is None:
+            _synced.set(True)
+            return
         if seen is not None and all(store._copy is not None for store in stores):
             try:
                 current = tuple(self.client.mget(self._epoch_key, self.changes_key))
@@ -536,6 +610,10 @@ class RedisStorage:
                 return
         self.refresh(stores)
         _synced.set(True)
+
+    def end_request(self) -> None:
+        """The request is answered: reads outside a request sync again before each read."""
+        _synced.set(False)
 
     def refresh(self, stores: list[RedisStore], *, stale_ok: bool = True) -> None:
         """Bring the copies of `stores` up to date in one round trip. With Redis down, the
@@ -561,6 +639,7 @@ class RedisStorage:
 
     def _synced(self, now: float) -> None:
         self._synced_at = now
+        self._recheck_at = now + RECHECK_SECONDS
         if self._down_since is not None:
             log.warning("%s is reachable again", self.describe())
             self._down_since = None
@@ -611,6 +690,7 @@ class RedisStorage:
         """Let go of the copies and the connections."""
         for store in self.stores():
             store.close()
+        self._invalidations.close()
         self.client.close()
 
     def problems(self) -> list[str]:
