@@ -11,9 +11,10 @@ runs the model.
 - bare flask: Flask + NumPy, no auth, no limits (`peers/bare_app.py`): the ceiling of the stack;
 - flask-jwt-extended: `@jwt_required()` + a Flask-Limiter limit per identity (`peers/jwt_app.py`);
 - this server with auth disabled (limited per client address), with an API key and with a JWT
-  (limited per user), with memory:// limit storage and the JSON files, and with `--redis` also
-  with Redis holding both the limits and the stores (`storage.backend: redis`), given as a ratio
-  to the same variant on memory and files;
+  (limited per user), with memory:// limit storage and the JSON files; with `--redis` also with
+  the limits on Redis (`redis limits`, the stores in files) and with Redis holding both the
+  limits and the stores (`redis`: `storage.backend: redis`), each given as a ratio to the same
+  variant on memory and files, and the last also to the one with its limits on Redis;
   with `--no-access-log` also with its access log off (bare Flask writes none);
 - with `--hooked`, bare Flask and this server (API key) each with one app-level after_request
   hook of an app owner's (`peers/hooked.py`).
@@ -110,7 +111,8 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
         found["ours, api-key + hook"] = (f"{hooked}/predict", _api_key(hooked))
     storages = {"memory": "memory://"}
     if opts.redis:
-        storages["redis"] = stack.enter_context(redis_server())
+        uri = stack.enter_context(redis_server())
+        storages |= {"redis limits": uri, "redis": uri}
     for label, uri in storages.items():
         env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__STORAGE_URI": uri}
         if label == "redis":  # the limits and the stores: users, keys, sessions, model state
@@ -194,7 +196,7 @@ def main() -> None:
         on_memory = name.replace("/redis", "/memory")
         versus = f"{rate[name] / rate[on_memory]:>10.2f}" if on_memory != name else ""
         print(
-            f"{name:<30}{rate[name]:>10.0f}{rate[name] / rate[base]:>8.2f}"
+            f"{name:<34}{rate[name]:>10.0f}{rate[name] / rate[base]:>8.2f}"
             f"{p99[name]:>9.2f}{p99[name] / p99[base]:>8.2f}{versus}"
         )
 

@@ -5,8 +5,10 @@ session and a recorded key use each; one store write per store, so building is n
 measured), and for each data dir format asked for (`--formats`): `new`, as this release writes
 it, or `upgraded`, the same records as the previous release wrote them (one JSON document per
 store, schema_version 1, no journal: `tests/previous_release.py`), which the first start
-converts. It starts the real server with 2 workers on it once (the first start, stopped at once)
-and again for the measurements, and prints:
+converts, or `redis`: the new data dir's records copied into a redis-server (append-only file
+fsynced at every write) by `storage migrate`, served with `storage.backend: redis` and the
+limits on Redis too. It starts the real server with 2 workers on it once (the first start,
+stopped at once) and again for the measurements, and prints:
 
 - first start and start-up (the second start): from launch until /health answers; the largest
   worker's RSS once the predictions below have run;
@@ -17,11 +19,12 @@ and again for the measurements, and prints:
   logout, admin PATCH; bcrypt at cost 4 so hashing does not hide the store) and of the CLI's
   `keys create`.
 
-    python tests/benchmarks/scale.py [--sizes 10,1000,10000,100000] [--formats new,upgraded]
+    python tests/benchmarks/scale.py [--sizes 10,1000,10000,100000] [--formats new,upgraded,redis]
         [--seconds 3] [--writes 15]
 
-Targets (issue 21), at 100,000 users, for both formats: start-up <= 2 s, a CLI write <= 1 s,
-RSS <= 250 MB per worker.
+Targets (issue 21), at 100,000 users, for new and upgraded data dirs: start-up <= 2 s, a CLI
+write <= 1 s, RSS <= 250 MB per worker; writes <= 5 ms median; on Redis >= 0.9x the JSON
+backend's req/s.
 
 Needs wrk (Debian: apt-get install wrk). Not part of pytest.
 """
@@ -51,7 +54,7 @@ from auth.users import new_user  # noqa: E402
 from inference_server.app import open_auth_state  # noqa: E402
 from inference_server.settings import load_settings  # noqa: E402
 from tests.benchmarks.auth_overhead import BENCH_ENV, PREDICT, lua, rate_and_p99  # noqa: E402
-from tests.live import REPO, live_server  # noqa: E402
+from tests.live import REPO, RedisProcess, live_server  # noqa: E402
 from tests.previous_release import downgrade  # noqa: E402
 
 ADMIN_PASSWORD = "benchmark admin passphrase"
@@ -176,7 +179,7 @@ def median_ms(call, times: int) -> float:
     return statistics.median(spent)
 
 
-def writes(server, data_dir: Path, times: int, tag: str) -> dict[str, float]:
+def writes(server, data_dir: Path, times: int, tag: str, env: dict[str, str]) -> dict[str, float]:
     def post(path, body, headers=None):
         return requests.post(server.url(path), json=body, headers=headers or {}, timeout=60)
 
@@ -188,7 +191,7 @@ def writes(server, data_dir: Path, times: int, tag: str) -> dict[str, float]:
     user_tokens = [login(name, USER_PASSWORD) for name in users]
     refreshes = [t["refresh_token"] for t in user_tokens]
     fresh = [login(name, USER_PASSWORD)["access_token"] for name in users]
-    cli_env = {**os.environ, "INFERENCE_STORAGE__DATA_DIR": str(data_dir)}
+    cli_env = {**os.environ, **env, "INFERENCE_STORAGE__DATA_DIR": str(data_dir)}
     figures = {
         "register": lambda i: post(
             "/auth/register",
@@ -251,15 +254,47 @@ def started(data_dir: Path, env: dict[str, str]):
         yield server, time.perf_counter() - began
 
 
+@contextmanager
+def on_redis(data_dir: Path, tmp: Path):
+    """A redis-server (append-only file, fsynced at every write, as README advises) holding the
+    records of `data_dir`, copied by `storage migrate`; yields the settings that use it for the
+    stores and the limits."""
+    directory = tmp / f"redis-{data_dir.name}"
+    directory.mkdir()
+    server = RedisProcess(directory)
+    server.start()
+    env = {
+        "INFERENCE_STORAGE__BACKEND": "redis",
+        "INFERENCE_STORAGE__REDIS_URL": server.url,
+        "INFERENCE_RATE_LIMITS__STORAGE_URI": server.url,
+    }
+    try:
+        subprocess.run(
+            [sys.executable, "run.py", "storage", "migrate", "--to", "redis"],
+            cwd=REPO,
+            env={**os.environ, "INFERENCE_STORAGE__DATA_DIR": str(data_dir), **env},
+            check=True,
+            capture_output=True,
+        )
+        yield env
+    finally:
+        server.stop()
+
+
 def measure(size: int, data_format: str, tmp: Path, opts) -> dict[str, float | str]:
     data_dir = tmp / f"size-{size}-{data_format}"
     keys = build(data_dir, size)
     if data_format == "upgraded":
         downgrade(data_dir)
+    with on_redis(data_dir, tmp) if data_format == "redis" else nullcontext({}) as backend:
+        return _measure(size, data_format, data_dir, keys, backend, tmp, opts)
+
+
+def _measure(size, data_format, data_dir, keys, backend, tmp, opts) -> dict[str, float | str]:
     script = tmp / "predict.lua"
     script.write_text(lua(PREDICT))
     rotation = rotation_script(tmp / f"rotation-{size}.lua", keys)
-    env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__LOGIN": "100000000/minute"}
+    env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__LOGIN": "100000000/minute", **backend}
     with started(data_dir, env) as (_, first_start):
         pass  # the first start (which converts an upgraded data dir), and a clean stop
     with started(data_dir, env) as (server, startup):
@@ -295,7 +330,7 @@ def measure(size: int, data_format: str, tmp: Path, opts) -> dict[str, float | s
         for name, figures in runs.items():
             row[f"{name} req/s"] = statistics.median(rate for rate, _ in figures)
             row[f"{name} p99 ms"] = statistics.median(p99 for _, p99 in figures)
-        for name, ms in writes(server, data_dir, opts.writes, str(size)).items():
+        for name, ms in writes(server, data_dir, opts.writes, str(size), backend).items():
             row[f"{name} ms"] = ms
         return row
 
@@ -306,8 +341,9 @@ def main() -> None:
     parser.add_argument(
         "--formats",
         default="new,upgraded",
-        help="data dirs as this release writes them (new), or as the previous one did "
-        "(upgraded: converted by the first start)",
+        help="data dirs as this release writes them (new), as the previous one did "
+        "(upgraded: converted by the first start), or the new one's records in Redis (redis: "
+        "storage.backend redis, limits on Redis too)",
     )
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
