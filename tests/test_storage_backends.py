@@ -444,3 +444,20 @@ def test_a_sync_trusts_the_copies_until_redis_says_the_data_moved(redis_backend_
     reader_storage.sync()
     assert len(asked) == 1 and reader.get("a") == {"name": "alice", "n": 1}
     reader_storage.end_request()
+
+
+def test_a_bad_record_arriving_at_run_time_keeps_the_last_good_copy(
+    redis_backend_only, monkeypatch
+):
+    storage, reader = redis_backend_only()
+    _, writer = redis_backend_only()
+    writer.update(_put("a", "alice"))
+    assert reader.get("a") is not None
+    with redis_client.Redis.from_url(redis_backend_only.url) as raw:
+        raw.hset(reader.keys[0], "a", b'{"name": 7, "n": 1}')  # by hand, beside the server
+    writer.update(_put("b", "bob"))  # the log names b only: a's bad value is not read
+    monkeypatch.setattr(redis_backend, "MOST_CHANGES", 0)  # a whole load meets the bad record
+    assert reader.get("a") == {"name": "alice", "n": 1}  # the last good copy serves
+    assert "record 'a'" in reader.problem()
+    with pytest.raises(StorageBusy):
+        reader.update(_put("c", "carol"))

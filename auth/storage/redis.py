@@ -279,7 +279,13 @@ class RedisStore:
         with self._mutex:
             copy = self._copy
             if copy is None or copy.epoch != epoch or answer == 0 or len(answer) == 1:
-                self._load(epoch)
+                try:
+                    self._load(epoch)
+                except StoreCorrupt as exc:
+                    if copy is None:
+                        raise StorageBusy(f"{exc}; refusing to serve it") from None
+                    self._broken = f"{exc}; serving the last good copy and refusing writes"
+                    log.error("%s", self._broken)
                 return
             version = int(answer[0])
             if version <= copy.version:
@@ -633,7 +639,8 @@ class RedisStorage:
             if not (self._serve_stale(stores) and stale_ok):
                 raise
         else:
-            if len(stores) == len(self._stores) and answer[0]:
+            whole = len(stores) == len(self._stores) and not any(s._broken for s in stores)
+            if whole and answer[0]:
                 self._seen = (answer[0], answer[1])  # every copy is as of this change count
             self._synced(self.clock())
 
