@@ -1,12 +1,13 @@
 """When API keys were last used: noted in memory on the request, written in batches off it.
 
 A request that presents a key only notes the time in this process's memory (at most once a minute
-per key). What was noted is appended to the store in one journal line every `flush_seconds` by a
-background job (`background.run_every`; the write itself runs on a real thread) and once more when
-the process exits. So no request ever waits for a lock or an fsync over bookkeeping: with a thousand
-keys in rotation the old way put one fsynced rewrite on every key's first request of each minute.
-The append does not read the store (`Store.append`, unless the snapshot's first line is not a
-sealed one): a worker holds every key's last use in memory only if it lists keys. Of two workers
+per key). What was noted is written to the store in one change every `flush_seconds` by a
+background job (`background.run_every`; the write runs on a real thread when the storage blocks)
+and once more when the process exits. So no request ever waits for a lock or an fsync over
+bookkeeping: with a thousand keys in rotation the old way put one fsynced rewrite on every key's
+first request of each minute. The write does not read the store (`Store.put_unread`; the JSON
+files append it, unless the snapshot's first line is not a sealed one): a worker holds every
+key's last use in memory only if it lists keys. Of two workers
 that noted the same key within a minute, the later flush wins, which may be the earlier use by a few
 seconds.
 

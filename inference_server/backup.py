@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auth import SECRET_FILE, AuthState, StoreCorrupt, secure_dir
+from auth import SECRET_FILE, ApiError, AuthState, MigrationRefused, StoreCorrupt, secure_dir
 
 from .models import state_store
 from .models.download import MODELS_DIR, downloaded_files
@@ -116,9 +116,10 @@ def make_backup(state: AuthState, data_dir: Path, target: Path) -> list[str]:
         _write_manifest(partial, copied, data_dir)
         os.rename(partial, target)  # over an empty directory too
         _sync_dir(target.parent)
-    except OSError as exc:
+    except (OSError, ApiError, MigrationRefused) as exc:  # the disk, Redis, a copy that differs
+        reason = exc.description if isinstance(exc, ApiError) else exc.strerror or exc
         raise BackupError(
-            f"backup into {target} failed ({exc.strerror or exc}); nothing was left there"
+            f"backup into {target} failed ({reason}); nothing was left there"
         ) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # gone already when it was renamed

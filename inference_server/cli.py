@@ -603,9 +603,9 @@ def masked(settings: Settings) -> dict[str, Any]:
         data["auth"]["jwt_secret"] = MASK
     if data["auth"]["default_admin"]:
         data["auth"]["default_admin"]["password"] = MASK
-    data["rate_limits"]["storage_uri"] = re.sub(
-        r"(//[^:/@]*:)[^@]*@", rf"\g<1>{MASK}@", data["rate_limits"]["storage_uri"]
-    )
+    for section, key in (("rate_limits", "storage_uri"), ("storage", "redis_url")):
+        if data[section][key]:  # a password in the URL
+            data[section][key] = re.sub(r"(//[^:/@]*:)[^@]*@", rf"\g<1>{MASK}@", data[section][key])
     return data
 
 

@@ -98,6 +98,7 @@ class StorageSettings:
     redis_url: str | None = setting(
         None,
         check=_redis_url,
+        secret=True,  # it may hold a password: a refused value is never quoted
         help="redis://[:password@]host:6379/0 or rediss://... (TLS), for backend: redis",
     )
     redis_prefix: str = setting(

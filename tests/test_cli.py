@@ -196,10 +196,17 @@ def test_config_check_masks_secrets(run, tmp_path):
         env={
             "INFERENCE_AUTH__JWT_SECRET": secret,
             "INFERENCE_RATE_LIMITS__STORAGE_URI": "redis://:hunter2@127.0.0.1:6379/0",
+            "INFERENCE_STORAGE__REDIS_URL": "redis://:hunter3@127.0.0.1:6379/1",
         },
     )
     assert result.exit_code == 0, result.output
     assert secret not in result.output and "hunter2" not in result.output
+    assert "hunter3" not in result.output and "redis://:********@127.0.0.1:6379/1" in result.output
+    refused = runner.invoke(
+        cli, ["config", "check"], env={"INFERENCE_STORAGE__REDIS_URL": "http://:hunter4@host"}
+    )
+    assert refused.exit_code != 0 and "storage.redis_url" in refused.output
+    assert "hunter4" not in refused.output
     assert "admin123" not in result.output and "********" in result.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("auth: {rate_limit_per_minut: 5}\n")

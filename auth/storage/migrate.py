@@ -5,7 +5,8 @@ every store of the target has been found empty (or `force` says to replace what 
 store is then written in one change, and read back through a fresh view of the target and
 compared with the source record by record, so a copy that differs in any record is reported,
 never taken for done. The token signing secret goes along, so tokens signed before the move stay
-valid after it, and so do the audit events.
+valid after it, and so do the audit events (appended after any the target holds, with `force`:
+a second run after a failed one repeats them).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Copied:
 
 
 def migrate(
-    source: Storage,
+    source: Storage,  # stopped, or serving (a backup): each store is copied as one version
     target: Storage,
     *,
     force: bool = False,
@@ -51,11 +52,12 @@ def migrate(
         raise MigrationRefused(
             f"{target.describe()} already holds {', '.join(held)}; pass --force to replace it"
         )
-    copied = []
+    copied, written = [], []
     for store, twin in pairs:
-        records = dict(store.records())
+        records = dict(store.records())  # one version: the source may be serving meanwhile
         twin.update(_replace_all(records))
         copied.append(Copied(store.name, len(records)))
+        written.append(records)
     if secret is not None:
         target.replace_secret(secret)
     for event in events:
@@ -64,8 +66,8 @@ def migrate(
         copied.append(Copied("audit", len(events)))
     check = reopen() if reopen is not None else target
     try:
-        for store, _ in pairs:
-            _verify(store, _twin(check, store))
+        for (store, _), records in zip(pairs, written, strict=True):
+            _verify(store.name, records, _twin(check, store))
         if secret is not None and check.kept_secret() != secret:
             raise MigrationRefused(f"the token signing secret in {target.describe()} differs")
     finally:
@@ -92,12 +94,11 @@ def _replace_all(records: dict[str, Record]) -> Callable[[Transaction], Any]:
     return change
 
 
-def _verify(store: Store, twin: Store) -> None:
-    expected = dict(store.records())
+def _verify(name: str, expected: dict[str, Record], twin: Store) -> None:
     found = dict(twin.records())
     for record_id in sorted(expected.keys() | found.keys()):
         if expected.get(record_id) != found.get(record_id):
             raise MigrationRefused(
-                f"record {record_id!r} of {store.name} differs after the copy; the target is "
+                f"record {record_id!r} of {name} differs after the copy; the target is "
                 "left as it is: run the migration again with --force"
             )

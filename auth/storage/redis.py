@@ -1,35 +1,41 @@
 """The Redis backend: the same records and guarantees as the JSON files, shared by many hosts.
 
-Each store is three keys under one hash tag (so they live in one slot of a cluster):
+Each store is three keys under one hash tag:
 
     {<prefix>:users}:records   a hash: record id -> the record's JSON
     {<prefix>:users}:version   a counter, one up per committed change
     {<prefix>:users}:log       a stream: entry `<version>-0` lists the ids that change touched
+
+plus, for the whole data set, `<prefix>:epoch` (a random value, made whenever a Redis without it
+is met: new, emptied, or restarted without persistence) and `<prefix>:changes` (one up for every
+commit to any store). The scripts touch keys of several stores: Redis Cluster is not supported.
 
 A change is committed by one Lua script (`COMMIT`): it compares the version the change was made
 against with the stored one (optimistic: a change made on an older copy is refused and run
 again on a fresh one, never under a client-side lock), writes the records, bumps the version and
 appends the ids to the log, atomically. So of concurrent refreshes of one token on any number
 of hosts exactly one wins, and a username is unique across hosts: the second writer finds the
-first one's record when its change runs again.
+first one's record when its change runs again. Each commit leaves a receipt for ten minutes: a
+commit whose answer was lost and that is sent again answers what it made instead of running a
+second time (a refresh would otherwise find its own rotation and take it for a reuse).
 
 Every process keeps a copy of each store (records as JSON bytes, and the same indexes as the
 JSON backend, `indexes.py`) and brings it up to date once per request, before anything is read
-(`RedisStorage.sync`): one MGET of the data set's epoch and change counter (one up for every
-commit, to any store) says whether anything changed since the last sync, which for most requests
-is all it costs; when it did, one script (`SYNC`) compares every store's version with the
-copy's and answers, for the stores that moved, the records their log names since then. So a
-change is read once per process, not once per read. (RESP3 client-side caching was the other
-way: its invalidations travel asynchronously, so a host could serve a revoked key for a moment
-after the revocation was acknowledged; and it caches replies, not the indexes built from them.)
-A copy that fell behind the log (trimmed to `LOG_LENGTH` entries), or whose data set was
-replaced (a new `epoch`, made whenever a Redis without it is met: emptied, or restarted without
-persistence), is loaded again.
-Reads outside a request (the command line, background jobs) sync before every read.
+(`RedisStorage.sync`). Redis tells each process when the change counter moves (its
+server-assisted client-side caching, in broadcast mode: `_Invalidations`), so a request of a
+quiet data set costs no round trip at all; when a message came, and at least once a second
+anyway, one MGET of the epoch and the counter says whether anything changed, and when it did
+one script (`SYNC`) answers, for the stores that moved, the records their log names since the
+copy's version. So a change is read once per process, not once per read. (redis-py's own
+client-side cache needs Redis 7.4, and caches replies, not the indexes built from them.) A copy
+that fell behind the log (trimmed to `LOG_LENGTH` entries), of a data set replaced (a new epoch),
+or of a version that went back (a restore) is loaded again. Reads outside a request (the
+command line, background jobs) sync before every read.
 
 When Redis cannot be reached, writes answer 503 STORAGE_UNAVAILABLE; reads are served from the
-copy for `stale_seconds` after the last sync that worked, then 503 too; every command retries
-once, and the next request after Redis is back syncs as usual: nothing to restart.
+copy for `stale_seconds` after the last sync that worked, then 503 too; Redis is tried again at
+most once a second per process, and the first request after it is back syncs as usual: nothing
+to restart. Redis must not evict these keys (`maxmemory-policy noeviction`).
 """
 
 from __future__ import annotations
@@ -69,12 +75,18 @@ MOST_CHANGES = 1_000  # beyond this many changes to catch up on, a whole load is
 COMMIT_ATTEMPTS = 100  # a change refused this often in a row (others always first): 503
 RECHECK_SECONDS = 1.0  # how long a sync trusts Redis's invalidation messages alone
 
-# KEYS: records, version, log, the data set's change counter. ARGV: the version the change was
-# made on ("" for a blind write), the log length, the number of puts, then id, JSON for each
-# put, then ids to delete.
-# Answers the new version, or -1 when the stored version is not the one expected.
+# KEYS: records, version, log, the data set's change counter, this commit's receipt. ARGV: the
+# version the change was made on ("" for a blind write), the log length, the number of puts,
+# then id, JSON for each put, then ids to delete. Answers the new version; the version a
+# commit with this receipt made already (its answer was lost, and it is asked again); -1 when
+# the stored version is not the one expected; -2 when the version is gone but the log is not
+# (evicted: nothing is written over that).
 COMMIT = """
-local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+local done = redis.call('GET', KEYS[5])
+if done then return tonumber(done) end
+local stored = redis.call('GET', KEYS[2])
+if not stored and redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
+local version = tonumber(stored or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then return -1 end
 local ids = {}
 local at = 4
@@ -90,6 +102,7 @@ while at <= #ARGV do
 end
 version = version + 1
 redis.call('SET', KEYS[2], version)
+redis.call('SET', KEYS[5], version, 'EX', 600)
 redis.call('INCR', KEYS[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], version .. '-0', 'ids', cjson.encode(ids))
 return version
@@ -204,16 +217,25 @@ class RedisStore:
         return decode(raw) if raw is not None else None
 
     def find(self, index: str, key: str) -> Record | None:
-        copy = self._current()
-        with self._mutex:
+        def look(copy: _Copy) -> bytes | None:
             record_id = copy.indexes.one(index, key, copy.records)
-            raw = copy.records.get(record_id) if record_id is not None else None
+            return copy.records.get(record_id) if record_id is not None else None
+
+        raw = self._look_up(index, look)
         return decode(raw) if raw is not None else None
 
     def ids(self, index: str, key: str) -> list[str]:
+        return self._look_up(index, lambda copy: copy.indexes.all(index, key, copy.records))
+
+    def _look_up(self, index: str, look: Callable[[_Copy], R]) -> R:
+        """`look` at the copy: at once when the index is built (a write holding the mutex
+        across its round trips never holds up a key lookup), else under the mutex (a first
+        build walks the records)."""
         copy = self._current()
+        if copy.indexes.has(index):
+            return look(copy)
         with self._mutex:
-            return copy.indexes.all(index, key, copy.records)
+            return look(copy)
 
     def records(self) -> list[tuple[str, Record]]:
         return [(i, decode(raw)) for i, raw in list(self._current().records.items())]
@@ -231,8 +253,6 @@ class RedisStore:
             copy.indexes.build(copy.records, indexes)
 
     def problem(self) -> str | None:
-        if self._broken:
-            return self._broken
         try:
             self._storage.refresh([self])
         except StorageUnavailable as exc:
@@ -262,10 +282,18 @@ class RedisStore:
         version, flat = self._storage.run(self._storage.load_script, self.keys[1::-1], [])
         held = self._copy
         if held is not None and held.epoch == epoch and held.version > int(version):
-            return  # an answer older than the copy (another thread synced meanwhile)
+            # Every load runs under the mutex: this is Redis going back (a restore, the lost
+            # tail of an append-only file), not a late answer. What it holds now is the truth.
+            log.warning(
+                "the %s store in %s went back from version %d to %d: reloaded",
+                self.name,
+                self._storage.describe(),
+                held.version,
+                int(version),
+            )
         records: dict[str, bytes] = {}
         for at in range(0, len(flat), 2):
-            record_id = flat[at].decode()
+            record_id = self._id(flat[at])
             self._check(record_id, flat[at + 1])
             records[record_id] = flat[at + 1]
         self._copy = _Copy(records, Indexes(self.indexes), int(version), epoch)
@@ -278,7 +306,8 @@ class RedisStore:
             return
         with self._mutex:
             copy = self._copy
-            if copy is None or copy.epoch != epoch or answer == 0 or len(answer) == 1:
+            whole = answer == 0 or len(answer) == 1 or self._broken is not None
+            if copy is None or copy.epoch != epoch or whole:
                 try:
                     self._load(epoch)
                 except StoreCorrupt as exc:
@@ -290,8 +319,8 @@ class RedisStore:
             version = int(answer[0])
             if version <= copy.version:
                 return  # a commit of this process got there first
-            changes = {answer[at].decode(): answer[at + 1] for at in range(1, len(answer), 2)}
             try:
+                changes = {self._id(answer[at]): answer[at + 1] for at in range(1, len(answer), 2)}
                 for record_id, raw in changes.items():
                     if raw is not None:
                         self._check(record_id, raw)
@@ -311,6 +340,14 @@ class RedisStore:
     ) -> None:
         copy.indexes.apply(copy.records, puts, deletes)
         copy.version = version
+
+    def _id(self, raw: bytes) -> str:
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise StoreCorrupt(
+                f"redis key {self.keys[0]}: record id {raw!r} is not UTF-8 text"
+            ) from None
 
     def _check(self, record_id: str, raw: bytes) -> None:
         where = f"redis key {self.keys[0]}"
@@ -382,8 +419,15 @@ class RedisStore:
         for record_id, raw in puts.items():
             args += [record_id, raw]
         args += deletes
-        keys = [*self.keys, self._storage.changes_key]
-        version = int(self._storage.run(self._storage.commit_script, keys, args))
+        receipt = f"{self.keys[1]}:commit:{secrets.token_hex(8)}"
+        keys = [*self.keys, self._storage.changes_key, receipt]
+        version = int(self._storage.run(self._storage.commit_script, keys, args, write=True))
+        if version == -2:
+            raise StorageUnavailable(
+                f"the {self.name} store in {self._storage.describe()} lost its version key but "
+                "not its log (evicted? Redis must run with maxmemory-policy noeviction); "
+                "nothing was written: an operator must repair it"
+            )
         if version < 0:
             return False
         if copy is not None and version == copy.version + 1:
@@ -396,42 +440,65 @@ class _Invalidations:
 
     Server-assisted client-side caching in broadcast mode: one connection of this process is
     subscribed to `__redis__:invalidate`, and a second one asks Redis (CLIENT TRACKING ... BCAST
-    PREFIX) to publish there whenever the counter's key is written. `moved` polls the subscribed
-    socket without waiting (a `poll`, no round trip). Redis sends the message while it runs the
-    commit, before it answers the writer, so a request that follows an acknowledged write on
-    another host finds it waiting, but for a network that delivers the later packet first;
-    `RedisStorage.sync` also asks Redis itself at least every `RECHECK_SECONDS`. Connections
-    made in another process (before a fork), or lost (Redis restarted), are made again, and
-    until they are every answer is "moved"."""
+    PREFIX) to publish there whenever the counter's key is written. `heard` polls the subscribed
+    socket without waiting (a `poll`, no round trip) and counts the messages. Redis sends the
+    message while it runs the commit, before it answers the writer, so a request that follows
+    an acknowledged write on another host finds it waiting, but for a network that delivers the
+    later packet first; `RedisStorage.sync` also asks Redis itself at least every
+    `RECHECK_SECONDS`, and then checks that the tracking connection is alive (an idle
+    connection a server or a NAT dropped would end the messages silently). Connections made in
+    another process (before a fork), or lost (Redis restarted), are made again, at most once a
+    second; until they are, `heard` answers None: nobody can say."""
 
-    def __init__(self, url: str, key: str, timeout: float) -> None:
-        self._url, self._key, self._timeout = url, key, timeout
+    def __init__(self, url: str, key: str, timeout: float, clock: Callable[[], float]) -> None:
+        self._url, self._key, self._timeout, self._clock = url, key, timeout, clock
         self._pool: Any = None
         self._pid: int | None = None
         self._subscribed: Any = None
         self._tracking: Any = None
+        self._retry_at = 0.0
+        self._count = 0
+        self._lock = threading.Lock()  # one reader of the subscribed socket at a time
 
-    def moved(self) -> bool:
-        if self._subscribed is None or self._pid != os.getpid():
-            self._listen()
+    def heard(self) -> int | None:
+        """How many messages came so far (any change since a look at this number moved
+        it), or None when not listening."""
+        with self._lock:
+            if self._subscribed is None or self._pid != os.getpid():
+                self._listen()
+                return None
+            subscribed = self._subscribed
+            try:
+                while subscribed.can_read(timeout=0):
+                    subscribed.read_response()
+                    self._count += 1
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._close()
+                return None
+            return self._count
+
+    def alive(self) -> bool:
+        """Whether the tracking connection still answers (a round trip: once a second)."""
+        with self._lock:
+            if self._tracking is None:
+                return False
+            try:
+                self._tracking.send_command("PING")
+                self._tracking.read_response()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._close()
+                return False
             return True
-        subscribed = self._subscribed
-        moved = False
-        try:
-            while subscribed.can_read(timeout=0):
-                subscribed.read_response()
-                moved = True
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            self.close()
-            return True
-        return moved
 
     def _listen(self) -> None:
-        self.close()
+        if self._clock() < self._retry_at and self._pid == os.getpid():
+            return
+        self._close()
         self._pid = os.getpid()
+        self._retry_at = self._clock() + 1.0
         # RESP2: the subscribed connection reads the messages as replies.
         self._pool = redis.ConnectionPool.from_url(
-            self._url, protocol=2, socket_timeout=self._timeout
+            self._url, protocol=2, socket_timeout=self._timeout, socket_connect_timeout=2
         )
         try:
             subscribed = self._pool.make_connection()
@@ -445,11 +512,15 @@ class _Invalidations:
             )
             tracking.read_response()
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
-            self.close()  # asked again on the next request; until then every sync asks Redis
+            self._close()  # tried again in a second; until then every sync asks Redis
             return
         self._subscribed, self._tracking = subscribed, tracking
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():
             self._pool.disconnect()
         self._pool = self._subscribed = self._tracking = None
@@ -482,9 +553,12 @@ class RedisAudit:
             try:
                 chunk = self.storage.client.xrange(self.key, min=start, count=1000)
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-                raise self.storage._unreachable(exc) from None
+                raise self.storage.unreachable(exc) from None
             for _, fields in chunk:
-                yield json.loads(fields[b"e"])
+                try:
+                    yield json.loads(fields[b"e"])
+                except (KeyError, ValueError):
+                    continue  # not an event of ours: skipped, as a torn line of the file is
             if len(chunk) < 1000:
                 return
             start = "(" + chunk[-1][0].decode()
@@ -527,7 +601,7 @@ class RedisStorage:
         self.client = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            socket_connect_timeout=min(timeout, 2.0),
             retry=Retry(NoBackoff(), 1),  # one quick retry: a reconnect, not a wait
             health_check_interval=30,
         )
@@ -540,7 +614,9 @@ class RedisStorage:
         self.changes_key = f"{prefix}:changes"  # one up for every commit to any store
         self._seen: tuple[Any, Any] | None = None  # (epoch, changes) all copies are as of
         self._recheck_at = 0.0
-        self._invalidations = _Invalidations(url, self.changes_key, timeout)
+        self._clean_as_of: int | None = None  # the invalidation count the copies are as of
+        self._next_try = 0.0
+        self._invalidations = _Invalidations(url, self.changes_key, timeout, clock)
         self._synced_at: float | None = None
         self._down_since: float | None = None
         self._mutex = threading.RLock()
@@ -567,14 +643,18 @@ class RedisStorage:
     def describe(self) -> str:
         return f"Redis at {shown_url(self.url)}"
 
-    def run(self, script: Any, keys: Iterable[str], args: Iterable[Any]) -> Any:
-        """Run a registered script, Redis trouble answered as 503 STORAGE_UNAVAILABLE."""
+    def run(
+        self, script: Any, keys: Iterable[str], args: Iterable[Any], *, write: bool = False
+    ) -> Any:
+        """Run a registered script, Redis trouble answered as 503 STORAGE_UNAVAILABLE. A
+        commit whose answer was lost may have been made: the message does not say otherwise
+        (asked again, a commit answers what it made: see COMMIT)."""
         try:
             return script(keys=list(keys), args=list(args))
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            outcome = "the change may or may not have been made" if write else "nothing changed"
             raise StorageUnavailable(
-                f"the storage ({self.describe()}) cannot be reached ({exc}); nothing was "
-                "changed: try again",
+                f"the storage ({self.describe()}) cannot be reached ({exc}); {outcome}: try again",
                 headers={"Retry-After": "5"},
             ) from None
 
@@ -584,9 +664,9 @@ class RedisStorage:
             self.client.set(self._epoch_key, secrets.token_hex(8), nx=True)
             return self.client.get(self._epoch_key)
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            raise self._unreachable(exc) from None
+            raise self.unreachable(exc) from None
 
-    def _unreachable(self, exc: Exception) -> StorageUnavailable:
+    def unreachable(self, exc: Exception) -> StorageUnavailable:
         return StorageUnavailable(
             f"the storage ({self.describe()}) cannot be reached ({exc})",
             headers={"Retry-After": "5"},
@@ -594,42 +674,55 @@ class RedisStorage:
 
     def sync(self) -> None:
         """Bring every store's copy up to date (a request's first step); the rest of the
-        request then reads the copies without asking Redis. When Redis has not said that the
-        change counter moved (`_Invalidations`), which is most requests, that costs no round
-        trip at all; else, and at least every `RECHECK_SECONDS`, one MGET of the epoch and the
-        counter, and when they moved one script that answers what changed."""
+        request then reads the copies without asking Redis. While Redis has sent no message
+        that the change counter moved (`_Invalidations`), which is most requests, that costs
+        no round trip at all; else, and at least every `RECHECK_SECONDS`, one MGET of the epoch
+        and the counter, and when they moved one script that answers what changed. While Redis
+        is unreachable it is tried at most once a second; the copies serve in between (within
+        `stale_seconds`)."""
         stores = self.stores()
-        seen = self._seen
         now = self.clock()
-        moved = self._invalidations.moved()  # drained first: a later change tells again
-        if seen is not None and not moved and now < self._recheck_at and self._down_since is None:
+        if self._down_since is not None and now < self._next_try:
+            if not self._serve_stale(stores):
+                raise self.unreachable(OSError("tried again in a moment"))
             _synced.set(True)
             return
+        heard = self._invalidations.heard()
+        if heard is not None and heard == self._clean_as_of and now < self._recheck_at:
+            _synced.set(True)
+            return
+        if now >= self._recheck_at and not self._invalidations.alive():
+            heard = None  # not listening: nothing to trust until a sync says so
+        seen = self._seen
         if seen is not None and all(store._copy is not None for store in stores):
             try:
                 current = tuple(self.client.mget(self._epoch_key, self.changes_key))
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
                 current = None  # the script's attempt below answers as Redis trouble does
             if current == seen:
-                self._synced(self.clock())
+                self._mark_synced(now, whole=True, heard=heard)
                 _synced.set(True)
                 return
-        self.refresh(stores)
+        self.refresh(stores, heard=heard)
         _synced.set(True)
 
     def end_request(self) -> None:
         """The request is answered: reads outside a request sync again before each read."""
         _synced.set(False)
 
-    def refresh(self, stores: list[RedisStore], *, stale_ok: bool = True) -> None:
+    def refresh(
+        self, stores: list[RedisStore], *, stale_ok: bool = True, heard: int | None = None
+    ) -> None:
         """Bring the copies of `stores` up to date in one round trip. With Redis down, the
         copies serve reads for `stale_seconds` after the last sync that worked (`stale_ok`);
-        then, and for writes at once, StorageUnavailable."""
+        then, and for writes at once, StorageUnavailable. `heard`: the invalidation count
+        looked at before, which a whole sync makes the one its copies are as of."""
         keys = [self._epoch_key, self.changes_key]
         args: list[Any] = [MOST_CHANGES]
         for store in stores:
             keys += [store.keys[1], store.keys[2], store.keys[0]]
             args.append(store._copy.version if store._copy is not None else -1)
+        self._next_try = self.clock() + 1.0  # while down: the next attempt, not before
         try:
             answer = self.run(self._sync_script, keys, args)
             epoch = answer[0] or self.epoch()
@@ -642,11 +735,15 @@ class RedisStorage:
             whole = len(stores) == len(self._stores) and not any(s._broken for s in stores)
             if whole and answer[0]:
                 self._seen = (answer[0], answer[1])  # every copy is as of this change count
-            self._synced(self.clock())
+            self._mark_synced(self.clock(), whole=whole and bool(answer[0]), heard=heard)
 
-    def _synced(self, now: float) -> None:
+    def _mark_synced(self, now: float, *, whole: bool, heard: int | None) -> None:
+        """A round trip worked; with `whole`, every copy is as of the invalidation count
+        `heard` and needs no round trip until it moves or `RECHECK_SECONDS` pass."""
         self._synced_at = now
-        self._recheck_at = now + RECHECK_SECONDS
+        if whole:
+            self._clean_as_of = heard
+            self._recheck_at = now + RECHECK_SECONDS
         if self._down_since is not None:
             log.warning("%s is reachable again", self.describe())
             self._down_since = None
@@ -671,7 +768,7 @@ class RedisStorage:
         try:
             self.client.set(f"{self.prefix}:jwt_secret", secret)
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            raise self._unreachable(exc) from None
+            raise self.unreachable(exc) from None
 
     def kept_secret(self, make: Callable[[], str] | None = None) -> str | None:
         """The secret kept under `<prefix>:jwt_secret`; made with `make` when there is none
@@ -682,7 +779,7 @@ class RedisStorage:
                 self.client.set(key, make(), nx=True)
             kept = self.client.get(key)
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            raise self._unreachable(exc) from None
+            raise self.unreachable(exc) from None
         return kept.decode() if kept is not None else None
 
     def maintain(self) -> None:

@@ -15,12 +15,7 @@ from .indexes import Indexes
 
 
 class StagedRecords(Transaction):
-    """The records as a change inside `update` sees them.
-
-    Reads decode fresh dicts, so a change may modify what it read; `put`, item assignment and
-    `del` stage writes. At commit, the records staged or modified (compared with what was read)
-    are what the backend writes. `find` and `ids` consult the indexes as committed before it.
-    """
+    """A change's view of one store's committed `records` (see the top)."""
 
     def __init__(
         self,
