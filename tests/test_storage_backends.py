@@ -462,3 +462,23 @@ def test_a_bad_record_arriving_at_run_time_keeps_the_last_good_copy(
     assert "record 'a'" in reader.problem()
     with pytest.raises(StorageBusy):
         reader.update(_put("c", "carol"))
+
+
+def test_a_sealed_store_loads_unchecked_and_a_hand_edit_is_checked(redis_backend_only, monkeypatch):
+    _, writer = redis_backend_only()
+    for n in range(3):
+        writer.update(_put(f"k{n}", f"name{n}", n=n))
+    writer.update(lambda items: items.pop("k1"))
+    checked = []
+    real = redis_backend.RedisStore._check
+    monkeypatch.setattr(
+        redis_backend.RedisStore, "_check", lambda self, *a: checked.append(a) or real(self, *a)
+    )
+    with redis_client.Redis.from_url(redis_backend_only.url) as raw:
+        stored = raw.hgetall(writer.keys[0])
+        assert raw.get(writer.seal_key) == redis_backend.seal_of(stored.items())
+        redis_backend_only()  # sealed: loaded without checking a record
+        assert checked == []
+        raw.hset(writer.keys[0], "k2", b'{"name": "by hand", "n": 2}')  # the seal breaks
+    _, edited = redis_backend_only()
+    assert len(checked) == 2 and edited.get("k2")["name"] == "by hand"

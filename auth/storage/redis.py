@@ -5,6 +5,7 @@ Each store is three keys under one hash tag:
     {<prefix>:users}:records   a hash: record id -> the record's JSON
     {<prefix>:users}:version   a counter, one up per committed change
     {<prefix>:users}:log       a stream: entry `<version>-0` lists the ids that change touched
+    {<prefix>:users}:seal      a checksum of the records, kept up by every commit (`seal_of`)
 
 plus, for the whole data set, `<prefix>:epoch` (a random value, made whenever a Redis without it
 is met: new, emptied, or restarted without persistence) and `<prefix>:changes` (one up for every
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -75,7 +77,8 @@ MOST_CHANGES = 1_000  # beyond this many changes to catch up on, a whole load is
 COMMIT_ATTEMPTS = 100  # a change refused this often in a row (others always first): 503
 RECHECK_SECONDS = 1.0  # how long a sync trusts Redis's invalidation messages alone
 
-# KEYS: records, version, log, the data set's change counter, this commit's receipt. ARGV: the
+# KEYS: records, version, log, the data set's change counter, this commit's receipt, the seal
+# (see `seal_of`: kept up as records are put and deleted, so no read of the store). ARGV: the
 # version the change was made on ("" for a blind write), the log length, the number of puts,
 # then id, JSON for each put, then ids to delete. Answers the new version; the version a
 # commit with this receipt made already (its answer was lost, and it is asked again); -1 when
@@ -88,20 +91,38 @@ local stored = redis.call('GET', KEYS[2])
 if not stored and redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
 local version = tonumber(stored or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then return -1 end
+local seal = {0, 0, 0}
+local kept = redis.call('GET', KEYS[6])
+if kept then
+  local i = 1
+  for part in string.gmatch(kept, '%d+') do seal[i] = tonumber(part); i = i + 1 end
+end
+local function mix(id, json)
+  local h = redis.sha1hex(id .. '\\n' .. json)
+  for i = 1, 3 do
+    seal[i] = bit.bxor(seal[i], tonumber(string.sub(h, i * 6 - 5, i * 6), 16))
+  end
+end
 local ids = {}
 local at = 4
 for _ = 1, tonumber(ARGV[3]) do
+  local old = redis.call('HGET', KEYS[1], ARGV[at])
+  if old then mix(ARGV[at], old) end
+  mix(ARGV[at], ARGV[at + 1])
   redis.call('HSET', KEYS[1], ARGV[at], ARGV[at + 1])
   ids[#ids + 1] = ARGV[at]
   at = at + 2
 end
 while at <= #ARGV do
+  local old = redis.call('HGET', KEYS[1], ARGV[at])
+  if old then mix(ARGV[at], old) end
   redis.call('HDEL', KEYS[1], ARGV[at])
   ids[#ids + 1] = ARGV[at]
   at = at + 1
 end
 version = version + 1
 redis.call('SET', KEYS[2], version)
+redis.call('SET', KEYS[6], seal[1] .. ',' .. seal[2] .. ',' .. seal[3])
 redis.call('SET', KEYS[5], version, 'EX', 600)
 redis.call('INCR', KEYS[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], version .. '-0', 'ids', cjson.encode(ids))
@@ -152,9 +173,22 @@ return answer
 """
 
 # KEYS: version, records. Answers the version and every id, JSON: one consistent version.
-LOAD = """
-return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('HGETALL', KEYS[2])}
-"""
+
+
+def seal_of(records: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The seal of a store holding `records` (id, JSON), as COMMIT keeps it: three 24-bit
+    parts of the SHA-1 of each id, a newline and its JSON, XORed together, so that a record
+    put or deleted changes it by its own hash alone. Like the seal of a JSON snapshot it is a
+    checksum, not a signature: it says the records are as this code wrote them (checked before
+    they were written), unless someone computed it again, and a whole load that finds it
+    matching need not check every record against its shape."""
+    parts = [0, 0, 0]
+    for record_id, raw in records:
+        digest = hashlib.sha1(record_id + b"\n" + raw).hexdigest()
+        for i in range(3):
+            parts[i] ^= int(digest[i * 6 : i * 6 + 6], 16)
+    return ",".join(map(str, parts)).encode()
+
 
 # Set in the context of a request once its sync ran, until it is answered: reads then trust
 # the copies.
@@ -201,6 +235,7 @@ class RedisStore:
         self._storage = storage
         tag = f"{{{storage.prefix}:{name}}}"
         self.keys = (f"{tag}:records", f"{tag}:version", f"{tag}:log")
+        self.seal_key = f"{tag}:seal"
         self._copy: _Copy | None = None
         self._broken: str | None = None
         self._mutex = threading.RLock()
@@ -279,7 +314,7 @@ class RedisStore:
 
     def _load(self, epoch: bytes | None) -> None:
         """Read the whole store (one consistent version), checking every record."""
-        version, flat = self._storage.run(self._storage.load_script, self.keys[1::-1], [])
+        version, seal, stored = self._storage.load(self.keys[1], self.seal_key, self.keys[0])
         held = self._copy
         if held is not None and held.epoch == epoch and held.version > int(version):
             # Every load runs under the mutex: this is Redis going back (a restore, the lost
@@ -291,11 +326,13 @@ class RedisStore:
                 held.version,
                 int(version),
             )
+        sealed = seal is not None and seal == seal_of(stored.items())
         records: dict[str, bytes] = {}
-        for at in range(0, len(flat), 2):
-            record_id = self._id(flat[at])
-            self._check(record_id, flat[at + 1])
-            records[record_id] = flat[at + 1]
+        for raw_id, raw in stored.items():
+            record_id = self._id(raw_id)
+            if not sealed:  # written or changed by something else than a commit of ours
+                self._check(record_id, raw)
+            records[record_id] = raw
         self._copy = _Copy(records, Indexes(self.indexes), int(version), epoch)
         self._broken = None
 
@@ -420,7 +457,7 @@ class RedisStore:
             args += [record_id, raw]
         args += deletes
         receipt = f"{self.keys[1]}:commit:{secrets.token_hex(8)}"
-        keys = [*self.keys, self._storage.changes_key, receipt]
+        keys = [*self.keys, self._storage.changes_key, receipt, self.seal_key]
         version = int(self._storage.run(self._storage.commit_script, keys, args, write=True))
         if version == -2:
             raise StorageUnavailable(
@@ -606,7 +643,6 @@ class RedisStorage:
             health_check_interval=30,
         )
         self.commit_script = self.client.register_script(COMMIT)
-        self.load_script = self.client.register_script(LOAD)
         self._sync_script = self.client.register_script(SYNC)
         self._stores: dict[str, RedisStore] = {}
         self.audit = RedisAudit(self, f"{prefix}:audit", audit_entries)
@@ -657,6 +693,17 @@ class RedisStorage:
                 f"the storage ({self.describe()}) cannot be reached ({exc}); {outcome}: try again",
                 headers={"Retry-After": "5"},
             ) from None
+
+    def load(self, version_key: str, seal_key: str, records_key: str) -> tuple[int, Any, dict]:
+        """A store's version, seal and records (id -> JSON), read as one version (MULTI)."""
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                version, seal, records = (
+                    pipe.get(version_key).get(seal_key).hgetall(records_key).execute()
+                )
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            raise self.unreachable(exc) from None
+        return int(version or 0), seal, records
 
     def epoch(self) -> bytes:
         """The data set's epoch, made when there is none (a new or emptied Redis)."""
