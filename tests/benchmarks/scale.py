@@ -7,8 +7,9 @@ it, or `upgraded`, the same records as the previous release wrote them (one JSON
 store, schema_version 1, no journal: `tests/previous_release.py`), which the first start
 converts, or `redis`: the new data dir's records copied into a redis-server (append-only file
 fsynced at every write) by `storage migrate`, served with `storage.backend: redis` and the
-limits on Redis too. It starts the real server with 2 workers on it once (the first start,
-stopped at once) and again for the measurements, and prints:
+limits on a second Redis (without persistence, as README advises). It starts the real server
+with 2 workers on it once (the first start, stopped at once) and again for the measurements,
+and prints:
 
 - first start and start-up (the second start): from launch until /health answers; the largest
   worker's RSS once the predictions below have run;
@@ -257,28 +258,34 @@ def started(data_dir: Path, env: dict[str, str]):
 @contextmanager
 def on_redis(data_dir: Path, tmp: Path):
     """A redis-server (append-only file, fsynced at every write, as README advises) holding the
-    records of `data_dir`, copied by `storage migrate`; yields the settings that use it for the
-    stores and the limits."""
+    records of `data_dir`, copied by `storage migrate`, and a second one without persistence
+    for the limits (README: their counters are disposable, and with fsync at every write each
+    request would wait on one); yields the settings that use them."""
     directory = tmp / f"redis-{data_dir.name}"
     directory.mkdir()
-    server = RedisProcess(directory)
-    server.start()
+    stores, limits = RedisProcess(directory), RedisProcess()
+    stores.start()
+    limits.start()
     env = {
         "INFERENCE_STORAGE__BACKEND": "redis",
-        "INFERENCE_STORAGE__REDIS_URL": server.url,
-        "INFERENCE_RATE_LIMITS__STORAGE_URI": server.url,
+        "INFERENCE_STORAGE__REDIS_URL": stores.url,
+        "INFERENCE_RATE_LIMITS__STORAGE_URI": limits.url,
     }
     try:
         subprocess.run(
             [sys.executable, "run.py", "storage", "migrate", "--to", "redis"],
             cwd=REPO,
-            env={**os.environ, "INFERENCE_STORAGE__DATA_DIR": str(data_dir), **env},
+            env={
+                **os.environ,
+                "INFERENCE_STORAGE__DATA_DIR": str(data_dir),  # from the files, as configured
+                "INFERENCE_STORAGE__REDIS_URL": stores.url,
+            },
             check=True,
-            capture_output=True,
         )
         yield env
     finally:
-        server.stop()
+        stores.stop()
+        limits.stop()
 
 
 def measure(size: int, data_format: str, tmp: Path, opts) -> dict[str, float | str]:
