@@ -9,7 +9,9 @@ alive), every other route answers 503 SERVICE_UNAVAILABLE saying what could not 
 names, never the server's paths), `/ready` included, so a load balancer takes it out of rotation.
 Nothing is served from a partial copy, so no credential that the broken file would refuse gets
 in. Whenever a file in the data dir changes (a stat of each per request, only while standing by),
-the worker tries again, so the operator's repair brings it into service without a restart.
+the worker tries again, so the operator's repair brings it into service without a restart. A
+storage that could not be reached (Redis down) is no file to repair: the worker tries again every
+`RETRY_SECONDS` as well.
 """
 
 from __future__ import annotations
@@ -17,13 +19,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, request
 
-from auth import ApiError, SecretError, StoreCorrupt, init_error_handlers, stamp
+from auth import (
+    ApiError,
+    SecretError,
+    StorageUnavailable,
+    StoreCorrupt,
+    init_error_handlers,
+    stamp,
+)
 
 from . import health
 
@@ -34,6 +44,7 @@ log = logging.getLogger(__name__)
 DATA_FAULTS = (StoreCorrupt, SecretError, ApiError, OSError)
 
 App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+RETRY_SECONDS = 5.0  # how often a worker whose storage was unreachable tries again
 
 
 def _fingerprint(directory: Path) -> tuple[Any, ...]:
@@ -44,39 +55,54 @@ def _fingerprint(directory: Path) -> tuple[Any, ...]:
         return (type(exc).__name__,)
 
 
-def start(build: Callable[[], Flask], data_dir: Path) -> App:
+def start(
+    build: Callable[[], Flask], data_dir: Path, *, clock: Callable[[], float] = time.monotonic
+) -> App:
     """The app `build` makes, or a `Standby` in its place if the data dir does not let it."""
     try:
         return build()
     except DATA_FAULTS as exc:
-        return Standby(build, data_dir, exc)
+        return Standby(build, data_dir, exc, clock=clock)
 
 
 class Standby:
     """The WSGI app of a worker whose data could not be loaded (see the module docstring)."""
 
-    def __init__(self, build: Callable[[], Flask], data_dir: Path, fault: BaseException) -> None:
+    def __init__(
+        self,
+        build: Callable[[], Flask],
+        data_dir: Path,
+        fault: BaseException,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._build = build
         self._data_dir = data_dir
+        self._clock = clock
         self._trying = threading.Lock()
         self._app: Flask | None = None
         self._standing_by(fault)
 
     def _standing_by(self, fault: BaseException) -> None:
         self._seen = _fingerprint(self._data_dir)
+        transient = isinstance(fault, StorageUnavailable)
+        self._retry_at = self._clock() + RETRY_SECONDS if transient else None
+        until = f"trying again every {RETRY_SECONDS:g} s" if transient else "the data dir changes"
         detail = str(getattr(fault, "description", None) or fault)
-        log.error("this worker cannot serve: %s; answering 503 until the data dir changes", detail)
+        log.error("this worker cannot serve: %s; answering 503 until %s", detail, until)
         reason = detail.replace(f"{self._data_dir}{os.sep}", "").replace(str(self._data_dir), "")
-        self._standby = _standby_app(
-            f"this worker could not load its data ({reason}); an operator must repair it"
-        )
+        remedy = "it is tried again shortly" if transient else "an operator must repair it"
+        self._standby = _standby_app(f"this worker could not load its data ({reason}); {remedy}")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]):
         app = self._app or self._retry()
         return (app or self._standby)(environ, start_response)
 
     def _retry(self) -> Flask | None:
-        if _fingerprint(self._data_dir) == self._seen or not self._trying.acquire(blocking=False):
+        due = self._retry_at is not None and self._clock() >= self._retry_at
+        if not due and _fingerprint(self._data_dir) == self._seen:
+            return None
+        if not self._trying.acquire(blocking=False):
             return None
         try:
             if self._app is None:

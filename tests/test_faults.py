@@ -353,3 +353,34 @@ def test_a_key_made_before_its_journal_was_deleted_works_in_a_real_two_worker_se
         assert [_predict(server, key).status_code for _ in range(8)] == [200] * 8
         refused = requests.post(keys, json={"name": "k2"}, headers=admin, timeout=60)
         assert_error(refused, 503, "STORAGE_BUSY")
+
+
+def test_a_worker_that_met_its_storage_unreachable_tries_again_on_its_own(tmp_path):
+    """Redis down when a worker starts is no file an operator repairs: the worker tries again
+    every few seconds and serves once it can, without a restart."""
+    from flask import Flask
+    from werkzeug.test import Client
+
+    from auth import StorageUnavailable
+    from inference_server import standby
+
+    now = [100.0]
+    builds = []
+
+    def build():
+        builds.append(now[0])
+        if len(builds) == 1:
+            raise StorageUnavailable("the storage (Redis at redis://h:6379/0) cannot be reached")
+        app = Flask("served")
+        app.get("/x")(lambda: "served")
+        return app
+
+    worker = standby.start(build, tmp_path, clock=lambda: now[0])
+    assert isinstance(worker, standby.Standby)
+    client = Client(worker)
+    refused = client.get("/x")
+    assert refused.status_code == 503 and "tried again shortly" in refused.get_data(as_text=True)
+    assert len(builds) == 1  # not yet due, and no file changed
+    now[0] += standby.RETRY_SECONDS
+    assert client.get("/x").get_data(as_text=True) == "served"
+    assert len(builds) == 2
