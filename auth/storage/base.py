@@ -189,3 +189,47 @@ class Storage(Protocol):
     def kept_secret(self, make: Callable[[], str] | None = None) -> str | None:
         """The token signing secret this backend keeps, or None; with `make`, one is made when
         there is none, once for every process and host (the first one kept wins)."""
+
+
+class Backend:
+    """What every backend does alike: it makes each store once, by name, and keeps it."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, Any] = {}
+
+    def store(
+        self,
+        name: str,
+        *,
+        collection: str,
+        shape: Shape,
+        indexes: Mapping[str, Index] | None = None,
+        intern_ids: bool = False,
+    ) -> Any:
+        store = self._stores.get(name)
+        if store is None:
+            store = self._stores[name] = self._make(
+                name,
+                collection=collection,
+                shape=shape,
+                indexes=indexes or {},
+                intern_ids=intern_ids,
+            )
+        return store
+
+    def _make(
+        self,
+        name: str,
+        *,
+        collection: str,
+        shape: Shape,
+        indexes: Mapping[str, Index],
+        intern_ids: bool,
+    ) -> Store:
+        raise NotImplementedError
+
+    def stores(self) -> list[Any]:
+        return list(self._stores.values())
+
+    def problems(self) -> list[str]:
+        return [problem for problem in (s.problem() for s in self.stores()) if problem]

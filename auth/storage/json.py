@@ -75,7 +75,7 @@ from ..errors import StorageBusy, StorageUnavailable
 from . import journal as journal_file
 from . import snapshot as snapshot_file
 from .audit_file import AuditFile
-from .base import UNCHANGED, Record, StoreCorrupt, Transaction, decode, encode
+from .base import UNCHANGED, Backend, Record, StoreCorrupt, Transaction, decode, encode
 from .changes import ChangeCounter
 from .indexes import Index, Indexes
 from .shapes import Shape, record_problem
@@ -932,7 +932,7 @@ class JsonStore:
                     self._state = None
 
 
-class JsonStorage:
+class JsonStorage(Backend):
     """The embedded default backend: each store a snapshot and a journal in `data_dir`, one
     host's worker processes kept in step through the files (see the top of this module)."""
 
@@ -948,6 +948,7 @@ class JsonStorage:
         audit_max_bytes: int = 10 * 1024 * 1024,
         audit_backups: int = 5,
     ):
+        super().__init__()
         self.data_dir = secure_dir(Path(data_dir))
         self.lock_timeout = lock_timeout
         self.maintained = maintained
@@ -957,32 +958,25 @@ class JsonStorage:
             backups=audit_backups,
             lock_timeout=lock_timeout,
         )
-        self._stores: dict[str, JsonStore] = {}
 
-    def store(
+    def _make(
         self,
         name: str,
         *,
         collection: str,
         shape: Shape,
-        indexes: Mapping[str, Index] | None = None,
-        intern_ids: bool = False,
+        indexes: Mapping[str, Index],
+        intern_ids: bool,
     ) -> JsonStore:
-        store = self._stores.get(name)
-        if store is None:
-            store = self._stores[name] = JsonStore(
-                self.data_dir / f"{name}.json",
-                collection=collection,
-                lock_timeout=self.lock_timeout,
-                shape=shape,
-                indexes=indexes or {},
-                intern_ids=intern_ids,
-                maintained=self.maintained,
-            )
-        return store
-
-    def stores(self) -> list[JsonStore]:
-        return list(self._stores.values())
+        return JsonStore(
+            self.data_dir / f"{name}.json",
+            collection=collection,
+            lock_timeout=self.lock_timeout,
+            shape=shape,
+            indexes=indexes,
+            intern_ids=intern_ids,
+            maintained=self.maintained,
+        )
 
     def sync(self) -> None:
         """Nothing to do: each read follows the files by the change counter."""
@@ -1018,9 +1012,6 @@ class JsonStorage:
     def close(self) -> None:
         for store in self.stores():
             store.close()
-
-    def problems(self) -> list[str]:
-        return [problem for problem in (s.problem() for s in self.stores()) if problem]
 
     def backup(self, target: Path) -> list[str]:
         """Copy every store's files into `target`, each as one consistent version."""

@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -57,7 +58,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import StorageBusy, StorageUnavailable
-from .base import UNCHANGED, Record, StoreCorrupt, decode, encode
+from .base import UNCHANGED, Backend, Record, StoreCorrupt, decode, encode
 from .indexes import Index, Indexes
 from .shapes import Shape, record_problem
 from .staged import StagedRecords
@@ -227,9 +228,12 @@ class RedisStore:
         collection: str,
         shape: Shape,
         indexes: Mapping[str, Index],
+        intern_ids: bool = False,
     ) -> None:
         self.name = name
         self.collection = collection
+        # Ids that other stores' indexes are keyed by (users): held once in memory.
+        self.intern_ids = intern_ids
         self.shape = shape
         self.indexes = indexes
         self._storage = storage
@@ -330,6 +334,8 @@ class RedisStore:
         records: dict[str, bytes] = {}
         for raw_id, raw in stored.items():
             record_id = self._id(raw_id)
+            if self.intern_ids:
+                record_id = sys.intern(record_id)
             if not sealed:  # written or changed by something else than a commit of ours
                 self._check(record_id, raw)
             records[record_id] = raw
@@ -611,7 +617,7 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
-class RedisStorage:
+class RedisStorage(Backend):
     """The stores of one Redis data set (see the top of this module)."""
 
     backend = "redis"
@@ -644,7 +650,7 @@ class RedisStorage:
         )
         self.commit_script = self.client.register_script(COMMIT)
         self._sync_script = self.client.register_script(SYNC)
-        self._stores: dict[str, RedisStore] = {}
+        super().__init__()
         self.audit = RedisAudit(self, f"{prefix}:audit", audit_entries)
         self._epoch_key = f"{prefix}:epoch"
         self.changes_key = f"{prefix}:changes"  # one up for every commit to any store
@@ -657,24 +663,18 @@ class RedisStorage:
         self._down_since: float | None = None
         self._mutex = threading.RLock()
 
-    def store(
+    def _make(
         self,
         name: str,
         *,
         collection: str,
         shape: Shape,
-        indexes: Mapping[str, Index] | None = None,
-        intern_ids: bool = False,
+        indexes: Mapping[str, Index],
+        intern_ids: bool,
     ) -> RedisStore:
-        store = self._stores.get(name)
-        if store is None:
-            store = self._stores[name] = RedisStore(
-                self, name, collection=collection, shape=shape, indexes=indexes or {}
-            )
-        return store
-
-    def stores(self) -> list[RedisStore]:
-        return list(self._stores.values())
+        return RedisStore(
+            self, name, collection=collection, shape=shape, indexes=indexes, intern_ids=intern_ids
+        )
 
     def describe(self) -> str:
         return f"Redis at {shown_url(self.url)}"
@@ -849,7 +849,7 @@ class RedisStorage:
             self.client.ping()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             return [f"the storage ({self.describe()}) cannot be reached ({exc})"]
-        return [problem for problem in (s.problem() for s in self.stores()) if problem]
+        return super().problems()
 
     def backup(self, target: Path) -> list[str]:
         """Write every store into `target` as the JSON backend's files (each snapshot whole,
