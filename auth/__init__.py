@@ -61,7 +61,15 @@ from .limits import LimiterConfigError
 from .offload import ThreadOffload
 from .openapi import describe, doc
 from .schemas import answer, body
-from .storage import Storage, Store, StoreCorrupt, Transaction, open_storage, secure_dir
+from .storage import (
+    Storage,
+    Store,
+    StoreCorrupt,
+    Transaction,
+    fsync_dir,
+    open_storage,
+    secure_dir,
+)
 from .storage.json import SECRET_FILE
 from .storage.migrate import MigrationRefused, migrate
 from .storage.shapes import Field, one_of
@@ -109,6 +117,7 @@ __all__ = [
     "error_body",
     "error_code",
     "exempt",
+    "fsync_dir",
     "init_error_handlers",
     "json_body",
     "json_bytes",

@@ -36,7 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auth import SECRET_FILE, ApiError, AuthState, MigrationRefused, StoreCorrupt, secure_dir
+from auth import (
+    SECRET_FILE,
+    ApiError,
+    AuthState,
+    MigrationRefused,
+    StoreCorrupt,
+    fsync_dir,
+    secure_dir,
+)
 
 from .models import state_store
 from .models.download import MODELS_DIR, downloaded_files
@@ -115,7 +123,7 @@ def make_backup(state: AuthState, data_dir: Path, target: Path) -> list[str]:
         copied += state.storage.audit.copy_to(partial)
         _write_manifest(partial, copied, data_dir)
         os.rename(partial, target)  # over an empty directory too
-        _sync_dir(target.parent)
+        fsync_dir(target.parent)
     except (OSError, ApiError, MigrationRefused) as exc:  # the disk, Redis, a copy that differs
         reason = exc.description if isinstance(exc, ApiError) else exc.strerror or exc
         raise BackupError(
@@ -172,7 +180,7 @@ def restore_backup(settings: Settings, origin: Path, *, force: bool = False) -> 
                 secure_dir((data_dir / name).parent)
             os.replace(staging / name, data_dir / name)
         for folder in {(data_dir / name).parent for name in restored}:
-            _sync_dir(folder)
+            fsync_dir(folder)
     except OSError as exc:
         kept = f"; what it held is in {aside}" if aside else "; nothing was changed"
         raise BackupError(f"restore into {data_dir} failed ({exc.strerror or exc}){kept}") from None
@@ -331,7 +339,7 @@ def _write_manifest(directory: Path, names: list[str], data_dir: Path) -> None:
     }
     _write_new(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     for folder in {(directory / name).parent for name in names} | {directory}:
-        _sync_dir(folder)
+        fsync_dir(folder)
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -341,11 +349,3 @@ def _write_new(path: Path, data: bytes) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import UNCHANGED, AuditTrail, Record, Storage, Store, StoreCorrupt, Transaction
-from .json import JsonStorage, secure_dir
+from .json import JsonStorage, fsync_dir, secure_dir
 
 __all__ = [
     "AuditTrail",
@@ -20,6 +20,7 @@ __all__ = [
     "StoreCorrupt",
     "Transaction",
     "open_storage",
+    "fsync_dir",
     "secure_dir",
 ]
 

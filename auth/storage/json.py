@@ -124,7 +124,8 @@ def _digests(records: dict[str, bytes], ids: list[str]) -> dict[str, str | None]
     return {i: None if (raw := records.get(i)) is None else digest(raw) for i in ids}
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the names in `directory` durable (after a rename or a new file in it)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -262,7 +263,7 @@ class JsonStore:
             backup = self._keep_backup()
             self.compact()
             backup.unlink()
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             log.info("converted %s to the sealed format", self.path.name)
         elif state.kind == snapshot_file.EDIT:
             self.compact()
@@ -284,7 +285,7 @@ class JsonStore:
         except OSError:  # a file system without hard links: a copy
             os.replace(self._write_temp(temp, [self.path.read_bytes()]), temp)
         os.replace(temp, backup)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return backup
 
     def _create(self) -> None:
@@ -805,7 +806,7 @@ class JsonStore:
         """Start an empty journal of the state's generation (atomically, header included)."""
         header = journal_file.header_line(state.generation)
         os.replace(self._write_temp(self.journal_path, [header]), self.journal_path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._attach_journal(state)
 
     def _attach_journal(self, state: _State) -> None:
@@ -921,7 +922,7 @@ class JsonStore:
                 # generation, which the new snapshot already holds whole.
                 os.replace(snapshot, self.path)
                 os.replace(journal, self.journal_path)
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
                 state.generation = generation
                 state.snapshot = stamp
                 state.snapshot_size = sum(map(len, chunks))
@@ -1043,7 +1044,7 @@ class JsonStorage(Backend):
 
     def replace_secret(self, secret: str) -> None:
         os.replace(self._write_secret_temp(secret), self.data_dir / SECRET_FILE)
-        _fsync_dir(self.data_dir)
+        fsync_dir(self.data_dir)
 
     def _write_secret_temp(self, secret: str) -> str:
         return JsonStore._write_temp(self.data_dir / SECRET_FILE, [secret.encode()])
