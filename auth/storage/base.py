@@ -233,3 +233,49 @@ class Backend:
 
     def problems(self) -> list[str]:
         return [problem for problem in (s.problem() for s in self.stores()) if problem]
+
+
+class ReadsCopy:
+    """How a store reads the copy of its records a process holds (both backends keep one):
+    `_current()` is the copy brought up to date as the backend does it, with its `records`
+    (id -> JSON) and `indexes`; `_mutex` guards a first index build."""
+
+    _mutex: Any
+
+    def _current(self) -> Any:
+        raise NotImplementedError
+
+    def get(self, record_id: str | None) -> Record | None:
+        """A fresh copy of record `record_id`, or None."""
+        raw = self._current().records.get(record_id) if record_id is not None else None
+        return decode(raw) if raw is not None else None
+
+    def find(self, index: str, key: str) -> Record | None:
+        """The record a unique index files under `key`, or None."""
+
+        def look(copy: Any) -> bytes | None:
+            record_id = copy.indexes.one(index, key, copy.records)
+            return copy.records.get(record_id) if record_id is not None else None
+
+        raw = self._look_up(index, look)  # the id and its record from one look at the copy
+        return decode(raw) if raw is not None else None
+
+    def ids(self, index: str, key: str) -> list[str]:
+        """The ids a (non-unique) index files under `key`."""
+        return self._look_up(index, lambda copy: copy.indexes.all(index, key, copy.records))
+
+    def warm(self, indexes: Iterable[str] | None = None) -> None:
+        """Load the records and build `indexes` (default: all) now, so that no request pays."""
+        with self._mutex:
+            copy = self._current()
+            copy.indexes.build(copy.records, indexes)
+
+    def _look_up(self, index: str, look: Callable[[Any], R]) -> R:
+        """`look` at the copy: at once when the index is built (a writer holding the mutex
+        never holds up a lookup), else under the mutex (a first build or a scan walks the
+        records: no change meanwhile)."""
+        copy = self._current()
+        if copy.indexes.has(index):
+            return look(copy)
+        with self._mutex:
+            return look(self._current())

@@ -75,7 +75,7 @@ from ..errors import StorageBusy, StorageUnavailable
 from . import journal as journal_file
 from . import snapshot as snapshot_file
 from .audit_file import AuditFile
-from .base import UNCHANGED, Backend, Record, StoreCorrupt, Transaction, decode, encode
+from .base import UNCHANGED, Backend, ReadsCopy, Record, StoreCorrupt, Transaction, decode, encode
 from .changes import ChangeCounter
 from .indexes import Index, Indexes
 from .shapes import Shape, record_problem
@@ -166,7 +166,7 @@ class _State:
 
 
 @dataclass
-class JsonStore:
+class JsonStore(ReadsCopy):
     path: Path
     collection: str
     lock_timeout: float = 10.0
@@ -305,38 +305,6 @@ class JsonStore:
             for leftover in self.path.parent.glob(f".{name}.*.tmp"):
                 log.warning("removing %s, left by a writer that died", leftover.name)
                 leftover.unlink(missing_ok=True)
-
-    def get(self, record_id: str | None) -> Record | None:
-        """A fresh copy of record `record_id`, or None."""
-        raw = self._current().records.get(record_id) if record_id is not None else None
-        return decode(raw) if raw is not None else None
-
-    def find(self, index: str, key: str) -> Record | None:
-        """The record a unique index files under `key`, or None."""
-
-        def look(state: _State) -> bytes | None:
-            record_id = state.indexes.one(index, key, state.records)
-            return state.records.get(record_id) if record_id is not None else None
-
-        raw = self._look_up(index, look)  # the id and its record from one look at the files
-        return decode(raw) if raw is not None else None
-
-    def ids(self, index: str, key: str) -> list[str]:
-        """The ids a (non-unique) index files under `key`."""
-        return self._look_up(index, lambda s: s.indexes.all(index, key, s.records))
-
-    def warm(self, indexes: Iterable[str] | None = None) -> None:
-        """Load the records and build `indexes` (default: all) now, so that no request pays."""
-        with self._mutex:
-            state = self._current()
-            state.indexes.build(state.records, indexes)
-
-    def _look_up(self, index: str, look: Callable[[_State], T]) -> T:
-        state = self._current()
-        if state.indexes.has(index):
-            return look(state)
-        with self._mutex:  # a first build or a scan walks the records: no change meanwhile
-            return look(self._current())
 
     def close(self) -> None:
         """Let go of the files (and the records in memory); the next read loads again."""

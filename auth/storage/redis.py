@@ -58,7 +58,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import StorageBusy, StorageUnavailable
-from .base import UNCHANGED, Backend, Record, StoreCorrupt, decode, encode
+from .base import UNCHANGED, Backend, ReadsCopy, Record, StoreCorrupt, decode, encode
 from .indexes import Index, Indexes
 from .shapes import Shape, record_problem
 from .staged import StagedRecords
@@ -217,7 +217,7 @@ class _Copy:
     epoch: bytes | None
 
 
-class RedisStore:
+class RedisStore(ReadsCopy):
     """One collection in Redis, read through this process's copy (see the module's top)."""
 
     def __init__(
@@ -251,31 +251,6 @@ class RedisStore:
         with self._mutex:
             self._load(self._storage.epoch())
 
-    def get(self, record_id: str | None) -> Record | None:
-        raw = self._current().records.get(record_id) if record_id is not None else None
-        return decode(raw) if raw is not None else None
-
-    def find(self, index: str, key: str) -> Record | None:
-        def look(copy: _Copy) -> bytes | None:
-            record_id = copy.indexes.one(index, key, copy.records)
-            return copy.records.get(record_id) if record_id is not None else None
-
-        raw = self._look_up(index, look)
-        return decode(raw) if raw is not None else None
-
-    def ids(self, index: str, key: str) -> list[str]:
-        return self._look_up(index, lambda copy: copy.indexes.all(index, key, copy.records))
-
-    def _look_up(self, index: str, look: Callable[[_Copy], R]) -> R:
-        """`look` at the copy: at once when the index is built (a write holding the mutex
-        across its round trips never holds up a key lookup), else under the mutex (a first
-        build walks the records)."""
-        copy = self._current()
-        if copy.indexes.has(index):
-            return look(copy)
-        with self._mutex:
-            return look(copy)
-
     def records(self) -> list[tuple[str, Record]]:
         return [(i, decode(raw)) for i, raw in list(self._current().records.items())]
 
@@ -285,11 +260,6 @@ class RedisStore:
     def version(self) -> Any:
         copy = self._current()
         return (copy.epoch, copy.version)
-
-    def warm(self, indexes: Iterable[str] | None = None) -> None:
-        copy = self._current()
-        with self._mutex:
-            copy.indexes.build(copy.records, indexes)
 
     def problem(self) -> str | None:
         try:
