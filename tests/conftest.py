@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
 from auth.storage.json import JsonStore
 from inference_server.app import create_app
+from inference_server.cli import cli
 from inference_server.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +84,18 @@ def base_overrides(data_dir: Path) -> dict[str, Any]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+def run(data_dir):
+    """Invoke the CLI on the test's data dir; returns the click Result."""
+    runner = CliRunner()
+    env = {"INFERENCE_STORAGE__DATA_DIR": str(data_dir), "INFERENCE_AUTH__BCRYPT_ROUNDS": "4"}
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(cli, list(args), input=input, env=env)
+
+    return invoke
 
 
 @pytest.fixture

@@ -20,18 +20,6 @@ from tests.live import REPO, live_server
 GOOD = "a long and private passphrase"
 
 
-@pytest.fixture
-def run(data_dir):
-    """Invoke the CLI on the test's data dir; returns the click Result."""
-    runner = CliRunner()
-    env = {"INFERENCE_STORAGE__DATA_DIR": str(data_dir), "INFERENCE_AUTH__BCRYPT_ROUNDS": "4"}
-
-    def invoke(*args: str, input: str | None = None):
-        return runner.invoke(cli, list(args), input=input, env=env)
-
-    return invoke
-
-
 def _admin(run, name="root"):
     result = run(
         "create-admin",

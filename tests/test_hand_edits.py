@@ -14,26 +14,12 @@ import sys
 
 import pytest
 import requests
-from click.testing import CliRunner
 
 from auth import StoreCorrupt
 from inference_server.app import create_app
-from inference_server.cli import cli
 from inference_server.settings import load_settings
 from tests.conftest import PASSWORD, Actor, base_overrides, bearer
 from tests.live import REPO, live_server, server_env
-
-
-@pytest.fixture
-def run(data_dir):
-    """Invoke the CLI on the test's data dir; returns the click Result."""
-    runner = CliRunner()
-    env = {"INFERENCE_STORAGE__DATA_DIR": str(data_dir), "INFERENCE_AUTH__BCRYPT_ROUNDS": "4"}
-
-    def invoke(*args: str, input: str | None = None):
-        return runner.invoke(cli, list(args), input=input, env=env)
-
-    return invoke
 
 
 def _create(run, name: str) -> None:
