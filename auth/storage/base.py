@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from .indexes import Index
-from .shapes import Shape
+from .shapes import Shape, record_problem
 
 R = TypeVar("R")
 Record = dict[str, Any]
@@ -39,6 +39,16 @@ UNCHANGED: Any = object()  # what a change returns when it found nothing to writ
 class StoreCorrupt(Exception):
     """Stored data is not a valid record of its store (naming where, which record and field);
     it was left untouched."""
+
+
+def check_record(where: str, shape: Shape | None, record_id: str, record: Any) -> None:
+    """StoreCorrupt naming `where` (a file, a Redis key), the record and the field when
+    `record` is not an object that fits `shape`."""
+    if not isinstance(record, dict):
+        raise StoreCorrupt(f"{where}: record {record_id!r} must be an object")
+    problem = record_problem(shape, record_id, record) if shape is not None else None
+    if problem:
+        raise StoreCorrupt(f"{where}: record {record_id!r}: {problem}")
 
 
 def encode(record: Record) -> bytes:
@@ -233,6 +243,10 @@ class Backend:
 
     def problems(self) -> list[str]:
         return [problem for problem in (s.problem() for s in self.stores()) if problem]
+
+    def close(self) -> None:
+        for store in self.stores():
+            store.close()
 
 
 class ReadsCopy:

@@ -75,10 +75,20 @@ from ..errors import StorageBusy, StorageUnavailable
 from . import journal as journal_file
 from . import snapshot as snapshot_file
 from .audit_file import AuditFile
-from .base import UNCHANGED, Backend, ReadsCopy, Record, StoreCorrupt, Transaction, decode, encode
+from .base import (
+    UNCHANGED,
+    Backend,
+    ReadsCopy,
+    Record,
+    StoreCorrupt,
+    Transaction,
+    check_record,
+    decode,
+    encode,
+)
 from .changes import ChangeCounter
 from .indexes import Index, Indexes
-from .shapes import Shape, record_problem
+from .shapes import Shape
 from .staged import StagedRecords
 
 log = logging.getLogger(__name__)
@@ -451,12 +461,7 @@ class JsonStore(ReadsCopy):
             raise ValueError(f"refusing to write {exc}") from None
 
     def _check(self, path: Path, record_id: str, record: Any) -> None:
-        if not isinstance(record, dict):
-            raise StoreCorrupt(f"data file {path}: record {record_id!r} must be an object")
-        if self.shape is not None:
-            problem = record_problem(self.shape, record_id, record)
-            if problem:
-                raise StoreCorrupt(f"data file {path}: record {record_id!r}: {problem}")
+        check_record(f"data file {path}", self.shape, record_id, record)
 
     def _open_journal(self, state: _State) -> None:
         """Attach the journal on disk to `state` (which holds the snapshot) and apply it."""
@@ -977,10 +982,6 @@ class JsonStorage(Backend):
             done = f"; folded {', '.join(folded)}" if folded else ""
             raise StorageBusy(f"could not fold {', '.join(failed)}{done}")
         return folded
-
-    def close(self) -> None:
-        for store in self.stores():
-            store.close()
 
     def backup(self, target: Path) -> list[str]:
         """Copy every store's files into `target`, each as one consistent version."""

@@ -58,17 +58,25 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import StorageBusy, StorageUnavailable
-from .base import UNCHANGED, Backend, ReadsCopy, Record, StoreCorrupt, decode, encode
+from .base import UNCHANGED, Backend, ReadsCopy, Record, StoreCorrupt, check_record, decode, encode
 from .indexes import Index, Indexes
-from .shapes import Shape, record_problem
+from .shapes import Shape
 from .staged import StagedRecords
 
 try:
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
+
+    # What Redis answers when it cannot do what was asked: down, too slow, or refusing.
+    TROUBLE: tuple[type[Exception], ...] = (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        redis.ResponseError,
+    )
 except ImportError:  # an optional dependency: only this backend needs it
     redis = None  # type: ignore[assignment]
+    TROUBLE = ()
 
 log = logging.getLogger(__name__)
 
@@ -326,8 +334,7 @@ class RedisStore(ReadsCopy):
                 except StoreCorrupt as exc:
                     if copy is None:
                         raise StorageBusy(f"{exc}; refusing to serve it") from None
-                    self._broken = f"{exc}; serving the last good copy and refusing writes"
-                    log.error("%s", self._broken)
+                    self._mark_broken(exc)
                 return
             version = int(answer[0])
             if version <= copy.version:
@@ -338,8 +345,7 @@ class RedisStore(ReadsCopy):
                     if raw is not None:
                         self._check(record_id, raw)
             except StoreCorrupt as exc:
-                self._broken = f"{exc}; serving the last good copy and refusing writes"
-                log.error("%s", self._broken)
+                self._mark_broken(exc)
                 return
             self._commit(
                 copy,
@@ -347,6 +353,12 @@ class RedisStore(ReadsCopy):
                 [i for i, r in changes.items() if r is None],
                 version,
             )
+
+    def _mark_broken(self, exc: StoreCorrupt) -> None:
+        """A record that does not fit came from Redis: the last good copy serves, writes are
+        refused, and every sync loads the store whole until it is repaired."""
+        self._broken = f"{exc}; serving the last good copy and refusing writes"
+        log.error("%s", self._broken)
 
     def _commit(
         self, copy: _Copy, puts: dict[str, bytes], deletes: Iterable[str], version: int
@@ -368,17 +380,14 @@ class RedisStore(ReadsCopy):
             record = decode(raw)
         except ValueError as exc:
             raise StoreCorrupt(f"{where}: record {record_id!r} is not valid JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise StoreCorrupt(f"{where}: record {record_id!r} must be an object")
-        problem = record_problem(self.shape, record_id, record)
-        if problem:
-            raise StoreCorrupt(f"{where}: record {record_id!r}: {problem}")
+        check_record(where, self.shape, record_id, record)
 
     def check_new(self, record_id: str, record: Record) -> None:
         """A record about to be written must fit (else: a bug of the code writing it)."""
-        problem = record_problem(self.shape, record_id, record)
-        if problem:
-            raise ValueError(f"refusing to write record {record_id!r} of {self.name}: {problem}")
+        try:
+            check_record(f"redis key {self.keys[0]}", self.shape, record_id, record)
+        except StoreCorrupt as exc:
+            raise ValueError(f"refusing to write {exc}") from None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -524,7 +533,7 @@ class _Invalidations:
                 "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", self._key
             )
             tracking.read_response()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
+        except (*TROUBLE, OSError):
             self._close()  # tried again in a second; until then every sync asks Redis
             return
         self._subscribed, self._tracking = subscribed, tracking
@@ -555,7 +564,7 @@ class RedisAudit:
             self.storage.client.xadd(
                 self.key, {"e": data}, maxlen=self.max_entries, approximate=True
             )
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        except TROUBLE as exc:
             raise OSError(
                 errno.EIO, f"{self.storage.describe()} cannot be reached ({exc})"
             ) from None
@@ -565,7 +574,7 @@ class RedisAudit:
         while True:
             try:
                 chunk = self.storage.client.xrange(self.key, min=start, count=1000)
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            except TROUBLE as exc:
                 raise self.storage.unreachable(exc) from None
             for _, fields in chunk:
                 try:
@@ -623,6 +632,7 @@ class RedisStorage(Backend):
         super().__init__()
         self.audit = RedisAudit(self, f"{prefix}:audit", audit_entries)
         self._epoch_key = f"{prefix}:epoch"
+        self._secret_key = f"{prefix}:jwt_secret"
         self.changes_key = f"{prefix}:changes"  # one up for every commit to any store
         self._seen: tuple[Any, Any] | None = None  # (epoch, changes) all copies are as of
         self._recheck_at = 0.0
@@ -631,7 +641,6 @@ class RedisStorage(Backend):
         self._invalidations = _Invalidations(url, self.changes_key, timeout, clock)
         self._synced_at: float | None = None
         self._down_since: float | None = None
-        self._mutex = threading.RLock()
 
     def _make(
         self,
@@ -657,12 +666,9 @@ class RedisStorage(Backend):
         (asked again, a commit answers what it made: see COMMIT)."""
         try:
             return script(keys=list(keys), args=list(args))
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        except TROUBLE as exc:
             outcome = "the change may or may not have been made" if write else "nothing changed"
-            raise StorageUnavailable(
-                f"the storage ({self.describe()}) cannot be reached ({exc}); {outcome}: try again",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise self.unreachable(exc, f"; {outcome}: try again") from None
 
     def load(self, version_key: str, seal_key: str, records_key: str) -> tuple[int, Any, dict]:
         """A store's version, seal and records (id -> JSON), read as one version (MULTI)."""
@@ -671,7 +677,7 @@ class RedisStorage(Backend):
                 version, seal, records = (
                     pipe.get(version_key).get(seal_key).hgetall(records_key).execute()
                 )
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        except TROUBLE as exc:
             raise self.unreachable(exc) from None
         return int(version or 0), seal, records
 
@@ -680,12 +686,13 @@ class RedisStorage(Backend):
         try:
             self.client.set(self._epoch_key, secrets.token_hex(8), nx=True)
             return self.client.get(self._epoch_key)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        except TROUBLE as exc:
             raise self.unreachable(exc) from None
 
-    def unreachable(self, exc: Exception) -> StorageUnavailable:
+    def unreachable(self, exc: Exception, more: str = "") -> StorageUnavailable:
+        """The 503 of Redis trouble `exc` (`more` says what became of the request)."""
         return StorageUnavailable(
-            f"the storage ({self.describe()}) cannot be reached ({exc})",
+            f"the storage ({self.describe()}) cannot be reached ({exc}){more}",
             headers={"Retry-After": "5"},
         )
 
@@ -714,7 +721,7 @@ class RedisStorage(Backend):
         if seen is not None and all(store._copy is not None for store in stores):
             try:
                 current = tuple(self.client.mget(self._epoch_key, self.changes_key))
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            except TROUBLE:
                 current = None  # the script's attempt below answers as Redis trouble does
             if current == seen:
                 self._mark_synced(now, whole=True, heard=heard)
@@ -779,23 +786,22 @@ class RedisStorage(Backend):
         return fresh and all(store._copy is not None for store in stores)
 
     def secret_place(self) -> str:
-        return f"key {self.prefix}:jwt_secret of {self.describe()}"
+        return f"key {self._secret_key} of {self.describe()}"
 
     def replace_secret(self, secret: str) -> None:
         try:
-            self.client.set(f"{self.prefix}:jwt_secret", secret)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            self.client.set(self._secret_key, secret)
+        except TROUBLE as exc:
             raise self.unreachable(exc) from None
 
     def kept_secret(self, make: Callable[[], str] | None = None) -> str | None:
         """The secret kept under `<prefix>:jwt_secret`; made with `make` when there is none
         (SET NX: of several hosts starting at once, one secret wins)."""
-        key = f"{self.prefix}:jwt_secret"
         try:
             if make is not None:
-                self.client.set(key, make(), nx=True)
-            kept = self.client.get(key)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                self.client.set(self._secret_key, make(), nx=True)
+            kept = self.client.get(self._secret_key)
+        except TROUBLE as exc:
             raise self.unreachable(exc) from None
         return kept.decode() if kept is not None else None
 
@@ -809,8 +815,7 @@ class RedisStorage(Backend):
 
     def close(self) -> None:
         """Let go of the copies and the connections."""
-        for store in self.stores():
-            store.close()
+        super().close()
         self._invalidations.close()
         self.client.close()
 
@@ -818,7 +823,7 @@ class RedisStorage(Backend):
         try:
             self.client.ping()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            return [f"the storage ({self.describe()}) cannot be reached ({exc})"]
+            return [self.unreachable(exc).description]
         return super().problems()
 
     def backup(self, target: Path) -> list[str]:
