@@ -35,11 +35,8 @@ def _failed_login(actor: Actor, name: str) -> None:
 
 
 def test_a_full_disk_during_audit_appends_leaves_only_whole_lines(small_disk, make_app, caplog):
-    disk, apps = small_disk
-    data_dir = disk / "data"
-    app = make_app(storage={"data_dir": str(data_dir)})
-    apps.append(app)
-    actor = Actor(app.test_client())
+    disk, _ = small_disk
+    data_dir, _, actor = test_faults.served_on(small_disk, make_app)
     admin = actor.admin_headers()
     actor.create_key(admin, name="before")
     audit = data_dir / "audit.log"

@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -124,11 +126,18 @@ def small_disk(tmp_path):
         yield mount_point, apps
     finally:
         for app in apps:  # let go of the files, or the file system stays busy
-            state = app.extensions["auth"]
-            for store in (state.users, state.keys, state.sessions, state.key_usage.store):
-                store.close()
-            app.extensions["models"]._store.close()
+            app.extensions["auth"].storage.close()
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def served_on(small_disk, make_app) -> tuple[Path, Any, Actor]:
+    """An app whose data dir is on the small disk (let go of with the disk): the data dir,
+    the app and an Actor calling it."""
+    disk, apps = small_disk
+    data_dir = disk / "data"
+    app = make_app(storage={"data_dir": str(data_dir)})
+    apps.append(app)
+    return data_dir, app, Actor(app.test_client())
 
 
 def _fill(directory) -> None:
@@ -154,11 +163,8 @@ def _until_refused(write, tries: int = 60):
 def test_a_full_disk_refuses_writes_with_503_and_service_resumes_by_itself(
     small_disk, make_app, clock
 ):
-    disk, apps = small_disk
-    data_dir = disk / "data"
-    app = make_app(storage={"data_dir": str(data_dir)})
-    apps.append(app)
-    actor = Actor(app.test_client())
+    disk, _ = small_disk
+    data_dir, app, actor = served_on(small_disk, make_app)
     admin = actor.admin_headers()
     key = actor.create_key(admin)["key"]
     refresh = [actor.login("admin", "admin123")["refresh_token"]]
