@@ -557,8 +557,8 @@ def storage_migrate(config, to, redis_url, data_dir, force) -> None:
     settings = _load(config)
     if to == settings.storage.backend:
         raise click.UsageError(f"the configured backend is {to} already: nothing to copy")
-    config_ = settings.storage
-    url = redis_url or config_.redis_url
+    stored = settings.storage
+    url = redis_url or stored.redis_url
     if to == "redis" and not url:
         raise click.UsageError("give --redis-url or set storage.redis_url")
 
@@ -566,9 +566,9 @@ def storage_migrate(config, to, redis_url, data_dir, force) -> None:
         return open_storage(
             backend=to,
             data_dir=Path(data_dir) if data_dir else settings.data_dir,
-            lock_timeout=config_.lock_timeout_seconds,
+            lock_timeout=stored.lock_timeout_seconds,
             redis_url=url,
-            redis_prefix=config_.redis_prefix,
+            redis_prefix=stored.redis_prefix,
         )
 
     source = _state(config).storage
