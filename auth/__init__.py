@@ -21,7 +21,7 @@ from __future__ import annotations
 from . import accounts
 from .background import run_every
 from .config import AuthSettings, RateLimitSettings, check_bounds, setting, shown
-from .core import AuthState, Principal, auth_state, open_state
+from .core import AuthState, Principal, admit_prediction, auth_state, may_call, open_state
 from .decorators import (
     admin_required,
     checks_password,
@@ -102,6 +102,7 @@ __all__ = [
     "Transaction",
     "ValidationError",
     "accounts",
+    "admit_prediction",
     "admin_required",
     "answer",
     "auth_state",
@@ -123,6 +124,7 @@ __all__ = [
     "json_bytes",
     "loggable",
     "max_json_depth",
+    "may_call",
     "migrate",
     "one_of",
     "open_state",

@@ -16,8 +16,8 @@ import logging
 import secrets
 from typing import Any
 
-from . import api_keys, sessions
-from .config import limit_string
+from . import access, api_keys, sessions
+from .config import limit_rate, limit_string
 from .core import AuthState
 from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, ValidationError
 from .passwords import password_problem
@@ -127,8 +127,9 @@ def _keep_an_admin(items: Transaction, user_id: str, after: dict[str, Any] | Non
 
 
 def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, actor: str | None):
-    """Apply admin changes (role, is_active, rate_limit, email, full_name); returns the user."""
-    allowed = {"role", "is_active", "rate_limit", "email", "full_name"}
+    """Apply admin changes (role, is_active, rate_limit, models, email, full_name); returns
+    the user."""
+    allowed = {"role", "is_active", "rate_limit", "models", "email", "full_name"}
     unknown = set(changes) - allowed
     if unknown or not changes:
         raise ValidationError(
@@ -150,6 +151,8 @@ def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, acto
         raise ValidationError(
             "'full_name' must be text up to 200 characters", details={"field": "full_name"}
         )
+    if "models" in clean:
+        clean["models"] = access.check_models(clean["models"])
     if clean.get("rate_limit") is not None:
         try:
             clean["rate_limit"] = limit_string(clean["rate_limit"])
@@ -257,13 +260,17 @@ def create_key(
     scopes: list[str] | None = None,
     description: str | None = None,
     expires_days: int | None = None,
+    limits: dict[str, Any] | None = None,
+    held_models: access.Rules = (),
     actor: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Make a key for `user`; returns (the key, shown once; its record).
 
-    `held_scopes` are those of the credential asking (default: the user's role). A key made
-    through another key (`parent_id`, directly or through a session from a key login) is never
-    wider than it, expires no later, and is revoked with it.
+    `held_scopes` and `held_models` are those of the credential asking (default: the user's
+    role, every model). `limits` may hold the key's `models`, `rate_limit` and
+    `max_concurrent` (`key_limits`). A key made through another key (`parent_id`, directly or
+    through a session from a key login) is never wider than it, expires no later, and is
+    revoked with it.
     """
     if not state.settings.api_keys_enabled:
         raise PermissionDenied("API keys are disabled on this server")
@@ -284,10 +291,14 @@ def create_key(
         )
     now = state.now()
     expires = now + expires_days * 86400 if expires_days else None
-    if parent_id is not None:
-        parent_expiry = state.live_key(parent_id).get("expires_at")
+    parent = state.live_key(parent_id) if parent_id is not None else None
+    if parent is not None:
+        parent_expiry = parent.get("expires_at")
         if parent_expiry and (expires is None or epoch(parent_expiry) < expires):
             expires = epoch(parent_expiry)
+    bounds = key_limits(
+        state, user, {**KEY_LIMITS, **(limits or {})}, rules=held_models, parent=parent
+    )
     key = api_keys.generate_key()
     record = {
         "id": "key_" + secrets.token_hex(8),
@@ -302,6 +313,7 @@ def create_key(
         "expires_at": iso(expires) if expires else None,
         "revoked_at": None,
         "parent_id": parent_id,
+        **bounds,
     }
     state.keys.update(lambda items: items.__setitem__(record["id"], record))
     state.audit.record(
@@ -314,6 +326,119 @@ def create_key(
         actor=actor or user["id"],
     )
     return key, record
+
+
+KEY_LIMITS = {"models": None, "rate_limit": None, "max_concurrent": None}
+KEY_FIELDS = frozenset({"name", "description", *KEY_LIMITS})  # what an update may change
+
+
+def key_limits(
+    state: AuthState,
+    owner: dict[str, Any],
+    asked: dict[str, Any],
+    *,
+    rules: access.Rules,
+    parent: dict[str, Any] | None,
+    inherited: list[str] | None = None,
+) -> dict[str, Any]:
+    """The `models`, `rate_limit` and `max_concurrent` of `asked` (any of them) checked for a
+    key of `owner` made or changed by a credential bound by model `rules`: never more than the
+    owner's own rate limit, nor than the key it was made through (`parent`), whose values it
+    takes where none is asked for. 400 for a malformed value, 403 for one beyond those rights.
+    """
+    clean: dict[str, Any] = {}
+    if "models" in asked:
+        bound = rules + access.rules_of(parent)
+        models = access.check_models(asked["models"])
+        clean["models"] = access.within(
+            bound, models, inherited=inherited or (parent or {}).get("models")
+        )
+    if "rate_limit" in asked:
+        limit = _or_inherited(asked["rate_limit"], parent, "rate_limit")
+        if limit is not None:
+            try:
+                limit = limit_string(limit)
+            except ValueError as exc:
+                raise ValidationError(
+                    f"'rate_limit' must be {exc}", details={"field": "rate_limit"}
+                ) from None
+            ceilings = [state.rate_limit_of(owner), (parent or {}).get("rate_limit")]
+            for ceiling in filter(None, ceilings):
+                if limit_rate(limit) > limit_rate(ceiling):
+                    raise PermissionDenied(
+                        f"a key's rate limit cannot be above {ceiling}, its owner's or the "
+                        "limit of the key it was made through",
+                        details={"field": "rate_limit", "most": ceiling},
+                    )
+        clean["rate_limit"] = limit
+    if "max_concurrent" in asked:
+        most = _or_inherited(asked["max_concurrent"], parent, "max_concurrent")
+        if most is not None and api_keys.concurrency(most):
+            raise ValidationError(
+                f"'max_concurrent' must be {api_keys.concurrency(most)}",
+                details={"field": "max_concurrent"},
+            )
+        ceiling = (parent or {}).get("max_concurrent")
+        if ceiling and most > ceiling:
+            raise PermissionDenied(
+                f"a key's max_concurrent cannot be above {ceiling}, that of the key it was "
+                "made through",
+                details={"field": "max_concurrent", "most": ceiling},
+            )
+        clean["max_concurrent"] = most
+    return clean
+
+
+def _or_inherited(value: Any, parent: dict[str, Any] | None, name: str) -> Any:
+    return value if value is not None else (parent or {}).get(name)
+
+
+def update_key(
+    state: AuthState,
+    key_id: str,
+    changes: dict[str, Any],
+    *,
+    actor: str | None,
+    owner: str | None = None,
+    rules: access.Rules = (),
+    inherited: list[str] | None = None,
+) -> dict[str, Any]:
+    """Change a key's name, description, models, rate_limit or max_concurrent (None clears
+    one); with `owner`, only that user's key is found. `rules` and `inherited` are the model
+    lists of the credential asking (see `key_limits`). Returns the record."""
+    unknown = set(changes) - KEY_FIELDS
+    if unknown or not changes:
+        raise ValidationError(
+            f"send one or more of: {', '.join(sorted(KEY_FIELDS))}",
+            details={"field": sorted(unknown)[0] if unknown else None},
+        )
+    record = state.keys.get(key_id)
+    if record is None or (owner is not None and record["user_id"] != owner):
+        raise NotFound(f"no API key with id {key_id!r}")
+    user = find(state, record["user_id"])
+    parent = state.keys.get(record["parent_id"]) if record.get("parent_id") else None
+    asked = {name: changes[name] for name in KEY_LIMITS if name in changes}
+    clean = key_limits(state, user, asked, rules=rules, parent=parent, inherited=inherited)
+    for name in ("name", "description"):
+        if name in changes:
+            clean[name] = changes[name]
+
+    def change(items: Transaction) -> dict[str, Any]:
+        current = items.get(key_id)
+        if current is None:
+            raise NotFound(f"no API key with id {key_id!r}")
+        current.update(clean)
+        return dict(current)
+
+    updated = state.keys.update(change)
+    state.audit.record(
+        "api_key.updated",
+        user_id=record["user_id"],
+        key_id=key_id,
+        changes=sorted(clean),
+        actor=actor,
+    )
+    return updated
 
 
 def list_keys(state: AuthState, user_id: str | None = None) -> list[dict[str, Any]]:

@@ -25,6 +25,8 @@ import string
 import zlib
 from typing import Any
 
+from .access import pattern_list
+from .config import rate_limit_problem
 from .storage.indexes import Index
 from .storage.shapes import Field, list_of, timestamp
 
@@ -34,6 +36,7 @@ CHECKSUM_LENGTH = 6
 DISPLAY_LENGTH = len(PREFIX) + 4
 KEY_LENGTH = len(PREFIX) + BODY_LENGTH + CHECKSUM_LENGTH
 LAST_USED_EVERY_SECONDS = 60
+MAX_CONCURRENT = 1000  # predictions in flight per key, at most
 _ALPHABET = string.digits + string.ascii_letters
 
 
@@ -52,7 +55,17 @@ def key_shape(scopes: frozenset[str]) -> dict[str, Field]:
         "expires_at": Field((str, None), check=timestamp),
         "revoked_at": Field((str, None), required=False, check=timestamp),
         "parent_id": Field((str, None), required=False),
+        "models": Field((list, None), required=False, check=pattern_list),
+        "rate_limit": Field((str, None), required=False, check=rate_limit_problem),
+        "max_concurrent": Field((int, None), required=False, check=concurrency),
     }
+
+
+def concurrency(value: Any) -> str | None:
+    """The check of a key's `max_concurrent`."""
+    if type(value) is int and 1 <= value <= MAX_CONCURRENT:
+        return None
+    return f"an integer from 1 to {MAX_CONCURRENT}"
 
 
 USAGE_SHAPE = {"last_used": Field((str,), check=timestamp)}
@@ -122,4 +135,7 @@ def public_view(record: dict[str, Any], last_used: str | None) -> dict[str, Any]
         "revoked_at": record.get("revoked_at"),
         "last_used": last_used,
         "user_id": record["user_id"],
+        "models": record.get("models"),
+        "rate_limit": record.get("rate_limit"),
+        "max_concurrent": record.get("max_concurrent"),
     }

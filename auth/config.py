@@ -108,6 +108,15 @@ def rate_limit(value: str) -> None:
         raise ValueError("a rate limit such as '100/minute' or '10 per second'") from None
 
 
+def rate_limit_problem(value: str) -> str | None:
+    """What a stored rate limit should have been (`storage.shapes`), None if it parses."""
+    try:
+        rate_limit(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def strong_secret(value: str) -> None:
     if secret_problem(value):
         raise ValueError(
@@ -143,6 +152,11 @@ def limit_string(value: Any) -> str:
         rate_limit(value)
         return value
     raise ValueError("an integer (per minute) or a rate limit such as '100/minute'")
+
+
+def limit_rate(value: str) -> float:
+    """How many requests a second a limit string lets through, at most (its strictest item)."""
+    return min(item.amount / item.get_expiry() for item in parse_many(value))
 
 
 @dataclass(frozen=True)

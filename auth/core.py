@@ -39,10 +39,10 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, current_app, g, request
 from flask.wrappers import Response
 
-from . import api_keys, errors, sessions
+from . import access, api_keys, errors, sessions
 from .audit import AuditLog
 from .background import run_every, run_soon
-from .config import AuthSettings, RateLimitSettings
+from .config import AuthSettings, RateLimitSettings, limit_string
 from .decorators import (
     ADMIN_ATTR,
     CREDENTIALS_REQUIRED,
@@ -58,6 +58,7 @@ from .limits import (
     FailureBudget,
     Limiter,
     PasswordGate,
+    RateLimited,
     RequestBudget,
     build_limiter,
     client_address,
@@ -68,6 +69,7 @@ from .limits import (
 )
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
+from .slots import Slots
 from .storage import UNCHANGED, Storage, Store, Transaction, open_storage, secure_dir
 from .storage.shapes import epoch, iso
 from .tokens import TokenSigner, load_secret
@@ -134,11 +136,32 @@ class Principal:
     scopes: frozenset[str]
     via: str  # "jwt" or "api_key"
     session_id: str | None = None
-    key_id: str | None = None
+    key: dict[str, Any] | None = None  # presented, or the one the session was started with
+    models: access.Rules = ()  # the user's and the key's model lists (`access.py`)
+
+    @classmethod
+    def of(cls, user: dict[str, Any], scopes: frozenset[str], via: str, **kwargs: Any) -> Principal:
+        """A principal whose model lists are its user's and its key's."""
+        return cls(user, scopes, via, models=access.rules_of(user, kwargs.get("key")), **kwargs)
 
     @property
     def id(self) -> str:
         return self.user["id"]
+
+    @property
+    def key_id(self) -> str | None:
+        return self.key["id"] if self.key is not None else None
+
+    def may_call(self, model: str) -> bool:
+        return access.allows(self.models, model)
+
+    def check_model(self, model: str) -> None:
+        """403 INSUFFICIENT_PERMISSIONS unless this credential may call model `model`."""
+        if not access.allows(self.models, model):
+            raise PermissionDenied(
+                f"this credential may not call model {model!r}",
+                details={"model": model, "allowed": [list(layer) for layer in self.models]},
+            )
 
     @property
     def is_admin(self) -> bool:
@@ -174,6 +197,7 @@ class AuthState:
     sessions: Store
     audit: AuditLog
     password_gate: PasswordGate
+    slots: Slots
     trusted_proxies: tuple[str, ...] = ()
     sleep: Callable[[float], None] = _sleep
     signer: TokenSigner | None = None
@@ -181,11 +205,25 @@ class AuthState:
     offload: ThreadOffload = field(default_factory=lambda: ThreadOffload(1))
     failed_logins: FailureBudget | None = None
     bad_credentials: BadCredentialWatch | None = None
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     limiter: Limiter | None = None  # flask-limiter, once served by an app (`init_core`)
     guard: Guard | None = None  # the pipeline, once served by an app
 
     def now(self) -> int:
         return int(self.clock())
+
+    def rate_limit_of(self, user: dict[str, Any]) -> str:
+        """A user's budget: their own `rate_limit`, else their role's
+        (`rate_limits.roles`), else `auth.rate_limit_per_minute`."""
+        return user.get("rate_limit") or self._role_limits.get(user["role"], self.default_limit)
+
+    @property
+    def default_limit(self) -> str:
+        return f"{self.settings.rate_limit_per_minute}/minute"
+
+    @functools.cached_property
+    def _role_limits(self) -> dict[str, str]:
+        return {role: limit_string(limit) for role, limit in self.rate_limits.roles.items()}
 
     @property
     def access_ttl(self) -> int:
@@ -272,7 +310,8 @@ class AuthState:
                 scopes=by_token.scopes & by_key.scopes,
                 via="jwt",
                 session_id=by_token.session_id,
-                key_id=by_key.key_id,
+                key=by_key.key,
+                models=by_token.models + by_key.models,
             )
         principal = by_token or by_key
         if principal is not None:
@@ -299,14 +338,9 @@ class AuthState:
             raise AuthenticationError(SESSION_ENDED, error_code=Code.INVALID_TOKEN)
         user = self.active_user(claims["sub"], error_code=Code.INVALID_TOKEN)
         key_id = session.get("key_id")
-        if key_id is not None:
-            self.live_key(key_id, error_code=Code.INVALID_TOKEN)
-        return Principal(
-            user=user,
-            scopes=self.session_scopes(user, session),
-            via="jwt",
-            session_id=claims["sid"],
-            key_id=key_id,
+        key = self.live_key(key_id, error_code=Code.INVALID_TOKEN) if key_id else None
+        return Principal.of(
+            user, self.session_scopes(user, session), "jwt", session_id=claims["sid"], key=key
         )
 
     def session_scopes(self, user: dict[str, Any], session: dict[str, Any]) -> frozenset[str]:
@@ -334,7 +368,7 @@ class AuthState:
         user = self.active_user(record["user_id"], error_code=Code.INVALID_API_KEY)
         self.key_usage.note(record["id"], self.now())
         scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
-        return Principal(user=user, scopes=scopes, via="api_key", key_id=record["id"])
+        return Principal.of(user, scopes, "api_key", key=record)
 
     def find_key(self, key: str) -> dict[str, Any]:
         """The live record of API key `key`; raises INVALID_API_KEY for anything else."""
@@ -429,6 +463,7 @@ def open_state(
     data_dir: Path,
     storage: Storage | None = None,
     trusted_proxies: Sequence[str] = (),
+    rate_limits: RateLimitSettings | None = None,
     lock_timeout: float = 10.0,
     usage_flush_seconds: float = 5.0,
     sweep_seconds: float = 600.0,
@@ -438,7 +473,8 @@ def open_state(
     """The stores and helpers, opened (StoreCorrupt on bad data), without any Flask app.
 
     The command line uses this to work on the same data, under the same locks, as the server.
-    `storage` defaults to the JSON files in `data_dir`; `clock` and `sleep` are for tests.
+    `storage` defaults to the JSON files in `data_dir`; `rate_limits` to the defaults;
+    `clock` and `sleep` are for tests.
     """
     data_dir = secure_dir(Path(data_dir))
     if storage is None:
@@ -470,7 +506,9 @@ def open_state(
         ),
         audit=AuditLog(storage.audit),
         password_gate=PasswordGate(data_dir, settings.password_hash_slots),
+        slots=Slots(secure_dir(data_dir / "slots")),
         trusted_proxies=tuple(trusted_proxies),
+        rate_limits=rate_limits or RateLimitSettings(),
         sleep=sleep or _sleep,
         sweep_seconds=sweep_seconds,
     )
@@ -481,6 +519,22 @@ def open_state(
 
 def auth_state() -> AuthState:
     return current_app.extensions["auth"]
+
+
+def may_call(model: str) -> bool:
+    """True if this request's credential may call `model` (always, in simple mode)."""
+    principal = g.get("principal")
+    return principal is None or principal.may_call(model)
+
+
+def admit_prediction(model: str) -> None:
+    """Call where the application has chosen the model of a prediction, before it runs: 403
+    unless the credential may call `model` (`access.py`), 429 CONCURRENCY_LIMIT_EXCEEDED when
+    its key has `max_concurrent` predictions in flight already (the slot is held until the
+    request ends)."""
+    guard = auth_state().guard
+    assert guard is not None, "admit_prediction needs an app served by Auth"
+    guard.admit(model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +634,33 @@ class Guard:
         scratch.auth_checked = (policy.needs, policy.admin) if enabled else _EVERYTHING
         self._limiter.before_view(endpoint)
 
+    def admit(self, model: str) -> None:
+        """A prediction of `model` is about to run (`admit_prediction`)."""
+        scratch = g._get_current_object()
+        principal = scratch.get("principal")
+        if principal is None:
+            return  # simple mode: nobody to hold to anything
+        principal.check_model(model)
+        key = principal.key
+        most = key.get("max_concurrent") if key is not None else None
+        if most:
+            held = self._state.slots.take(f"key-{key['id']}", most)
+            if held is None:
+                raise RateLimited(
+                    f"this key already has {most} prediction(s) in flight, its limit; retry "
+                    "when one ends",
+                    headers={"Retry-After": "1"},
+                    details={"limit": "max_concurrent", "max_concurrent": most},
+                    error_code=Code.CONCURRENCY_LIMIT_EXCEEDED,
+                )
+            scratch.slot = held
+
+    def teardown(self, _exc: BaseException | None) -> None:
+        """Free what the request held, however it ended."""
+        held = g.pop("slot", None)
+        if held is not None:
+            held.release()
+
     def after(self, response: Response) -> Response:
         self._state.storage.end_request()
         scratch = g._get_current_object()
@@ -608,13 +689,12 @@ def init_core(
     app: Flask,
     state: AuthState,
     *,
-    limits: RateLimitSettings,
     default_admin: bool = True,
     public_endpoints: frozenset[str] = frozenset(),
 ) -> AuthState:
     """Serve `state` (see `open_state`) from `app`: the signing secret, the default admin of
     an empty users store (unless told not to), the pipeline and flask-limiter."""
-    settings = state.settings
+    settings, limits = state.settings, state.rate_limits
     app.extensions["auth"] = state
     errors.init_app(app)
     if settings.enabled:
@@ -629,10 +709,11 @@ def init_core(
         if default_admin:
             _ensure_default_admin(state)
     limiter = state.limiter = build_limiter(limits)
-    budget = RequestBudget(limiter, auth=settings, limits=limits)
+    budget = RequestBudget(limiter, state)
     guard = state.guard = Guard(app, state, budget, public_endpoints=public_endpoints)
     app.before_request(guard.before)
     app.after_request(guard.after)
+    app.teardown_request(guard.teardown)
     init_limiter(app, limiter)  # its steps run in the guard's hooks, after authentication
     fail_open = limits.on_storage_error == "open"
     state.failed_logins = FailureBudget(

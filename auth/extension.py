@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from flask import Flask
 
 from . import admin, routes
-from .config import RateLimitSettings
 from .core import AuthState, init_core
 from .limits import client_address
 
@@ -44,16 +43,14 @@ class Auth:
         app: Flask,
         state: AuthState,
         *,
-        limits: RateLimitSettings | None = None,
         default_admin: bool = True,
     ) -> AuthState:
         """Serve `state` (see `open_state`) from `app`: the pipeline, flask-limiter, the
         routes, and (unless told not to) the default admin of an empty users store."""
-        limits = limits or RateLimitSettings()
+        limits = state.rate_limits
         init_core(
             app,
             state,
-            limits=limits,
             default_admin=default_admin,
             public_endpoints=self.public_endpoints,
         )

@@ -9,7 +9,7 @@ limit keyed by client address) and any limit the application declares on its own
 - a per-user budget on every route, keyed by user id (so one user's tokens and keys draw from one
   budget), sized by the user's own `rate_limit`, else `rate_limits.roles.<role>`, else
   `auth.rate_limit_per_minute`; requests without a user (simple mode, public routes) are keyed by
-  client address;
+  client address; a key with a `rate_limit` of its own is counted in that too, beside its user's;
 - `/auth/login` per client address (`rate_limits.login`);
 - failed password checks per account (`rate_limits.login_failures`), counted whether or not the
   account exists, checked before any password work, with addresses the account logged in from
@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import flask_limiter
-from filelock import FileLock, Timeout
 from flask import Flask, current_app, g, request
 from flask.globals import request_ctx
 from flask_limiter import RateLimitExceeded
@@ -61,10 +60,11 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage
 
 from .background import run_every
-from .config import AuthSettings, RateLimitSettings, limit_storage, limit_string
+from .config import RateLimitSettings, limit_storage
 from .counting import hit_and_window
 from .errors import ApiError, Code, StorageBusy, render_error
 from .offload import ThreadOffload
+from .slots import Slots
 from .users import fold_name
 
 log = logging.getLogger(__name__)
@@ -294,44 +294,55 @@ def budget_key(principal: Any = None, address: str | None = None) -> str:
     return f"addr:{address or client_address()}"
 
 
+WHOSE = {"user": "", "key": "this key's "}  # how a 429's message names the budget spent
+
+
 class RequestBudget:
-    """The per-user budget, counted on every request by the extension's before hook."""
+    """The per-user budget (and a key's own, where it has one), counted on every request by the
+    extension's before hook."""
 
-    def __init__(self, limiter: Limiter, *, auth: AuthSettings, limits: RateLimitSettings):
+    def __init__(self, limiter: Limiter, state: Any) -> None:
         self.limiter = limiter
-        self._roles = {role: limit_string(limit) for role, limit in limits.roles.items()}
-        self._fallback = f"{auth.rate_limit_per_minute}/minute"
-        self._fail_open = limits.on_storage_error == "open"
-
-    def _limit_of(self, principal: Any) -> str:
-        if principal is None:
-            return self._fallback
-        user = principal.user
-        return user.get("rate_limit") or self._roles.get(user["role"], self._fallback)
+        self._state = state
+        self._fail_open = state.rate_limits.on_storage_error == "open"
 
     def count(self, principal: Any, address: str | None) -> dict[str, str]:
-        """Count one request of `principal` (None: of client `address`) and return its
-        X-RateLimit-* headers; 429 once the budget is spent."""
-        limit = self._limit_of(principal)
-        key = budget_key(principal, address)
-        strategy = self.limiter.limiter
-        items = _items(limit)
+        """Count one request of `principal` (None: of client `address`) in its user's budget
+        and its key's, and return the X-RateLimit-* headers of the one with less left; 429
+        (naming which) once either is spent."""
+        if principal is None:
+            budgets = [("user", self._state.default_limit, budget_key(None, address))]
+        else:
+            budgets = [("user", self._state.rate_limit_of(principal.user), budget_key(principal))]
+            key = principal.key
+            if key is not None and key.get("rate_limit"):
+                budgets.insert(0, ("key", key["rate_limit"], f"key:{key['id']}"))
+        headers: dict[str, str] = {}
+        least = None
         try:
-            for item in items:
-                counted, (reset, remaining) = hit_and_window(strategy, item, PREFIX, "user", key)
-                if not counted:
-                    raise RateLimited(
-                        f"rate limit of {limit} exceeded; see Retry-After",
-                        headers=_limit_headers(item, 0, reset, retry=True),
-                    )
-                if item is items[0]:
-                    headers = _limit_headers(item, remaining, reset)
+            for whose, limit, key in budgets:
+                for item in _items(limit):
+                    remaining, reset = self._hit(item, key, whose, limit)
+                    if least is None or remaining < least:
+                        least, headers = remaining, _limit_headers(item, remaining, reset)
         except StorageError:
             if not self._fail_open:
                 raise
             _storage_down.say()
             return {}
         return headers
+
+    def _hit(self, item: RateLimitItem, key: str, whose: str, limit: str) -> tuple[int, float]:
+        counted, (reset, remaining) = hit_and_window(
+            self.limiter.limiter, item, PREFIX, "user", key
+        )
+        if not counted:
+            raise RateLimited(
+                f"{WHOSE[whose]}rate limit of {limit} exceeded; see Retry-After",
+                headers=_limit_headers(item, 0, reset, retry=True),
+                details={"limit": whose, "rate_limit": limit},
+            )
+        return remaining, reset
 
 
 def _limit_headers(
@@ -534,29 +545,18 @@ class PasswordGate:
     """
 
     def __init__(self, lock_dir: Path, slots: int) -> None:
-        self._paths = [str(lock_dir / f"password-hash-{i}.lock") for i in range(slots)]
-        self._locks: dict[tuple[int, str], FileLock] = {}
+        self._slots = Slots(lock_dir)
+        self._count = slots
         self._threads = ThreadOffload(slots, on_thread=_lower_priority)
-
-    def _lock(self, path: str) -> FileLock:
-        key = (os.getpid(), path)  # never reuse a lock object across a fork
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = FileLock(path, mode=0o600)
-        return lock
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` in a free slot, off the event loop; 429 if every slot is busy."""
-        for path in self._paths:
-            lock = self._lock(path)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
+        held = self._slots.take("password-hash", self._count)
+        if held is not None:
             try:
                 return self._threads.run(fn, *args, **kwargs)
             finally:
-                lock.release()
+                held.release()
         raise RateLimited(
             "too many password checks are running right now; retry in a moment",
             headers={"Retry-After": "1"},

@@ -317,8 +317,39 @@ def create_api_key():
         description=text(body, "description", required=False, max_len=500),
         expires_days=integer(body, "expires_days", low=1, high=3650),
         scopes=string_list(body, "scopes", choices=ALL_SCOPES),
+        limits={name: body[name] for name in accounts.KEY_LIMITS if name in body},
+        held_models=principal.models,
     )
     return jsonify({"key": key, **api_keys.public_view(record, None)}), 201
+
+
+@bp.patch("/api-keys/<key_id>")
+@doc(
+    "Rename a key or change its models, rate limit or concurrency (within your own rights)",
+    body=schemas.UPDATE_KEY,
+    responses={200: schemas.KEY},
+    errors=(403, 404),
+)
+@require_auth(scopes=["api-keys:manage"])
+def update_api_key(key_id: str):
+    principal: Principal = g.principal
+    body = json_body()
+    changes = {name: body[name] for name in accounts.KEY_LIMITS if name in body}
+    if "name" in body:
+        changes["name"] = text(body, "name", max_len=100)
+    if "description" in body:
+        changes["description"] = text(body, "description", required=False, max_len=500)
+    record = accounts.update_key(
+        auth_state(),
+        key_id,
+        changes,
+        actor=principal.id,
+        owner=None if principal.holds("admin") else principal.id,
+        rules=principal.models,
+        inherited=(principal.key or {}).get("models"),
+    )
+    usage = auth_state().key_usage.last_used([key_id])
+    return jsonify(api_keys.public_view(record, usage.get(key_id)))
 
 
 @bp.get("/api-keys")

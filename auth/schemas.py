@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .access import MAX_PATTERNS, PATTERN
+from .api_keys import MAX_CONCURRENT
 from .passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from .users import ALL_SCOPES, ROLE_SCOPES
 
@@ -26,6 +28,13 @@ NEW_PASSWORD = {
 }
 USERNAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"}
 EMAIL = {"type": "string", "format": "email", "maxLength": 255}
+MODELS = {
+    "type": ["array", "null"],
+    "items": {"type": "string", "pattern": PATTERN.pattern},
+    "minItems": 1,
+    "maxItems": MAX_PATTERNS,
+    "description": "model names or glob patterns ('churn-*') it may call; null: every model",
+}
 RATE_LIMIT = {
     "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}, {"type": "null"}],
     "description": "requests per minute, or a limit such as '1000/hour'; null = the role's",
@@ -80,20 +89,39 @@ CHANGE_PASSWORD = body(
     "current_password",
     "new_password",
 )
+KEY_NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+KEY_DESCRIPTION = {"type": ["string", "null"], "minLength": 1, "maxLength": 500}
+KEY_LIMITS = {
+    "models": MODELS,
+    "rate_limit": {
+        **RATE_LIMIT,
+        "description": "at most the owner's own rate limit (and that of the key it was made "
+        "through); null: only the owner's",
+    },
+    "max_concurrent": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": MAX_CONCURRENT,
+        "description": "predictions this key may have in flight at once; null: no limit",
+    },
+}
 CREATE_KEY = body(
     {
-        "name": {"type": "string", "minLength": 1, "maxLength": 100},
-        "description": {"type": ["string", "null"], "minLength": 1, "maxLength": 500},
+        "name": KEY_NAME,
+        "description": KEY_DESCRIPTION,
         "expires_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 3650},
         "scopes": {"type": ["array", "null"], "items": SCOPE},
+        **KEY_LIMITS,
     },
     "name",
 )
+UPDATE_KEY = body({"name": KEY_NAME, "description": KEY_DESCRIPTION, **KEY_LIMITS}, minProperties=1)
 UPDATE_USER = body(
     {
         "role": ROLE,
         "is_active": {"type": "boolean"},
         "rate_limit": RATE_LIMIT,
+        "models": MODELS,
         "email": EMAIL,
         "full_name": {"type": ["string", "null"], "maxLength": 200},
     },
@@ -128,6 +156,7 @@ PROFILE = answer(
         "is_active": {"type": "boolean"},
         "must_change_password": {"type": "boolean"},
         "rate_limit": {"type": ["string", "null"]},
+        "models": {"type": ["array", "null"], "items": {"type": "string"}},
         "created_at": TIMESTAMP,
         "updated_at": TIMESTAMP,
     }
@@ -164,6 +193,9 @@ KEY = answer(
         "revoked_at": NULLABLE_TIMESTAMP,
         "last_used": NULLABLE_TIMESTAMP,
         "user_id": {"type": "string"},
+        "models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "rate_limit": {"type": ["string", "null"]},
+        "max_concurrent": {"type": ["integer", "null"]},
     }
 )
 NEW_KEY = {

@@ -12,7 +12,8 @@ import secrets
 import unicodedata
 from typing import Any
 
-from .config import rate_limit
+from .access import pattern_list
+from .config import rate_limit_problem
 from .errors import Conflict, ValidationError
 from .storage import Store, Transaction
 from .storage.indexes import Index
@@ -32,14 +33,6 @@ ALL_SCOPES = frozenset().union(*ROLE_SCOPES.values())
 DEFAULT_KEY_EXCLUDES = ACCOUNT_SCOPES | {"admin"}
 
 
-def _rate_limit(value: Any) -> str | None:
-    try:
-        rate_limit(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 USER_SHAPE = {
     "id": Field((str,)),
     "username": Field((str,)),
@@ -50,7 +43,8 @@ USER_SHAPE = {
     "is_active": Field((bool,)),
     "must_change_password": Field((bool,), required=False),
     "default_password": Field((bool,), required=False),
-    "rate_limit": Field((str, None), required=False, check=_rate_limit),
+    "rate_limit": Field((str, None), required=False, check=rate_limit_problem),
+    "models": Field((list, None), required=False, check=pattern_list),
     "created_at": Field((str,), check=timestamp),
     "updated_at": Field((str,), check=timestamp),
     "password_changed_at": Field((str,), required=False, check=timestamp),
@@ -186,6 +180,7 @@ def profile(user: dict[str, Any]) -> dict[str, Any]:
         "is_active": user["is_active"],
         "must_change_password": user.get("must_change_password", False),
         "rate_limit": user.get("rate_limit"),
+        "models": user.get("models"),
         "created_at": user["created_at"],
         "updated_at": user["updated_at"],
     }

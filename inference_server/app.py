@@ -70,6 +70,7 @@ def open_auth_state(
         data_dir=settings.data_dir,
         storage=storage or open_app_storage(settings),
         trusted_proxies=settings.server.trusted_proxies,
+        rate_limits=settings.rate_limits,
         lock_timeout=settings.storage.lock_timeout_seconds,
         usage_flush_seconds=settings.storage.usage_flush_seconds,
         sweep_seconds=settings.storage.session_sweep_minutes * 60,
@@ -113,7 +114,6 @@ def create_app(
     auth.init_app(
         app,
         open_auth_state(settings, storage=storage, clock=clock, sleep=sleep),
-        limits=settings.rate_limits,
         default_admin=not check_only,
     )
     if check_only:

@@ -350,6 +350,31 @@ def users_set_rate_limit(config, user, limit) -> None:
     _update(config, user, {"rate_limit": value}, done)
 
 
+@users.command("set-models")
+@config_option
+@click.argument("user")
+@click.argument("models")
+@refusals
+def users_set_models(config, user, models) -> None:
+    """Limit the models a user (and so every key of theirs) may call: names or patterns,
+    comma-separated ('demo,churn-*'); 'all' lifts the limit."""
+    value = _models_arg(models)
+    done = "may call every model" if value is None else f"may call {', '.join(value)}"
+    _update(config, user, {"models": value}, done)
+
+
+def _models_arg(value: str) -> list[str] | None:
+    """A --models value: comma-separated names or patterns, or 'all' (None)."""
+    if value.strip().lower() == "all":
+        return None
+    return sorted({part.strip() for part in value.split(",") if part.strip()})
+
+
+def _cleared(value: str) -> str | None:
+    """An option value where 'none' clears the setting."""
+    return None if value.strip().lower() == "none" else value
+
+
 @users.command("delete")
 @config_option
 @click.argument("user")
@@ -421,14 +446,30 @@ def keys_list(config, user) -> None:
         )
 
 
+models_option = click.option(
+    "--models", help="model names or patterns it may call, comma-separated ('demo,churn-*')"
+)
+key_rate_option = click.option(
+    "--rate-limit", help="its own rate limit ('10/second'), at most its owner's"
+)
+concurrency_option = click.option(
+    "--max-concurrent", help="predictions it may have in flight at once"
+)
+
+
 @keys.command("create")
 @config_option
 @click.option("--user", required=True, help="owner (id, username or email)")
 @click.option("--name", required=True)
 @scopes_option
 @click.option("--expires-days", type=click.IntRange(1, 3650))
+@models_option
+@key_rate_option
+@concurrency_option
 @refusals
-def keys_create(config, user, name, scopes, expires_days) -> None:
+def keys_create(
+    config, user, name, scopes, expires_days, models, rate_limit, max_concurrent
+) -> None:
     """Create a key; it is printed once, here, and never stored."""
     state = _state(config)
     owner = accounts.find(state, user)
@@ -439,8 +480,42 @@ def keys_create(config, user, name, scopes, expires_days) -> None:
         actor=_actor(),
         expires_days=expires_days,
         scopes=scopes,
+        limits=_key_limits(models, rate_limit, max_concurrent),
     )
     _print_key(key, record, owner["username"])
+
+
+def _key_limits(
+    models: str | None, rate_limit: str | None, max_concurrent: str | None
+) -> dict[str, Any]:
+    """The key limits named by options ('all' or 'none' clear one)."""
+    limits: dict[str, Any] = {}
+    if models is not None:
+        limits["models"] = _models_arg(models)
+    if rate_limit is not None:
+        limits["rate_limit"] = _cleared(rate_limit)
+    if max_concurrent is not None:
+        most = _cleared(max_concurrent)
+        limits["max_concurrent"] = int(most) if most and most.isdigit() else most
+    return limits
+
+
+@keys.command("update")
+@config_option
+@click.argument("key_id")
+@click.option("--name")
+@models_option
+@key_rate_option
+@concurrency_option
+@refusals
+def keys_update(config, key_id, name, models, rate_limit, max_concurrent) -> None:
+    """Change a key's name, models ('all'), rate limit or max concurrent ('none' clears)."""
+    changes = _key_limits(models, rate_limit, max_concurrent)
+    if name is not None:
+        changes["name"] = name
+    record = accounts.update_key(_state(config), key_id, changes, actor=_actor())
+    shown = ("id", "name", "models", "rate_limit", "max_concurrent")
+    click.echo(json.dumps({field: record.get(field) for field in shown}, indent=2))
 
 
 @keys.command("revoke")

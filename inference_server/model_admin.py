@@ -9,7 +9,17 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify
 
-from auth import PermissionDenied, ValidationError, auth_state, doc, json_body, require_auth, text
+from auth import (
+    PermissionDenied,
+    ValidationError,
+    auth_state,
+    current_principal,
+    doc,
+    json_body,
+    may_call,
+    require_auth,
+    text,
+)
 
 from . import schemas
 from .models import ACTIONS, load_model
@@ -42,14 +52,17 @@ def _audit(event: str, **fields: Any) -> None:
 @doc("Every model: status, input shape, version", responses={200: schemas.MODELS})
 @require_auth(scopes=["models:read"])
 def list_models():
-    return jsonify({"default": registry().default, "models": registry().describe()})
+    """The models this credential may call (a key or user with `models` sees only those)."""
+    return jsonify({"default": registry().default, "models": registry().describe(listed=may_call)})
 
 
 @bp.get("/<name>")
 @doc("One model", path={"name": schemas.NAME}, responses={200: schemas.MODEL})
 @require_auth(scopes=["models:read"])
 def show_model(name: str):
-    return jsonify(registry().describe(name))
+    if not may_call(name):
+        current_principal.check_model(name)  # 403, naming the model
+    return jsonify(registry().describe(name, listed=may_call))
 
 
 @bp.post("/manage")

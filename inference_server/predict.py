@@ -24,10 +24,12 @@ from auth import (
     PayloadTooLarge,
     ThreadOffload,
     ValidationError,
+    admit_prediction,
     doc,
     error_body,
     json_bytes,
     max_json_depth,
+    may_call,
     parse_json_object,
     refuse_unknown_fields,
     request_id,
@@ -80,9 +82,16 @@ class Inference:
             return fn(*args)
         return self.threads.run(_collector_paused, fn, *args)
 
+    def choose(self, name: str | None) -> LoadedModel:
+        """The model a prediction asks for (None: the default), once the credential may call
+        it (`admit_prediction`): the one place every prediction route picks its model."""
+        name = name or self.registry.default
+        admit_prediction(name)
+        return self.registry.get(name, listed=may_call)
+
     def prepare(self, body: dict[str, Any], path_model: str | None) -> tuple[LoadedModel, Any]:
         """The model a /predict body asks for (or the URL names) and its checked `data`."""
-        model = self.registry.get(_model_field(body, path_model))
+        model = self.choose(_model_field(body, path_model))
         if "data" not in body:
             raise ValidationError("'data' is required", details={"field": "data"})
         _samples_within(body["data"], self.max_samples, "data")
@@ -196,7 +205,7 @@ def predict_with(model_name: str):
 @require_auth(scopes=["predict"])
 def predict_batch():
     body = _body()
-    model = registry().get(_model_field(body))
+    model = inference().choose(_model_field(body))
     inputs = body.get("inputs")
     limit = registry().max_batch_size
     if not isinstance(inputs, list) or not inputs:

@@ -8,13 +8,8 @@ prediction is still running. How fast it answers beside a million-row prediction
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,46 +18,8 @@ import requests
 from auth.errors import ValidationError
 from inference_server import json_steps
 from inference_server.models.base import InputSpec, to_batch, to_batch_in_steps
-from inference_server.serve import gunicorn_command
-from inference_server.settings import load_settings
-from tests.conftest import DEMO_MODEL, assert_error
-from tests.held_model import HELD
-from tests.live import LiveServer, free_port, served, server_env
-
-
-@contextmanager
-def held_model_server(tmp_path: Path) -> Iterator[tuple[LiveServer, Callable[[], None]]]:
-    """The server's gunicorn command with one gevent worker, serving `tests.held_model`
-    (models `demo` and `held`); yields the server and the function that releases `held`."""
-    fifo = tmp_path / "release"
-    os.mkfifo(fifo)
-    port = free_port()
-    env = server_env(
-        tmp_path / "data",
-        INFERENCE_SERVER__HOST="127.0.0.1",
-        INFERENCE_SERVER__PORT=str(port),
-        INFERENCE_SERVER__WORKERS="1",
-        INFERENCE_MODELS__REGISTRY=(
-            f"[{{name: demo, path: {DEMO_MODEL}}}, {{name: held, path: {DEMO_MODEL}}}]"
-        ),
-        HELD_MODEL_RELEASE=str(fifo),
-    )
-    command = [*gunicorn_command(load_settings(environ=env))[:-1], "tests.held_model:held_app()"]
-
-    def release() -> None:
-        # Non-blocking: ENXIO if no prediction holds the FIFO open, instead of waiting for one.
-        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            os.write(writer, b"x")
-        finally:
-            os.close(writer)
-
-    with served(command, env, port, workers=1) as server:
-        try:
-            yield server, release
-        finally:
-            with contextlib.suppress(OSError):  # a prediction still held must not hold up the end
-                release()
+from tests.conftest import assert_error
+from tests.held_model import HELD, held_model_server
 
 
 @pytest.mark.slow

@@ -213,11 +213,12 @@ class ModelRegistry:
         self.sync()
         return self._default
 
-    def get(self, name: str | None = None) -> LoadedModel:
-        """The ready model `name` (the default if None): 404 if unknown, 503 if not servable."""
+    def get(self, name: str | None = None, *, listed: Callable[[str], bool] = bool) -> LoadedModel:
+        """The ready model `name` (the default if None): 404 if unknown (listing the models
+        for which `listed` is true), 503 if not servable."""
         self.sync()
         name = name or self._default
-        entry = self._entry(name)
+        entry = self._entry(name, listed)
         if entry.status == "lazy":
             entry = self._load_lazily(name)
         if entry.model is not None:
@@ -228,10 +229,11 @@ class ModelRegistry:
             )
         raise ModelUnavailable(f"model {name!r} is not available: {entry.error}")
 
-    def _entry(self, name: str) -> Entry:
+    def _entry(self, name: str, listed: Callable[[str], bool] = bool) -> Entry:
         entry = self._entries.get(name)
         if entry is None:
-            raise NotFound(f"no model named {name!r}", details={"models": sorted(self._entries)})
+            names = sorted(filter(listed, self._entries))
+            raise NotFound(f"no model named {name!r}", details={"models": names})
         return entry
 
     def _load_lazily(self, name: str) -> Entry:
@@ -255,12 +257,14 @@ class ModelRegistry:
                 found.append(f"model {name!r} failed to load: {entry.error}")
         return found
 
-    def describe(self, name: str | None = None) -> list[dict[str, Any]] | dict[str, Any]:
-        """Public view of every model, or of one (404 if unknown)."""
+    def describe(
+        self, name: str | None = None, *, listed: Callable[[str], bool] = bool
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """Public view of every model for which `listed` is true, or of one (404 if unknown)."""
         self.sync()
         if name is not None:
-            return self._describe(name, self._entry(name))
-        return [self._describe(n, e) for n, e in sorted(self._entries.items())]
+            return self._describe(name, self._entry(name, listed))
+        return [self._describe(n, e) for n, e in sorted(self._entries.items()) if listed(n)]
 
     def _describe(self, name: str, entry: Entry) -> dict[str, Any]:
         spec, model = entry.wanted.spec, entry.model
