@@ -57,7 +57,7 @@ from .inputs import (
     refuse_unknown_fields,
     text,
 )
-from .limits import LimiterConfigError
+from .limits import LimiterConfigError, client_address
 from .offload import ThreadOffload
 from .openapi import describe, doc
 from .schemas import answer, body
@@ -111,6 +111,7 @@ __all__ = [
     "check_email",
     "check_username",
     "checks_password",
+    "client_address",
     "current_principal",
     "current_user",
     "describe",

@@ -618,7 +618,7 @@ class Guard:
             if not policy.public:
                 raise  # a public route (health, docs) that reads nothing still answers
         enabled = state.settings.enabled
-        address = client_address_of(req.environ, state.trusted_proxies)
+        address = scratch.client_address = client_address_of(req.environ, state.trusted_proxies)
         principal = None
         if enabled and not policy.public:
             principal = state.authenticate(Credentials.of(req, address))

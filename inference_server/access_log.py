@@ -1,10 +1,12 @@
 """The access log: one line per request, with who asked and the request id the client saw.
 
     2026-11-30 04:50:00,123 [812] INFO inference_server.access: POST /predict 200 1.2ms
-    user=usr_1a2b request=7f3c...
+    user=usr_1a2b key=key_9f8e client=10.0.0.7 request=7f3c...
 
-Never a credential: the path without its query string, the user's id, the request id (the one
-in the `X-Request-ID` answer header, so a client's report finds its line). With
+Never a credential: the path without its query string, the user's id, the id of the API key
+used (or that the session was started with; never the key itself), the client's address (as
+the rate limits resolve it behind `server.trusted_proxies`), the request id (the one in the
+`X-Request-ID` answer header, so a client's report finds its line). With
 `server.log_format: json` the same fields are keys of the object. Control characters in the path
 are escaped (`\\x0a`), so every request is one line whatever it holds.
 
@@ -22,7 +24,7 @@ import time
 
 from flask import Flask, Response, g, request, request_finished, request_started
 
-from auth import loggable, request_id
+from auth import client_address, loggable, request_id
 
 from .logs import ACCESS
 
@@ -47,6 +49,8 @@ def _record(sender: Flask, response: Response, **extra: object) -> None:
     req = request._get_current_object()
     method, path, status = req.method, loggable(req.path), response.status_code
     user_id = principal.id if principal is not None else None
+    key_id = principal.key_id if principal is not None else None
+    client = loggable(scratch.get("client_address") or client_address())
     rid = request_id()
     fields = {
         "method": method,
@@ -54,9 +58,14 @@ def _record(sender: Flask, response: Response, **extra: object) -> None:
         "status": status,
         "duration_ms": duration,
         "user_id": user_id,
+        "key_id": key_id,
+        "client": client,
         "request_id": rid,
     }
-    message = f"{method} {path} {status} {duration}ms user={user_id or '-'} request={rid}"
+    message = (
+        f"{method} {path} {status} {duration}ms user={user_id or '-'} key={key_id or '-'} "
+        f"client={client} request={rid}"
+    )
     ACCESS.handle(
         ACCESS.makeRecord(ACCESS.name, logging.INFO, __file__, 0, message, (), None, extra=fields)
     )

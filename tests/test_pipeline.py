@@ -499,6 +499,23 @@ def test_a_request_id_holding_control_characters_writes_one_access_line(client, 
     assert record["path"] == "/health"
 
 
+def test_an_access_line_names_the_key_and_the_client_never_the_key_itself(make_app, access_lines):
+    client = make_app(server={"trusted_proxies": ["127.0.0.1"]}).test_client()
+    actor = Actor(client)
+    created = actor.create_key(actor.user_headers("alice"))
+    response = client.post(
+        "/predict",
+        json={"data": [[1, 2, 3]]},
+        headers={"X-API-Key": created["key"], "X-Forwarded-For": "203.0.113.9"},
+    )
+    assert response.status_code == 200
+    text, record = (access_lines["text"][-1], json.loads(access_lines["json"][-1]))
+    assert f"key={created['id']} client=203.0.113.9 " in text
+    assert (record["key_id"], record["client"]) == (created["id"], "203.0.113.9")
+    logged = "".join(access_lines["text"] + access_lines["json"])
+    assert created["key"] not in logged and created["key"][12:] not in logged
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_real_server_writes_one_access_line_for_a_path_with_control_characters(
