@@ -20,8 +20,25 @@ from __future__ import annotations
 
 from . import accounts
 from .background import run_every
-from .config import AuthSettings, RateLimitSettings, check_bounds, setting, shown
-from .core import AuthState, Principal, admit_prediction, auth_state, may_call, open_state
+from .config import (
+    AuthSettings,
+    QuotaSettings,
+    RateLimitSettings,
+    UsageSettings,
+    check_bounds,
+    setting,
+    shown,
+)
+from .core import (
+    Admission,
+    AuthState,
+    Principal,
+    admit_prediction,
+    auth_state,
+    check_model,
+    may_call,
+    open_state,
+)
 from .decorators import (
     admin_required,
     checks_password,
@@ -77,6 +94,7 @@ from .tokens import SecretError
 from .users import ALL_SCOPES, check_email, check_username, profile
 
 __all__ = [
+    "Admission",
     "ALL_SCOPES",
     "SECRET_FILE",
     "ApiError",
@@ -92,6 +110,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "Principal",
+    "QuotaSettings",
     "RateLimitSettings",
     "SecretError",
     "Storage",
@@ -99,6 +118,7 @@ __all__ = [
     "Store",
     "StoreCorrupt",
     "ThreadOffload",
+    "UsageSettings",
     "Transaction",
     "ValidationError",
     "accounts",
@@ -110,6 +130,7 @@ __all__ = [
     "check_bounds",
     "check_email",
     "check_username",
+    "check_model",
     "checks_password",
     "client_address",
     "current_principal",

@@ -39,7 +39,7 @@ def check_models(value: Any, field: str = "models") -> list[str] | None:
             details={"field": field},
         )
     for item in value:
-        if not isinstance(item, str) or not PATTERN.match(item):
+        if not isinstance(item, str) or not PATTERN.fullmatch(item):
             raise ValidationError(
                 f"'{field}' holds {item!r}: a model name or pattern is 1-64 letters, digits, "
                 "'_', '.', '-', with '*' for any run of characters and '?' for one",
@@ -50,7 +50,7 @@ def check_models(value: Any, field: str = "models") -> list[str] | None:
 
 def pattern_list(value: Any) -> str | None:
     """The check of a stored `models` list (`storage.shapes`)."""
-    if value and all(isinstance(v, str) and PATTERN.match(v) for v in value):
+    if value and all(isinstance(v, str) and PATTERN.fullmatch(v) for v in value):
         return None
     return "a non-empty list of model names or patterns such as 'churn-*'"
 

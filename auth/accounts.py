@@ -339,22 +339,24 @@ def key_limits(
     *,
     rules: access.Rules,
     parent: dict[str, Any] | None,
-    inherited: list[str] | None = None,
+    held_key: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `models`, `rate_limit` and `max_concurrent` of `asked` (any of them) checked for a
-    key of `owner` made or changed by a credential bound by model `rules`: never more than the
-    owner's own rate limit, nor than the key it was made through (`parent`), whose values it
-    takes where none is asked for. 400 for a malformed value, 403 for one beyond those rights.
+    key of `owner` made or changed by a credential bound by model `rules` that presented (or
+    logged in with) `held_key`: never more than the owner's own rate limit, nor than the key it
+    was made through (`parent`) or `held_key`, whose values it takes where none is asked for
+    (None asked). 400 for a malformed value, 403 for one beyond those rights.
     """
+    bounds = [key for key in (held_key, parent) if key is not None]
     clean: dict[str, Any] = {}
     if "models" in asked:
-        bound = rules + access.rules_of(parent)
+        bound = rules + access.rules_of(*bounds)
         models = access.check_models(asked["models"])
-        clean["models"] = access.within(
-            bound, models, inherited=inherited or (parent or {}).get("models")
-        )
+        clean["models"] = access.within(bound, models, inherited=_inherited(bounds, "models"))
     if "rate_limit" in asked:
-        limit = _or_inherited(asked["rate_limit"], parent, "rate_limit")
+        limit = asked["rate_limit"]
+        if limit is None:
+            limit = _inherited(bounds, "rate_limit")
         if limit is not None:
             try:
                 limit = limit_string(limit)
@@ -362,35 +364,51 @@ def key_limits(
                 raise ValidationError(
                     f"'rate_limit' must be {exc}", details={"field": "rate_limit"}
                 ) from None
-            ceilings = [state.rate_limit_of(owner), (parent or {}).get("rate_limit")]
+            ceilings = [state.rate_limit_of(owner), *(key.get("rate_limit") for key in bounds)]
             for ceiling in filter(None, ceilings):
                 if limit_rate(limit) > limit_rate(ceiling):
                     raise PermissionDenied(
-                        f"a key's rate limit cannot be above {ceiling}, its owner's or the "
-                        "limit of the key it was made through",
+                        f"a key's rate limit cannot be above {ceiling}, its owner's or that "
+                        "of the key it was made through or changed with",
                         details={"field": "rate_limit", "most": ceiling},
                     )
         clean["rate_limit"] = limit
     if "max_concurrent" in asked:
-        most = _or_inherited(asked["max_concurrent"], parent, "max_concurrent")
+        most = asked["max_concurrent"]
+        if most is None:
+            most = _inherited(bounds, "max_concurrent")
         if most is not None and api_keys.concurrency(most):
             raise ValidationError(
                 f"'max_concurrent' must be {api_keys.concurrency(most)}",
                 details={"field": "max_concurrent"},
             )
-        ceiling = (parent or {}).get("max_concurrent")
-        if ceiling and most > ceiling:
-            raise PermissionDenied(
-                f"a key's max_concurrent cannot be above {ceiling}, that of the key it was "
-                "made through",
-                details={"field": "max_concurrent", "most": ceiling},
-            )
+        for ceiling in filter(None, (key.get("max_concurrent") for key in bounds)):
+            if most > ceiling:
+                raise PermissionDenied(
+                    f"a key's max_concurrent cannot be above {ceiling}, that of the key it was "
+                    "made through or changed with",
+                    details={"field": "max_concurrent", "most": ceiling},
+                )
         clean["max_concurrent"] = most
     return clean
 
 
-def _or_inherited(value: Any, parent: dict[str, Any] | None, name: str) -> Any:
-    return value if value is not None else (parent or {}).get(name)
+KEY_TEXTS = {"name": 100, "description": 500}  # longest of each, in characters
+
+
+def _key_text(value: Any, name: str, most: int) -> str | None:
+    if value is None and name == "description":
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= most:
+        raise ValidationError(
+            f"'{name}' must be text of 1 to {most} characters", details={"field": name}
+        )
+    return value
+
+
+def _inherited(keys: list[dict[str, Any]], name: str) -> Any:
+    """What a key takes for `name` when none is asked: the first of `keys` that sets it."""
+    return next((key[name] for key in keys if key.get(name) is not None), None)
 
 
 def update_key(
@@ -401,11 +419,12 @@ def update_key(
     actor: str | None,
     owner: str | None = None,
     rules: access.Rules = (),
-    inherited: list[str] | None = None,
+    held_key: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Change a key's name, description, models, rate_limit or max_concurrent (None clears
-    one); with `owner`, only that user's key is found. `rules` and `inherited` are the model
-    lists of the credential asking (see `key_limits`). Returns the record."""
+    one, or gives it what the keys above it set); with `owner`, only that user's key is found.
+    `rules` and `held_key` are the model lists and key of the credential asking (see
+    `key_limits`). A revoked key cannot be changed. Returns the record."""
     unknown = set(changes) - KEY_FIELDS
     if unknown or not changes:
         raise ValidationError(
@@ -415,13 +434,15 @@ def update_key(
     record = state.keys.get(key_id)
     if record is None or (owner is not None and record["user_id"] != owner):
         raise NotFound(f"no API key with id {key_id!r}")
+    if not record["is_active"]:
+        raise Conflict("this API key is revoked; a revoked key cannot be changed")
     user = find(state, record["user_id"])
     parent = state.keys.get(record["parent_id"]) if record.get("parent_id") else None
     asked = {name: changes[name] for name in KEY_LIMITS if name in changes}
-    clean = key_limits(state, user, asked, rules=rules, parent=parent, inherited=inherited)
-    for name in ("name", "description"):
+    clean = key_limits(state, user, asked, rules=rules, parent=parent, held_key=held_key)
+    for name, most in KEY_TEXTS.items():
         if name in changes:
-            clean[name] = changes[name]
+            clean[name] = _key_text(changes[name], name, most)
 
     def change(items: Transaction) -> dict[str, Any]:
         current = items.get(key_id)

@@ -19,6 +19,7 @@ from limits import parse_many
 from limits.storage import storage_from_string
 
 from .passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from .quotas import check_tiers
 from .tokens import MIN_SECRET_BYTES, secret_problem
 
 
@@ -100,12 +101,21 @@ class Checked:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
 
 
+MAX_LIMIT_AMOUNT = 10**9
+
+
 def rate_limit(value: str) -> None:
-    """Refuse anything the `limits` library could not parse as a rate limit."""
+    """Refuse anything the `limits` library could not parse as a rate limit, and amounts of
+    0 (nothing could ever pass) or beyond a billion."""
     try:
-        parse_many(value)
+        items = parse_many(value)
     except ValueError:
-        raise ValueError("a rate limit such as '100/minute' or '10 per second'") from None
+        items = []
+    if not items or not all(1 <= item.amount <= MAX_LIMIT_AMOUNT for item in items):
+        raise ValueError(
+            f"a rate limit such as '100/minute' or '10 per second' (1 to {MAX_LIMIT_AMOUNT:,} "
+            "requests)"
+        )
 
 
 def rate_limit_problem(value: str) -> str | None:
@@ -146,7 +156,7 @@ def limit_storage(uri: str) -> None:
 def limit_string(value: Any) -> str:
     """A user's rate limit as the `limits` library reads it, from an integer (per minute, as
     `auth.rate_limit_per_minute`) or a limits string such as '100/minute'."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_LIMIT_AMOUNT:
         return f"{value}/minute"
     if isinstance(value, str):
         rate_limit(value)
@@ -188,6 +198,38 @@ class RateLimitSettings(Checked):
     )
     on_storage_error: Literal["closed", "open"] = setting(
         "closed", help="counters unreachable: closed = answer 503, open = serve unlimited"
+    )
+
+
+@dataclass(frozen=True)
+class QuotaSettings(Checked):
+    tiers: dict[str, Any] = setting(
+        factory=dict,
+        check=check_tiers,
+        help="named tiers of quotas per UTC day and month, e.g. free: {requests_per_day: 1000, "
+        "samples_per_month: 100000}; a quota left out is unlimited",
+    )
+    default_tier: str | None = setting(
+        None, help="the tier of users an admin gave none; null = no quota"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.default_tier is not None and self.default_tier not in self.tiers:
+            raise ValueError(
+                f"QuotaSettings: default_tier: expected one of the tiers "
+                f"({', '.join(sorted(self.tiers)) or 'none defined'}), got {self.default_tier!r}"
+            )
+
+
+@dataclass(frozen=True)
+class UsageSettings(Checked):
+    flush_seconds: float = setting(
+        5,
+        min=0.1,
+        max=3600,
+        help="how often each worker writes its usage counts (at most this much is lost if a "
+        "worker is killed)",
     )
 
 

@@ -42,7 +42,7 @@ from flask.wrappers import Response
 from . import access, api_keys, errors, sessions
 from .audit import AuditLog
 from .background import run_every, run_soon
-from .config import AuthSettings, RateLimitSettings, limit_string
+from .config import AuthSettings, QuotaSettings, RateLimitSettings, UsageSettings, limit_string
 from .decorators import (
     ADMIN_ATTR,
     CREDENTIALS_REQUIRED,
@@ -53,6 +53,7 @@ from .decorators import (
     check_scopes,
 )
 from .errors import AuthenticationError, Code, PermissionDenied, StorageUnavailable
+from .ledger import DAY_SHAPE, Ledger
 from .limits import (
     BadCredentialWatch,
     FailureBudget,
@@ -69,6 +70,7 @@ from .limits import (
 )
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
+from .quotas import quota_check
 from .slots import Slots
 from .storage import UNCHANGED, Storage, Store, Transaction, open_storage, secure_dir
 from .storage.shapes import epoch, iso
@@ -96,6 +98,7 @@ COUNTED_FAILURES = frozenset({Code.INVALID_TOKEN, Code.INVALID_API_KEY, Code.INV
 PASSWORD_CHANGE_SCOPES = frozenset({"user:read", "user:write"})
 # What the guard checked when authentication is off: everything passes (`require_auth`).
 _EVERYTHING = (ALL_SCOPES | {"admin"}, True)
+MAX_KEY_DEPTH = 32  # keys made through keys: how far up a key's lineage is followed
 MAINTAIN_SECONDS = 1.0  # how often a worker asks its storage for upkeep (a look at some flags)
 
 
@@ -140,9 +143,19 @@ class Principal:
     models: access.Rules = ()  # the user's and the key's model lists (`access.py`)
 
     @classmethod
-    def of(cls, user: dict[str, Any], scopes: frozenset[str], via: str, **kwargs: Any) -> Principal:
-        """A principal whose model lists are its user's and its key's."""
-        return cls(user, scopes, via, models=access.rules_of(user, kwargs.get("key")), **kwargs)
+    def of(
+        cls,
+        user: dict[str, Any],
+        scopes: frozenset[str],
+        via: str,
+        *,
+        above: list[dict[str, Any]],
+        **kwargs: Any,
+    ) -> Principal:
+        """A principal whose model lists are its user's, its key's and those of the keys its
+        key was made through (`above`), so narrowing a key narrows every key made with it."""
+        rules = access.rules_of(user, kwargs.get("key"), *above)
+        return cls(user, scopes, via, models=rules, **kwargs)
 
     @property
     def id(self) -> str:
@@ -206,6 +219,8 @@ class AuthState:
     failed_logins: FailureBudget | None = None
     bad_credentials: BadCredentialWatch | None = None
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
+    ledger: Ledger | None = None
     limiter: Limiter | None = None  # flask-limiter, once served by an app (`init_core`)
     guard: Guard | None = None  # the pipeline, once served by an app
 
@@ -340,7 +355,12 @@ class AuthState:
         key_id = session.get("key_id")
         key = self.live_key(key_id, error_code=Code.INVALID_TOKEN) if key_id else None
         return Principal.of(
-            user, self.session_scopes(user, session), "jwt", session_id=claims["sid"], key=key
+            user,
+            self.session_scopes(user, session),
+            "jwt",
+            above=self.keys_above(key),
+            session_id=claims["sid"],
+            key=key,
         )
 
     def session_scopes(self, user: dict[str, Any], session: dict[str, Any]) -> frozenset[str]:
@@ -368,7 +388,16 @@ class AuthState:
         user = self.active_user(record["user_id"], error_code=Code.INVALID_API_KEY)
         self.key_usage.note(record["id"], self.now())
         scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
-        return Principal.of(user, scopes, "api_key", key=record)
+        return Principal.of(user, scopes, "api_key", above=self.keys_above(record), key=record)
+
+    def keys_above(self, key: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The keys `key` was made through, nearest first (none for most keys)."""
+        found: list[dict[str, Any]] = []
+        while key is not None and key.get("parent_id") and len(found) < MAX_KEY_DEPTH:
+            key = self.keys.get(key["parent_id"])
+            if key is not None:
+                found.append(key)
+        return found
 
     def find_key(self, key: str) -> dict[str, Any]:
         """The live record of API key `key`; raises INVALID_API_KEY for anything else."""
@@ -412,6 +441,8 @@ class AuthState:
         """This worker's background work: writing key use, sweeping ended sessions, the
         storage's upkeep (off the loop, on one background thread)."""
         self.key_usage.start(self.run_storage_work)
+        if self.ledger is not None:
+            self.ledger.start(self.run_storage_work)
         sweep = functools.partial(self.run_storage_work, self.sweep_sessions)
         run_every(self.sweep_seconds, sweep, name="session-sweep")
         upkeep = functools.partial(self.run_storage_work, self.storage.maintain)
@@ -464,6 +495,8 @@ def open_state(
     storage: Storage | None = None,
     trusted_proxies: Sequence[str] = (),
     rate_limits: RateLimitSettings | None = None,
+    quotas: QuotaSettings | None = None,
+    usage: UsageSettings | None = None,
     lock_timeout: float = 10.0,
     usage_flush_seconds: float = 5.0,
     sweep_seconds: float = 600.0,
@@ -509,8 +542,13 @@ def open_state(
         slots=Slots(secure_dir(data_dir / "slots")),
         trusted_proxies=tuple(trusted_proxies),
         rate_limits=rate_limits or RateLimitSettings(),
+        quotas=quotas or QuotaSettings(),
         sleep=sleep or _sleep,
         sweep_seconds=sweep_seconds,
+    )
+    state.ledger = Ledger(
+        store("usage", collection="usage", shape=DAY_SHAPE),
+        flush_seconds=(usage or UsageSettings()).flush_seconds,
     )
     for each in storage.stores():
         each.open()
@@ -527,14 +565,25 @@ def may_call(model: str) -> bool:
     return principal is None or principal.may_call(model)
 
 
-def admit_prediction(model: str) -> None:
+def check_model(model: str) -> None:
+    """403 INSUFFICIENT_PERMISSIONS unless this request's credential may call `model`."""
+    principal = g.get("principal")
+    if principal is not None:
+        principal.check_model(model)
+
+
+def admit_prediction(model: str, samples: int = 1) -> Admission | None:
     """Call where the application has chosen the model of a prediction, before it runs: 403
-    unless the credential may call `model` (`access.py`), 429 CONCURRENCY_LIMIT_EXCEEDED when
-    its key has `max_concurrent` predictions in flight already (the slot is held until the
-    request ends)."""
+    unless the credential may call `model` (`access.py`), 429 QUOTA_EXCEEDED when the user's
+    quotas cannot take one more request of `samples` samples (`quotas.py`), 429
+    CONCURRENCY_LIMIT_EXCEEDED when its key has `max_concurrent` predictions in flight already
+    (the slot is held until the request ends). The request is counted in the usage ledger when
+    it ends, with the `inference_ms` the application sets on the admission returned (None in
+    simple mode, where nobody is counted)."""
     guard = auth_state().guard
     assert guard is not None, "admit_prediction needs an app served by Auth"
-    guard.admit(model)
+    guard.admit(model, samples)
+    return g.get("admitted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -634,17 +683,20 @@ class Guard:
         scratch.auth_checked = (policy.needs, policy.admin) if enabled else _EVERYTHING
         self._limiter.before_view(endpoint)
 
-    def admit(self, model: str) -> None:
-        """A prediction of `model` is about to run (`admit_prediction`)."""
+    def admit(self, model: str, samples: int) -> None:
+        """A prediction of `samples` samples of `model` is about to run (`admit_prediction`)."""
         scratch = g._get_current_object()
         principal = scratch.get("principal")
         if principal is None:
             return  # simple mode: nobody to hold to anything
         principal.check_model(model)
+        state = self._state
+        now = state.clock()
+        scratch.quota_headers = quota_check(state, principal.user, samples, now)
         key = principal.key
         most = key.get("max_concurrent") if key is not None else None
         if most:
-            held = self._state.slots.take(f"key-{key['id']}", most)
+            held = state.slots.take(f"key-{key['id']}", most)
             if held is None:
                 raise RateLimited(
                     f"this key already has {most} prediction(s) in flight, its limit; retry "
@@ -654,6 +706,7 @@ class Guard:
                     error_code=Code.CONCURRENCY_LIMIT_EXCEEDED,
                 )
             scratch.slot = held
+        scratch.admitted = Admission(principal, model, samples)
 
     def teardown(self, _exc: BaseException | None) -> None:
         """Free what the request held, however it ended."""
@@ -669,11 +722,39 @@ class Guard:
         principal = scratch.get("principal")
         if principal is not None and principal.user.get("must_change_password"):
             extra.append((PASSWORD_CHANGE_HEADER, "true"))
+        admitted = scratch.get("admitted")
+        if admitted is not None:
+            self._count(admitted, response.status_code)
+            extra.extend(scratch.quota_headers)
         errors.stamp(response, extra)
         arrived = scratch.get("password_arrived")
         if arrived is not None:
             hold_failed_login(self._state, arrived, response.status_code)
         return response
+
+    def _count(self, admitted: Admission, status: int) -> None:
+        state = self._state
+        assert state.ledger is not None
+        principal = admitted.principal
+        state.ledger.add(
+            principal.id,
+            credential=principal.key_id or "session",
+            model=admitted.model,
+            status=status,
+            samples=admitted.samples,
+            inference_ms=admitted.inference_ms,
+            now=state.clock(),
+        )
+
+
+@dataclass(slots=True)
+class Admission:
+    """A prediction let in by `admit_prediction`; the application adds its inference time."""
+
+    principal: Principal
+    model: str
+    samples: int
+    inference_ms: float = 0.0
 
 
 def _is_preflight(req: Any) -> bool:

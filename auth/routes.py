@@ -334,19 +334,14 @@ def create_api_key():
 def update_api_key(key_id: str):
     principal: Principal = g.principal
     body = json_body()
-    changes = {name: body[name] for name in accounts.KEY_LIMITS if name in body}
-    if "name" in body:
-        changes["name"] = text(body, "name", max_len=100)
-    if "description" in body:
-        changes["description"] = text(body, "description", required=False, max_len=500)
     record = accounts.update_key(
         auth_state(),
         key_id,
-        changes,
+        body,
         actor=principal.id,
         owner=None if principal.holds("admin") else principal.id,
         rules=principal.models,
-        inherited=(principal.key or {}).get("models"),
+        held_key=principal.key,
     )
     usage = auth_state().key_usage.last_used([key_id])
     return jsonify(api_keys.public_view(record, usage.get(key_id)))

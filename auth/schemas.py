@@ -33,7 +33,8 @@ MODELS = {
     "items": {"type": "string", "pattern": PATTERN.pattern},
     "minItems": 1,
     "maxItems": MAX_PATTERNS,
-    "description": "model names or glob patterns ('churn-*') it may call; null: every model",
+    "description": "model names or glob patterns ('churn-*') it may call; null: every model "
+    "(for a key made or changed through a restricted key: that key's list)",
 }
 RATE_LIMIT = {
     "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}, {"type": "null"}],
@@ -96,13 +97,14 @@ KEY_LIMITS = {
     "rate_limit": {
         **RATE_LIMIT,
         "description": "at most the owner's own rate limit (and that of the key it was made "
-        "through); null: only the owner's",
+        "through or changed with); null: only the owner's (or that key's)",
     },
     "max_concurrent": {
         "type": ["integer", "null"],
         "minimum": 1,
         "maximum": MAX_CONCURRENT,
-        "description": "predictions this key may have in flight at once; null: no limit",
+        "description": "predictions this key may have in flight at once; null: no limit (or "
+        "that of the key it was made through or changed with)",
     },
 }
 CREATE_KEY = body(

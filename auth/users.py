@@ -15,6 +15,7 @@ from typing import Any
 from .access import pattern_list
 from .config import rate_limit_problem
 from .errors import Conflict, ValidationError
+from .quotas import quota_problem
 from .storage import Store, Transaction
 from .storage.indexes import Index
 from .storage.shapes import Field, one_of, strings, timestamp
@@ -45,6 +46,8 @@ USER_SHAPE = {
     "default_password": Field((bool,), required=False),
     "rate_limit": Field((str, None), required=False, check=rate_limit_problem),
     "models": Field((list, None), required=False, check=pattern_list),
+    "tier": Field((str, None), required=False),
+    "quota": Field((dict, None), required=False, check=quota_problem),
     "created_at": Field((str,), check=timestamp),
     "updated_at": Field((str,), check=timestamp),
     "password_changed_at": Field((str,), required=False, check=timestamp),
@@ -181,6 +184,8 @@ def profile(user: dict[str, Any]) -> dict[str, Any]:
         "must_change_password": user.get("must_change_password", False),
         "rate_limit": user.get("rate_limit"),
         "models": user.get("models"),
+        "tier": user.get("tier"),
+        "quota": user.get("quota"),
         "created_at": user["created_at"],
         "updated_at": user["updated_at"],
     }

@@ -71,6 +71,8 @@ def open_auth_state(
         storage=storage or open_app_storage(settings),
         trusted_proxies=settings.server.trusted_proxies,
         rate_limits=settings.rate_limits,
+        quotas=settings.quotas,
+        usage=settings.usage,
         lock_timeout=settings.storage.lock_timeout_seconds,
         usage_flush_seconds=settings.storage.usage_flush_seconds,
         sweep_seconds=settings.storage.session_sweep_minutes * 60,

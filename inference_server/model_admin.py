@@ -13,7 +13,7 @@ from auth import (
     PermissionDenied,
     ValidationError,
     auth_state,
-    current_principal,
+    check_model,
     doc,
     json_body,
     may_call,
@@ -53,15 +53,20 @@ def _audit(event: str, **fields: Any) -> None:
 @require_auth(scopes=["models:read"])
 def list_models():
     """The models this credential may call (a key or user with `models` sees only those)."""
-    return jsonify({"default": registry().default, "models": registry().describe(listed=may_call)})
+    default = registry().default
+    return jsonify(
+        {
+            "default": default if may_call(default) else None,
+            "models": registry().describe(listed=may_call),
+        }
+    )
 
 
 @bp.get("/<name>")
 @doc("One model", path={"name": schemas.NAME}, responses={200: schemas.MODEL})
 @require_auth(scopes=["models:read"])
 def show_model(name: str):
-    if not may_call(name):
-        current_principal.check_model(name)  # 403, naming the model
+    check_model(name)
     return jsonify(registry().describe(name, listed=may_call))
 
 

@@ -20,11 +20,13 @@ import numpy as np
 from flask import Blueprint, Response, current_app, request
 
 from auth import (
+    Admission,
     ApiError,
     PayloadTooLarge,
     ThreadOffload,
     ValidationError,
     admit_prediction,
+    check_model,
     doc,
     error_body,
     json_bytes,
@@ -82,31 +84,45 @@ class Inference:
             return fn(*args)
         return self.threads.run(_collector_paused, fn, *args)
 
-    def choose(self, name: str | None) -> LoadedModel:
-        """The model a prediction asks for (None: the default), once the credential may call
-        it (`admit_prediction`): the one place every prediction route picks its model."""
+    def choose(self, name: str | None, samples: int) -> tuple[LoadedModel, Admission | None]:
+        """The model a prediction of `samples` samples asks for (None: the default), once the
+        credential may call it, and its admission (`admit_prediction`: quotas, concurrency,
+        usage): the one place every prediction route picks its model. A model the credential
+        may not call is refused before it is looked up, so the answer does not tell whether it
+        exists."""
         name = name or self.registry.default
-        admit_prediction(name)
-        return self.registry.get(name, listed=may_call)
+        check_model(name)
+        model = self.registry.get(name, listed=may_call)
+        return model, admit_prediction(model.name, samples)
 
-    def prepare(self, body: dict[str, Any], path_model: str | None) -> tuple[LoadedModel, Any]:
-        """The model a /predict body asks for (or the URL names) and its checked `data`."""
-        model = self.choose(_model_field(body, path_model))
+    def prepare(
+        self, body: dict[str, Any], path_model: str | None
+    ) -> tuple[LoadedModel, Any, Admission | None]:
+        """The model a /predict body asks for (or the URL names), its checked `data` and the
+        prediction's admission."""
         if "data" not in body:
             raise ValidationError("'data' is required", details={"field": "data"})
-        _samples_within(body["data"], self.max_samples, "data")
-        return model, body["data"]
+        data = body["data"]
+        _samples_within(data, self.max_samples, "data")
+        model, admission = self.choose(_model_field(body, path_model), sample_count(data))
+        return model, data, admission
 
-    def payload(self, model: LoadedModel, data: Any) -> bytes:
+    def payload(self, model: LoadedModel, data: Any, admission: Admission | None) -> bytes:
         """The encoded answer of `model` to `data` (400 if `data` does not fit the model)."""
-        outputs, elapsed = self.timed(model, to_batch_in_steps(data, model.input))
+        outputs, elapsed = self.timed(model, to_batch_in_steps(data, model.input), admission)
         return _encode(model, elapsed, predictions=outputs)
 
-    def timed(self, model: LoadedModel, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    def timed(
+        self, model: LoadedModel, batch: np.ndarray, admission: Admission | None
+    ) -> tuple[np.ndarray, float]:
+        """The model's outputs for `batch` and the milliseconds they took (added to the
+        usage of `admission`)."""
         started = time.perf_counter()
         outputs = model.predict(batch)
         elapsed = (time.perf_counter() - started) * 1000
         self._fast[model.name] = elapsed < self.INLINE_MS
+        if admission is not None:
+            admission.inference_ms += elapsed
         return outputs, round(elapsed, 3)
 
 
@@ -116,6 +132,14 @@ def inference() -> Inference:
 
 def registry() -> ModelRegistry:
     return current_app.extensions["models"]
+
+
+def sample_count(data: Any) -> int:
+    """How many samples a request's `data` holds for usage and quotas: its rows (a list of
+    lists), else one."""
+    if isinstance(data, list) and data and isinstance(data[0], list):
+        return len(data)
+    return 1
 
 
 def _model_field(body: dict[str, Any], path_model: str | None = None) -> str | None:
@@ -167,8 +191,8 @@ def _respond(payload: bytes) -> Response:
 
 def _predict(path_model: str | None):
     runner = inference()
-    model, data = runner.prepare(_body(), path_model)
-    return _respond(runner.run(model, runner.payload, model, data))
+    model, data, admission = runner.prepare(_body(), path_model)
+    return _respond(runner.run(model, runner.payload, model, data, admission))
 
 
 @bp.post("/predict")
@@ -205,7 +229,6 @@ def predict_with(model_name: str):
 @require_auth(scopes=["predict"])
 def predict_batch():
     body = _body()
-    model = inference().choose(_model_field(body))
     inputs = body.get("inputs")
     limit = registry().max_batch_size
     if not isinstance(inputs, list) or not inputs:
@@ -220,7 +243,11 @@ def predict_batch():
     for i, data in enumerate(inputs):
         _samples_within(data, inference().max_samples, f"inputs[{i}]")
     runner = inference()
-    return _respond(runner.run(model, _batch_payload, runner, model, inputs, request_id()))
+    samples = sum(sample_count(data) for data in inputs)
+    model, admission = runner.choose(_model_field(body), samples)
+    return _respond(
+        runner.run(model, _batch_payload, runner, model, inputs, request_id(), admission)
+    )
 
 
 def _collector_paused(fn: Callable[..., T], *args: Any) -> T:
@@ -228,7 +255,13 @@ def _collector_paused(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
-def _batch_payload(runner: Inference, model: LoadedModel, inputs: list[Any], rid: str) -> bytes:
+def _batch_payload(
+    runner: Inference,
+    model: LoadedModel,
+    inputs: list[Any],
+    rid: str,
+    admission: Admission | None,
+) -> bytes:
     results: list[dict[str, Any] | None] = [None] * len(inputs)
     batches: list[tuple[int, np.ndarray]] = []
     for i, data in enumerate(inputs):
@@ -238,7 +271,7 @@ def _batch_payload(runner: Inference, model: LoadedModel, inputs: list[Any], rid
             results[i] = error_body(exc.error_code, exc.description or "", exc.details, rid=rid)
     elapsed = 0.0
     if batches:
-        outputs, elapsed = _run_together(runner, model, [b for _, b in batches])
+        outputs, elapsed = _run_together(runner, model, [b for _, b in batches], admission)
         for (i, _), out in zip(batches, outputs, strict=True):
             results[i] = {"predictions": out}
     failed = sum(1 for r in results if r and "error" in r)
@@ -246,16 +279,19 @@ def _batch_payload(runner: Inference, model: LoadedModel, inputs: list[Any], rid
 
 
 def _run_together(
-    runner: Inference, model: LoadedModel, batches: list[np.ndarray]
+    runner: Inference,
+    model: LoadedModel,
+    batches: list[np.ndarray],
+    admission: Admission | None,
 ) -> tuple[list[np.ndarray], float]:
     """One model call for all inputs when their sample shapes agree, else one call each."""
     if len({b.shape[1:] for b in batches}) == 1:
-        outputs, elapsed = runner.timed(model, np.concatenate(batches))
+        outputs, elapsed = runner.timed(model, np.concatenate(batches), admission)
         splits = np.cumsum([len(b) for b in batches])[:-1]
         return np.split(outputs, splits), elapsed
     results, total = [], 0.0
     for batch in batches:
-        out, elapsed = runner.timed(model, batch)
+        out, elapsed = runner.timed(model, batch, admission)
         results.append(out)
         total += elapsed
     return results, round(total, 3)

@@ -96,7 +96,15 @@ MODEL = answer(
     "status",
     "input",
 )
-MODELS = answer({"default": {"type": "string"}, "models": {"type": "array", "items": MODEL}})
+MODELS = answer(
+    {
+        "default": {
+            "type": ["string", "null"],
+            "description": "the default model; null if this credential may not call it",
+        },
+        "models": {"type": "array", "items": MODEL},
+    }
+)
 MANAGED = answer(
     {
         "action": {"type": "string", "enum": list(ACTIONS)},

@@ -23,7 +23,15 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from auth import AuthSettings, RateLimitSettings, check_bounds, setting, shown
+from auth import (
+    AuthSettings,
+    QuotaSettings,
+    RateLimitSettings,
+    UsageSettings,
+    check_bounds,
+    setting,
+    shown,
+)
 
 T = TypeVar("T")
 ENV_PREFIX = "INFERENCE_"
@@ -202,6 +210,8 @@ class Settings:
     server: ServerSettings = setting(factory=ServerSettings, help="HTTP server")
     auth: AuthSettings = setting(factory=AuthSettings, help="authentication")
     rate_limits: RateLimitSettings = setting(factory=RateLimitSettings, help="rate limiting")
+    quotas: QuotaSettings = setting(factory=QuotaSettings, help="usage quotas by tier")
+    usage: UsageSettings = setting(factory=UsageSettings, help="usage accounting")
     storage: StorageSettings = setting(factory=StorageSettings, help="data files")
     models: ModelSettings = setting(factory=ModelSettings, help="model registry")
     docs: DocsSettings = setting(factory=DocsSettings, help="interactive API documentation")

@@ -25,6 +25,7 @@ COLLECTIONS = {
     "sessions": "sessions",
     "api_key_usage": "keys",
     "models_state": "models",
+    "usage": "usage",
 }
 DEMO_MODEL = str(REPO / "data" / "models" / "demo.json")
 ADMIN = ("admin", "admin123")

@@ -307,3 +307,51 @@ def _pid_of_last(text: str, server) -> int:
     """The worker that logged the last line holding `text` (log lines carry '[pid]')."""
     line = [line for line in server.log if text in line][-1]
     return int(re.search(r"\[(\d+)\]", line).group(1))
+
+
+def test_a_restricted_key_cannot_lift_its_own_limits_or_a_siblings(client, actor, alice):
+    scopes = ["predict", "api-keys:manage"]
+    limited = actor.create_key(alice, rate_limit="20/minute", max_concurrent=1, scopes=scopes)
+    sibling = actor.create_key(alice, rate_limit="10/minute", max_concurrent=1)
+    headers = {"X-API-Key": limited["key"]}
+    for key_id in (limited["id"], sibling["id"]):
+        for body in ({"rate_limit": "1000/minute"}, {"max_concurrent": 1000}):
+            response = client.patch(f"/auth/api-keys/{key_id}", json=body, headers=headers)
+            assert_error(response, 403, "INSUFFICIENT_PERMISSIONS")
+        cleared = client.patch(
+            f"/auth/api-keys/{key_id}",
+            json={"rate_limit": None, "max_concurrent": None},
+            headers=headers,
+        ).get_json()
+        # Cleared, a limit is that of the key that changed it: never more than its own.
+        assert (cleared["rate_limit"], cleared["max_concurrent"]) == ("20/minute", 1)
+
+
+def test_narrowing_a_key_narrows_the_keys_made_through_it(client, actor, alice):
+    scopes = ["predict", "api-keys:manage"]
+    parent = actor.create_key(alice, models=["demo", "other"], scopes=scopes)
+    child = client.post(
+        "/auth/api-keys", json={"name": "child"}, headers={"X-API-Key": parent["key"]}
+    ).get_json()
+    assert calls(client, {"X-API-Key": child["key"]}, "other") == [200, 200, 200]
+    response = client.patch(
+        f"/auth/api-keys/{parent['id']}", json={"models": ["demo"]}, headers=alice
+    )
+    assert response.status_code == 200
+    assert calls(client, {"X-API-Key": child["key"]}, "other") == [403, 403, 403]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"rate_limit": 10**400}, {"rate_limit": "1" * 400 + "/minute"}, {"rate_limit": "0/minute"}],
+)
+def test_impossible_rate_limits_are_refused(client, actor, alice, body):
+    response = client.post("/auth/api-keys", json={"name": "k", **body}, headers=alice)
+    assert assert_error(response, 400, "VALIDATION_ERROR")["details"]["field"] == "rate_limit"
+
+
+def test_a_revoked_key_cannot_be_changed(client, actor, alice):
+    key = actor.create_key(alice)
+    assert client.delete(f"/auth/api-keys/{key['id']}", headers=alice).status_code == 200
+    response = client.patch(f"/auth/api-keys/{key['id']}", json={"name": "x"}, headers=alice)
+    assert_error(response, 409, "CONFLICT")

@@ -40,9 +40,10 @@ def previous(make_app, data_dir) -> tuple[dict[str, dict], str]:
     assert actor.predict({"X-API-Key": key}).status_code == 200
     state = app.extensions["auth"]
     state.key_usage.flush()
+    state.ledger.flush()
     state.storage.shutdown()
     records = {name: on_disk(data_dir, name) for name in COLLECTIONS}
-    assert records["api_key_usage"] and records["sessions"]
+    assert records["api_key_usage"] and records["sessions"] and records["usage"]
     assert sorted(downgrade(data_dir)) == sorted(COLLECTIONS)
     return records, key
 

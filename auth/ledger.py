@@ -1,0 +1,289 @@
+"""The usage ledger: every prediction counted once, by user, credential, model, status class and
+UTC hour, with its samples and inference milliseconds.
+
+One ledger feeds everything that speaks of usage: quota enforcement (`quotas.py`), the quota
+headers, the usage API and report, and the profile, so they never disagree. Every status class
+is counted; quotas are spent by the predictions that were answered (2xx): a day record's
+`requests` and `samples` are those.
+
+A request costs no disk write: it adds to this process's pending counts (a dict, under a lock
+held for microseconds). A background job writes what is pending every `usage.flush_seconds`
+through the store, in one change that adds to the records it touches (one record per user and
+UTC day), and once more when the process exits. A write that fails keeps the counts for the next
+one. A worker killed with SIGKILL loses at most its last interval of counts.
+
+Readers add this process's pending counts to what the store holds, so a worker sees its own
+requests at once; another worker's (or host's) arrive within one flush interval. With several
+workers a quota can therefore be overrun by what the others served in their last interval.
+
+A day's record:
+
+    {"user_id": "usr_..", "day": "2026-12-02", "requests": 12, "samples": 40,
+     "rows": [[13, "key_ab12..", "demo", "2xx", 11, 39, 4.2], ...]}
+
+a row being hour, credential (`key_..`, or `session` for a password login), model, status class
+(`2xx`, `4xx`, `5xx`), requests, samples, inference milliseconds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from .background import run_every
+from .errors import StorageBusy, StorageUnavailable
+from .quotas import Window
+from .storage import Store, Transaction
+from .storage.shapes import Field
+
+log = logging.getLogger(__name__)
+
+# hour, credential, model, status class -> [requests, samples, inference ms]
+Counts = dict[tuple[int, str, str, str], list[float]]
+
+
+def _rows(value: Any) -> str | None:
+    for row in value:
+        if not (
+            isinstance(row, list)
+            and len(row) == 7
+            and isinstance(row[0], int)
+            and all(isinstance(v, str) for v in row[1:4])
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in row[4:])
+        ):
+            return "a list of [hour, credential, model, status, requests, samples, ms] rows"
+    return None
+
+
+DAY_SHAPE = {
+    "user_id": Field((str,)),
+    "day": Field((str,)),
+    "requests": Field((int,)),
+    "samples": Field((int,)),
+    "rows": Field((list,), check=_rows),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Used:
+    requests_per_day: int = 0
+    samples_per_day: int = 0
+    requests_per_month: int = 0
+    samples_per_month: int = 0
+
+
+SERVED = "2xx"  # the status class that spends quotas
+
+
+def record_id(user_id: str, day: str) -> str:
+    return f"{user_id}/{day}"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Ledger:
+    MONTH_CACHE_SECONDS = 1.0  # how long a month's earlier days are summed only once
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        flush_seconds: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self._monotonic = monotonic
+        self._pending: dict[tuple[str, str], Counts] = {}  # (user, day) -> counts
+        self._months: dict[tuple[str, str], tuple[float, int, int]] = {}
+        self._lock = threading.Lock()
+        self._flusher_pid: int | None = None
+
+    # -- counting ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        user_id: str,
+        *,
+        credential: str,
+        model: str,
+        status: int,
+        samples: int,
+        inference_ms: float,
+        now: float,
+    ) -> None:
+        """Count one prediction request; costs a dict update."""
+        window = Window.at(now)
+        row = (window.hour, credential, model, status_class(status))
+        with self._lock:
+            counts = self._pending.setdefault((user_id, window.day), {})
+            totals = counts.get(row)
+            if totals is None:
+                counts[row] = [1, samples, inference_ms]
+            else:
+                totals[0] += 1
+                totals[1] += samples
+                totals[2] += inference_ms
+
+    def used(self, user_id: str, now: float) -> Used:
+        """What `user_id` has used in the UTC day and month of `now`: written by every process,
+        plus what this one has pending."""
+        window = Window.at(now)
+        day_requests, day_samples = self._day_totals(user_id, window.day)
+        earlier_requests, earlier_samples = self._earlier_this_month(user_id, window.day)
+        return Used(
+            requests_per_day=day_requests,
+            samples_per_day=day_samples,
+            requests_per_month=earlier_requests + day_requests,
+            samples_per_month=earlier_samples + day_samples,
+        )
+
+    def _day_totals(self, user_id: str, day: str) -> tuple[int, int]:
+        record = self.store.get(record_id(user_id, day))
+        requests, samples = (record["requests"], record["samples"]) if record else (0, 0)
+        with self._lock:
+            for row, totals in self._pending.get((user_id, day), {}).items():
+                if row[3] == SERVED:
+                    requests += int(totals[0])
+                    samples += int(totals[1])
+        return requests, samples
+
+    def _earlier_this_month(self, user_id: str, day: str) -> tuple[int, int]:
+        """The month's days before `day`, summed at most once a second per user."""
+        key = (user_id, day)
+        cached = self._months.get(key)
+        now = self._monotonic()
+        if cached is not None and now - cached[0] < self.MONTH_CACHE_SECONDS:
+            return cached[1], cached[2]
+        today = date.fromisoformat(day)
+        requests = samples = 0
+        for number in range(1, today.day):
+            requests_then, samples_then = self._day_totals(
+                user_id, today.replace(day=number).isoformat()
+            )
+            requests += requests_then
+            samples += samples_then
+        if len(self._months) > 100_000:
+            self._months.clear()
+        self._months[key] = (now, requests, samples)
+        return requests, samples
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def rows(
+        self, user_ids: list[str] | None, first: date, last: date
+    ) -> Iterator[tuple[str, str, int, str, str, str, int, int, float]]:
+        """Every counted row of `user_ids` (None: everyone) from day `first` to `last`: (user,
+        day, hour, credential, model, status class, requests, samples, ms), written and
+        pending alike."""
+        merged: dict[tuple[str, str], Counts] = {}
+        days = [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+        if user_ids is None:
+            wanted = set(days)
+            found = [(i, r) for i, r in self.store.records() if r["day"] in wanted]
+        else:
+            ids = [record_id(user, day) for user in user_ids for day in days]
+            found = [(i, r) for i in ids if (r := self.store.get(i)) is not None]
+        for _, record in found:
+            counts = merged.setdefault((record["user_id"], record["day"]), {})
+            for hour, credential, model, status, requests, samples, ms in record["rows"]:
+                _merge(counts, (hour, credential, model, status), [requests, samples, ms])
+        with self._lock:
+            for (user, day), counts in self._pending.items():
+                if (user_ids is None or user in user_ids) and first.isoformat() <= day <= (
+                    last.isoformat()
+                ):
+                    target = merged.setdefault((user, day), {})
+                    for row, totals in counts.items():
+                        _merge(target, row, list(totals))
+        for (user, day), counts in sorted(merged.items()):
+            for (hour, credential, model, status), (requests, samples, ms) in sorted(
+                counts.items()
+            ):
+                yield (
+                    user,
+                    day,
+                    hour,
+                    credential,
+                    model,
+                    status,
+                    int(requests),
+                    int(samples),
+                    round(ms, 3),
+                )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write what is pending in one change; returns how many day records it touched (0 when
+        the write failed: the counts are kept for the next flush)."""
+        return self._flush(self._write)
+
+    def _flush(self, write: Callable[[dict[tuple[str, str], Counts]], bool]) -> int:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        if write(pending):
+            return len(pending)
+        with self._lock:  # kept for the next flush, added to what came meanwhile
+            for key, counts in pending.items():
+                target = self._pending.setdefault(key, {})
+                for row, totals in counts.items():
+                    _merge(target, row, totals)
+        return 0
+
+    def _write(self, pending: dict[tuple[str, str], Counts]) -> bool:
+        def change(items: Transaction) -> None:
+            for (user_id, day), counts in pending.items():
+                rid = record_id(user_id, day)
+                record = items.get(rid)
+                if record is None:
+                    record = {"user_id": user_id, "day": day, "requests": 0, "samples": 0}
+                    record["rows"] = []
+                rows: Counts = {tuple(r[:4]): list(r[4:]) for r in record["rows"]}  # type: ignore[misc]
+                for row, totals in counts.items():
+                    _merge(rows, row, totals)
+                record["rows"] = [
+                    [*row, int(t[0]), int(t[1]), round(t[2], 3)] for row, t in sorted(rows.items())
+                ]
+                served = [t for row, t in rows.items() if row[3] == SERVED]
+                record["requests"] = sum(int(t[0]) for t in served)
+                record["samples"] = sum(int(t[1]) for t in served)
+                items[rid] = record
+
+        try:
+            self.store.update(change)
+        except (StorageBusy, StorageUnavailable, OSError) as exc:
+            log.warning("could not write the usage of %d user-day(s): %s", len(pending), exc)
+            return False
+        return True
+
+    def start(self, run: Callable[..., Any]) -> None:
+        """Flush every `flush_seconds` in the background of this process (the write made by
+        `run(write)`: on a real thread when the storage blocks), and at its exit."""
+        if self._flusher_pid == os.getpid():
+            return
+        self._flusher_pid = os.getpid()
+        atexit.register(self.flush)
+        write = functools.partial(run, self._write)
+        run_every(self.flush_seconds, lambda: self._flush(write), name="usage-ledger")
+
+
+def _merge(counts: Counts, row: tuple[Any, ...], totals: list[float]) -> None:
+    current = counts.get(row)  # type: ignore[arg-type]
+    if current is None:
+        counts[row] = list(totals)  # type: ignore[index]
+    else:
+        for i, value in enumerate(totals):
+            current[i] += value

@@ -1,0 +1,162 @@
+"""Quotas by tier: how many predictions and samples a user may have in a UTC day and month.
+
+`quotas.tiers` in the YAML names tiers (`free: {requests_per_day: 1000, samples_per_month:
+100000}`), `quotas.default_tier` the one users get unless an admin sets their `tier`, and an admin
+may override single quotas for one user (`quota: {requests_per_day: 50}`). A quota left out is
+unlimited.
+
+Windows are calendar windows, computed when a request is checked: the day ends at midnight UTC
+and the month at the first of the next month, so a quota resets exactly then, with no reset job
+that could run late. What was used is read from the one usage ledger (`ledger.py`), the same
+figures the usage API, the profile and the headers show.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import ApiError, Code
+from .storage.shapes import iso
+
+QUOTAS = ("requests_per_day", "samples_per_day", "requests_per_month", "samples_per_month")
+
+
+class QuotaExceeded(ApiError):
+    """429: a quota of the calendar day or month is spent."""
+
+    code, error_code = 429, Code.QUOTA_EXCEEDED
+
+
+def quota_values(value: Any, where: str = "a tier") -> dict[str, int]:
+    """`value` as quotas (ValueError naming what is wrong): names from QUOTAS, whole numbers."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must map quota names ({', '.join(QUOTAS)}) to numbers")
+    for name, amount in value.items():
+        if name not in QUOTAS:
+            raise ValueError(f"{where}: unknown quota {name!r}; one of {', '.join(QUOTAS)}")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise ValueError(f"{where}: {name} must be a whole number >= 0, not {amount!r}")
+    return dict(value)
+
+
+def check_tiers(tiers: Any) -> None:
+    for name, quotas in tiers.items():
+        quota_values(quotas, f"tier {name!r}")
+
+
+def quota_problem(value: Any) -> str | None:
+    """The check of a stored per-user `quota` override (`storage.shapes`)."""
+    try:
+        quota_values(value, "the override")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The calendar day and month a moment falls in."""
+
+    day: str  # 2026-12-02
+    month: str  # 2026-12
+    hour: int
+    day_ends: int  # epoch seconds of the next midnight UTC
+    month_starts: int
+    month_ends: int
+
+    @classmethod
+    def at(cls, now: float) -> Window:
+        moment = datetime.fromtimestamp(int(now), timezone.utc)
+        midnight = datetime(moment.year, moment.month, moment.day, tzinfo=timezone.utc)
+        days = calendar.monthrange(moment.year, moment.month)[1]
+        first = datetime(moment.year, moment.month, 1, tzinfo=timezone.utc)
+        return cls(
+            day=moment.strftime("%Y-%m-%d"),
+            month=moment.strftime("%Y-%m"),
+            hour=moment.hour,
+            day_ends=int(midnight.timestamp()) + 86400,
+            month_starts=int(first.timestamp()),
+            month_ends=int(first.timestamp()) + days * 86400,
+        )
+
+    def ends(self, quota: str) -> int:
+        return self.day_ends if quota.endswith("_day") else self.month_ends
+
+    def width(self, quota: str) -> int:
+        """The length of `quota`'s window in seconds."""
+        return 86400 if quota.endswith("_day") else self.month_ends - self.month_starts
+
+
+def limits_of(
+    user: dict[str, Any], tiers: dict[str, dict[str, int]], default_tier: str | None
+) -> dict[str, int]:
+    """The quotas that hold for `user`: their tier's (their own `tier`, else the default),
+    with their own overrides on top."""
+    tier = user.get("tier") or default_tier
+    return {**tiers.get(tier or "", {}), **(user.get("quota") or {})}
+
+
+def _quotas(state: Any, user: dict[str, Any], now: float) -> Iterator[dict[str, Any]]:
+    """Each quota that holds for `user` at `now`: its limit, what is used and when it resets."""
+    limits = limits_of(user, state.quotas.tiers, state.quotas.default_tier)
+    if not limits:
+        return
+    used = state.ledger.used(user["id"], now)
+    window = Window.at(now)
+    for name in QUOTAS:
+        if name in limits:
+            yield {
+                "quota": name,
+                "limit": limits[name],
+                "used": getattr(used, name),
+                "resets": window.ends(name),
+                "width": window.width(name),
+            }
+
+
+def quota_state(state: Any, user: dict[str, Any], now: float) -> list[dict[str, Any]]:
+    """What the usage API and the profile show of `user`'s quotas at `now`."""
+    return [
+        {
+            "quota": q["quota"],
+            "limit": q["limit"],
+            "used": q["used"],
+            "remaining": max(0, q["limit"] - q["used"]),
+            "resets_at": iso(q["resets"]),
+        }
+        for q in _quotas(state, user, now)
+    ]
+
+
+def quota_check(
+    state: Any, user: dict[str, Any], samples: int, now: float
+) -> list[tuple[str, str]]:
+    """The IETF `RateLimit-Policy` and `RateLimit` fields of a prediction of `samples` samples
+    by `user` at `now`, counting it; 429 QUOTA_EXCEEDED (with `Retry-After` at the reset) if a
+    quota cannot take it."""
+    policies, states = [], []
+    for q in _quotas(state, user, now):
+        name, limit, used = q["quota"], q["limit"], q["used"]
+        cost = samples if name.startswith("samples") else 1
+        until = max(1, q["resets"] - int(now))
+        if used + cost > limit:
+            raise QuotaExceeded(
+                f"the {name} quota of {limit} is spent ({used} used, this request needs "
+                f"{cost}); it resets at {iso(q['resets'])}",
+                headers={"Retry-After": str(until)},
+                details={
+                    "quota": name,
+                    "limit": limit,
+                    "used": used,
+                    "resets_at": iso(q["resets"]),
+                },
+            )
+        policies.append(f'"{name}";q={limit};w={q["width"]}')
+        states.append(f'"{name}";r={limit - used - cost};t={until}')
+    if not policies:
+        return []
+    return [("RateLimit-Policy", ", ".join(policies)), ("RateLimit", ", ".join(states))]
