@@ -7,7 +7,10 @@ event loop never waits on it. Elsewhere a job is a daemon thread.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -49,3 +52,36 @@ def _start(body: Callable[[Callable[[float], Any]], None], name: str) -> None:
         gevent.spawn(body, gevent.sleep)
     else:
         threading.Thread(target=body, args=(time.sleep,), daemon=True, name=name).start()
+
+
+class Batched:
+    """Bookkeeping a process keeps in memory and writes in batches (key use, the usage ledger):
+    `flush` every `flush_seconds` in the background and once more at exit. A subclass says how
+    to take what is pending and write it (`_flush(write)`, `_write(pending)`) and names its job
+    (`JOB`)."""
+
+    JOB = "batched"
+    flush_seconds: float
+    _flusher_pid: int | None = None
+
+    def _flush(self, write: Callable[[Any], bool]) -> int:
+        raise NotImplementedError
+
+    def _write(self, pending: Any) -> bool:
+        raise NotImplementedError
+
+    def flush(self) -> int:
+        """Write what is pending now; returns how much was written (0 when the write failed:
+        what was pending is kept for the next flush)."""
+        return self._flush(self._write)
+
+    def start(self, run: Callable[..., Any]) -> None:
+        """Flush every `flush_seconds` in the background of this process (the write made by
+        `run(write)`: on a real thread when the storage blocks), and at its exit."""
+        if self._flusher_pid == os.getpid():
+            return
+        self._flusher_pid = os.getpid()
+        atexit.register(self.flush)
+        # What is pending is taken and kept on the event loop; only the write may go to a thread.
+        write = functools.partial(run, self._write)
+        run_every(self.flush_seconds, lambda: self._flush(write), name=self.JOB)

@@ -27,10 +27,7 @@ a row being hour, credential (`key_..`, or `session` for a password login), mode
 
 from __future__ import annotations
 
-import atexit
-import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +35,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from .background import run_every
+from .background import Batched
 from .errors import StorageBusy, StorageUnavailable
 from .quotas import Window
 from .storage import Store, Transaction
@@ -91,7 +88,9 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-class Ledger:
+class Ledger(Batched):
+    JOB = "usage-ledger"
+
     MONTH_CACHE_SECONDS = 1.0  # how long a month's earlier days are summed only once
 
     def __init__(
@@ -107,7 +106,6 @@ class Ledger:
         self._pending: dict[tuple[str, str], Counts] = {}  # (user, day) -> counts
         self._months: dict[tuple[str, str], tuple[float, int, int]] = {}
         self._lock = threading.Lock()
-        self._flusher_pid: int | None = None
 
     # -- counting ------------------------------------------------------------------------------
 
@@ -224,11 +222,6 @@ class Ledger:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def flush(self) -> int:
-        """Write what is pending in one change; returns how many day records it touched (0 when
-        the write failed: the counts are kept for the next flush)."""
-        return self._flush(self._write)
-
     def _flush(self, write: Callable[[dict[tuple[str, str], Counts]], bool]) -> int:
         with self._lock:
             pending, self._pending = self._pending, {}
@@ -268,16 +261,6 @@ class Ledger:
             log.warning("could not write the usage of %d user-day(s): %s", len(pending), exc)
             return False
         return True
-
-    def start(self, run: Callable[..., Any]) -> None:
-        """Flush every `flush_seconds` in the background of this process (the write made by
-        `run(write)`: on a real thread when the storage blocks), and at its exit."""
-        if self._flusher_pid == os.getpid():
-            return
-        self._flusher_pid = os.getpid()
-        atexit.register(self.flush)
-        write = functools.partial(run, self._write)
-        run_every(self.flush_seconds, lambda: self._flush(write), name="usage-ledger")
 
 
 def _merge(counts: Counts, row: tuple[Any, ...], totals: list[float]) -> None:

@@ -18,16 +18,12 @@ loses at most its last interval of `last_used`: bookkeeping, not state.
 
 from __future__ import annotations
 
-import atexit
-import functools
 import logging
-import os
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from .api_keys import LAST_USED_EVERY_SECONDS
-from .background import run_every
+from .background import Batched
 from .errors import StorageBusy, StorageUnavailable
 from .storage import Store
 from .storage.shapes import iso
@@ -35,13 +31,14 @@ from .storage.shapes import iso
 log = logging.getLogger(__name__)
 
 
-class KeyUsage:
+class KeyUsage(Batched):
+    JOB = "key-usage"
+
     def __init__(self, store: Store, *, flush_seconds: float = 5.0) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
         self._noted: dict[str, int] = {}  # key id -> when this process last noted it
         self._pending: dict[str, int] = {}  # noted, not yet written
-        self._flusher_pid: int | None = None
         self._lock = threading.Lock()
 
     def note(self, key_id: str, now: int) -> None:
@@ -66,11 +63,6 @@ class KeyUsage:
                     seen[key_id] = iso(self._pending[key_id])
         return seen
 
-    def flush(self) -> int:
-        """Write what was noted in one append (one journal line); returns how many keys were
-        written (0 when the write failed: what was noted is kept for the next flush)."""
-        return self._flush(self._write)
-
     def _flush(self, write: Callable[[dict[str, int]], bool]) -> int:
         with self._lock:
             pending, self._pending = self._pending, {}
@@ -92,14 +84,3 @@ class KeyUsage:
             log.warning("could not write the last use of %d key(s): %s", len(pending), exc)
             return False
         return True
-
-    def start(self, run: Callable[..., Any]) -> None:
-        """Flush every `flush_seconds` in the background of this process (the write made by
-        `run(write)`: on a real thread when the storage blocks), and at its exit."""
-        if self._flusher_pid == os.getpid():
-            return
-        self._flusher_pid = os.getpid()
-        atexit.register(self.flush)
-        # The notes are taken and kept on the event loop; only the write may go to a thread.
-        write = functools.partial(run, self._write)
-        run_every(self.flush_seconds, lambda: self._flush(write), name="key-usage")
