@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -201,6 +202,18 @@ class Storage(Protocol):
         there is none, once for every process and host (the first one kept wins)."""
 
 
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a store is made from: its name, the collection its records are filed under, their
+    shape, its indexes, and whether record ids are interned (many records, read often)."""
+
+    name: str
+    collection: str
+    shape: Shape
+    indexes: Mapping[str, Index]
+    intern_ids: bool
+
+
 class Backend:
     """What every backend does alike: it makes each store once, by name, and keeps it."""
 
@@ -218,24 +231,12 @@ class Backend:
     ) -> Any:
         store = self._stores.get(name)
         if store is None:
-            store = self._stores[name] = self._make(
-                name,
-                collection=collection,
-                shape=shape,
-                indexes=indexes or {},
-                intern_ids=intern_ids,
-            )
+            spec = StoreSpec(name, collection, shape, indexes or {}, intern_ids)
+            store = self._stores[name] = self._make(spec)
         return store
 
-    def _make(
-        self,
-        name: str,
-        *,
-        collection: str,
-        shape: Shape,
-        indexes: Mapping[str, Index],
-        intern_ids: bool,
-    ) -> Store:
+    def _make(self, spec: StoreSpec) -> Store:
+        """The backend's store for `spec`."""
         raise NotImplementedError
 
     def stores(self) -> list[Any]:

@@ -81,6 +81,7 @@ from .base import (
     ReadsCopy,
     Record,
     StoreCorrupt,
+    StoreSpec,
     Transaction,
     check_record,
     decode,
@@ -933,22 +934,14 @@ class JsonStorage(Backend):
             lock_timeout=lock_timeout,
         )
 
-    def _make(
-        self,
-        name: str,
-        *,
-        collection: str,
-        shape: Shape,
-        indexes: Mapping[str, Index],
-        intern_ids: bool,
-    ) -> JsonStore:
+    def _make(self, spec: StoreSpec) -> JsonStore:
         return JsonStore(
-            self.data_dir / f"{name}.json",
-            collection=collection,
+            self.data_dir / f"{spec.name}.json",
+            collection=spec.collection,
             lock_timeout=self.lock_timeout,
-            shape=shape,
-            indexes=indexes,
-            intern_ids=intern_ids,
+            shape=spec.shape,
+            indexes=spec.indexes,
+            intern_ids=spec.intern_ids,
             maintained=self.maintained,
         )
 

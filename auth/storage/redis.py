@@ -58,7 +58,17 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import StorageBusy, StorageUnavailable
-from .base import UNCHANGED, Backend, ReadsCopy, Record, StoreCorrupt, check_record, decode, encode
+from .base import (
+    UNCHANGED,
+    Backend,
+    ReadsCopy,
+    Record,
+    StoreCorrupt,
+    StoreSpec,
+    check_record,
+    decode,
+    encode,
+)
 from .indexes import Index, Indexes
 from .shapes import Shape
 from .staged import StagedRecords
@@ -642,17 +652,14 @@ class RedisStorage(Backend):
         self._synced_at: float | None = None
         self._down_since: float | None = None
 
-    def _make(
-        self,
-        name: str,
-        *,
-        collection: str,
-        shape: Shape,
-        indexes: Mapping[str, Index],
-        intern_ids: bool,
-    ) -> RedisStore:
+    def _make(self, spec: StoreSpec) -> RedisStore:
         return RedisStore(
-            self, name, collection=collection, shape=shape, indexes=indexes, intern_ids=intern_ids
+            self,
+            spec.name,
+            collection=spec.collection,
+            shape=spec.shape,
+            indexes=spec.indexes,
+            intern_ids=spec.intern_ids,
         )
 
     def describe(self) -> str:
