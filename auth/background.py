@@ -56,24 +56,42 @@ def _start(body: Callable[[Callable[[float], Any]], None], name: str) -> None:
 
 class Batched:
     """Bookkeeping a process keeps in memory and writes in batches (key use, the usage ledger):
-    `flush` every `flush_seconds` in the background and once more at exit. A subclass says how
-    to take what is pending and write it (`_flush(write)`, `_write(pending)`) and names its job
-    (`JOB`)."""
+    what is noted goes into `_pending` under `_lock`, and `flush` writes it every
+    `flush_seconds` in the background and once more at exit. A write that fails keeps what it
+    held for the next one. A subclass says how to write what is pending (`_write`) and how to
+    put it back beside what came meanwhile (`_keep`), and names its job (`JOB`)."""
 
     JOB = "batched"
-    flush_seconds: float
-    _flusher_pid: int | None = None
 
-    def _flush(self, write: Callable[[Any], bool]) -> int:
+    def __init__(self, flush_seconds: float) -> None:
+        self.flush_seconds = flush_seconds
+        self._pending: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+        self._flusher_pid: int | None = None
+
+    def _write(self, pending: dict[Any, Any]) -> bool:
+        """Write `pending`; False when it could not be written."""
         raise NotImplementedError
 
-    def _write(self, pending: Any) -> bool:
+    def _keep(self, pending: dict[Any, Any]) -> None:
+        """Put `pending`, which could not be written, back into `_pending` (under `_lock`)."""
         raise NotImplementedError
 
     def flush(self) -> int:
-        """Write what is pending now; returns how much was written (0 when the write failed:
-        what was pending is kept for the next flush)."""
+        """Write what is pending now; returns how many entries were written (0 when the write
+        failed: what was pending is kept for the next flush)."""
         return self._flush(self._write)
+
+    def _flush(self, write: Callable[[dict[Any, Any]], bool]) -> int:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        if write(pending):
+            return len(pending)
+        with self._lock:
+            self._keep(pending)
+        return 0
 
     def start(self, run: Callable[..., Any]) -> None:
         """Flush every `flush_seconds` in the background of this process (the write made by

@@ -28,7 +28,6 @@ a row being hour, credential (`key_..`, or `session` for a password login), mode
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,12 +99,11 @@ class Ledger(Batched):
         flush_seconds: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(flush_seconds)
         self.store = store
-        self.flush_seconds = flush_seconds
         self._monotonic = monotonic
         self._pending: dict[tuple[str, str], Counts] = {}  # (user, day) -> counts
         self._months: dict[tuple[str, str], tuple[float, int, int]] = {}
-        self._lock = threading.Lock()
 
     # -- counting ------------------------------------------------------------------------------
 
@@ -222,19 +220,11 @@ class Ledger(Batched):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _flush(self, write: Callable[[dict[tuple[str, str], Counts]], bool]) -> int:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return 0
-        if write(pending):
-            return len(pending)
-        with self._lock:  # kept for the next flush, added to what came meanwhile
-            for key, counts in pending.items():
-                target = self._pending.setdefault(key, {})
-                for row, totals in counts.items():
-                    _merge(target, row, totals)
-        return 0
+    def _keep(self, pending: dict[tuple[str, str], Counts]) -> None:
+        for key, counts in pending.items():
+            target = self._pending.setdefault(key, {})
+            for row, totals in counts.items():
+                _merge(target, row, totals)
 
     def _write(self, pending: dict[tuple[str, str], Counts]) -> bool:
         def change(items: Transaction) -> None:

@@ -19,8 +19,6 @@ loses at most its last interval of `last_used`: bookkeeping, not state.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 
 from .api_keys import LAST_USED_EVERY_SECONDS
 from .background import Batched
@@ -35,11 +33,10 @@ class KeyUsage(Batched):
     JOB = "key-usage"
 
     def __init__(self, store: Store, *, flush_seconds: float = 5.0) -> None:
+        super().__init__(flush_seconds)
         self.store = store
-        self.flush_seconds = flush_seconds
         self._noted: dict[str, int] = {}  # key id -> when this process last noted it
         self._pending: dict[str, int] = {}  # noted, not yet written
-        self._lock = threading.Lock()
 
     def note(self, key_id: str, now: int) -> None:
         """Remember that `key_id` was used at `now`; costs a dict lookup on the request."""
@@ -63,17 +60,9 @@ class KeyUsage(Batched):
                     seen[key_id] = iso(self._pending[key_id])
         return seen
 
-    def _flush(self, write: Callable[[dict[str, int]], bool]) -> int:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return 0
-        if write(pending):
-            return len(pending)
-        with self._lock:  # kept for the next flush
-            for key_id, ts in pending.items():
-                self._pending[key_id] = max(ts, self._pending.get(key_id, 0))
-        return 0
+    def _keep(self, pending: dict[str, int]) -> None:
+        for key_id, ts in pending.items():
+            self._pending[key_id] = max(ts, self._pending.get(key_id, 0))
 
     def _write(self, pending: dict[str, int]) -> bool:
         try:
