@@ -17,6 +17,7 @@ import calendar
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 from .errors import ApiError, Code
@@ -70,18 +71,8 @@ class Window:
 
     @classmethod
     def at(cls, now: float) -> Window:
-        moment = datetime.fromtimestamp(int(now), timezone.utc)
-        midnight = datetime(moment.year, moment.month, moment.day, tzinfo=timezone.utc)
-        days = calendar.monthrange(moment.year, moment.month)[1]
-        first = datetime(moment.year, moment.month, 1, tzinfo=timezone.utc)
-        return cls(
-            day=moment.strftime("%Y-%m-%d"),
-            month=moment.strftime("%Y-%m"),
-            hour=moment.hour,
-            day_ends=int(midnight.timestamp()) + 86400,
-            month_starts=int(first.timestamp()),
-            month_ends=int(first.timestamp()) + days * 86400,
-        )
+        """The window of moment `now`, worked out once per UTC hour (every prediction asks)."""
+        return _window_of_hour(int(now) // 3600)
 
     def ends(self, quota: str) -> int:
         return self.day_ends if quota.endswith("_day") else self.month_ends
@@ -89,6 +80,22 @@ class Window:
     def width(self, quota: str) -> int:
         """The length of `quota`'s window in seconds."""
         return 86400 if quota.endswith("_day") else self.month_ends - self.month_starts
+
+
+@lru_cache(maxsize=64)
+def _window_of_hour(hour: int) -> Window:
+    moment = datetime.fromtimestamp(hour * 3600, timezone.utc)
+    midnight = datetime(moment.year, moment.month, moment.day, tzinfo=timezone.utc)
+    days = calendar.monthrange(moment.year, moment.month)[1]
+    first = datetime(moment.year, moment.month, 1, tzinfo=timezone.utc)
+    return Window(
+        day=moment.strftime("%Y-%m-%d"),
+        month=moment.strftime("%Y-%m"),
+        hour=moment.hour,
+        day_ends=int(midnight.timestamp()) + 86400,
+        month_starts=int(first.timestamp()),
+        month_ends=int(first.timestamp()) + days * 86400,
+    )
 
 
 def limits_of(
