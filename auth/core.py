@@ -207,6 +207,7 @@ class AuthState:
     users: Store
     keys: Store
     key_usage: KeyUsage
+    ledger: Ledger
     sessions: Store
     audit: AuditLog
     password_gate: PasswordGate
@@ -220,7 +221,6 @@ class AuthState:
     bad_credentials: BadCredentialWatch | None = None
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
-    ledger: Ledger | None = None
     limiter: Limiter | None = None  # flask-limiter, once served by an app (`init_core`)
     guard: Guard | None = None  # the pipeline, once served by an app
 
@@ -441,8 +441,7 @@ class AuthState:
         """This worker's background work: writing key use, sweeping ended sessions, the
         storage's upkeep (off the loop, on one background thread)."""
         self.key_usage.start(self.run_storage_work)
-        if self.ledger is not None:
-            self.ledger.start(self.run_storage_work)
+        self.ledger.start(self.run_storage_work)
         sweep = functools.partial(self.run_storage_work, self.sweep_sessions)
         run_every(self.sweep_seconds, sweep, name="session-sweep")
         upkeep = functools.partial(self.run_storage_work, self.storage.maintain)
@@ -506,8 +505,8 @@ def open_state(
     """The stores and helpers, opened (StoreCorrupt on bad data), without any Flask app.
 
     The command line uses this to work on the same data, under the same locks, as the server.
-    `storage` defaults to the JSON files in `data_dir`; `rate_limits` to the defaults;
-    `clock` and `sleep` are for tests.
+    `storage` defaults to the JSON files in `data_dir`; `rate_limits`, `quotas` and `usage`
+    to the defaults; `clock` and `sleep` are for tests.
     """
     data_dir = secure_dir(Path(data_dir))
     if storage is None:
@@ -531,6 +530,10 @@ def open_state(
             store("api_key_usage", collection="keys", shape=api_keys.USAGE_SHAPE),
             flush_seconds=usage_flush_seconds,
         ),
+        ledger=Ledger(
+            store("usage", collection="usage", shape=DAY_SHAPE),
+            flush_seconds=(usage or UsageSettings()).flush_seconds,
+        ),
         sessions=store(
             "sessions",
             collection="sessions",
@@ -545,10 +548,6 @@ def open_state(
         quotas=quotas or QuotaSettings(),
         sleep=sleep or _sleep,
         sweep_seconds=sweep_seconds,
-    )
-    state.ledger = Ledger(
-        store("usage", collection="usage", shape=DAY_SHAPE),
-        flush_seconds=(usage or UsageSettings()).flush_seconds,
     )
     for each in storage.stores():
         each.open()
@@ -734,7 +733,6 @@ class Guard:
 
     def _count(self, admitted: Admission, status: int) -> None:
         state = self._state
-        assert state.ledger is not None
         principal = admitted.principal
         state.ledger.add(
             principal.id,
