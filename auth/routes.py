@@ -328,7 +328,7 @@ def create_api_key():
     "Rename a key or change its models, rate limit or concurrency (within your own rights)",
     body=schemas.UPDATE_KEY,
     responses={200: schemas.KEY},
-    errors=(403, 404),
+    errors=(403, 404, 409),
 )
 @require_auth(scopes=["api-keys:manage"])
 def update_api_key(key_id: str):
