@@ -447,6 +447,11 @@ class AuthState:
         upkeep = functools.partial(self.run_storage_work, self.storage.maintain)
         run_every(MAINTAIN_SECONDS, upkeep, name="storage-upkeep")
 
+    def flush(self) -> None:
+        """Write what this process keeps in memory of bookkeeping: key use and usage counts."""
+        self.key_usage.flush()
+        self.ledger.flush()
+
     def run_storage_work(self, job: Callable[[], T]) -> T:
         """Run background `job` where the storage's calls belong: on a real thread when they
         block (file locks, fsync), on the event loop when they cooperate with it (Redis's

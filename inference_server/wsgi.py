@@ -38,12 +38,12 @@ def serving_app() -> Flask:
 
 
 def stop(app: Flask) -> None:
-    """This worker's last act: the key use it noted is written, then every journal that holds
-    a change is folded into its snapshot. Workers stopping together take turns under each
-    store's lock: the first folds, the others find nothing left to do."""
+    """This worker's last act: the key use and usage it counted are written, then every
+    journal that holds a change is folded into its snapshot. Workers stopping together take
+    turns under each store's lock: the first folds, the others find nothing left to do."""
     state = app.extensions["auth"]
     try:
-        state.key_usage.flush()
+        state.flush()
         folded = state.storage.shutdown()
     except Exception as exc:  # the exit goes on: what was not folded stays in its journal
         log.warning("at exit: %s", getattr(exc, "description", None) or exc)

@@ -130,6 +130,8 @@ def test_a_server_that_stops_folds_its_journals_and_an_edit_then_holds(tmp_path)
         assert journal.read_text().count("\n") == 1, journal.read_text()
     usage = json.loads((data_dir / "api_key_usage.json").read_text())["keys"]
     assert len(usage) == 1  # the key's use, noted in memory, was written before the fold
+    counted = json.loads((data_dir / "usage.json").read_text())["usage"]
+    assert [day["requests"] for day in counted.values()] == [1]  # and so was the prediction
     _edit_user(data_dir, "carol", full_name="Carol Edited")
     with live_server(data_dir) as server:
         login = {"username": "carol", "password": PASSWORD}
