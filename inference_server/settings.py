@@ -244,8 +244,10 @@ def load_settings(
     errors: list[str] = []
     for origin, layer in layers:
         # Each layer on its own first: a mistake in a file is reported even where a higher
-        # layer (an environment variable, say) sets the same key.
-        _build(Settings, layer, (), {(): origin}, errors)
+        # layer (an environment variable, say) sets the same key. A rule between keys (a
+        # default tier must be a tier) is for the merged settings: one layer may name a tier
+        # that another defines.
+        _build(Settings, layer, (), {(): origin}, errors, whole=False)
         _merge(merged, layer, origin, origins, ())
     settings = _build(Settings, merged, (), origins, errors)
     if not errors:
@@ -355,7 +357,11 @@ def _origin(origins: dict[tuple[str, ...], str], path: tuple[str, ...]) -> str:
     return "built-in defaults"
 
 
-def _build(cls: type, data: Any, path: tuple[str, ...], origins, errors: list[str]) -> Any:
+def _build(
+    cls: type, data: Any, path: tuple[str, ...], origins, errors: list[str], *, whole: bool = True
+) -> Any:
+    """`data` as settings class `cls`, what is wrong added to `errors`; `whole`: the settings
+    as they will be used (the settings' own checks between keys apply), not one layer."""
     where = ".".join(path) or "top level"
     if not isinstance(data, dict):
         errors.append(f"{where} ({_origin(origins, path)}): expected a mapping, got {data!r}")
@@ -374,7 +380,9 @@ def _build(cls: type, data: Any, path: tuple[str, ...], origins, errors: list[st
     for name, fld in fields.items():
         sub = (*path, name)
         if name in data:
-            values[name] = _convert(hints[name], data[name], fld.metadata, sub, origins, errors)
+            values[name] = _convert(
+                hints[name], data[name], fld.metadata, sub, origins, errors, whole=whole
+            )
         elif fld.metadata.get("required"):
             errors.append(
                 f"{'.'.join(sub)} ({_origin(origins, path)}): required; "
@@ -383,7 +391,7 @@ def _build(cls: type, data: Any, path: tuple[str, ...], origins, errors: list[st
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:  # a value refused above (its field is None), or
-        if len(errors) == refused_before:  # one only the settings' own check refuses
+        if whole and len(errors) == refused_before:  # one only the settings' own check refuses
             errors.append(f"{where} ({_origin(origins, path)}): {exc}")
         return None
 
@@ -404,7 +412,9 @@ def _describe(tp: Any) -> str:
     return names.get(tp, "a mapping")
 
 
-def _convert(tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors) -> Any:
+def _convert(
+    tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors, *, whole: bool = True
+) -> Any:
     where = f"{'.'.join(path)} ({_origin(origins, path)})"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -412,9 +422,9 @@ def _convert(tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, meta, path, origins, errors)
+        return _convert(inner, value, meta, path, origins, errors, whole=whole)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, origins, errors)
+        return _build(tp, value, path, origins, errors, whole=whole)
     if tp is Any:
         return value
     if origin is list:
@@ -423,13 +433,17 @@ def _convert(tp: Any, value: Any, meta: Mapping[str, Any], path, origins, errors
             return None
         (item,) = args
         value = [
-            _convert(item, v, {}, (*path, str(i)), origins, errors) for i, v in enumerate(value)
+            _convert(item, v, {}, (*path, str(i)), origins, errors, whole=whole)
+            for i, v in enumerate(value)
         ]
     elif origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             errors.append(f"{where}: expected {_describe(tp)}, got {shown(value, meta)}")
             return None
-        value = {k: _convert(args[1], v, {}, (*path, k), origins, errors) for k, v in value.items()}
+        value = {
+            k: _convert(args[1], v, {}, (*path, k), origins, errors, whole=whole)
+            for k, v in value.items()
+        }
     elif not (
         (origin is Literal and value in args)
         or (tp is bool and isinstance(value, bool))

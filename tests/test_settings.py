@@ -135,3 +135,16 @@ def test_workers_load_the_settings_the_server_checked(tmp_path, monkeypatch):
     environ = worker_environment(checked, config.name)
     monkeypatch.chdir("/")  # a relative config path must still resolve in the workers
     assert load_settings(environ=environ) == checked
+
+
+def test_a_default_tier_may_name_a_tier_another_layer_defines_but_never_an_unknown_one(tmp_path):
+    path = tmp_path / "quotas.yaml"
+    path.write_text("quotas:\n  tiers:\n    free: {requests_per_day: 1000}\n")
+    env = {"INFERENCE_QUOTAS__DEFAULT_TIER": "free"}
+    assert load_settings(path, environ=env).quotas.default_tier == "free"
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, environ={"INFERENCE_QUOTAS__DEFAULT_TIER": "fre"})
+    assert "default_tier" in str(refused.value) and "'fre'" in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, environ={"INFERENCE_QUOTAS__TIERS": "{free: {requests_per_hour: 1}}"})
+    assert "unknown quota 'requests_per_hour'" in str(refused.value)
