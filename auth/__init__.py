@@ -74,6 +74,8 @@ from .inputs import (
     refuse_unknown_fields,
     text,
 )
+from .ledger import GROUPS as USAGE_GROUPS
+from .ledger import usage_range
 from .limits import LimiterConfigError, client_address
 from .offload import ThreadOffload
 from .openapi import describe, doc
@@ -120,6 +122,7 @@ __all__ = [
     "ThreadOffload",
     "UsageSettings",
     "Transaction",
+    "USAGE_GROUPS",
     "ValidationError",
     "accounts",
     "admit_prediction",
@@ -164,4 +167,5 @@ __all__ = [
     "stamp",
     "standard_headers",
     "text",
+    "usage_range",
 ]

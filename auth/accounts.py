@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from datetime import date
 from typing import Any
 
 from . import access, api_keys, sessions
@@ -21,6 +22,7 @@ from .config import limit_rate, limit_string
 from .core import AuthState
 from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, ValidationError
 from .passwords import password_problem
+from .quotas import quota_state
 from .storage import Transaction
 from .storage.shapes import epoch, iso
 from .users import (
@@ -516,3 +518,17 @@ def _revoke_keys_of(state: AuthState, user_id: str, now: int) -> int:
         return count
 
     return state.keys.update(change)
+
+
+# -- usage ----------------------------------------------------------------------------------
+
+
+def usage_report(
+    state: AuthState, user: dict[str, Any] | None, first: date, last: date, group_by: str
+) -> dict[str, Any]:
+    """The usage of `user` (None: everyone) from day `first` to `last` grouped by `group_by`
+    (`Ledger.report`), with the user's quotas as they stand now."""
+    report = state.ledger.report([user["id"]] if user else None, first, last, group_by)
+    now = state.clock()
+    quotas = quota_state(state, user, now) if user else []
+    return {"user_id": user["id"] if user else None, **report, "quotas": quotas}

@@ -12,7 +12,7 @@ from . import accounts, schemas
 from .core import auth_state
 from .decorators import admin_required
 from .errors import NotFound, ValidationError
-from .inputs import json_body, text
+from .inputs import json_body, text, usage_query
 from .openapi import doc
 from .passwords import MAX_PASSWORD_LENGTH
 from .users import profile
@@ -116,3 +116,22 @@ def list_api_keys():
     user_id = accounts.find(auth_state(), user)["id"] if user else None
     keys = accounts.list_keys(auth_state(), user_id)
     return jsonify({"keys": keys, "total": len(keys)})
+
+
+@bp.get("/usage")
+@doc(
+    "Usage of one user or of everyone: predictions by day, hour, model, key or user",
+    query={
+        "user": {"type": "string", "description": "id, username or email; default: everyone"},
+        **schemas.USAGE_QUERY,
+    },
+    responses={200: schemas.USAGE},
+    errors=(404,),
+)
+@admin_required
+def usage():
+    state = auth_state()
+    name = request.args.get("user")
+    user = accounts.find(state, name) if name else None
+    first, last, group_by = usage_query(state.clock())
+    return jsonify(accounts.usage_report(state, user, first, last, group_by))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 from flask import current_app, request
 
 from .errors import ValidationError
+from .ledger import usage_range
 from .openapi import body_schema
 
 _MISSING = object()
@@ -157,3 +159,9 @@ def string_list(body: dict[str, Any], name: str, *, choices: frozenset[str]) -> 
             details={"field": name},
         )
     return sorted(set(value))
+
+
+def usage_query(now: float) -> tuple[date, date, str]:
+    """The days and grouping of a usage request's query (`from`, `to`, `group_by`)."""
+    args = request.args
+    return usage_range(args.get("from"), args.get("to"), args.get("group_by"), now=now)

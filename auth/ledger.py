@@ -28,6 +28,7 @@ a row being hour, credential (`key_..`, or `session` for a password login), mode
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from .background import Batched
-from .errors import StorageBusy, StorageUnavailable
+from .errors import StorageBusy, StorageUnavailable, ValidationError
 from .quotas import Window
 from .storage import Store, Transaction
 from .storage.shapes import Field
@@ -77,6 +78,9 @@ class Used:
 
 
 SERVED = "2xx"  # the status class that spends quotas
+GROUPS = ("day", "hour", "model", "key", "user")  # what a usage report groups by
+MAX_REPORT_DAYS = 366
+DAY = re.compile(r"\d{4}-\d\d-\d\d")
 
 
 def record_id(user_id: str, day: str) -> str:
@@ -218,6 +222,35 @@ class Ledger(Batched):
                     round(ms, 3),
                 )
 
+    def report(
+        self, user_ids: list[str] | None, first: date, last: date, group_by: str
+    ) -> dict[str, Any]:
+        """What `user_ids` (None: everyone) used from day `first` to `last`, grouped by one of
+        GROUPS: per group and in total, the requests (every answer), those that failed (4xx,
+        5xx), the samples of answered ones (what quotas count) and the inference ms."""
+        groups: dict[str, list[float]] = {}
+        for user, day, hour, credential, model, status, requests, samples, ms in self.rows(
+            user_ids, first, last
+        ):
+            label = {
+                "day": day,
+                "hour": f"{day}T{hour:02d}",
+                "model": model,
+                "key": credential,
+                "user": user,
+            }[group_by]
+            failed = 0 if status == SERVED else requests
+            _merge(groups, label, [requests, failed, samples if not failed else 0, ms])  # type: ignore[arg-type]
+        rows = [{group_by: label, **_figures(totals)} for label, totals in sorted(groups.items())]
+        total = [sum(t[i] for t in groups.values()) for i in range(4)]
+        return {
+            "from": first.isoformat(),
+            "to": last.isoformat(),
+            "group_by": group_by,
+            "rows": rows,
+            "totals": _figures(total),
+        }
+
     # -- writing -------------------------------------------------------------------------------
 
     def _keep(self, pending: dict[tuple[str, str], Counts]) -> None:
@@ -251,6 +284,47 @@ class Ledger(Batched):
             log.warning("could not write the usage of %d user-day(s): %s", len(pending), exc)
             return False
         return True
+
+
+def _figures(totals: list[float]) -> dict[str, Any]:
+    requests, failed, samples, ms = totals
+    return {
+        "requests": int(requests),
+        "failed": int(failed),
+        "samples": int(samples),
+        "inference_ms": round(ms, 3),
+    }
+
+
+def usage_range(
+    first: str | None, last: str | None, group_by: str | None, *, now: float
+) -> tuple[date, date, str]:
+    """The days and grouping a usage query asks for (default: this month to the UTC day of
+    `now`, by day); 400 naming the field for anything else."""
+    today = date.fromisoformat(Window.at(now).day)
+    group_by = group_by or "day"
+    if group_by not in GROUPS:
+        raise ValidationError(
+            f"'group_by' must be one of: {', '.join(GROUPS)}", details={"field": "group_by"}
+        )
+    start, end = _day(first, "from", today.replace(day=1)), _day(last, "to", today)
+    if start > end or (end - start).days >= MAX_REPORT_DAYS:
+        raise ValidationError(
+            f"'from' must be on or before 'to', at most {MAX_REPORT_DAYS} days apart",
+            details={"field": "from"},
+        )
+    return start, end, group_by
+
+
+def _day(value: str | None, field: str, default: date) -> date:
+    if value is None:
+        return default
+    try:
+        if DAY.fullmatch(value):
+            return date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise ValidationError(f"'{field}' must be a day such as 2026-12-01", details={"field": field})
 
 
 def _merge(counts: Counts, row: tuple[Any, ...], totals: list[float]) -> None:

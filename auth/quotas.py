@@ -107,12 +107,15 @@ def limits_of(
     return {**tiers.get(tier or "", {}), **(user.get("quota") or {})}
 
 
-def _quotas(state: Any, user: dict[str, Any], now: float) -> Iterator[dict[str, Any]]:
-    """Each quota that holds for `user` at `now`: its limit, what is used and when it resets."""
+def _quotas(
+    state: Any, user: dict[str, Any], now: float, used: Any = None
+) -> Iterator[dict[str, Any]]:
+    """Each quota that holds for `user` at `now`: its limit, what is used (`used`, default
+    read from the ledger) and when it resets."""
     limits = limits_of(user, state.quotas.tiers, state.quotas.default_tier)
     if not limits:
         return
-    used = state.ledger.used(user["id"], now)
+    used = used or state.ledger.used(user["id"], now)
     window = Window.at(now)
     for name in QUOTAS:
         if name in limits:
@@ -125,7 +128,18 @@ def _quotas(state: Any, user: dict[str, Any], now: float) -> Iterator[dict[str, 
             }
 
 
-def quota_state(state: Any, user: dict[str, Any], now: float) -> list[dict[str, Any]]:
+def usage_today(state: Any, user: dict[str, Any], now: float) -> dict[str, Any]:
+    """What the profile and the login answer show: today's usage and each quota's state."""
+    used = state.ledger.used(user["id"], now)
+    return {
+        "today": {"requests": used.requests_per_day, "samples": used.samples_per_day},
+        "quotas": quota_state(state, user, now, used),
+    }
+
+
+def quota_state(
+    state: Any, user: dict[str, Any], now: float, used: Any = None
+) -> list[dict[str, Any]]:
     """What the usage API and the profile show of `user`'s quotas at `now`."""
     return [
         {
@@ -135,7 +149,7 @@ def quota_state(state: Any, user: dict[str, Any], now: float) -> list[dict[str, 
             "remaining": max(0, q["limit"] - q["used"]),
             "resets_at": iso(q["resets"]),
         }
-        for q in _quotas(state, user, now)
+        for q in _quotas(state, user, now, used)
     ]
 
 

@@ -16,10 +16,11 @@ from . import accounts, api_keys, schemas, sessions
 from .core import PASSWORD_CHANGE_HEADER, SESSION_ENDED, AuthState, Principal, auth_state
 from .decorators import checks_password, exempt, public, require_auth
 from .errors import AuthenticationError, Code, PermissionDenied, ValidationError
-from .inputs import integer, json_body, string_list, text
+from .inputs import integer, json_body, string_list, text, usage_query
 from .limits import client_address
 from .openapi import doc
 from .passwords import MAX_PASSWORD_LENGTH
+from .quotas import usage_today
 from .users import (
     ALL_SCOPES,
     find_user,
@@ -88,6 +89,8 @@ def _token_response(user: dict[str, Any], pair: TokenPair) -> Response:
         "token_type": "bearer",
         "expires_in": pair.expires_in,
     }
+    state = auth_state()
+    body["usage"] = usage_today(state, user, state.clock())
     due = bool(user.get("must_change_password"))
     if due:
         body["password_change_required"] = True
@@ -250,17 +253,33 @@ def logout():
 
 
 @bp.get("/me")
-@doc("Your profile and the scopes of this credential", responses={200: schemas.ME})
+@doc("Your profile, the scopes of this credential, today's usage", responses={200: schemas.ME})
 @require_auth(scopes=["user:read"])
 def me():
     principal: Principal = g.principal
+    state = auth_state()
     return jsonify(
         {
             **profile(principal.user),
             "scopes": sorted(principal.scopes),
             "auth_method": principal.via,
+            "usage": usage_today(state, principal.user, state.clock()),
         }
     )
+
+
+@bp.get("/usage")
+@doc(
+    "Your usage: predictions by day, hour, model or key, and your quotas",
+    query=schemas.USAGE_QUERY,
+    responses={200: schemas.USAGE},
+)
+@require_auth(scopes=["user:read"])
+def usage():
+    principal: Principal = g.principal
+    state = auth_state()
+    first, last, group_by = usage_query(state.clock())
+    return jsonify(accounts.usage_report(state, principal.user, first, last, group_by))
 
 
 @bp.post("/change-password")

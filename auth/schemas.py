@@ -11,7 +11,9 @@ from typing import Any
 
 from .access import MAX_PATTERNS, PATTERN
 from .api_keys import MAX_CONCURRENT
+from .ledger import GROUPS
 from .passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from .quotas import QUOTAS
 from .users import ALL_SCOPES, ROLE_SCOPES
 
 Schema = dict[str, Any]
@@ -133,6 +135,58 @@ RESET_PASSWORD = body({"new_password": NEW_PASSWORD}, "new_password")
 
 # -- answers -----------------------------------------------------------------------------------
 
+QUOTA_STATE = answer(
+    {
+        "quota": {"type": "string", "enum": list(QUOTAS)},
+        "limit": {"type": "integer"},
+        "used": {"type": "integer"},
+        "remaining": {"type": "integer"},
+        "resets_at": TIMESTAMP,
+    }
+)
+USAGE_TODAY = answer(
+    {
+        "today": answer({"requests": {"type": "integer"}, "samples": {"type": "integer"}}),
+        "quotas": {"type": "array", "items": QUOTA_STATE},
+    }
+)
+USAGE_FIGURES = {
+    "requests": {"type": "integer", "description": "predictions, whatever their answer"},
+    "failed": {"type": "integer", "description": "those answered 4xx or 5xx"},
+    "samples": {"type": "integer", "description": "samples of the answered ones"},
+    "inference_ms": {"type": "number"},
+}
+USAGE = answer(
+    {
+        "user_id": {"type": ["string", "null"]},
+        "from": {"type": "string", "format": "date"},
+        "to": {"type": "string", "format": "date"},
+        "group_by": {"type": "string", "enum": list(GROUPS)},
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    **{group: {"type": "string"} for group in GROUPS},
+                    **USAGE_FIGURES,
+                },
+                "required": list(USAGE_FIGURES),
+            },
+        },
+        "totals": answer(USAGE_FIGURES),
+        "quotas": {"type": "array", "items": QUOTA_STATE},
+    }
+)
+USAGE_QUERY = {
+    "from": {
+        "type": "string",
+        "format": "date",
+        "description": "first day (UTC); default: the first of this month",
+    },
+    "to": {"type": "string", "format": "date", "description": "last day; default: today"},
+    "group_by": {"type": "string", "enum": list(GROUPS), "description": "default: day"},
+}
+
 TOKENS = answer(
     {
         "access_token": {"type": "string"},
@@ -140,6 +194,7 @@ TOKENS = answer(
         "token_type": {"const": "bearer"},
         "expires_in": {"type": "integer", "description": "seconds the access token lives"},
         "password_change_required": {"type": "boolean"},
+        "usage": USAGE_TODAY,
     },
     "access_token",
     "refresh_token",
@@ -168,7 +223,9 @@ ME = {
     "properties": {
         **PROFILE["properties"],
         "auth_method": {"type": "string", "enum": ["jwt", "api_key"]},
+        "usage": USAGE_TODAY,
     },
+    "required": [*PROFILE["required"], "auth_method", "usage"],
 }
 ADMIN_USER = {
     **PROFILE,

@@ -20,6 +20,7 @@ Exit codes: 0 done, 1 refused (the message says why), 2 bad usage.
 
 from __future__ import annotations
 
+import csv
 import functools
 import getpass
 import json
@@ -36,6 +37,7 @@ from click.core import ParameterSource
 
 from auth import (
     ALL_SCOPES,
+    USAGE_GROUPS,
     ApiError,
     AuthState,
     LimiterConfigError,
@@ -45,6 +47,7 @@ from auth import (
     accounts,
     check_email,
     check_username,
+    usage_range,
 )
 
 from . import logs
@@ -526,6 +529,54 @@ def keys_revoke(config, key_id) -> None:
     """Revoke a key by id; it stops working at once."""
     accounts.revoke_key(_state(config), key_id, actor=_actor())
     click.echo(f"{key_id}: revoked")
+
+
+# -- usage --------------------------------------------------------------------------------
+
+
+@cli.group()
+def usage() -> None:
+    """Usage of the predictions (what the workers have written: each writes its counts every
+    usage.flush_seconds)."""
+
+
+USAGE_FIELDS = ("requests", "failed", "samples", "inference_ms")
+
+
+@usage.command("report")
+@config_option
+@click.option("--user", help="one user (id, username or email); default: everyone")
+@click.option("--by", "group_by", type=click.Choice(USAGE_GROUPS), default="day", show_default=True)
+@click.option("--from", "first", metavar="DAY", help="first day, 2026-12-01; default: the 1st")
+@click.option("--to", "last", metavar="DAY", help="last day; default: today (UTC)")
+@click.option("--json", "as_json", is_flag=True, help="the report as JSON")
+@click.option("--csv", "as_csv", is_flag=True, help="the rows as CSV")
+@refusals
+def usage_report(config, user, group_by, first, last, as_json, as_csv) -> None:
+    """Predictions by day, hour, model, key or user, with the totals (and a user's quotas)."""
+    state = _state(config)
+    owner = accounts.find(state, user) if user else None
+    first_day, last_day, group_by = usage_range(first, last, group_by, now=state.clock())
+    report = accounts.usage_report(state, owner, first_day, last_day, group_by)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow((group_by, *USAGE_FIELDS))
+        for row in report["rows"]:
+            writer.writerow((row[group_by], *(row[f] for f in USAGE_FIELDS)))
+        return
+    columns = "{:<24} {:>10} {:>8} {:>12} {:>14}"
+    click.echo(f"usage {report['from']} .. {report['to']}, by {group_by}")
+    click.echo(columns.format(group_by.upper(), "REQUESTS", "FAILED", "SAMPLES", "INFERENCE MS"))
+    for row in [*report["rows"], {group_by: "total", **report["totals"]}]:
+        click.echo(columns.format(row[group_by], *(row[f] for f in USAGE_FIELDS)))
+    for quota in report["quotas"]:
+        click.echo(
+            f"quota {quota['quota']}: {quota['used']} of {quota['limit']} used, "
+            f"{quota['remaining']} left, resets {quota['resets_at']}"
+        )
 
 
 # -- data ---------------------------------------------------------------------------------

@@ -93,8 +93,8 @@ def run(data_dir):
     runner = CliRunner()
     env = {"INFERENCE_STORAGE__DATA_DIR": str(data_dir), "INFERENCE_AUTH__BCRYPT_ROUNDS": "4"}
 
-    def invoke(*args: str, input: str | None = None):
-        return runner.invoke(cli, list(args), input=input, env=env)
+    def invoke(*args: str, input: str | None = None, **more_env: str):
+        return runner.invoke(cli, list(args), input=input, env={**env, **more_env})
 
     return invoke
 

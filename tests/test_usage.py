@@ -5,6 +5,7 @@ Time is the test's frozen clock: a quota resets when the clock passes midnight U
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timezone
 
 import pytest
@@ -97,3 +98,88 @@ def test_the_ledger_counts_each_request_once_by_user_credential_model_and_status
     assert sorted(again.ledger.rows(None, today, today)) == written
     used = again.ledger.used(alice_id, clock.now)
     assert (used.requests_per_day, used.samples_per_day) == (2, 4)  # the 400 spends nothing
+
+
+@pytest.fixture
+def mixed(make_app, clock):
+    """Two users, two models, a key and a session, one failing call: (app, actor, ids)."""
+    registry = [{"name": name, "backend": "builtin", "path": DEMO_MODEL} for name in ("a", "b")]
+    app = make_app(
+        models={"registry": registry, "default": "a"},
+        quotas={"tiers": {"free": {"requests_per_day": 100}}, "default_tier": "free"},
+    )
+    actor = Actor(app.test_client())
+    alice, bob = actor.user_headers("alice"), actor.user_headers("bob")
+    key = actor.create_key(alice)
+    post = actor.client.post
+    ak = {"X-API-Key": key["key"]}
+    assert post("/a/predict", json={"data": [[1, 2, 3]] * 3}, headers=ak).status_code == 200
+    assert post("/b/predict", json={"data": [[1, 2, 3]]}, headers=alice).status_code == 200
+    assert post("/b/predict", json={"data": [[1, 2]]}, headers=ak).status_code == 400
+    assert post("/a/predict", json={"data": [[1, 2, 3]]}, headers=bob).status_code == 200
+    me = actor.client.get("/auth/me", headers=alice).get_json()
+    return app, actor, {"alice": alice, "bob": bob, "key": key["id"], "alice_id": me["id"]}
+
+
+def test_the_usage_api_reports_what_was_counted_by_each_grouping(mixed):
+    app, actor, ids = mixed
+    get = actor.client.get
+    by_model = get("/auth/usage?group_by=model", headers=ids["alice"]).get_json()
+    figures = [(r["model"], r["requests"], r["failed"], r["samples"]) for r in by_model["rows"]]
+    assert figures == [("a", 1, 0, 3), ("b", 2, 1, 1)]
+    assert all(r["inference_ms"] > 0 for r in by_model["rows"])
+    assert by_model["totals"]["requests"] == 3 and by_model["totals"]["samples"] == 4
+    assert by_model["user_id"] == ids["alice_id"]
+    [quota] = by_model["quotas"]
+    assert (quota["quota"], quota["limit"], quota["used"], quota["remaining"]) == (
+        "requests_per_day",
+        100,
+        2,
+        98,
+    )
+    by_key = get("/auth/usage?group_by=key", headers=ids["alice"]).get_json()["rows"]
+    assert [(r["key"], r["requests"]) for r in by_key] == sorted([(ids["key"], 2), ("session", 1)])
+    admin = actor.admin_headers()
+    everyone = get("/admin/usage?group_by=user", headers=admin).get_json()
+    assert everyone["user_id"] is None and everyone["totals"]["requests"] == 4
+    assert len(everyone["rows"]) == 2
+    one = get("/admin/usage?user=bob&group_by=model", headers=admin).get_json()
+    assert [(r["model"], r["requests"]) for r in one["rows"]] == [("a", 1)]
+    # The profile and the login answer show today's usage and the quota beside it.
+    me = get("/auth/me", headers=ids["alice"]).get_json()["usage"]
+    assert me["today"] == {"requests": 2, "samples": 4} and me["quotas"][0]["remaining"] == 98
+    login = actor.login("bob", "correct horse battery staple")["usage"]
+    assert login["today"] == {"requests": 1, "samples": 1}
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("group_by=week", "group_by"),
+        ("from=2026-13-01", "from"),
+        ("to=yesterday", "to"),
+        ("from=2026-12-02&to=2026-12-01", "from"),
+        ("from=2024-01-01&to=2026-01-01", "from"),
+    ],
+)
+def test_a_bad_usage_query_is_a_400_naming_the_field(mixed, query, field):
+    _, actor, ids = mixed
+    response = actor.client.get(f"/auth/usage?{query}", headers=ids["alice"])
+    assert assert_error(response, 400, "VALIDATION_ERROR")["details"]["field"] == field
+
+
+def test_the_cli_report_reads_what_the_workers_wrote_after_a_restart(mixed, run):
+    app, actor, ids = mixed
+    api = actor.client.get("/admin/usage?group_by=model", headers=actor.admin_headers())
+    app.extensions["auth"].ledger.flush()
+    result = run("usage", "report", "--by", "model", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["rows"] == api.get_json()["rows"]
+    tiers = {"INFERENCE_QUOTAS__TIERS": "{free: {requests_per_day: 100}}"}
+    tiers["INFERENCE_QUOTAS__DEFAULT_TIER"] = "free"
+    table = run("usage", "report", "--user", "alice", "--by", "key", **tiers)
+    assert table.exit_code == 0, table.output
+    assert f"{ids['key']}" in table.output and "total" in table.output
+    assert "quota requests_per_day: 2 of 100 used, 98 left" in table.output
+    csv_rows = run("usage", "report", "--by", "user", "--csv").output.splitlines()
+    assert csv_rows[0] == "user,requests,failed,samples,inference_ms" and len(csv_rows) == 3
