@@ -87,11 +87,14 @@ class Batched:
             pending, self._pending = self._pending, {}
         if not pending:
             return 0
-        if write(pending):
-            return len(pending)
-        with self._lock:
-            self._keep(pending)
-        return 0
+        written = False
+        try:
+            written = write(pending)
+        finally:  # refused, or raised: kept for the next flush either way
+            if not written:
+                with self._lock:
+                    self._keep(pending)
+        return len(pending) if written else 0
 
     def start(self, run: Callable[..., Any]) -> None:
         """Flush every `flush_seconds` in the background of this process (the write made by
@@ -100,6 +103,9 @@ class Batched:
             return
         self._flusher_pid = os.getpid()
         atexit.register(self.flush)
+
         # What is pending is taken and kept on the event loop; only the write may go to a thread.
-        write = functools.partial(run, self._write)
+        def write(pending: dict[Any, Any]) -> bool:
+            return run(functools.partial(self._write, pending))
+
         run_every(self.flush_seconds, lambda: self._flush(write), name=self.JOB)

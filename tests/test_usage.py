@@ -6,11 +6,19 @@ Time is the test's frozen clock: a quota resets when the clock passes midnight U
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import date, datetime, timezone
 
 import pytest
+import requests
 
-from tests.conftest import DEMO_MODEL, Actor, assert_error
+from auth.ledger import Ledger
+from tests.conftest import DEMO_MODEL, REPO, Actor, assert_error
+from tests.live import live_server, server_env
 
 
 def seconds_to_midnight(now: float) -> int:
@@ -183,3 +191,87 @@ def test_the_cli_report_reads_what_the_workers_wrote_after_a_restart(mixed, run)
     assert "quota requests_per_day: 2 of 100 used, 98 left" in table.output
     csv_rows = run("usage", "report", "--by", "user", "--csv").output.splitlines()
     assert csv_rows[0] == "user,requests,failed,samples,inference_ms" and len(csv_rows) == 3
+
+
+def _reported(data_dir, *, until: int | None = None) -> int:
+    """The requests `usage report` finds written in `data_dir`; with `until`, asked again until
+    it finds that many (the workers write every flush interval) or a deadline passes."""
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(
+            [sys.executable, "run.py", "usage", "report", "--by", "user", "--json"],
+            cwd=REPO,
+            env=server_env(data_dir),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        total = json.loads(done.stdout)["totals"]["requests"]
+        if until is None or total >= until or time.monotonic() > deadline:
+            return total
+
+
+@pytest.mark.slow
+def test_usage_across_two_workers_survives_a_restart_and_a_sigkill_loses_no_written_count(
+    tmp_path,
+):
+    data_dir = tmp_path / "data"
+    env = {"INFERENCE_USAGE__FLUSH_SECONDS": "0.5"}
+    with live_server(data_dir, workers=2, env=env) as server:
+        headers = server.admin_credentials()["api-key"]
+        for _ in range(20):  # a connection each: both workers serve some
+            answer = requests.post(
+                server.url("/predict"), json={"data": [[1, 2, 3]]}, headers=headers, timeout=30
+            )
+            assert answer.status_code == 200
+    assert _reported(data_dir) == 20  # every worker wrote its counts when it stopped
+
+    with live_server(data_dir, workers=2, env=env) as server:
+        for _ in range(10):
+            answer = requests.post(
+                server.url("/predict"), json={"data": [[1, 2, 3]]}, headers=headers, timeout=30
+            )
+            assert answer.status_code == 200
+        assert _reported(data_dir, until=30) == 30  # written within the flush interval
+        for pid in server.worker_pids():
+            os.kill(pid, signal.SIGKILL)  # no exit hook runs
+    # What was written stays, once: a SIGKILL loses only counts not yet written.
+    assert _reported(data_dir) == 30
+
+
+class _FailingOnce:
+    """A store whose first write raises what no store should (a bug, say); then it works."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+        self.calls = 0
+
+    def get(self, record_id: str):
+        return self.records.get(record_id)
+
+    def update(self, change):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("unexpected")
+        change(self.records)
+
+
+def test_counts_survive_a_write_that_raises(clock):
+    store = _FailingOnce()
+    ledger = Ledger(store, flush_seconds=3600)
+    ledger.add(
+        "usr_1",
+        credential="session",
+        model="a",
+        status=200,
+        samples=2,
+        inference_ms=1.0,
+        now=clock.now,
+    )
+    with pytest.raises(RuntimeError):
+        ledger.flush()
+    assert ledger.used("usr_1", clock.now).requests_per_day == 1  # still pending, not lost
+    assert ledger.flush() == 1
+    [record] = store.records.values()
+    assert (record["requests"], record["samples"]) == (1, 2)
