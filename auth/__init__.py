@@ -28,6 +28,7 @@ from .config import (
     check_bounds,
     setting,
     shown,
+    strong_secret,
 )
 from .core import (
     Admission,
@@ -50,6 +51,7 @@ from .decorators import (
 )
 from .errors import (
     ApiError,
+    AuthenticationError,
     Code,
     Conflict,
     NotFound,
@@ -80,6 +82,7 @@ from .limits import LimiterConfigError, client_address
 from .offload import ThreadOffload
 from .openapi import describe, doc
 from .schemas import answer, body
+from .signals import error_answered, store_written
 from .storage import (
     Storage,
     Store,
@@ -100,6 +103,7 @@ __all__ = [
     "ALL_SCOPES",
     "SECRET_FILE",
     "ApiError",
+    "AuthenticationError",
     "Auth",
     "AuthSettings",
     "AuthState",
@@ -140,6 +144,7 @@ __all__ = [
     "current_user",
     "describe",
     "doc",
+    "error_answered",
     "error_body",
     "error_code",
     "exempt",
@@ -164,7 +169,9 @@ __all__ = [
     "secure_dir",
     "setting",
     "shown",
+    "strong_secret",
     "stamp",
+    "store_written",
     "standard_headers",
     "text",
     "usage_range",

@@ -18,8 +18,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from flask import Flask, Response, g, json, request
+from flask import Flask, Response, current_app, g, json, request
 from werkzeug.exceptions import HTTPException
+
+from .signals import error_answered
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +221,13 @@ def render_error(exc: HTTPException) -> Response:
         )
     response.set_data(json.dumps(error_body(code, message, getattr(exc, "details", None))))
     response.content_type = "application/json"
+    _answered(code, response.status_code)
     return response
+
+
+def _answered(code: str, status: int) -> None:
+    if error_answered.receivers:
+        error_answered.send(current_app._get_current_object(), code=code, status=status)
 
 
 def _render_unexpected(exc: Exception) -> Response:
@@ -232,6 +240,7 @@ def _render_unexpected(exc: Exception) -> Response:
         request_id(),
     )
     body = error_body(Code.INTERNAL_ERROR, "the server failed to handle this request")
+    _answered(Code.INTERNAL_ERROR, 500)
     return Response(json.dumps(body), status=500, content_type="application/json")
 
 

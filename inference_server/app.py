@@ -12,6 +12,7 @@ from flask_cors import CORS
 from auth import Auth, AuthState, Storage, open_state, open_storage
 
 from . import access_log, docs, health, model_admin, models, predict
+from .metrics import views as metrics
 from .settings import Settings, load_settings
 
 auth = Auth()
@@ -104,6 +105,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["settings"] = settings
     access_log.init_app(app)
+    metrics.init_app(app)  # before the models load: their load time is counted
     if settings.server.cors_origins:  # flask-cors: a well-kept implementation of the protocol
         CORS(
             app,
@@ -128,6 +130,7 @@ def create_app(
         app,
         threads=settings.models.inference_threads,
         max_samples=settings.models.max_samples_per_request,
+        metered=settings.metrics.enabled,
     )
     for blueprint in (health.bp, model_admin.bp):
         app.register_blueprint(blueprint)

@@ -725,8 +725,9 @@ def masked(settings: Settings) -> dict[str, Any]:
     import dataclasses
 
     data = dataclasses.asdict(settings)
-    if data["auth"]["jwt_secret"]:
-        data["auth"]["jwt_secret"] = MASK
+    for section, key in (("auth", "jwt_secret"), ("metrics", "token")):
+        if data[section][key]:
+            data[section][key] = MASK
     if data["auth"]["default_admin"]:
         data["auth"]["default_admin"]["password"] = MASK
     for section, key in (("rate_limits", "storage_uri"), ("storage", "redis_url")):

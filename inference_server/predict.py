@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import numpy as np
@@ -39,6 +40,7 @@ from auth import (
 )
 
 from . import json_steps, schemas
+from .metrics import instruments
 from .models import LoadedModel, ModelRegistry, to_batch_in_steps
 from .settings import MODEL_NAME
 
@@ -48,9 +50,9 @@ T = TypeVar("T")
 PARSE_INLINE_BYTES = 64 * 1024  # smaller bodies parse faster than a hand-off to a thread
 
 
-def init_app(app, *, threads: int, max_samples: int) -> None:
+def init_app(app, *, threads: int, max_samples: int, metered: bool = False) -> None:
     app.extensions["inference"] = Inference(
-        ThreadOffload(threads), max_samples, app.extensions["models"]
+        ThreadOffload(threads), max_samples, app.extensions["models"], metered=metered
     )
     app.register_blueprint(bp)
 
@@ -67,11 +69,21 @@ class Inference:
 
     INLINE_MS = 1.0
 
-    def __init__(self, threads: ThreadOffload, max_samples: int, registry: ModelRegistry) -> None:
+    def __init__(
+        self,
+        threads: ThreadOffload,
+        max_samples: int,
+        registry: ModelRegistry,
+        *,
+        metered: bool = False,
+    ) -> None:
+        """`metered`: each call is counted in the server's metrics (`metrics.instruments`)."""
         self.threads = threads
         self.max_samples = max_samples
         self.registry = registry
         self._fast: dict[str, bool] = {}  # model name -> its last call took under INLINE_MS
+        self._metered = metered
+        self._in_flight = instruments.IN_FLIGHT.track_inprogress() if metered else nullcontext()
 
     def inline(self, model: LoadedModel, body_bytes: int) -> bool:
         """True if a prediction of `model` for a body this long runs on the event loop."""
@@ -118,8 +130,12 @@ class Inference:
         """The model's outputs for `batch` and the milliseconds they took (added to the
         usage of `admission`)."""
         started = time.perf_counter()
-        outputs = model.predict(batch)
-        elapsed = (time.perf_counter() - started) * 1000
+        with self._in_flight:
+            outputs = model.predict(batch)
+        seconds = time.perf_counter() - started
+        if self._metered:
+            instruments.predicted(model.name, seconds, len(batch))
+        elapsed = seconds * 1000
         self._fast[model.name] = elapsed < self.INLINE_MS
         if admission is not None:
             admission.inference_ms += elapsed

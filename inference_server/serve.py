@@ -8,6 +8,11 @@ each module, filelock's per-thread lock state included, sees gevent's primitives
 the same settings through the environment: the config file as `INFERENCE_CONFIG`, the server
 flags as `INFERENCE_SERVER__*`.
 
+With `metrics.enabled`, the workers count in a directory made fresh here, `metrics/` in the
+data dir, named to them (and to the metrics library) by `PROMETHEUS_MULTIPROC_DIR`; gunicorn's
+master marks a worker that ended from its `child_exit` hook (`gunicorn_hooks.py`,
+`metrics/directory.py`).
+
 Why gevent: a connection that waits (a failed login held back by
 `auth.failed_login_delay_seconds`, a slow client) costs a greenlet, not a process, so a flood of
 logins cannot occupy the workers that predictions need; password hashing runs on real threads
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .app import create_app
+from .metrics import directory as metrics_directory
 from .settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,7 @@ def gunicorn_command(settings: Settings) -> list[str]:
         "--log-level=info",
         "--name=inference-server",
         "--no-control-socket",
+        "--config=python:inference_server.gunicorn_hooks",
         "inference_server.wsgi:app",
     ]
 
@@ -79,7 +86,14 @@ def worker_environment(settings: Settings, config_file: str | None) -> dict[str,
     server = settings.server
     for key in ("host", "port", "workers", "log_format"):
         env[f"{ENV_PREFIX}SERVER__{key.upper()}"] = json.dumps(getattr(server, key))  # JSON is YAML
+    env.pop(metrics_directory.ENV, None)
+    if settings.metrics.enabled:
+        env[metrics_directory.ENV] = str(metrics_dir(settings))
     return env
+
+
+def metrics_dir(settings: Settings) -> Path:
+    return settings.data_dir / "metrics"
 
 
 class PortUnavailable(Exception):
@@ -102,6 +116,8 @@ def serve(settings: Settings, *, config_file: str | None = None) -> NoReturn:
     # Fail fast, in one process, on anything that would stop every worker.
     create_app(settings, check_only=True)
     check_address(settings.server.host, settings.server.port)
+    if settings.metrics.enabled:
+        metrics_directory.prepare(metrics_dir(settings))
     for warning in startup_warnings(settings):
         log.warning(warning)
     command = gunicorn_command(settings)

@@ -31,6 +31,7 @@ from auth import (
     check_bounds,
     setting,
     shown,
+    strong_secret,
 )
 
 T = TypeVar("T")
@@ -206,6 +207,17 @@ class DocsSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = setting(True, help="serve GET /metrics (Prometheus text) and count for it")
+    token: str | None = setting(
+        None,
+        check=strong_secret,
+        secret=True,
+        help="a bearer token that may read /metrics (a scraper's own); null: admin scope only",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = setting(factory=ServerSettings, help="HTTP server")
     auth: AuthSettings = setting(factory=AuthSettings, help="authentication")
@@ -215,6 +227,7 @@ class Settings:
     storage: StorageSettings = setting(factory=StorageSettings, help="data files")
     models: ModelSettings = setting(factory=ModelSettings, help="model registry")
     docs: DocsSettings = setting(factory=DocsSettings, help="interactive API documentation")
+    metrics: MetricsSettings = setting(factory=MetricsSettings, help="Prometheus metrics")
 
     @property
     def data_dir(self) -> Path:

@@ -72,6 +72,7 @@ from typing import Any, TypeVar
 from filelock import FileLock, Timeout
 
 from ..errors import StorageBusy, StorageUnavailable
+from ..signals import timed_write
 from . import journal as journal_file
 from . import snapshot as snapshot_file
 from .audit_file import AuditFile
@@ -767,9 +768,10 @@ class JsonStore(ReadsCopy):
         was = _digests(state.records, [*puts, *deletes]) if read else None
         line = journal_file.change_line(puts, deletes, was)
         try:
-            if os.write(fd, line) != len(line):  # a short write: the disk is full
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.fdatasync(fd)
+            with timed_write(self.name):
+                if os.write(fd, line) != len(line):  # a short write: the disk is full
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fdatasync(fd)
         except OSError:
             os.ftruncate(fd, state.offset)  # no part of a refused change stays behind
             raise

@@ -58,6 +58,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import StorageBusy, StorageUnavailable
+from ..signals import timed_write
 from .base import (
     UNCHANGED,
     Backend,
@@ -453,7 +454,8 @@ class RedisStore(ReadsCopy):
         args += deletes
         receipt = f"{self.keys[1]}:commit:{secrets.token_hex(8)}"
         keys = [*self.keys, self._storage.changes_key, receipt, self.seal_key]
-        version = int(self._storage.run(self._storage.commit_script, keys, args, write=True))
+        with timed_write(self.name):
+            version = int(self._storage.run(self._storage.commit_script, keys, args, write=True))
         if version == -2:
             raise StorageUnavailable(
                 f"the {self.name} store in {self._storage.describe()} lost its version key but "

@@ -7,7 +7,15 @@ keeps them by name, in step with the config and the admin API across worker proc
 from __future__ import annotations
 
 from .base import LoadedModel, ModelLoadError, ModelUnavailable, to_batch, to_batch_in_steps
-from .registry import ACTIONS, STATE_SHAPE, STATE_STORE, ModelRegistry, load_model, state_store
+from .registry import (
+    ACTIONS,
+    STATE_SHAPE,
+    STATE_STORE,
+    ModelRegistry,
+    load_model,
+    model_loaded,
+    state_store,
+)
 
 __all__ = [
     "ACTIONS",
@@ -18,6 +26,7 @@ __all__ = [
     "ModelRegistry",
     "ModelUnavailable",
     "load_model",
+    "model_loaded",
     "state_store",
     "to_batch",
     "to_batch_in_steps",

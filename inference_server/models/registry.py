@@ -16,6 +16,9 @@ they are; `rebase_paths` rewrites them for a data dir restored from elsewhere.
 Entries are immutable and the name -> entry map is replaced whole, never edited in place: a
 prediction that fetched a model finishes on that model even if it is reloaded or unloaded
 meanwhile. A model that fails to load is kept as an entry with its error and answers 503.
+
+Each load that succeeds sends `model_loaded(name, seconds=...)` (a blinker signal, as Flask's),
+which the server's metrics count.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blinker import Namespace
+
 from auth import Conflict, Field, NotFound, Storage, Store, Transaction, one_of
 
 from ..settings import ConfigError, ModelSettings, ModelSpec, parse_section
@@ -43,6 +48,7 @@ LOADERS: dict[str, Callable[[ModelSpec], LoadedModel]] = {
     "onnx": onnx_backend.load,
     "torchscript": torchscript.load,
 }
+model_loaded = Namespace().signal("model-loaded")
 ACTIONS = ("load", "unload", "reload", "remove", "set_default")
 STATE_STORE = "models_state"  # the store's name: `models_state.json` with the JSON backend
 STATE_SHAPE = {
@@ -196,11 +202,13 @@ class ModelRegistry:
 
     @staticmethod
     def _load(want: Wanted) -> Entry:
+        started = time.perf_counter()
         try:
             model = load_model(want.spec)
         except ModelLoadError as exc:
             log.error("model %r failed to load: %s", want.spec.name, exc)
             return Entry(want, "error", error=str(exc))
+        model_loaded.send(model.name, seconds=time.perf_counter() - started)
         log.info("model %r loaded (%s, version %s)", model.name, model.backend, model.version)
         return Entry(
             want, "ready", model=model, loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
