@@ -22,7 +22,7 @@ from .config import limit_rate, limit_string
 from .core import AuthState
 from .errors import Conflict, NotFound, PermissionDenied, StorageBusy, ValidationError
 from .passwords import password_problem
-from .quotas import quota_state
+from .quotas import quota_state, quota_values
 from .storage import Transaction
 from .storage.shapes import epoch, iso
 from .users import (
@@ -129,9 +129,9 @@ def _keep_an_admin(items: Transaction, user_id: str, after: dict[str, Any] | Non
 
 
 def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, actor: str | None):
-    """Apply admin changes (role, is_active, rate_limit, models, email, full_name); returns
-    the user."""
-    allowed = {"role", "is_active", "rate_limit", "models", "email", "full_name"}
+    """Apply admin changes (role, is_active, rate_limit, models, tier, quota, email,
+    full_name); returns the user."""
+    allowed = {"role", "is_active", "rate_limit", "models", "tier", "quota", "email", "full_name"}
     unknown = set(changes) - allowed
     if unknown or not changes:
         raise ValidationError(
@@ -155,6 +155,17 @@ def update_user(state: AuthState, user_id: str, changes: dict[str, Any], *, acto
         )
     if "models" in clean:
         clean["models"] = access.check_models(clean["models"])
+    if clean.get("tier") is not None and clean["tier"] not in state.quotas.tiers:
+        tiers = ", ".join(sorted(state.quotas.tiers)) or "none are configured (quotas.tiers)"
+        raise ValidationError(
+            f"'tier' must name a tier of quotas.tiers ({tiers}) or be null",
+            details={"field": "tier"},
+        )
+    if clean.get("quota") is not None:
+        try:
+            clean["quota"] = quota_values(clean["quota"], "'quota'")
+        except ValueError as exc:
+            raise ValidationError(str(exc), details={"field": "quota"}) from None
     if clean.get("rate_limit") is not None:
         try:
             clean["rate_limit"] = limit_string(clean["rate_limit"])

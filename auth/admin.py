@@ -64,7 +64,7 @@ def show_user(user_id: str):
 
 @bp.patch("/users/<user_id>")
 @doc(
-    "Change a user's role, state, rate limit, email or name",
+    "Change a user's role, state, rate limit, models, tier, quotas, email or name",
     body=schemas.UPDATE_USER,
     responses={200: schemas.PROFILE},
     errors=(409,),

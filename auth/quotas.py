@@ -157,18 +157,23 @@ def quota_check(
     state: Any, user: dict[str, Any], samples: int, now: float
 ) -> list[tuple[str, str]]:
     """The IETF `RateLimit-Policy` and `RateLimit` fields of a prediction of `samples` samples
-    by `user` at `now`, counting it; 429 QUOTA_EXCEEDED (with `Retry-After` at the reset) if a
-    quota cannot take it."""
+    by `user` at `now`, counting it; 429 QUOTA_EXCEEDED if a quota cannot take it (with
+    `Retry-After` at the reset, and the fields of that quota)."""
     policies, states = [], []
     for q in _quotas(state, user, now):
         name, limit, used = q["quota"], q["limit"], q["used"]
         cost = samples if name.startswith("samples") else 1
         until = max(1, q["resets"] - int(now))
+        policy = f'"{name}";q={limit};w={q["width"]}'
         if used + cost > limit:
             raise QuotaExceeded(
                 f"the {name} quota of {limit} is spent ({used} used, this request needs "
                 f"{cost}); it resets at {iso(q['resets'])}",
-                headers={"Retry-After": str(until)},
+                headers={
+                    "Retry-After": str(until),
+                    "RateLimit-Policy": policy,
+                    "RateLimit": f'"{name}";r={max(0, limit - used)};t={until}',
+                },
                 details={
                     "quota": name,
                     "limit": limit,
@@ -176,7 +181,7 @@ def quota_check(
                     "resets_at": iso(q["resets"]),
                 },
             )
-        policies.append(f'"{name}";q={limit};w={q["width"]}')
+        policies.append(policy)
         states.append(f'"{name}";r={limit - used - cost};t={until}')
     if not policies:
         return []

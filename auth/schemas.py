@@ -93,6 +93,12 @@ CHANGE_PASSWORD = body(
     "new_password",
 )
 KEY_NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+TIER = {"type": ["string", "null"], "minLength": 1, "maxLength": 100}
+QUOTA_OVERRIDE = {
+    "type": ["object", "null"],
+    "properties": {name: {"type": "integer", "minimum": 0} for name in QUOTAS},
+    "additionalProperties": False,
+}
 KEY_DESCRIPTION = {"type": ["string", "null"], "minLength": 1, "maxLength": 500}
 KEY_LIMITS = {
     "models": MODELS,
@@ -126,6 +132,11 @@ UPDATE_USER = body(
         "is_active": {"type": "boolean"},
         "rate_limit": RATE_LIMIT,
         "models": MODELS,
+        "tier": {**TIER, "description": "a tier of quotas.tiers; null: quotas.default_tier"},
+        "quota": {
+            **QUOTA_OVERRIDE,
+            "description": "quotas of this user's own, over their tier's; null: none",
+        },
         "email": EMAIL,
         "full_name": {"type": ["string", "null"], "maxLength": 200},
     },
@@ -214,6 +225,8 @@ PROFILE = answer(
         "must_change_password": {"type": "boolean"},
         "rate_limit": {"type": ["string", "null"]},
         "models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "tier": TIER,
+        "quota": QUOTA_OVERRIDE,
         "created_at": TIMESTAMP,
         "updated_at": TIMESTAMP,
     }

@@ -366,6 +366,39 @@ def users_set_models(config, user, models) -> None:
     _update(config, user, {"models": value}, done)
 
 
+@users.command("set-tier")
+@config_option
+@click.argument("user")
+@click.argument("tier")
+@refusals
+def users_set_tier(config, user, tier) -> None:
+    """Put a user in a tier of quotas.tiers; 'none' gives them quotas.default_tier again."""
+    value = _cleared(tier)
+    done = "tier is now the default tier" if value is None else f"tier is now {value}"
+    _update(config, user, {"tier": value}, done)
+
+
+@users.command("set-quota")
+@config_option
+@click.argument("user")
+@click.argument("quotas", nargs=-1, required=True)
+@refusals
+def users_set_quota(config, user, quotas) -> None:
+    """Give a user quotas of their own over their tier's, as NAME=NUMBER
+    ('requests_per_day=500 samples_per_month=100000'); 'none' removes them."""
+    if [part.lower() for part in quotas] == ["none"]:
+        _update(config, user, {"quota": None}, "quotas are now their tier's")
+        return
+    value: dict[str, Any] = {}
+    for part in quotas:
+        name, sign, amount = part.partition("=")
+        if not sign or not amount.strip().isdigit():
+            raise click.BadParameter(f"{part!r}: expected NAME=NUMBER", param_hint="QUOTAS")
+        value[name.strip()] = int(amount)
+    shown = " ".join(f"{name}={amount}" for name, amount in value.items())
+    _update(config, user, {"quota": value}, f"quotas are now {shown} over their tier's")
+
+
 def _models_arg(value: str) -> list[str] | None:
     """A --models value: comma-separated names or patterns, or 'all' (None)."""
     if value.strip().lower() == "all":

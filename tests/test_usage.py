@@ -45,7 +45,9 @@ def test_the_sixth_prediction_of_a_day_is_refused_until_midnight_utc(app, clock)
         assert response.status_code == 200
         assert response.headers["RateLimit-Policy"] == '"requests_per_day";q=5;w=86400'
         assert response.headers["RateLimit"] == f'"requests_per_day";r={remaining};t=3600'
-    error = assert_error(actor.predict(headers), 429, "QUOTA_EXCEEDED")
+    refused = actor.predict(headers)
+    error = assert_error(refused, 429, "QUOTA_EXCEEDED")
+    assert refused.headers["RateLimit"] == '"requests_per_day";r=0;t=3600'
     assert error["details"]["quota"] == "requests_per_day"
     assert error["details"]["limit"] == 5 and error["details"]["used"] == 5
     assert error["details"]["resets_at"].endswith("T00:00:00Z")
@@ -275,3 +277,43 @@ def test_counts_survive_a_write_that_raises(clock):
     assert ledger.flush() == 1
     [record] = store.records.values()
     assert (record["requests"], record["samples"]) == (1, 2)
+
+
+def test_an_admin_moves_a_user_to_another_tier_or_gives_them_quotas_of_their_own(
+    make_app, run, clock
+):
+    tiers = {"free": {"requests_per_day": 2}, "pro": {"requests_per_day": 4}}
+    actor = Actor(make_app(quotas={"tiers": tiers, "default_tier": "free"}).test_client())
+    alice = actor.user_headers("alice")
+    alice_id = actor.client.get("/auth/me", headers=alice).get_json()["id"]
+    admin = actor.admin_headers()
+
+    def patch(**changes):
+        return actor.client.patch(f"/admin/users/{alice_id}", json=changes, headers=admin)
+
+    assert [actor.predict(alice).status_code for _ in range(3)] == [200, 200, 429]
+    assert patch(tier="pro").get_json()["tier"] == "pro"
+    response = actor.predict(alice)
+    assert response.headers["RateLimit-Policy"] == '"requests_per_day";q=4;w=86400'
+    assert [response.status_code, actor.predict(alice).status_code] == [200, 200]
+    assert_error(actor.predict(alice), 429, "QUOTA_EXCEEDED")
+    assert patch(quota={"requests_per_day": 5}).get_json()["quota"] == {"requests_per_day": 5}
+    assert actor.predict(alice).status_code == 200  # her own quota, over the tier's
+    assert_error(actor.predict(alice), 429, "QUOTA_EXCEEDED")
+    for field, bad in (("tier", "gold"), ("quota", {"requests_per_hour": 1})):
+        error = assert_error(patch(**{field: bad}), 400, "VALIDATION_ERROR")
+        assert error["details"]["field"] == field
+
+    result = run("users", "set-quota", "alice", "none")
+    assert result.exit_code == 0 and "their tier's" in result.output, result.output
+    result = run("users", "set-tier", "alice", "none")
+    assert result.exit_code == 0 and "default tier" in result.output, result.output
+    profile = actor.client.get(f"/admin/users/{alice_id}", headers=admin).get_json()
+    assert (profile["tier"], profile["quota"]) == (None, None)
+    refused = actor.predict(alice)
+    assert refused.headers["RateLimit-Policy"] == '"requests_per_day";q=2;w=86400'
+    assert run("users", "set-tier", "alice", "gold").exit_code != 0
+    assert run("users", "set-quota", "alice", "requests_per_day=many").exit_code != 0
+    assert run("users", "set-quota", "alice", "samples_per_day=10").exit_code == 0
+    me = actor.client.get("/auth/me", headers=alice).get_json()
+    assert {q["quota"] for q in me["usage"]["quotas"]} == {"requests_per_day", "samples_per_day"}
