@@ -17,11 +17,16 @@ runs the model.
   variant on memory and files, and the last also to the one with its limits on Redis;
   with `--no-access-log` also with its access log off (bare Flask writes none);
 - with `--hooked`, bare Flask and this server (API key) each with one app-level after_request
-  hook of an app owner's (`peers/hooked.py`).
+  hook of an app owner's (`peers/hooked.py`);
+- with `--accounting`, this server (API key) with metrics off, no quota and a key without limits
+  (`accounting off`), and with metrics on, a quota tier for every user and a key limited to
+  models, a rate of its own and a number of predictions in flight (`accounting on`), never
+  reached, the second also as a ratio to the first (SPEC target: >= 0.95x). The usage ledger
+  counts in both: it is not optional.
 
     pip install -r tests/benchmarks/peers/requirements.txt   # the peers' own packages
     python tests/benchmarks/peers.py [--rounds 5] [--seconds 5] [--connections 8] [--redis]
-        [--hooked] [--no-access-log]
+        [--hooked] [--no-access-log] [--accounting]
 
 About 3 minutes with the defaults (5 variants x 5 rounds x 5 s, plus start-up and warm-up); each
 option adds variants. Needs wrk (Debian: apt-get install wrk). Not part of pytest.
@@ -44,7 +49,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.auth_overhead import BENCH_ENV, lua, rate_and_p99  # noqa: E402
+from tests.benchmarks.auth_overhead import BENCH_ENV, HUGE, lua, rate_and_p99  # noqa: E402
 from tests.live import free_port, live_server, redis_server  # noqa: E402
 
 PEERS = Path(__file__).resolve().parent / "peers"
@@ -127,6 +132,8 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
         server = stack.enter_context(live_server(tmp / label, workers=2, env=env))
         for kind, headers in server.admin_credentials().items():
             found[f"ours, {kind}/{label}"] = (server.url("/predict"), headers)
+    if opts.accounting:
+        found |= _accounting_variants(stack, tmp)
     if opts.no_access_log:
         env = {**BENCH_ENV, "INFERENCE_SERVER__ACCESS_LOG": "false"}
         quiet = stack.enter_context(live_server(tmp / "quiet", workers=2, env=env))
@@ -137,17 +144,36 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
     return found
 
 
-def _api_key(base: str) -> dict[str, str]:
-    """The X-API-Key header of a new key of the default admin of the server at `base`."""
+def _accounting_variants(stack: ExitStack, tmp: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    off = {**BENCH_ENV, "INFERENCE_METRICS__ENABLED": "false"}
+    quotas = f"{{requests_per_day: {HUGE}, samples_per_month: {HUGE}}}"
+    on = {
+        **BENCH_ENV,
+        "INFERENCE_QUOTAS__TIERS": f"{{bench: {quotas}}}",
+        "INFERENCE_QUOTAS__DEFAULT_TIER": "bench",
+    }
+    limited = {"models": ["demo", "churn-*"], "rate_limit": f"{HUGE}/minute", "max_concurrent": 64}
+    found = {}
+    for label, env, limits in (("off", off, {}), ("on", on, limited)):
+        server = stack.enter_context(live_server(tmp / f"accounting-{label}", workers=2, env=env))
+        headers = _api_key(server.base, **limits)
+        found[f"ours, api-key, accounting {label}"] = (server.url("/predict"), headers)
+    return found
+
+
+def _api_key(base: str, **limits: object) -> dict[str, str]:
+    """The X-API-Key header of a new key of the default admin of the server at `base`, with
+    `limits` (models, rate_limit, max_concurrent)."""
     login = requests.post(
         f"{base}/auth/login", json={"username": "admin", "password": "admin123"}, timeout=60
     )
     key = requests.post(
         f"{base}/auth/api-keys",
-        json={"name": "bench"},
+        json={"name": "bench", **limits},
         headers={"Authorization": f"Bearer {login.json()['access_token']}"},
         timeout=60,
     )
+    assert key.status_code == 201, key.text
     return {"X-API-Key": key.json()["key"]}
 
 
@@ -162,6 +188,11 @@ def main() -> None:
     parser.add_argument("--hooked", action="store_true", help="also with an app-level hook")
     parser.add_argument(
         "--no-access-log", action="store_true", help="also this server with its access log off"
+    )
+    parser.add_argument(
+        "--accounting",
+        action="store_true",
+        help="also this server with metrics, quotas and per-key limits off and on",
     )
     opts = parser.parse_args()
     with ExitStack() as stack:
@@ -203,6 +234,8 @@ def main() -> None:
             versus = f"{rate[name] / rate[f'{kind}/memory']:>10.2f}"
         if label == "redis":
             versus += f"{rate[name] / rate[f'{kind}/redis limits']:>16.2f}"
+        if name.endswith("accounting on"):
+            versus = f"{rate[name] / rate[name.replace(' on', ' off')]:>10.2f} x off"
         print(
             f"{name:<34}{rate[name]:>10.0f}{rate[name] / rate[base]:>8.2f}"
             f"{p99[name]:>9.2f}{p99[name] / p99[base]:>8.2f}{versus}"
