@@ -43,6 +43,7 @@ from .core import (
 from .decorators import (
     admin_required,
     checks_password,
+    counted_at_admission,
     current_principal,
     current_user,
     exempt,
@@ -139,6 +140,7 @@ __all__ = [
     "check_username",
     "check_model",
     "checks_password",
+    "counted_at_admission",
     "client_address",
     "current_principal",
     "current_user",

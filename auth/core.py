@@ -38,13 +38,16 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, g, request
 from flask.wrappers import Response
+from limits.errors import StorageError
 
 from . import access, api_keys, errors, sessions
+from .admission import Admissions, admissions_for
 from .audit import AuditLog
 from .background import run_every, run_soon
 from .config import AuthSettings, QuotaSettings, RateLimitSettings, UsageSettings, limit_string
 from .decorators import (
     ADMIN_ATTR,
+    ADMISSION_ATTR,
     CREDENTIALS_REQUIRED,
     EXEMPT_ATTR,
     PASSWORD_ATTR,
@@ -53,7 +56,7 @@ from .decorators import (
     check_scopes,
 )
 from .errors import AuthenticationError, Code, PermissionDenied, StorageUnavailable
-from .ledger import DAY_SHAPE, Ledger
+from .ledger import DAY_SHAPE, Ledger, Used
 from .limits import (
     BadCredentialWatch,
     FailureBudget,
@@ -70,7 +73,6 @@ from .limits import (
 )
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
-from .quotas import quota_check
 from .slots import Slots
 from .storage import UNCHANGED, Storage, Store, Transaction, open_storage, secure_dir
 from .storage.shapes import epoch, iso
@@ -222,10 +224,18 @@ class AuthState:
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
     limiter: Limiter | None = None  # flask-limiter, once served by an app (`init_core`)
+    admissions: Admissions | None = None  # how predictions are let in, once served by an app
     guard: Guard | None = None  # the pipeline, once served by an app
 
     def now(self) -> int:
         return int(self.clock())
+
+    def quota_used(self, user: dict[str, Any], now: float) -> Used:
+        """What `user` has used of their quotas, as enforcement counts it (the usage ledger,
+        or the counters beside the limits on Redis: `admission.py`)."""
+        if self.admissions is not None:
+            return self.admissions.used(user, now)
+        return self.ledger.used(user["id"], now)
 
     def rate_limit_of(self, user: dict[str, Any]) -> str:
         """A user's budget: their own `rate_limit`, else their role's
@@ -598,6 +608,7 @@ class EndpointPolicy:
 
     public: bool
     exempt: bool  # outside the per-user budget
+    at_admission: bool  # its budget is counted where it admits a prediction
     needs: frozenset[str]  # scopes
     admin: bool
     checks_password: bool
@@ -616,6 +627,7 @@ class EndpointPolicy:
         return cls(
             public=bool(public),
             exempt=bool(getattr(view, EXEMPT_ATTR, False)),
+            at_admission=bool(getattr(view, ADMISSION_ATTR, False)),
             needs=frozenset(getattr(view, SCOPES_ATTR, ())),
             admin=bool(getattr(view, ADMIN_ATTR, False)),
             checks_password=bool(getattr(view, PASSWORD_ATTR, False)),
@@ -647,6 +659,7 @@ class Guard:
         self._state = state
         self._budget = budget
         self._limiter = budget.limiter
+        self.admissions: Admissions | None = None  # once flask-limiter built its strategy
         self._public = public_endpoints
         self._policies: dict[str, EndpointPolicy] = {}
 
@@ -680,7 +693,11 @@ class Guard:
             scratch.principal = principal
         if policy.checks_password and enabled:
             scratch.password_arrived = state.clock()
-        if not policy.exempt:
+        if policy.exempt:
+            pass
+        elif policy.at_admission and principal is not None:
+            scratch.budget_due = True  # counted by `admit`, or when the request ends
+        else:
             scratch.limit_headers = self._budget.count(principal, address)
         if principal is not None and (policy.needs or policy.admin):
             check_scopes(principal, policy.needs, policy.admin)
@@ -691,26 +708,19 @@ class Guard:
         """A prediction of `samples` samples of `model` is about to run (`admit_prediction`)."""
         scratch = g._get_current_object()
         principal = scratch.get("principal")
-        if principal is None:
-            return  # simple mode: nobody to hold to anything
+        if principal is None or scratch.get("admitted") is not None:
+            return  # simple mode: nobody to hold to anything; or admitted already
         principal.check_model(model)
-        state = self._state
-        now = state.clock()
-        scratch.quota_headers = quota_check(state, principal.user, samples, now)
-        key = principal.key
-        most = key.get("max_concurrent") if key is not None else None
-        if most:
-            held = state.slots.take(f"key-{key['id']}", most)
-            if held is None:
-                raise RateLimited(
-                    f"this key already has {most} prediction(s) in flight, its limit; retry "
-                    "when one ends",
-                    headers={"Retry-After": "1"},
-                    details={"limit": "max_concurrent", "max_concurrent": most},
-                    error_code=Code.CONCURRENCY_LIMIT_EXCEEDED,
-                )
-            scratch.slot = held
-        scratch.admitted = Admission(principal, model, samples)
+        due = scratch.pop("budget_due", False)
+        assert self.admissions is not None
+        grant = self.admissions.admit(
+            principal, scratch.client_address, samples, self._state.clock(), budget=due
+        )
+        if due:
+            scratch.limit_headers = grant.limit_headers
+        scratch.quota_headers = grant.quota_headers
+        scratch.slot = grant.slot
+        scratch.admitted = Admission(principal, model, samples, give_back=grant.give_back)
 
     def teardown(self, _exc: BaseException | None) -> None:
         """Free what the request held, however it ended."""
@@ -721,6 +731,8 @@ class Guard:
     def after(self, response: Response) -> Response:
         self._state.storage.end_request()
         scratch = g._get_current_object()
+        if scratch.pop("budget_due", False):
+            scratch.limit_headers = self._count_late(scratch.principal, scratch.client_address)
         limits = self._limiter.after_view(response) or scratch.get("limit_headers", {})
         extra: list[tuple[str, str]] = list(limits.items())
         principal = scratch.get("principal")
@@ -736,8 +748,20 @@ class Guard:
             hold_failed_login(self._state, arrived, response.status_code)
         return response
 
+    def _count_late(self, principal: Principal, address: str | None) -> dict[str, str]:
+        """Count a request in its budget after its answer (one that ended before its view
+        admitted a prediction): its headers, even when it spent the last of it."""
+        try:
+            return self._budget.count(principal, address)
+        except RateLimited as refused:
+            return {k: v for k, v in refused.extra_headers.items() if k != "Retry-After"}
+        except StorageError:
+            return {}  # it was answered already; a refusal now would say nothing
+
     def _count(self, admitted: Admission, status: int) -> None:
         state = self._state
+        if admitted.give_back is not None and not 200 <= status < 300:
+            admitted.give_back()  # quotas count answered predictions
         principal = admitted.principal
         state.ledger.add(
             principal.id,
@@ -758,6 +782,7 @@ class Admission:
     model: str
     samples: int
     inference_ms: float = 0.0
+    give_back: Callable[[], None] | None = None  # the quota counts of a prediction that failed
 
 
 def _is_preflight(req: Any) -> bool:
@@ -799,6 +824,7 @@ def init_core(
     app.after_request(guard.after)
     app.teardown_request(guard.teardown)
     init_limiter(app, limiter)  # its steps run in the guard's hooks, after authentication
+    guard.admissions = state.admissions = admissions_for(budget, state)
     fail_open = limits.on_storage_error == "open"
     state.failed_logins = FailureBudget(
         limiter,

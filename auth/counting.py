@@ -1,53 +1,167 @@
-"""Counting a hit and reading its window in one round trip to the rate limit storage.
+"""Counting in one round trip to the rate limit storage.
 
-The budget's answer needs both: whether the request may go on, and the window (remaining, reset)
+The budget's answer needs both whether the request may go on and the window (remaining, reset)
 for its X-RateLimit-* headers. The `limits` strategies give them in two calls, which against
 Redis are two round trips per request. For the default strategy (sliding window counter) on
-Redis, one Lua script here takes the same keys and does what limits' own acquire script does
-(shifting an expired window, then counting the hit only if it fits) and returns the window after
-it; the headers are then computed as `SlidingWindowCounterRateLimiter.get_window_stats`
-computes them. Every other strategy and storage (memory, where a call costs no round trip) is
-asked twice, through the strategy.
+Redis, Lua scripts here take the same keys and do what limits' own acquire script does
+(shifting an expired window, then counting the hit only if it fits: `WINDOW_FUNCTIONS`) and
+return the window after it; the headers are then computed as
+`SlidingWindowCounterRateLimiter.get_window_stats` computes them. Every other strategy and
+storage (memory, where a call costs no round trip) is asked twice, through the strategy.
+
+- `SLIDING_HIT`: one budget window (every route but predictions);
+- `ADMIT`: a prediction (`admission.py`): every window of its budgets, its user's quota counters
+  and its key's slot, all or nothing, in the same one call.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from math import floor, inf
 from typing import Any
 
 from limits import RateLimitItem, WindowStats
 from limits.errors import StorageError
-from limits.storage import RedisStorage
+from limits.storage import RedisClusterStorage, RedisStorage
 from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 
-# KEYS: the previous and the current window (limits' layout); ARGV: limit, expiry (s), cost.
+# limits' sliding window counter, as its own acquire script counts it: a window is a pair of
+# keys (the previous and the current window, limits' layout), its limit and its expiry in ms.
+WINDOW_FUNCTIONS = """
+local function shift(w)
+    local ttl = tonumber(redis.call('pttl', w.current))
+    if ttl > 0 and ttl < w.expiry then
+        redis.call('rename', w.current, w.previous)
+        redis.call('set', w.current, 0, 'PX', ttl + w.expiry)
+    end
+end
+local function window(w)
+    return tonumber(redis.call('get', w.previous)) or 0,
+        math.max(tonumber(redis.call('pttl', w.previous)), 0),
+        tonumber(redis.call('get', w.current)) or 0,
+        math.max(tonumber(redis.call('pttl', w.current)), 0)
+end
+local function fits(w, cost)
+    local pc, pt, cc = window(w)
+    return math.floor(pc * pt / w.expiry) + cc + cost <= w.limit
+end
+local function count(w, cost)
+    if redis.call('exists', w.current) == 1 then
+        redis.call('incrby', w.current, cost)
+    else
+        redis.call('set', w.current, cost, 'PX', w.expiry * 2)
+    end
+end
+"""
+
+# KEYS: the previous and the current window; ARGV: limit, expiry (s), cost.
 # Answers {counted (0/1), previous count, previous ttl ms, current count, current ttl ms}.
-SLIDING_HIT = """
-local limit, expiry, cost = tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000, tonumber(ARGV[3])
-local ttl = tonumber(redis.call('pttl', KEYS[2]))
-if ttl > 0 and ttl < expiry then
-    redis.call('rename', KEYS[2], KEYS[1])
-    redis.call('set', KEYS[2], 0, 'PX', ttl + expiry)
-end
-local function window()
-    return tonumber(redis.call('get', KEYS[1])) or 0,
-        math.max(tonumber(redis.call('pttl', KEYS[1])), 0),
-        tonumber(redis.call('get', KEYS[2])) or 0,
-        math.max(tonumber(redis.call('pttl', KEYS[2])), 0)
-end
-local pc, pt, cc, ct = window()
-if math.floor(pc * pt / expiry) + cc + cost > limit then
+SLIDING_HIT = (
+    WINDOW_FUNCTIONS
+    + """
+local w = {previous = KEYS[1], current = KEYS[2], limit = tonumber(ARGV[1]),
+    expiry = tonumber(ARGV[2]) * 1000}
+local cost = tonumber(ARGV[3])
+shift(w)
+if not fits(w, cost) then
+    local pc, pt, cc, ct = window(w)
     return {0, pc, pt, cc, ct}
 end
-if redis.call('exists', KEYS[2]) == 1 then
-    redis.call('incrby', KEYS[2], cost)
-else
-    redis.call('set', KEYS[2], cost, 'PX', expiry * 2)
-end
-pc, pt, cc, ct = window()
+count(w, cost)
+local pc, pt, cc, ct = window(w)
 return {1, pc, pt, cc, ct}
 """
+)
+
+# A prediction let in, all or nothing: every budget window, the user's quotas, a key's slot.
+# KEYS: two per window; then, with quotas, the user's day and month counters (hashes of
+# requests and samples); then, with a slot limit, the key's slots (a sorted set of leases).
+# ARGV: windows, quotas (0/1), slots (most in flight; 0: none); per window its limit and expiry
+# (s); with quotas: the day's and the month's ends (epoch ms), the samples, the four limits
+# (requests and samples a day, a month; -1: none) and four counts to start absent counters
+# from (the usage ledger's); with slots: this request's member and its lease (ms).
+# Answers {verdict, which, the four counts before this request, then each window's previous
+# count, ttl ms, current count, ttl ms}: verdict 0 counted, 1 window `which` is full, 2 quota
+# `which` is spent, 3 no slot is free (nothing counted unless 0).
+ADMIT = (
+    WINDOW_FUNCTIONS
+    + """
+local nwindows, quotas, slots = tonumber(ARGV[1]), tonumber(ARGV[2]) == 1, tonumber(ARGV[3])
+local arg, key = 4, 1
+local windows = {}
+for i = 1, nwindows do
+    windows[i] = {previous = KEYS[key], current = KEYS[key + 1], limit = tonumber(ARGV[arg]),
+        expiry = tonumber(ARGV[arg + 1]) * 1000}
+    key, arg = key + 2, arg + 2
+end
+local used, costs, day, month = {0, 0, 0, 0}, {1, 1, 1, 1}, nil, nil
+local function answer(verdict, which)
+    local out = {verdict, which, used[1], used[2], used[3], used[4]}
+    for i = 1, nwindows do
+        local pc, pt, cc, ct = window(windows[i])
+        table.insert(out, pc)
+        table.insert(out, pt)
+        table.insert(out, cc)
+        table.insert(out, ct)
+    end
+    return out
+end
+for i = 1, nwindows do
+    shift(windows[i])
+    if not fits(windows[i], 1) then
+        return answer(1, i)
+    end
+end
+if quotas then
+    day, month = KEYS[key], KEYS[key + 1]
+    key = key + 2
+    local ends = {tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])}
+    local samples = tonumber(ARGV[arg + 2])
+    costs = {1, samples, 1, samples}
+    for i, counter in ipairs({day, month}) do
+        if redis.call('exists', counter) == 0 then
+            redis.call('hset', counter, 'requests', ARGV[arg + 5 + 2 * i],
+                'samples', ARGV[arg + 6 + 2 * i])
+            redis.call('pexpireat', counter, ends[i])
+        end
+        local counts = redis.call('hmget', counter, 'requests', 'samples')
+        used[2 * i - 1], used[2 * i] = tonumber(counts[1]), tonumber(counts[2])
+    end
+    for i = 1, 4 do
+        local limit = tonumber(ARGV[arg + 2 + i])
+        if limit >= 0 and used[i] + costs[i] > limit then
+            return answer(2, i)
+        end
+    end
+    arg = arg + 11
+end
+local member, lease, now
+if slots > 0 then
+    member, lease = ARGV[arg], tonumber(ARGV[arg + 1])
+    local time = redis.call('time')
+    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    redis.call('zremrangebyscore', KEYS[key], '-inf', now)
+    if redis.call('zcard', KEYS[key]) >= slots then
+        return answer(3, 0)
+    end
+end
+for i = 1, nwindows do
+    count(windows[i], 1)
+end
+if quotas then
+    for _, counter in ipairs({day, month}) do
+        redis.call('hincrby', counter, 'requests', 1)
+        redis.call('hincrby', counter, 'samples', costs[2])
+    end
+end
+if slots > 0 then
+    redis.call('zadd', KEYS[key], now + lease, member)
+    redis.call('pexpire', KEYS[key], lease)
+end
+return answer(0, 0)
+"""
+)
 
 
 def hit_and_window(
@@ -62,19 +176,112 @@ def hit_and_window(
     return counted, strategy.get_window_stats(item, *identifiers)
 
 
+def admits_in_one_trip(strategy: RateLimiter) -> RedisStorage | None:
+    """The Redis storage of `strategy` if `admit_on_redis` can count with it (the sliding window
+    counter on one Redis server: a cluster refuses a script whose keys fall in several of its
+    slots), else None."""
+    storage = strategy.storage
+    if isinstance(strategy, SlidingWindowCounterRateLimiter) and isinstance(storage, RedisStorage):
+        if not isinstance(storage, RedisClusterStorage):
+            return storage
+    return None
+
+
+def _script(storage: RedisStorage, name: str, source: str) -> Any:
+    script = getattr(storage, name, None)
+    if script is None:
+        script = storage.get_connection().register_script(source)
+        setattr(storage, name, script)
+    return script
+
+
+def _window_keys(storage: RedisStorage, item: RateLimitItem, key: str) -> list[str]:
+    current = storage.prefixed_key(f"{{{key}}}")
+    return [f"{current}/-1", current]
+
+
 def _sliding_on_redis(
     storage: RedisStorage, item: RateLimitItem, key: str
 ) -> tuple[bool, WindowStats]:
-    script = getattr(storage, "_budget_hit", None)
-    if script is None:
-        script = storage._budget_hit = storage.get_connection().register_script(SLIDING_HIT)
-    current = storage.prefixed_key(f"{{{key}}}")
-    expiry = item.get_expiry()
+    script = _script(storage, "_budget_hit", SLIDING_HIT)
     try:
-        counted, pc, pt, cc, ct = script([f"{current}/-1", current], [item.amount, expiry, 1])
+        counted, pc, pt, cc, ct = script(
+            _window_keys(storage, item, key), [item.amount, item.get_expiry(), 1]
+        )
     except storage.base_exceptions as exc:
         raise StorageError(exc) from exc
     return bool(counted), _sliding_stats(item, int(pc), pt / 1000, int(cc), ct / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaAsk:
+    """A user's quota counters for `ADMIT`: the keys of the day's and the month's, when each
+    ends (epoch ms), the request's samples, the four limits (-1: none) and the counts to start
+    an absent counter from."""
+
+    keys: tuple[str, str]
+    ends_ms: tuple[int, int]
+    samples: int
+    limits: tuple[int, int, int, int]
+    seeds: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SlotAsk:
+    """A key's slots for `ADMIT`: the sorted set, how many may be held, this request's member
+    and how long it holds the slot if it never lets go (a worker that died)."""
+
+    key: str
+    most: int
+    member: str
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What `ADMIT` answered (see there): `counts` before this request (requests and samples a
+    day, a month), each window as the strategy reports it."""
+
+    verdict: int
+    which: int
+    counts: tuple[int, int, int, int]
+    windows: list[WindowStats]
+
+
+ADMITTED, WINDOW_FULL, QUOTA_SPENT, NO_SLOT = range(4)
+
+
+def admit_on_redis(
+    storage: RedisStorage,
+    windows: list[tuple[RateLimitItem, tuple[str, ...]]],
+    *,
+    quota: QuotaAsk | None = None,
+    slot: SlotAsk | None = None,
+) -> Verdict:
+    """One call of `ADMIT`: every window of `windows` (an item and its identifiers), the quota
+    counters and the slot, checked and counted all or nothing (StorageError when Redis cannot
+    be reached)."""
+    keys: list[str] = []
+    args: list[Any] = [len(windows), int(quota is not None), slot.most if slot else 0]
+    for item, identifiers in windows:
+        keys += _window_keys(storage, item, item.key_for(*identifiers))
+        args += [item.amount, item.get_expiry()]
+    if quota is not None:
+        keys += quota.keys
+        args += [*quota.ends_ms, quota.samples, *quota.limits, *quota.seeds]
+    if slot is not None:
+        keys.append(slot.key)
+        args += [slot.member, slot.lease_ms]
+    try:
+        answer = _script(storage, "_admit", ADMIT)(keys, args)
+    except storage.base_exceptions as exc:
+        raise StorageError(exc) from exc
+    values = [int(value) for value in answer]
+    stats = [
+        _sliding_stats(item, values[i], values[i + 1] / 1000, values[i + 2], values[i + 3] / 1000)
+        for (item, _), i in zip(windows, range(6, len(values), 4), strict=True)
+    ]
+    return Verdict(values[0], values[1], tuple(values[2:6]), stats)  # type: ignore[arg-type]
 
 
 def _sliding_stats(

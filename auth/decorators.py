@@ -33,6 +33,7 @@ SCOPES_ATTR = "_auth_scopes"
 ADMIN_ATTR = "_auth_admin"
 EXEMPT_ATTR = "_rate_limit_exempt"
 PASSWORD_ATTR = "_auth_checks_password"
+ADMISSION_ATTR = "_auth_counted_at_admission"
 CREDENTIALS_REQUIRED = "credentials required: send Authorization: Bearer or X-API-Key"
 
 
@@ -105,6 +106,14 @@ def exempt(view: F) -> F:
     """Mark a view as outside the per-user budget (health checks). Limits the application
     declares with flask-limiter are its own: `limiter.exempt` exempts a view from those."""
     setattr(view, EXEMPT_ATTR, True)
+    return view
+
+
+def counted_at_admission(view: F) -> F:
+    """Mark a view that runs predictions: its budget is counted where it admits one
+    (`admit_prediction`), in one step with the quotas and the key's concurrency (`admission.py`);
+    a request the view refuses before that is counted when it ends."""
+    setattr(view, ADMISSION_ATTR, True)
     return view
 
 

@@ -19,7 +19,9 @@ limit keyed by client address) and any limit the application declares on its own
 The budget is counted by the extension's one `before_request` hook, after authentication (the
 user is known), through the strategy flask-limiter built (`Limiter.limiter`): the hit and the
 window of its headers in one call to the storage (`counting.py`), the limit strings of users and
-roles parsed once. Its `X-RateLimit-Limit/Remaining/Reset` headers go on the answer unless a limit
+roles parsed once. A route that runs predictions (`@counted_at_admission`) has its budget
+counted where it admits one, with its quotas and concurrency (`admission.py`). Its
+`X-RateLimit-Limit/Remaining/Reset` headers go on the answer unless a limit
 of flask-limiter's own was checked (the more specific limit: its headers instead); a 429 also
 carries `Retry-After`.
 
@@ -45,6 +47,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -55,7 +58,7 @@ from flask import Flask, current_app, g, request
 from flask.globals import request_ctx
 from flask_limiter import RateLimitExceeded
 from flask_limiter._extension import LimiterContext
-from limits import RateLimitItem, parse, parse_many
+from limits import RateLimitItem, WindowStats, parse, parse_many
 from limits.errors import StorageError
 from limits.storage import MemoryStorage
 
@@ -304,12 +307,11 @@ class RequestBudget:
     def __init__(self, limiter: Limiter, state: Any) -> None:
         self.limiter = limiter
         self._state = state
-        self._fail_open = state.rate_limits.on_storage_error == "open"
+        self.fail_open = state.rate_limits.on_storage_error == "open"
 
-    def count(self, principal: Any, address: str | None) -> dict[str, str]:
-        """Count one request of `principal` (None: of client `address`) in its user's budget
-        and its key's, and return the X-RateLimit-* headers of the one with less left; 429
-        (naming which) once either is spent."""
+    def windows(self, principal: Any, address: str | None) -> list[Window]:
+        """What a request of `principal` (None: of client `address`) counts in: its key's own
+        budget first, where it has one, then its user's, each limit item a window."""
         if principal is None:
             budgets = [("user", self._state.default_limit, budget_key(None, address))]
         else:
@@ -317,32 +319,59 @@ class RequestBudget:
             key = principal.key
             if key is not None and key.get("rate_limit"):
                 budgets.insert(0, ("key", key["rate_limit"], f"key:{key['id']}"))
-        headers: dict[str, str] = {}
-        least = None
-        try:
-            for whose, limit, key in budgets:
-                for item in _items(limit):
-                    remaining, reset = self._hit(item, key, whose, limit)
-                    if least is None or remaining < least:
-                        least, headers = remaining, _limit_headers(item, remaining, reset)
-        except StorageError:
-            if not self._fail_open:
-                raise
-            _storage_down.say()
-            return {}
-        return headers
+        return [
+            Window(whose, limit, item, (PREFIX, "user", key))
+            for whose, limit, key in budgets
+            for item in _items(limit)
+        ]
 
-    def _hit(self, item: RateLimitItem, key: str, whose: str, limit: str) -> tuple[int, float]:
-        counted, (reset, remaining) = hit_and_window(
-            self.limiter.limiter, item, PREFIX, "user", key
+    def count(self, principal: Any, address: str | None) -> dict[str, str]:
+        """Count one request of `principal` (None: of client `address`) in its user's budget
+        and its key's, and return the X-RateLimit-* headers of the one with less left; 429
+        (naming which) once either is spent."""
+        windows, stats = self.windows(principal, address), []
+        try:
+            for window in windows:
+                strategy = self.limiter.limiter
+                counted, stat = hit_and_window(strategy, window.item, *window.identifiers)
+                if not counted:
+                    raise window.refused(stat)
+                stats.append(stat)
+        except StorageError:
+            if not self.fail_open:
+                raise
+            storage_down()
+            return {}
+        return least_left(windows, stats)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One limit of a budget, as counted: whose budget (`user` or `key`), its limit as
+    configured, the parsed item and the identifiers it is counted under."""
+
+    whose: str
+    limit: str
+    item: RateLimitItem
+    identifiers: tuple[str, ...]
+
+    def refused(self, stats: WindowStats) -> RateLimited:
+        return RateLimited(
+            f"{WHOSE[self.whose]}rate limit of {self.limit} exceeded; see Retry-After",
+            headers=_limit_headers(self.item, 0, stats.reset_time, retry=True),
+            details={"limit": self.whose, "rate_limit": self.limit},
         )
-        if not counted:
-            raise RateLimited(
-                f"{WHOSE[whose]}rate limit of {limit} exceeded; see Retry-After",
-                headers=_limit_headers(item, 0, reset, retry=True),
-                details={"limit": whose, "rate_limit": limit},
-            )
-        return remaining, reset
+
+
+def least_left(windows: list[Window], stats: list[WindowStats]) -> dict[str, str]:
+    """The X-RateLimit-* headers of the window with the least left."""
+    window, stat = min(zip(windows, stats, strict=True), key=lambda pair: pair[1].remaining)
+    return _limit_headers(window.item, stat.remaining, stat.reset_time)
+
+
+def storage_down() -> None:
+    """The limit storage failed and `on_storage_error: open` lets the request through."""
+    _storage_down.say()
 
 
 def _limit_headers(

@@ -115,7 +115,7 @@ def _quotas(
     limits = limits_of(user, state.quotas.tiers, state.quotas.default_tier)
     if not limits:
         return
-    used = used or state.ledger.used(user["id"], now)
+    used = used or state.quota_used(user, now)
     window = Window.at(now)
     for name in QUOTAS:
         if name in limits:
@@ -130,7 +130,7 @@ def _quotas(
 
 def usage_today(state: Any, user: dict[str, Any], now: float) -> dict[str, Any]:
     """What the profile and the login answer show: today's usage and each quota's state."""
-    used = state.ledger.used(user["id"], now)
+    used = state.quota_used(user, now)
     return {
         "today": {"requests": used.requests_per_day, "samples": used.samples_per_day},
         "quotas": quota_state(state, user, now, used),
@@ -154,13 +154,14 @@ def quota_state(
 
 
 def quota_check(
-    state: Any, user: dict[str, Any], samples: int, now: float
+    state: Any, user: dict[str, Any], samples: int, now: float, used: Any = None
 ) -> list[tuple[str, str]]:
     """The IETF `RateLimit-Policy` and `RateLimit` fields of a prediction of `samples` samples
     by `user` at `now`, counting it; 429 QUOTA_EXCEEDED if a quota cannot take it (with
-    `Retry-After` at the reset, and the fields of that quota)."""
+    `Retry-After` at the reset, and the fields of that quota). `used`: the counts before this
+    request (default: as `state.quota_used` reads them)."""
     policies, states = [], []
-    for q in _quotas(state, user, now):
+    for q in _quotas(state, user, now, used):
         name, limit, used = q["quota"], q["limit"], q["used"]
         cost = samples if name.startswith("samples") else 1
         until = max(1, q["resets"] - int(now))

@@ -28,6 +28,7 @@ from auth import (
     ValidationError,
     admit_prediction,
     check_model,
+    counted_at_admission,
     doc,
     error_body,
     json_bytes,
@@ -219,6 +220,7 @@ def _predict(path_model: str | None):
     errors=(404,),
 )
 @require_auth(scopes=["predict"])
+@counted_at_admission
 def predict():
     return _predict(None)
 
@@ -231,6 +233,7 @@ def predict():
     responses={200: schemas.PREDICTION},
 )
 @require_auth(scopes=["predict"])
+@counted_at_admission
 def predict_with(model_name: str):
     return _predict(model_name)
 
@@ -243,6 +246,7 @@ def predict_with(model_name: str):
     errors=(404,),
 )
 @require_auth(scopes=["predict"])
+@counted_at_admission
 def predict_batch():
     body = _body()
     inputs = body.get("inputs")

@@ -68,6 +68,20 @@ def test_every_limited_response_carries_the_headers(limited):
     assert int(response.headers["X-RateLimit-Reset"]) > 0
 
 
+def test_a_prediction_refused_before_it_runs_still_costs_budget(limited):
+    """A prediction's budget is counted when it is admitted (with its quotas and slot), or
+    when it ends if the view refused it first: a bad body is no way around the limit."""
+    _, actor = limited
+    headers = actor.user_headers("dora")
+    for remaining in ("4", "3", "2", "1", "0"):
+        response = actor.client.post("/predict", json={"data": [[1, 2]]}, headers=headers)
+        assert response.status_code == 400
+        assert response.headers["X-RateLimit-Remaining"] == remaining
+        assert "Retry-After" not in response.headers
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert_error(actor.predict(headers), 429, "RATE_LIMIT_EXCEEDED")
+
+
 def test_health_is_exempt(limited):
     _, actor = limited
     for _ in range(20):

@@ -9,6 +9,8 @@ import pytest
 import requests
 from limits import parse
 
+from auth.core import Credentials
+from auth.limits import PREFIX
 from auth.users import find_user
 from tests.conftest import Actor, assert_error
 from tests.live import live_server, redis_server
@@ -91,18 +93,24 @@ def test_redis_down_can_fail_open(tmp_path):
         server_cm.__exit__(None, None, None)
 
 
-def test_the_budget_costs_one_round_trip_on_redis_and_counts_as_the_strategy_does(
+def test_a_prediction_costs_one_round_trip_on_redis_and_counts_as_the_strategy_does(
     make_app, monkeypatch
 ):
-    """The default strategy (sliding window counter) on Redis: the hit and the window of the
-    headers come from one script call; flask-limiter's strategy reads the same counts."""
+    """The default strategy (sliding window counter) on Redis: a prediction's budgets (the key's
+    and its user's), quotas and slot are checked and counted by one script call, whose counts
+    flask-limiter's strategy reads; the slot is freed when the prediction ends."""
     with redis_server() as uri:
         app = make_app(
-            auth={"rate_limit_per_minute": 5},
+            auth={"rate_limit_per_minute": 6},
             rate_limits={"storage_uri": uri, "strategy": "sliding-window-counter"},
+            quotas={"tiers": {"t": {"requests_per_day": 100}}, "default_tier": "t"},
         )
         actor = Actor(app.test_client())
-        headers = {"X-API-Key": actor.create_key(actor.user_headers("rita"))["key"]}
+        limits = {"rate_limit": "4/minute", "max_concurrent": 2, "models": ["demo"]}
+        rita = actor.user_headers("rita")
+        key = actor.create_key(rita, **limits)
+        headers = {"X-API-Key": key["key"]}
+        assert actor.predict(headers).status_code == 200  # the scripts are loaded by now
         limiter = app.extensions["auth"].limiter
         connection = limiter.storage.get_connection()
         sent = []
@@ -110,14 +118,46 @@ def test_the_budget_costs_one_round_trip_on_redis_and_counts_as_the_strategy_doe
         monkeypatch.setattr(
             connection, "execute_command", lambda *a, **k: sent.append(a[0]) or real(*a, **k)
         )
-        answers = [actor.predict(headers) for _ in range(4)]
-        assert sent == ["EVALSHA"] * 4  # one round trip per request
-        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["3", "2", "1", "0"]
+        answers = [actor.predict(headers) for _ in range(3)]
+        assert sent == ["EVALSHA", "ZREM"] * 3  # one round trip in, one to free the slot
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
+        assert [a.headers["RateLimit"].split(";")[1] for a in answers] == ["r=98", "r=97", "r=96"]
         user_id = find_user(app.extensions["auth"].users, "rita")["id"]
-        stats = limiter.limiter.get_window_stats(
-            parse("5/minute"), "inference-server", "user", f"user:{user_id}"
-        )
-        assert stats.remaining == 0  # the strategy sees the script's counts (1 by the login)
+        strategy = limiter.limiter
+        user = strategy.get_window_stats(parse("6/minute"), PREFIX, "user", f"user:{user_id}")
+        own = strategy.get_window_stats(parse("4/minute"), PREFIX, "user", f"key:{key['id']}")
+        assert (user.remaining, own.remaining) == (1, 0)  # the login, the key, 4 predictions
         refused = actor.predict(headers)
-        assert_error(refused, 429, "RATE_LIMIT_EXCEEDED")
+        error = assert_error(refused, 429, "RATE_LIMIT_EXCEEDED")
+        assert error["details"]["limit"] == "key"
         assert int(refused.headers["Retry-After"]) >= 1
+        me = actor.client.get("/auth/me", headers=rita).get_json()  # read from the counters
+        assert me["usage"]["quotas"][0]["used"] == 4
+
+
+def test_quotas_and_slots_hold_exactly_across_servers_sharing_redis(make_app):
+    """Two apps over one data dir and one Redis, as two hosts (or workers) are: a quota spent
+    on one is spent on the other at once (no wait for the usage ledger's writes), a key's slot
+    held on one is held for both, and a failed prediction spends no quota."""
+    with redis_server() as uri:
+        sections = {
+            "rate_limits": {"storage_uri": uri, "strategy": "sliding-window-counter"},
+            "quotas": {"tiers": {"t": {"requests_per_day": 3}}, "default_tier": "t"},
+            "usage": {"flush_seconds": 3600},  # nothing reaches the store while the test runs
+        }
+        one, two = Actor(make_app(**sections).test_client()), None
+        key = one.create_key(one.user_headers("quinn"), max_concurrent=1)
+        two = Actor(make_app(**sections).test_client())
+        headers = {"X-API-Key": key["key"]}
+        wrong_shape = two.client.post("/predict", json={"data": [[1, 2]]}, headers=headers)
+        assert wrong_shape.status_code == 400  # admitted, then failed: its count is given back
+        state = two.client.application.extensions["auth"]
+        principal = state.identify(Credentials(None, key["key"], "127.0.0.1"))
+        grant = state.admissions.admit(principal, "127.0.0.1", 1, state.clock(), budget=False)
+        # A prediction in flight on the second server holds the key's only slot...
+        refused = one.client.post("/predict/batch", json={"inputs": [[[1, 2, 3]]]}, headers=headers)
+        assert_error(refused, 429, "CONCURRENCY_LIMIT_EXCEEDED")
+        grant.slot.release()  # ...until it ends; it spent one of the three a day
+        assert [a.predict(headers).status_code for a in (one, two)] == [200, 200]
+        error = assert_error(one.predict(headers), 429, "QUOTA_EXCEEDED")
+        assert error["details"]["used"] == 3
