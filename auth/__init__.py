@@ -74,6 +74,7 @@ from .inputs import (
     json_bytes,
     max_json_depth,
     parse_json_object,
+    query_int,
     refuse_unknown_fields,
     text,
 )
@@ -85,6 +86,7 @@ from .openapi import describe, doc
 from .schemas import answer, body
 from .signals import error_answered, store_written
 from .storage import (
+    UNCHANGED,
     Storage,
     Store,
     StoreCorrupt,
@@ -93,6 +95,7 @@ from .storage import (
     open_storage,
     secure_dir,
 )
+from .storage.indexes import Index
 from .storage.json import SECRET_FILE
 from .storage.migrate import MigrationRefused, migrate
 from .storage.shapes import Field, one_of
@@ -102,6 +105,7 @@ from .users import ALL_SCOPES, check_email, check_username, profile
 __all__ = [
     "Admission",
     "ALL_SCOPES",
+    "UNCHANGED",
     "SECRET_FILE",
     "ApiError",
     "AuthenticationError",
@@ -111,6 +115,7 @@ __all__ = [
     "Code",
     "Conflict",
     "Field",
+    "Index",
     "LimiterConfigError",
     "MigrationRefused",
     "NotFound",
@@ -162,6 +167,7 @@ __all__ = [
     "open_state",
     "open_storage",
     "parse_json_object",
+    "query_int",
     "profile",
     "public",
     "refuse_unknown_fields",

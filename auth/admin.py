@@ -11,25 +11,14 @@ from flask import Blueprint, g, jsonify, request
 from . import accounts, schemas
 from .core import auth_state
 from .decorators import admin_required
-from .errors import NotFound, ValidationError
-from .inputs import json_body, text, usage_query
+from .errors import NotFound
+from .inputs import json_body, query_int, text, usage_query
 from .openapi import doc
 from .passwords import MAX_PASSWORD_LENGTH
 from .users import profile
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 MAX_PAGE = 500
-
-
-def _query_int(name: str, default: int, *, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise ValidationError(
-            f"'{name}' must be an integer from {low} to {high}", details={"field": name}
-        )
-    return int(raw)
 
 
 @bp.get("/users")
@@ -43,8 +32,8 @@ def _query_int(name: str, default: int, *, low: int, high: int) -> int:
 )
 @admin_required
 def list_users():
-    limit = _query_int("limit", 50, low=1, high=MAX_PAGE)
-    offset = _query_int("offset", 0, low=0, high=10**9)
+    limit = query_int("limit", 50, low=1, high=MAX_PAGE)
+    offset = query_int("offset", 0, low=0, high=10**9)
     users = accounts.list_users(auth_state())
     page = [profile(u) for u in users[offset : offset + limit]]
     return jsonify({"users": page, "total": len(users), "limit": limit, "offset": offset})

@@ -161,6 +161,18 @@ def string_list(body: dict[str, Any], name: str, *, choices: frozenset[str]) -> 
     return sorted(set(value))
 
 
+def query_int(name: str, default: int, *, low: int, high: int) -> int:
+    """The integer query parameter `name` within [low, high] (`default` when absent)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ValidationError(
+            f"'{name}' must be an integer from {low} to {high}", details={"field": name}
+        )
+    return int(raw)
+
+
 def usage_query(now: float) -> tuple[date, date, str]:
     """The days and grouping of a usage request's query (`from`, `to`, `group_by`)."""
     args = request.args

@@ -302,7 +302,7 @@ def usage_range(
     """The days and grouping a usage query asks for (default: this month to the UTC day of
     `now`, by day); 400 naming the field for anything else."""
     today = date.fromisoformat(Window.at(now).day)
-    group_by = group_by or "day"
+    group_by = "day" if group_by is None else group_by
     if group_by not in GROUPS:
         raise ValidationError(
             f"'group_by' must be one of: {', '.join(GROUPS)}", details={"field": "group_by"}

@@ -12,6 +12,8 @@ from flask_cors import CORS
 from auth import Auth, AuthState, Storage, open_state, open_storage
 
 from . import access_log, docs, health, model_admin, models, predict
+from .jobs import routes as jobs
+from .jobs.records import jobs_store
 from .metrics import views as metrics
 from .settings import Settings, load_settings
 
@@ -38,8 +40,8 @@ class InferenceServer(Flask):
 
 
 def open_app_storage(settings: Settings, *, maintained: bool = False) -> Storage:
-    """The storage backend of these settings, holding the model state's store beside the
-    auth stores. `maintained`: a server worker asks for its upkeep off the requests."""
+    """The storage backend of these settings, holding the model state's and the jobs' stores
+    beside the auth stores. `maintained`: a server worker asks for its upkeep off the requests."""
     config = settings.storage
     storage = open_storage(
         backend=config.backend,
@@ -54,6 +56,7 @@ def open_app_storage(settings: Settings, *, maintained: bool = False) -> Storage
         redis_audit_entries=config.redis_audit_entries,
     )
     models.state_store(storage)
+    jobs_store(storage)
     return storage
 
 
@@ -132,6 +135,7 @@ def create_app(
         max_samples=settings.models.max_samples_per_request,
         metered=settings.metrics.enabled,
     )
+    jobs.init_app(app, storage)
     for blueprint in (health.bp, model_admin.bp):
         app.register_blueprint(blueprint)
     docs.init_app(app)

@@ -51,6 +51,7 @@ from auth import (
 )
 
 from . import logs
+from .jobs.records import STATUSES, public
 from .settings import ConfigError, Settings, load_settings
 
 MASK = "********"
@@ -785,6 +786,84 @@ def config_check(config) -> None:
         raise click.ClickException("invalid configuration:\n  - " + "\n  - ".join(unreadable))
     click.echo(yaml.safe_dump(masked(settings), sort_keys=False), nl=False)
     click.echo("# configuration is valid", err=True)
+
+
+@cli.group()
+def jobs() -> None:
+    """Prediction jobs: run their consumer, list, show and cancel them."""
+
+
+def _jobs(config: str | None, *, serving: bool = False) -> Any:
+    """The jobs of the configured server; `serving`: with its models loaded, to run them (and
+    this process's log lines in the server's format)."""
+    from .app import create_app, open_app_storage, open_auth_state
+    from .jobs.service import open_service
+
+    settings = _load(config)
+    if serving:
+        logs.configure(settings.server.log_format)
+    if not settings.jobs.enabled or settings.storage.backend != "json":
+        raise click.ClickException("jobs are off (jobs.enabled, or a backend other than json)")
+    try:
+        if serving:
+            return create_app(settings).extensions["jobs"]
+        storage = open_app_storage(settings)
+        state = open_auth_state(settings, storage=storage)
+        return open_service(settings, storage=storage, auth_state=state)
+    except StoreCorrupt as exc:
+        raise click.ClickException(f"{exc}; fix or restore it first") from None
+
+
+@jobs.command("worker")
+@config_option
+@click.option("--workers", type=int, help="threads running jobs (default: jobs.workers)")
+def jobs_worker(config, workers) -> None:
+    """Run jobs until stopped (Ctrl-C or SIGTERM): what `python run.py` starts beside the
+    server; run more of them for more capacity."""
+    from .jobs.queue import run_consumer
+
+    service = _jobs(config, serving=True)
+    service.recover()
+    run_consumer(
+        service.huey, workers=workers or service.settings.workers, on_stop=service.stopping.set
+    )
+
+
+@jobs.command("list")
+@config_option
+@click.option("--user", help="one user's jobs (id, username or email)")
+@click.option("--status", type=click.Choice(STATUSES))
+@refusals
+def jobs_list(config, user, status) -> None:
+    """Jobs, newest first: id, user, status, model, done/total, created."""
+    service = _jobs(config)
+    user_id = accounts.find(_state(config), user)["id"] if user else None
+    for job_id, job in service.list(None, user=user_id, status=status, project=None):
+        done = job["completed"] + job["failed"]
+        created = public(job_id, job)["created_at"]
+        click.echo(
+            f"{job_id}  {job['user_id']}  {job['status']:<11} {job['model']}  "
+            f"{done}/{job['total']}  {created}"
+        )
+
+
+@jobs.command("show")
+@config_option
+@click.argument("job_id")
+@refusals
+def jobs_show(config, job_id) -> None:
+    """One job, as the API shows it."""
+    click.echo(json.dumps(public(job_id, _jobs(config).get(None, job_id)), indent=2))
+
+
+@jobs.command("cancel")
+@config_option
+@click.argument("job_id")
+@refusals
+def jobs_cancel(config, job_id) -> None:
+    """Cancel a job: a queued one at once, a running one after its current chunk."""
+    job = _jobs(config).cancel(None, job_id)
+    click.echo(f"{job_id}: {job['status']}")
 
 
 @cli.group()

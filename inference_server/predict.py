@@ -282,6 +282,21 @@ def _batch_payload(
     rid: str,
     admission: Admission | None,
 ) -> bytes:
+    results, elapsed = predict_each(runner, model, inputs, rid, admission)
+    failed = sum(1 for r in results if "error" in r)
+    return _encode(model, elapsed, results=results, succeeded=len(inputs) - failed, failed=failed)
+
+
+def predict_each(
+    runner: Inference,
+    model: LoadedModel,
+    inputs: list[Any],
+    rid: str,
+    admission: Admission | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Each input's answer, `{"predictions": ...}` or its error (the error shape's body,
+    naming request `rid`), in order, and the milliseconds the model took: the valid inputs run
+    together (`_run_together`). /predict/batch and jobs run their inputs through this."""
     results: list[dict[str, Any] | None] = [None] * len(inputs)
     batches: list[tuple[int, np.ndarray]] = []
     for i, data in enumerate(inputs):
@@ -294,8 +309,7 @@ def _batch_payload(
         outputs, elapsed = _run_together(runner, model, [b for _, b in batches], admission)
         for (i, _), out in zip(batches, outputs, strict=True):
             results[i] = {"predictions": out}
-    failed = sum(1 for r in results if r and "error" in r)
-    return _encode(model, elapsed, results=results, succeeded=len(inputs) - failed, failed=failed)
+    return results, elapsed  # type: ignore[return-value]
 
 
 def _run_together(

@@ -114,3 +114,74 @@ MANAGED = answer(
 DOWNLOADED = answer({"model": MODEL, "sha256": {"type": "string"}})
 HEALTH = answer({"status": {"const": "ok"}})
 READY = answer({"status": {"const": "ready"}, "checks": {"type": "object"}})
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+JOB_STATUS = {
+    "type": "string",
+    "enum": ["queued", "in_progress", "cancelling", "completed", "failed", "cancelled"],
+}
+SUBMIT_JOB = body(
+    {
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": SAMPLES,
+            "description": "inputs, each answered (or refused) on its own, as /predict/batch",
+        },
+        "data": {
+            **SAMPLES,
+            "description": "instead of inputs: samples, each one input of the job",
+        },
+        "model": MODEL_FIELD,
+        "project": {"type": ["string", "null"], "minLength": 1, "maxLength": 100},
+        "metadata": {
+            "type": ["object", "null"],
+            "description": "your own labels for the job, up to 4 KB of JSON",
+        },
+    },
+    minProperties=1,
+)
+JOB = answer(
+    {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["job"]},
+        "status": JOB_STATUS,
+        "model": {"type": "string"},
+        "user_id": {"type": "string"},
+        "project": {"type": ["string", "null"]},
+        "metadata": {"type": ["object", "null"]},
+        "request_counts": answer(
+            {
+                "total": {"type": "integer"},
+                "completed": {"type": "integer"},
+                "failed": {"type": "integer"},
+            }
+        ),
+        "samples": {"type": "integer"},
+        "error": {"type": ["string", "null"]},
+        "created_at": {"type": "string"},
+        "started_at": {"type": ["string", "null"]},
+        "finished_at": {"type": ["string", "null"]},
+    }
+)
+JOB_LIST = answer(
+    {
+        "jobs": {"type": "array", "items": JOB},
+        "total": {"type": "integer"},
+        "limit": {"type": "integer"},
+        "offset": {"type": "integer"},
+    }
+)
+JOB_RESULT = answer(
+    {
+        "id": {"type": "string"},
+        "status": JOB_STATUS,
+        "model": {"type": "string"},
+        "partial": {"type": "boolean"},
+        "succeeded": {"type": "integer"},
+        "failed": {"type": "integer"},
+        "results": {"type": "array", "items": {"type": "object"}},
+    }
+)
+JOB_DELETED = answer({"message": {"type": "string"}, "id": {"type": "string"}})

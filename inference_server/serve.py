@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .app import create_app
+from .gunicorn_hooks import CONSUMER
 from .metrics import directory as metrics_directory
 from .settings import ENV_PREFIX, Settings
 
@@ -87,6 +88,9 @@ def worker_environment(settings: Settings, config_file: str | None) -> dict[str,
     for key in ("host", "port", "workers", "log_format"):
         env[f"{ENV_PREFIX}SERVER__{key.upper()}"] = json.dumps(getattr(server, key))  # JSON is YAML
     env.pop(metrics_directory.ENV, None)
+    env.pop(CONSUMER, None)
+    if settings.jobs.enabled and settings.storage.backend == "json":
+        env[CONSUMER] = "1"
     if settings.metrics.enabled:
         env[metrics_directory.ENV] = str(metrics_dir(settings))
     return env

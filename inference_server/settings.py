@@ -207,6 +207,27 @@ class DocsSettings:
 
 
 @dataclass(frozen=True)
+class JobsSettings:
+    enabled: bool = setting(True, help="serve /jobs and run their consumer with the server")
+    workers: int = setting(
+        1, min=1, max=64, help="threads of the consumer that `python run.py` starts"
+    )
+    max_samples: int = setting(
+        1_000_000, min=1, max=100_000_000, help="most samples (rows) one job may carry"
+    )
+    max_inputs: int = setting(100_000, min=1, max=10_000_000, help="most inputs one job may carry")
+    chunk_inputs: int = setting(
+        256, min=1, max=100_000, help="inputs run together; a cancel takes effect between them"
+    )
+    max_queued_per_user: int = setting(
+        10, min=1, max=10_000, help="jobs a user may have queued or running; 429 beyond"
+    )
+    result_ttl_hours: float = setting(
+        168, min=0.01, help="how long a finished job and its result are kept"
+    )
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     enabled: bool = setting(True, help="serve GET /metrics (Prometheus text) and count for it")
     token: str | None = setting(
@@ -228,6 +249,7 @@ class Settings:
     models: ModelSettings = setting(factory=ModelSettings, help="model registry")
     docs: DocsSettings = setting(factory=DocsSettings, help="interactive API documentation")
     metrics: MetricsSettings = setting(factory=MetricsSettings, help="Prometheus metrics")
+    jobs: JobsSettings = setting(factory=JobsSettings, help="prediction jobs")
 
     @property
     def data_dir(self) -> Path:

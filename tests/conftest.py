@@ -26,6 +26,7 @@ COLLECTIONS = {
     "api_key_usage": "keys",
     "models_state": "models",
     "usage": "usage",
+    "jobs": "jobs",
 }
 DEMO_MODEL = str(REPO / "data" / "models" / "demo.json")
 ADMIN = ("admin", "admin123")

@@ -52,10 +52,22 @@ class LiveServer:
                 raise AssertionError(f"{text!r} not seen {count} times:\n" + "".join(self.log))
 
     def worker_pids(self) -> list[int]:
-        """The gunicorn workers: the children of the server's process."""
+        """The gunicorn workers: the children of the server's process but its job consumer."""
         pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(child) for child in children.split()]
+        children = [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+        return [child for child in children if child not in self.consumer_pids()]
+
+    def consumer_pids(self) -> list[int]:
+        """The job consumer the server's master started (`gunicorn_hooks.when_ready`)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [
+            int(child)
+            for child in children
+            if b"jobs\x00worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+        ]
 
     def url(self, path: str) -> str:
         return self.base + path

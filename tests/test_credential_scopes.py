@@ -22,7 +22,15 @@ PUBLIC = {
     ("POST", "/auth/login"),
     ("POST", "/auth/refresh"),
 }
-PREDICT = {"/predict", "/<model_name>/predict", "/predict/batch"}
+PREDICT = {  # a prediction key predicts, and submits and follows its jobs
+    "/predict",
+    "/<model_name>/predict",
+    "/predict/batch",
+    "/jobs",
+    "/jobs/<job_id>",
+    "/jobs/<job_id>/result",
+    "/jobs/<job_id>/cancel",
+}
 SAMPLE = {
     "model_name": "demo",
     "key_id": "key_0",

@@ -53,7 +53,8 @@ def test_text_logs_name_the_request_and_say_each_start_up_message_once(tmp_path)
     access = next(line for line in lines if "request=probe-7" in line)
     assert "INFO inference_server.access: GET /health 200" in access and "user=-" in access
     assert sum("created default admin" in line for line in lines) == 1
-    # Each worker loads its models once; the check before the workers loads none.
-    assert sum("model 'demo' loaded" in line for line in lines) == 2
+    # Each worker loads its models once, as does the job consumer; the check before the
+    # workers loads none.
+    assert sum("model 'demo' loaded" in line for line in lines) == 2 + 1
     booted = [line for line in lines if "Booting worker" in line]
     assert booted and all(" INFO gunicorn.error: " in line for line in booted)

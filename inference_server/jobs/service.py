@@ -1,0 +1,445 @@
+"""What is done with jobs: submitting, reading, listing, cancelling, deleting, running.
+
+Each user sees only their own jobs; another user's job is NOT_FOUND, as one that does not exist
+(no oracle of which ids exist), and admins see everyone's. A submission is checked like a
+prediction (the credential may call the model, the inputs within the job limits) and stored in
+order, so that no failure leaves half a job: the inputs (a file), then the record, then the id
+on the queue; a step that fails undoes the ones before it and answers 503.
+
+A job runs in chunks of `jobs.chunk_inputs` inputs through the same code as /predict/batch
+(`predict.predict_each`): its result is what the batch route answers for the same inputs, one
+line per input. Between chunks the consumer writes the counts and reads the record again: a
+cancel takes effect there, keeping what was done. Each chunk is counted in the usage ledger, as
+predictions are, under the job's user and key.
+
+A job interrupted by a crash (its consumer killed) is found `in_progress` when a consumer
+starts (`recover`), its consumer (host and process id, in the record) gone: it is put back on
+the queue once and resumes after its last finished chunk; found interrupted a second time, it is
+marked failed with that reason. A queued job whose id never reached the queue is put back too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import has_request_context
+from huey import Huey, crontab
+
+from auth import (
+    UNCHANGED,
+    ApiError,
+    Code,
+    NotFound,
+    PayloadTooLarge,
+    Storage,
+    Store,
+    check_model,
+    current_principal,
+)
+
+from ..models import ModelRegistry, ModelUnavailable
+from ..predict import sample_count
+from ..settings import JobsSettings
+from .payloads import Payloads
+from .queue import open_queue
+from .records import ACTIVE, FINISHED, jobs_store, new_record
+
+log = logging.getLogger(__name__)
+
+MAX_PROJECT = 100
+MAX_METADATA_BYTES = 4096
+
+
+class TooManyJobs(ApiError):
+    code, error_code = 429, Code.RATE_LIMIT_EXCEEDED
+
+
+class NotNow(ApiError):
+    code, error_code = 409, Code.CONFLICT
+
+
+class QueueUnavailable(ApiError):
+    code, error_code = 503, Code.SERVICE_UNAVAILABLE
+
+
+def open_service(
+    settings: Any,
+    *,
+    storage: Storage,
+    auth_state: Any,
+    registry: ModelRegistry | None = None,
+    predict_each: Callable[..., tuple[list[dict[str, Any]], float]] | None = None,
+) -> Jobs:
+    """The jobs of the server configured by `settings` (its `Settings`), in `storage`; without
+    a `registry` and `predict_each` it can read, cancel and delete them but not run them."""
+    return Jobs(
+        settings.jobs,
+        store=jobs_store(storage),
+        payloads=Payloads(settings.data_dir / "jobs"),
+        huey=open_queue(settings.data_dir),
+        registry=registry,
+        auth_state=auth_state,
+        predict_each=predict_each,
+        clock=auth_state.clock,
+    )
+
+
+class Jobs:
+    def __init__(
+        self,
+        settings: JobsSettings,
+        *,
+        store: Store,
+        payloads: Payloads,
+        huey: Huey,
+        registry: ModelRegistry | None,
+        auth_state: Any,
+        predict_each: Callable[..., tuple[list[dict[str, Any]], float]] | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.payloads = payloads
+        self.huey = huey
+        self._registry = registry
+        self._auth = auth_state
+        self._predict_each = predict_each
+        self._clock = clock
+        self.stopping = threading.Event()  # the consumer stops: running jobs pause
+        self._task = huey.task(name="run_job")(self.run)
+        huey.periodic_task(crontab(minute="*/10"), name="sweep_jobs")(self.sweep)
+
+    # -- the API's side ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        principal: Any,
+        *,
+        model: str | None,
+        inputs: list[Any],
+        samples: int,
+        project: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> tuple[str, dict[str, Any]]:
+        settings = self.settings
+        if len(inputs) > settings.max_inputs or samples > settings.max_samples:
+            raise PayloadTooLarge(
+                f"a job takes at most {settings.max_inputs} inputs and {settings.max_samples} "
+                f"samples; this one has {len(inputs)} and {samples}",
+                details={"max_inputs": settings.max_inputs, "max_samples": settings.max_samples},
+            )
+        assert self._registry is not None, "submitting needs the model registry"
+        name = model or self._registry.default
+        check_model(name)
+        model_name = self._registry.get(name).name  # 404 naming what exists, 503 if not loaded
+        user_id = principal.id if principal is not None else "anonymous"
+        active = [job for job in self._of(user_id) if job[1]["status"] in ACTIVE]
+        if len(active) >= settings.max_queued_per_user:
+            raise TooManyJobs(
+                f"you have {len(active)} jobs queued or running, the most allowed; wait for one "
+                "to finish or cancel one",
+                headers={"Retry-After": "10"},
+                details={"max_queued_per_user": settings.max_queued_per_user},
+            )
+        job_id = f"job_{secrets.token_hex(12)}"
+        record = new_record(
+            user_id=user_id,
+            key_id=principal.key_id if principal is not None else None,
+            model=model_name,
+            total=len(inputs),
+            samples=samples,
+            project=project,
+            metadata=metadata,
+            now=int(self._clock()),
+        )
+        self.payloads.put_inputs(job_id, inputs)
+        try:
+            self.store.update(lambda items: items.__setitem__(job_id, record))
+        except Exception:
+            self.payloads.delete(job_id)
+            raise
+        try:
+            self._task(job_id)
+        except Exception as exc:
+            log.error("job %s could not be queued: %s", job_id, exc)
+            self.store.update(lambda items: items.pop(job_id, None))
+            self.payloads.delete(job_id)
+            raise QueueUnavailable(
+                "the job queue cannot take jobs now; try again", headers={"Retry-After": "5"}
+            ) from None
+        self._audit("job.submitted", job_id, record)
+        return job_id, record
+
+    def get(self, principal: Any, job_id: str) -> dict[str, Any]:
+        """The job, if `principal` may see it; else 404 as for one that does not exist."""
+        job = self.store.get(job_id)
+        if job is None or not _may_see(principal, job):
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def list(
+        self,
+        principal: Any,
+        *,
+        user: str | None,
+        status: str | None,
+        project: str | None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The jobs `principal` may see (an admin: everyone's, or `user`'s), newest first."""
+        if principal is None or (principal.is_admin and principal.holds("admin")):
+            found = self._of(user) if user else list(self.store.records())
+        else:
+            found = self._of(principal.id)
+        chosen = [
+            (job_id, job)
+            for job_id, job in found
+            if (status is None or job["status"] == status)
+            and (project is None or job["project"] == project)
+        ]
+        return sorted(chosen, key=lambda item: (item[1]["created_at"], item[0]), reverse=True)
+
+    def cancel(self, principal: Any, job_id: str) -> dict[str, Any]:
+        """A queued job is cancelled at once, a running one between chunks (`cancelling`);
+        a finished one is left as it is (409)."""
+        self.get(principal, job_id)
+        now = int(self._clock())
+
+        def change(items: Any) -> dict[str, Any]:
+            job = items[job_id]
+            if job["status"] in FINISHED:
+                raise NotNow(
+                    f"job {job_id!r} is {job['status']} already", details={"status": job["status"]}
+                )
+            if job["status"] == "queued":
+                job.update(status="cancelled", finished_at=now)
+            elif job["status"] == "in_progress":
+                job["status"] = "cancelling"
+            return dict(job)
+
+        job = self.store.update(change)  # a cancelled job's id left on the queue is skipped
+        self._audit("job.cancelled", job_id, job)
+        return job
+
+    def delete(self, principal: Any, job_id: str) -> None:
+        """Remove a finished job and its result (409 while it is queued or running)."""
+        self.get(principal, job_id)
+
+        def change(items: Any) -> dict[str, Any]:
+            job = items[job_id]
+            if job["status"] not in FINISHED:
+                raise NotNow(
+                    f"job {job_id!r} is {job['status']}: cancel it first",
+                    details={"status": job["status"]},
+                )
+            return items.pop(job_id)
+
+        job = self.store.update(change)
+        self.payloads.delete(job_id)
+        self._audit("job.deleted", job_id, job)
+
+    def result_lines(self, job_id: str, job: dict[str, Any]) -> Iterator[bytes]:
+        return self.payloads.result_lines(job_id, job["result_bytes"])
+
+    # -- the consumer's side -------------------------------------------------------------------
+
+    def run(self, job_id: str) -> None:
+        """Run job `job_id` from where it stands (the queue's task)."""
+        assert self._registry is not None and self._predict_each is not None
+        job = self._start(job_id)
+        if job is None:
+            return
+        try:
+            model = self._registry.get(job["model"])
+            inputs = self.payloads.inputs(job_id)
+        except (ModelUnavailable, NotFound, OSError, ValueError) as exc:
+            self._finish(job_id, "failed", error=getattr(exc, "description", None) or str(exc))
+            return
+        chunk = self.settings.chunk_inputs
+        done = job["completed"] + job["failed"]
+        written = job["result_bytes"]
+        try:
+            for start in range(done, len(inputs), chunk):
+                part = inputs[start : start + chunk]
+                results, elapsed = self._predict_each(model, part, job_id)
+                lines = [{"index": start + i, **result} for i, result in enumerate(results)]
+                written = self.payloads.append_result(job_id, written, lines)
+                failed = sum(1 for result in results if "error" in result)
+                status = self._counted(job_id, len(part) - failed, failed, written)
+                self._charge(job, part, results, elapsed)
+                if status == "cancelling":
+                    self._finish(job_id, "cancelled")
+                    return
+                if self.stopping.is_set() and start + chunk < len(inputs):
+                    self._pause(job_id)
+                    return
+        except Exception as exc:
+            log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
+            self._finish(job_id, "failed", error="the server failed while running this job")
+            return
+        self._finish(job_id, "completed")
+
+    def recover(self) -> list[str]:
+        """Put back on the queue what a crash interrupted (see the module docstring); the ids
+        put back. A consumer calls this as it starts."""
+        queued = {task.args[0] for task in self.huey.pending() if task.args}
+        again = []
+        for job_id, job in list(self.store.records()):
+            if job["status"] == "in_progress" and _running_here(job.get("runner")):
+                continue  # another consumer of this host runs it
+            if job["status"] == "in_progress" and job["attempts"] >= 2:
+                self._finish(job_id, "failed", error="interrupted twice by a crash; not retried")
+            elif job["status"] == "cancelling":
+                self._finish(job_id, "cancelled")
+            elif job["status"] in ("queued", "in_progress") and job_id not in queued:
+                self._task(job_id)
+                again.append(job_id)
+        if again:
+            log.warning("jobs put back on the queue after an interruption: %s", ", ".join(again))
+        return again
+
+    def sweep(self) -> list[str]:
+        """Remove finished jobs older than `jobs.result_ttl_hours`, and their results."""
+        horizon = self._clock() - self.settings.result_ttl_hours * 3600
+        old = [
+            job_id
+            for job_id, job in self.store.records()
+            if job["status"] in FINISHED and (job["finished_at"] or 0) < horizon
+        ]
+        for job_id in old:
+            self.store.update(lambda items, job_id=job_id: items.pop(job_id, None))
+            self.payloads.delete(job_id)
+        return old
+
+    def drain(self) -> int:
+        """Run every job on the queue in this process (tests, and a one-off `jobs run`)."""
+        ran = 0
+        while (task := self.huey.dequeue()) is not None:
+            self.huey.execute(task)
+            ran += 1
+        return ran
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _of(self, user_id: str) -> list[tuple[str, dict[str, Any]]]:
+        found = ((job_id, self.store.get(job_id)) for job_id in self.store.ids("user", user_id))
+        return [(job_id, job) for job_id, job in found if job is not None]
+
+    def _start(self, job_id: str) -> dict[str, Any] | None:
+        now = int(self._clock())
+
+        def change(items: Any) -> Any:
+            job = items.get(job_id)
+            if job is None or job["status"] in FINISHED:
+                return UNCHANGED
+            if job["status"] == "cancelling":
+                job.update(status="cancelled", finished_at=now)
+                return None
+            job.update(status="in_progress", attempts=job["attempts"] + 1, runner=RUNNER)
+            if job["started_at"] is None:
+                job["started_at"] = now
+            return dict(job)
+
+        job = self.store.update(change)
+        return None if job is UNCHANGED else job
+
+    def _counted(self, job_id: str, completed: int, failed: int, written: int) -> str:
+        def change(items: Any) -> str:
+            job = items[job_id]
+            job.update(
+                completed=job["completed"] + completed,
+                failed=job["failed"] + failed,
+                result_bytes=written,
+            )
+            return job["status"]
+
+        return self.store.update(change)
+
+    def _pause(self, job_id: str) -> None:
+        """Put a running job back in the queue's hands: its consumer is stopping (not a crash,
+        so not counted as an attempt); the next consumer resumes it (`recover`)."""
+
+        def change(items: Any) -> Any:
+            job = items.get(job_id)
+            if job is None or job["status"] != "in_progress":
+                return UNCHANGED
+            job.update(status="queued", attempts=job["attempts"] - 1)
+            return None
+
+        self.store.update(change)
+        self._auth.ledger.flush()
+        log.info("job %s paused: its consumer stops", job_id)
+
+    def _finish(self, job_id: str, status: str, *, error: str | None = None) -> None:
+        now = int(self._clock())
+
+        def change(items: Any) -> Any:
+            job = items.get(job_id)
+            if job is None:
+                return UNCHANGED
+            job.update(status=status, finished_at=now, error=error)
+            return dict(job)
+
+        job = self.store.update(change)
+        self._auth.ledger.flush()
+        if job is not UNCHANGED:
+            log.info("job %s %s", job_id, status)
+
+    def _charge(
+        self, job: dict[str, Any], part: list[Any], results: list[dict[str, Any]], elapsed: float
+    ) -> None:
+        """Count a chunk in the usage ledger, as its predictions would be counted."""
+        ledger, now = self._auth.ledger, self._clock()
+        for data, result in zip(part, results, strict=True):
+            ledger.add(
+                job["user_id"],
+                credential=job["key_id"] or "session",
+                model=job["model"],
+                status=400 if "error" in result else 200,
+                samples=sample_count(data) if "error" not in result else 0,
+                inference_ms=elapsed / max(1, len(part)),
+                now=now,
+            )
+
+    def _audit(self, event: str, job_id: str, job: dict[str, Any]) -> None:
+        principal = current_principal._get_current_object() if _in_request() else None
+        self._auth.audit.record(
+            event,
+            job_id=job_id,
+            user_id=job["user_id"],
+            actor=principal.id if principal is not None else None,
+            status=job["status"],
+        )
+
+
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _running_here(runner: str | None) -> bool:
+    """True if `runner` is a live consumer process of this host (not this one, starting)."""
+    host, _, pid = (runner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _may_see(principal: Any, job: dict[str, Any]) -> bool:
+    if principal is None:
+        return True  # authentication disabled: every route is open
+    return job["user_id"] == principal.id or (principal.is_admin and principal.holds("admin"))
+
+
+def _in_request() -> bool:
+    return has_request_context()

@@ -1,0 +1,227 @@
+"""Prediction jobs: submit, run, poll, fetch; each user sees only their own; cancel; recovery.
+
+In-process tests run the queue here (`Jobs.drain` takes each queued job and runs it, as the
+consumer does), so every step is in the test's hands; a live test runs a real server, whose
+master starts the consumer process itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+
+from tests.conftest import Actor, assert_error
+from tests.live import live_server
+
+INPUTS = [[[1, 2, 3]], [[1, 2]], [[4, 5, 6], [7, 8, 9]], [[0, 0, 0]]]
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(jobs={"chunk_inputs": 2, "max_queued_per_user": 3, "max_inputs": 10})
+
+
+@pytest.fixture
+def actor(app):
+    return Actor(app.test_client())
+
+
+def submit(actor, headers, **body):
+    response = actor.client.post("/jobs", json={"inputs": INPUTS, **body}, headers=headers)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def drain(app) -> int:
+    return app.extensions["jobs"].drain()
+
+
+def test_a_job_answers_what_the_batch_route_answers_for_the_same_inputs(app, actor):
+    alice = actor.user_headers("alice")
+    job = submit(actor, alice, project="churn", metadata={"run": 7})
+    assert job["status"] == "queued" and job["request_counts"]["total"] == 4
+    assert (job["project"], job["metadata"], job["samples"]) == ("churn", {"run": 7}, 5)
+    assert drain(app) == 1
+    done = actor.client.get(f"/jobs/{job['id']}", headers=alice).get_json()
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
+    assert done["started_at"] and done["finished_at"]
+    result = actor.client.get(f"/jobs/{job['id']}/result", headers=alice).get_json()
+    batch = actor.client.post("/predict/batch", json={"inputs": INPUTS}, headers=alice).get_json()
+    assert [r["index"] for r in result["results"]] == [0, 1, 2, 3]
+    for ours, theirs in zip(result["results"], batch["results"], strict=True):
+        if "error" in theirs:  # a bad input fails alone, with the batch route's error
+            assert ours["error"]["code"] == theirs["error"]["code"] == "VALIDATION_ERROR"
+            assert ours["error"]["details"] == theirs["error"]["details"]
+        else:
+            assert ours["predictions"] == theirs["predictions"]
+    assert (result["succeeded"], result["failed"], result["partial"]) == (3, 1, False)
+    lines = actor.client.get(f"/jobs/{job['id']}/result?format=jsonl", headers=alice)
+    assert lines.content_type == "application/x-ndjson"
+    assert [json.loads(line) for line in lines.get_data(as_text=True).splitlines()] == (
+        result["results"]
+    )
+    me = actor.client.get("/auth/usage?group_by=model", headers=alice).get_json()
+    # The job counts each input as a prediction (samples of the answered ones); the batch is
+    # one request of five samples.
+    assert (me["totals"]["requests"], me["totals"]["samples"]) == (4 + 1, 4 + 5)
+
+
+def test_another_users_job_is_not_found_and_an_admin_sees_everyones(app, actor):
+    alice, bob = actor.user_headers("alice"), actor.user_headers("bobby")
+    mine, theirs = submit(actor, alice, project="a"), submit(actor, bob)
+    client = actor.client
+    for method, path in (
+        ("get", ""),
+        ("get", "/result"),
+        ("post", "/cancel"),
+        ("delete", ""),
+    ):
+        response = getattr(client, method)(f"/jobs/{theirs['id']}{path}", headers=alice)
+        assert_error(response, 404, "NOT_FOUND")
+    assert_error(client.get("/jobs/job_nonexistent", headers=alice), 404, "NOT_FOUND")
+    listed = client.get("/jobs", headers=alice).get_json()
+    assert [j["id"] for j in listed["jobs"]] == [mine["id"]]
+    admin = actor.admin_headers()
+    everyone = client.get("/jobs", headers=admin).get_json()
+    assert {j["id"] for j in everyone["jobs"]} == {mine["id"], theirs["id"]}
+    only_bob = client.get(f"/jobs?user={theirs['user_id']}", headers=admin).get_json()
+    assert [j["id"] for j in only_bob["jobs"]] == [theirs["id"]]
+    assert client.get(f"/jobs/{theirs['id']}", headers=admin).status_code == 200
+    by_project = client.get("/jobs?project=a&status=queued", headers=alice).get_json()
+    assert by_project["total"] == 1
+
+
+def test_a_queued_job_is_cancelled_at_once_and_a_running_one_between_chunks(app, actor):
+    alice = actor.user_headers("alice")
+    queued = submit(actor, alice)
+    cancelled = actor.client.post(f"/jobs/{queued['id']}/cancel", headers=alice).get_json()
+    assert cancelled["status"] == "cancelled"
+    service = app.extensions["jobs"]
+    running = submit(actor, alice)
+    real = service._predict_each
+
+    def cancel_after_the_first_chunk(model, inputs, rid):
+        answered = real(model, inputs, rid)
+        if rid == running["id"]:  # the client cancels while the job runs
+            response = actor.client.post(f"/jobs/{running['id']}/cancel", headers=alice)
+            assert response.get_json()["status"] == "cancelling"
+        return answered
+
+    service._predict_each = cancel_after_the_first_chunk
+    assert drain(app) == 2  # the cancelled job's id comes off the queue and runs nothing
+    job = actor.client.get(f"/jobs/{running['id']}", headers=alice).get_json()
+    assert job["status"] == "cancelled"
+    assert job["request_counts"] == {"total": 4, "completed": 1, "failed": 1}  # one chunk
+    result = actor.client.get(f"/jobs/{running['id']}/result", headers=alice).get_json()
+    assert result["partial"] is True and [r["index"] for r in result["results"]] == [0, 1]
+    assert (
+        actor.client.get(f"/jobs/{queued['id']}/result", headers=alice).get_json()["results"] == []
+    )
+    again = actor.client.post(f"/jobs/{running['id']}/cancel", headers=alice)
+    assert_error(again, 409, "CONFLICT")
+    assert actor.client.delete(f"/jobs/{running['id']}", headers=alice).status_code == 200
+    assert_error(actor.client.get(f"/jobs/{running['id']}", headers=alice), 404, "NOT_FOUND")
+
+
+def test_a_job_interrupted_by_a_crash_resumes_after_its_last_chunk_once(app, actor):
+    alice = actor.user_headers("alice")
+    job = submit(actor, alice)
+    service = app.extensions["jobs"]
+    real = service._predict_each
+    calls = []
+
+    def crash_in_the_second_chunk(model, inputs, rid):
+        calls.append(len(inputs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the consumer dies: nothing of this chunk is kept
+        return real(model, inputs, rid)
+
+    service._predict_each = crash_in_the_second_chunk
+    drain(app)  # Huey notes the interrupted task; the job's record stays in progress
+    state = actor.client.get(f"/jobs/{job['id']}", headers=alice).get_json()
+    assert state["status"] == "in_progress"
+    assert state["request_counts"] == {"total": 4, "completed": 1, "failed": 1}
+    assert service.recover() == [job["id"]]  # a consumer starting finds it and puts it back
+    assert drain(app) == 1
+    result = actor.client.get(f"/jobs/{job['id']}/result", headers=alice).get_json()
+    assert [r["index"] for r in result["results"]] == [0, 1, 2, 3]  # nothing answered twice
+    assert calls == [2, 2, 2]
+
+    twice = submit(actor, alice)
+    service._predict_each = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
+    for _ in range(2):
+        drain(app)
+        service.recover()
+    failed = actor.client.get(f"/jobs/{twice['id']}", headers=alice).get_json()
+    assert failed["status"] == "failed" and "interrupted twice" in failed["error"]
+
+
+def test_job_limits_and_refusals(app, actor):
+    alice = actor.user_headers("alice")
+    client = actor.client
+    too_many = client.post("/jobs", json={"inputs": [[[1, 2, 3]]] * 11}, headers=alice)
+    assert_error(too_many, 413, "PAYLOAD_TOO_LARGE")
+    assert_error(
+        client.post("/jobs", json={"inputs": INPUTS, "model": "nope"}, headers=alice),
+        404,
+        "NOT_FOUND",
+    )
+    for body, field in (
+        ({"inputs": []}, "inputs"),
+        ({"inputs": INPUTS, "data": [[1, 2, 3]]}, "inputs"),
+        ({"inputs": INPUTS, "metadata": {"x": "y" * 5000}}, "metadata"),
+        ({"inputs": INPUTS, "projekt": "typo"}, "projekt"),
+    ):
+        error = assert_error(
+            client.post("/jobs", json=body, headers=alice), 400, "VALIDATION_ERROR"
+        )
+        assert field in json.dumps(error["details"])
+    key = actor.create_key(alice, models=["other-*"], scopes=["predict"])["key"]
+    refused = client.post("/jobs", json={"inputs": INPUTS}, headers={"X-API-Key": key})
+    assert_error(refused, 403, "INSUFFICIENT_PERMISSIONS")
+    for _ in range(3):
+        submit(actor, alice)
+    assert_error(
+        client.post("/jobs", json={"inputs": INPUTS}, headers=alice), 429, "RATE_LIMIT_EXCEEDED"
+    )
+    rows = client.post(
+        "/jobs", json={"data": [[1, 2, 3], [4, 5, 6]]}, headers=actor.admin_headers()
+    )
+    assert rows.status_code == 202 and rows.get_json()["request_counts"]["total"] == 2
+
+
+def test_the_cli_lists_shows_and_cancels_jobs_and_the_audit_log_has_them(app, actor, run, data_dir):
+    alice = actor.user_headers("alice")
+    job = submit(actor, alice)
+    listed = run("jobs", "list", "--user", "alice")
+    assert listed.exit_code == 0 and job["id"] in listed.output and "queued" in listed.output
+    shown = run("jobs", "show", job["id"])
+    assert json.loads(shown.output)["request_counts"]["total"] == 4
+    cancelled = run("jobs", "cancel", job["id"])
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
+    assert run("jobs", "show", "job_missing").exit_code != 0
+    events = [
+        json.loads(line)["event"] for line in (data_dir / "audit.log").read_text().splitlines()
+    ]
+    assert "job.submitted" in events and "job.cancelled" in events
+
+
+@pytest.mark.slow
+def test_the_server_runs_jobs_with_no_other_command(tmp_path):
+    with live_server(tmp_path / "data", workers=2) as server:
+        headers = server.admin_credentials()["api-key"]
+        submitted = requests.post(
+            server.url("/jobs"), json={"inputs": [[[1, 2, 3]]] * 500}, headers=headers, timeout=30
+        )
+        assert submitted.status_code == 202
+        job_id = submitted.json()["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the consumer process runs it
+            job = requests.get(server.url(f"/jobs/{job_id}"), headers=headers, timeout=30).json()
+            if job["status"] == "completed":
+                break
+        assert job["request_counts"] == {"total": 500, "completed": 500, "failed": 0}
