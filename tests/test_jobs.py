@@ -225,3 +225,72 @@ def test_the_server_runs_jobs_with_no_other_command(tmp_path):
             if job["status"] == "completed":
                 break
         assert job["request_counts"] == {"total": 500, "completed": 500, "failed": 0}
+
+
+def test_a_disabled_users_jobs_are_cancelled_and_metrics_count_jobs(app, actor):
+    from tests.test_metrics import parse, value
+
+    alice = actor.user_headers("alice")
+    admin = actor.admin_headers()
+    before = parse(actor.client.get("/metrics", headers=admin).get_data(as_text=True))
+    kept, stopped = submit(actor, actor.user_headers("bobby")), submit(actor, alice)
+    samples = parse(actor.client.get("/metrics", headers=admin).get_data(as_text=True))
+    assert value(samples, "inference_jobs", status="queued") == 2
+    alice_id = stopped["user_id"]
+    disabled = actor.client.patch(
+        f"/admin/users/{alice_id}", json={"is_active": False}, headers=admin
+    )
+    assert disabled.status_code == 200
+    assert drain(app) == 2
+    job = actor.client.get(f"/jobs/{stopped['id']}", headers=admin).get_json()
+    assert job["status"] == "cancelled" and "disabled or deleted" in job["error"]
+    assert job["request_counts"]["completed"] == 0
+    ran = actor.client.get(f"/jobs/{kept['id']}", headers=admin).get_json()
+    assert ran["status"] == "completed"
+    after = parse(actor.client.get("/metrics", headers=admin).get_data(as_text=True))
+    assert value(after, "inference_jobs", status="completed") == 1
+    assert value(after, "inference_jobs", status="cancelled") == 1
+    finished = "inference_job_seconds_count"
+    assert (
+        value(after, finished, status="completed") - value(before, finished, status="completed")
+        == 1
+    )
+
+
+@pytest.mark.slow
+def test_a_restart_finishes_a_running_and_a_queued_job_answering_each_input_once(tmp_path):
+    data_dir = tmp_path / "data"
+    env = {"INFERENCE_JOBS__CHUNK_INPUTS": "20"}
+    inputs = [[[float(i), 2.0, 3.0]] for i in range(20_000)]
+    with live_server(data_dir, workers=1, env=env) as server:
+        headers = server.admin_credentials()["api-key"]
+
+        def submitted() -> str:
+            answer = requests.post(
+                server.url("/jobs"), json={"inputs": inputs}, headers=headers, timeout=60
+            )
+            assert answer.status_code == 202
+            return answer.json()["id"]
+
+        running, queued = submitted(), submitted()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job = requests.get(server.url(f"/jobs/{running}"), headers=headers, timeout=30).json()
+            if job["request_counts"]["completed"] > 0:
+                break
+        assert job["status"] == "in_progress"  # stopped in the middle of it
+    # The consumer stopped with the server: the running job paused after its chunk.
+    with live_server(data_dir, workers=1, env=env) as server:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = [
+                requests.get(server.url(f"/jobs/{job_id}"), headers=headers, timeout=30).json()
+                for job_id in (running, queued)
+            ]
+            if all(state["status"] == "completed" for state in states):
+                break
+        assert [state["status"] for state in states] == ["completed", "completed"]
+        lines = requests.get(
+            server.url(f"/jobs/{running}/result?format=jsonl"), headers=headers, timeout=60
+        ).text.splitlines()
+        assert [json.loads(line)["index"] for line in lines] == list(range(20_000))

@@ -7,6 +7,7 @@ as one that does not exist; admins (role and scope `admin`) see everyone's, `?us
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from flask import (
     request,
     stream_with_context,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 from auth import (
     Storage,
@@ -51,14 +53,32 @@ def init_app(app: Flask, storage: Storage) -> None:
         log.warning("jobs are off: in this release they run on the JSON backend only")
         return
     runner = app.extensions["inference"]
-    app.extensions["jobs"] = open_service(
+    service = app.extensions["jobs"] = open_service(
         settings,
         storage=storage,
         auth_state=app.extensions["auth"],
         registry=app.extensions["models"],
         predict_each=lambda model, inputs, rid: predict_each(runner, model, inputs, rid),
     )
+    if "metrics" in app.extensions:
+        app.extensions["metrics"].append(JobStates(service))
     app.register_blueprint(bp)
+
+
+class JobStates:
+    """`inference_jobs{status}` for /metrics: the jobs in each state, as their store has them."""
+
+    def __init__(self, service: Jobs) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for _, job in self._service.store.records():
+            counts[job["status"]] += 1
+        family = GaugeMetricFamily("inference_jobs", "Jobs in each state", labels=["status"])
+        for status, count in counts.items():
+            family.add_metric([status], count)
+        yield family
 
 
 def jobs() -> Jobs:

@@ -10,7 +10,8 @@ A job runs in chunks of `jobs.chunk_inputs` inputs through the same code as /pre
 (`predict.predict_each`): its result is what the batch route answers for the same inputs, one
 line per input. Between chunks the consumer writes the counts and reads the record again: a
 cancel takes effect there, keeping what was done. Each chunk is counted in the usage ledger, as
-predictions are, under the job's user and key.
+predictions are, under the job's user and key. A job whose user is disabled or deleted is
+cancelled when the consumer next looks at it: before it starts, and between chunks.
 
 A job interrupted by a crash (its consumer killed) is found `in_progress` when a consumer
 starts (`recover`), its consumer (host and process id, in the record) gone: it is put back on
@@ -44,6 +45,7 @@ from auth import (
     current_principal,
 )
 
+from ..metrics import instruments
 from ..models import ModelRegistry, ModelUnavailable
 from ..predict import sample_count
 from ..settings import JobsSettings
@@ -53,7 +55,7 @@ from .records import ACTIVE, FINISHED, jobs_store, new_record
 
 log = logging.getLogger(__name__)
 
-MAX_PROJECT = 100
+USER_GONE = "its user was disabled or deleted"
 MAX_METADATA_BYTES = 4096
 
 
@@ -263,6 +265,9 @@ class Jobs:
             return
         chunk = self.settings.chunk_inputs
         done = job["completed"] + job["failed"]
+        if not self._user_active(job["user_id"]):
+            self._finish(job_id, "cancelled", error=USER_GONE)
+            return
         written = job["result_bytes"]
         try:
             for start in range(done, len(inputs), chunk):
@@ -275,6 +280,9 @@ class Jobs:
                 self._charge(job, part, results, elapsed)
                 if status == "cancelling":
                     self._finish(job_id, "cancelled")
+                    return
+                if not self._user_active(job["user_id"]):
+                    self._finish(job_id, "cancelled", error=USER_GONE)
                     return
                 if self.stopping.is_set() and start + chunk < len(inputs):
                     self._pause(job_id)
@@ -361,6 +369,17 @@ class Jobs:
 
         return self.store.update(change)
 
+    def _user_active(self, user_id: str) -> bool:
+        """Whether the job's user may still run it (the users as stored now, whoever changed
+        them: the API, the command line, another host)."""
+        storage = self._auth.storage
+        storage.sync()
+        try:
+            user = self._auth.users.get(user_id)
+        finally:
+            storage.end_request()
+        return user is not None and user["is_active"]
+
     def _pause(self, job_id: str) -> None:
         """Put a running job back in the queue's hands: its consumer is stopping (not a crash,
         so not counted as an attempt); the next consumer resumes it (`recover`)."""
@@ -390,6 +409,8 @@ class Jobs:
         self._auth.ledger.flush()
         if job is not UNCHANGED:
             log.info("job %s %s", job_id, status)
+            if job["started_at"] is not None:
+                instruments.JOB_SECONDS.labels(status).observe(now - job["started_at"])
 
     def _charge(
         self, job: dict[str, Any], part: list[Any], results: list[dict[str, Any]], elapsed: float

@@ -10,6 +10,9 @@
   code: from the extension's `error_answered`, sent by its one error handler;
 - `inference_store_write_seconds{store}` (histogram): each change made durable, from the
   storage's `store_written`;
+- `inference_job_seconds{status}` (histogram): each job's run, counted by the consumer as it
+  ends, and `inference_jobs{status}`: the jobs in each state, read from their store at each
+  scrape (`jobs/routes.py`);
 - `inference_model_load_seconds{model}`: the last load of each model (the slowest over live
   workers), from the registry's `model_loaded`.
 
@@ -73,6 +76,12 @@ STORE_WRITE_SECONDS = Histogram(
     "Time to make one change durable (a journal append and fsync, or a Redis commit)",
     ["store"],
     buckets=WRITE_BUCKETS,
+)
+JOB_SECONDS = Histogram(
+    "inference_job_seconds",
+    "Time a job ran, from its start to its end, by how it ended",
+    ["status"],
+    buckets=(1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0),
 )
 MODEL_LOAD_SECONDS = Gauge(
     "inference_model_load_seconds",

@@ -11,16 +11,19 @@ the library's `mark_process_dead`. A marker whose process id is alive again (reu
 worker) waits for that worker's end.
 
 In one process (tests, or an app embedded elsewhere) the library's default registry is read.
+Either way the app's own collectors follow (`app.extensions["metrics"]`: the jobs by state).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from filelock import FileLock
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.registry import Collector
 
 from .directory import DEAD, ENV
 
@@ -28,16 +31,20 @@ ARCHIVED = ("counter", "histogram")  # the kinds of file whose counts outlive th
 LOCK_TIMEOUT = 10.0
 
 
-def text() -> bytes:
-    """Every metric of this server (all its workers) in the Prometheus text format."""
+def text(collectors: Sequence[Collector] = ()) -> bytes:
+    """Every metric of this server (all its workers) in the Prometheus text format, then those
+    of `collectors` (read as the scrape happens: states kept in the stores, say)."""
+    now = CollectorRegistry()
+    for collector in collectors:
+        now.register(collector)
     path = os.environ.get(ENV)
     if not path:
-        return generate_latest(REGISTRY)
+        return generate_latest(REGISTRY) + generate_latest(now)
     with FileLock(str(Path(path, "scrape.lock")), timeout=LOCK_TIMEOUT):
         fold_dead_workers(Path(path))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=path)
-        return generate_latest(registry)
+        return generate_latest(registry) + generate_latest(now)
 
 
 def fold_dead_workers(path: Path) -> list[int]:

@@ -25,8 +25,11 @@ bp = Blueprint("metrics", __name__)
 
 
 def init_app(app: Flask) -> None:
+    """Count and serve /metrics, if enabled; `app.extensions["metrics"]` is then the list of
+    collectors read at each scrape, where other parts of the app add theirs."""
     if app.extensions["settings"].metrics.enabled:
         instruments.init_app(app)
+        app.extensions["metrics"] = []
         app.register_blueprint(bp)
 
 
@@ -45,7 +48,8 @@ def init_app(app: Flask) -> None:
 @exempt
 def metrics():
     _check_reader()
-    return Response(scrape.text(), content_type=CONTENT_TYPE_LATEST)
+    collectors = current_app.extensions["metrics"]
+    return Response(scrape.text(collectors), content_type=CONTENT_TYPE_LATEST)
 
 
 def _check_reader() -> None:
