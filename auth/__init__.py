@@ -37,6 +37,7 @@ from .core import (
     admit_prediction,
     auth_state,
     check_model,
+    check_quota,
     may_call,
     open_state,
 )
@@ -144,6 +145,7 @@ __all__ = [
     "check_email",
     "check_username",
     "check_model",
+    "check_quota",
     "checks_password",
     "counted_at_admission",
     "client_address",

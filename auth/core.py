@@ -73,6 +73,7 @@ from .limits import (
 )
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
+from .quotas import quota_check
 from .slots import Slots
 from .storage import UNCHANGED, Storage, Store, Transaction, open_storage, secure_dir
 from .storage.shapes import epoch, iso
@@ -584,6 +585,15 @@ def check_model(model: str) -> None:
     principal = g.get("principal")
     if principal is not None:
         principal.check_model(model)
+
+
+def check_quota(samples: int) -> None:
+    """429 QUOTA_EXCEEDED unless this request's user's quotas can take `samples` more samples
+    (and a request) now; nothing is counted (a job checks at submission, counts as it runs)."""
+    principal = g.get("principal")
+    if principal is not None:
+        state = auth_state()
+        quota_check(state, principal.user, samples, state.clock())
 
 
 def admit_prediction(model: str, samples: int = 1) -> Admission | None:

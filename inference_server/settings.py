@@ -225,6 +225,9 @@ class JobsSettings:
     result_ttl_hours: float = setting(
         168, min=0.01, help="how long a finished job and its result are kept"
     )
+    max_result_mb: float = setting(
+        1024, min=0.001, help="a job whose result grows beyond this fails (the part done kept)"
+    )
 
 
 @dataclass(frozen=True)

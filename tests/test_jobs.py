@@ -13,10 +13,13 @@ import time
 import pytest
 import requests
 
+from tests import test_faults
 from tests.conftest import Actor, assert_error
 from tests.live import live_server
+from tests.test_faults import _fill, served_on
 
 INPUTS = [[[1, 2, 3]], [[1, 2]], [[4, 5, 6], [7, 8, 9]], [[0, 0, 0]]]
+small_disk = test_faults.small_disk  # a real 4 MB tmpfs, skipped where it cannot be mounted
 
 
 @pytest.fixture
@@ -30,7 +33,7 @@ def actor(app):
 
 
 def submit(actor, headers, **body):
-    response = actor.client.post("/jobs", json={"inputs": INPUTS, **body}, headers=headers)
+    response = actor.client.post("/jobs", json={"inputs": INPUTS} | body, headers=headers)
     assert response.status_code == 202, response.get_data(as_text=True)
     return response.get_json()
 
@@ -294,3 +297,34 @@ def test_a_restart_finishes_a_running_and_a_queued_job_answering_each_input_once
             server.url(f"/jobs/{running}/result?format=jsonl"), headers=headers, timeout=60
         ).text.splitlines()
         assert [json.loads(line)["index"] for line in lines] == list(range(20_000))
+
+
+def test_a_job_beyond_the_quota_is_refused_and_a_result_beyond_its_limit_fails(make_app):
+    quotas = {"tiers": {"t": {"samples_per_day": 50}}, "default_tier": "t"}
+    app = make_app(quotas=quotas, jobs={"chunk_inputs": 10, "max_result_mb": 0.001})
+    actor = Actor(app.test_client())
+    alice = actor.user_headers("alice")
+    too_many = {"inputs": [[[1, 2, 3]]] * 51}
+    error = assert_error(
+        actor.client.post("/jobs", json=too_many, headers=alice), 429, "QUOTA_EXCEEDED"
+    )
+    assert error["details"]["quota"] == "samples_per_day"
+    job = submit(actor, alice, inputs=[[[1, 2, 3]]] * 50)  # about 1.5 KB of answers
+    assert drain(app) == 1
+    failed = actor.client.get(f"/jobs/{job['id']}", headers=alice).get_json()
+    assert failed["status"] == "failed" and "max_result_mb" in failed["error"]
+    result = actor.client.get(f"/jobs/{job['id']}/result", headers=alice).get_json()
+    assert 0 < len(result["results"]) < 50 and result["partial"] is True
+
+
+def test_a_full_disk_refuses_a_job_with_503_and_leaves_nothing_behind(small_disk, make_app):
+    data_dir, app, actor = served_on(small_disk, make_app)
+    alice = actor.user_headers("alice")
+    _fill(data_dir)
+    refused = actor.client.post("/jobs", json={"inputs": INPUTS * 200}, headers=alice)
+    assert_error(refused, 503, "STORAGE_UNAVAILABLE")
+    (data_dir / "filler").unlink()
+    assert actor.client.get("/jobs", headers=alice).get_json()["total"] == 0
+    assert not [p for p in (data_dir / "jobs").iterdir() if p.name.startswith("job_")]
+    assert submit(actor, alice)["status"] == "queued"  # room again: it takes jobs
+    app.extensions["jobs"].huey.storage.close()  # let go of the queue's file, and of the disk

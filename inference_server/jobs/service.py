@@ -40,8 +40,10 @@ from auth import (
     NotFound,
     PayloadTooLarge,
     Storage,
+    StorageUnavailable,
     Store,
     check_model,
+    check_quota,
     current_principal,
 )
 
@@ -56,6 +58,7 @@ from .records import ACTIVE, FINISHED, jobs_store, new_record
 log = logging.getLogger(__name__)
 
 USER_GONE = "its user was disabled or deleted"
+RESULT_TOO_LARGE = "its result grew beyond jobs.max_result_mb; the part answered is kept"
 MAX_METADATA_BYTES = 4096
 
 
@@ -141,6 +144,7 @@ class Jobs:
         name = model or self._registry.default
         check_model(name)
         model_name = self._registry.get(name).name  # 404 naming what exists, 503 if not loaded
+        check_quota(samples)  # a job that cannot fit today's quotas is refused now
         user_id = principal.id if principal is not None else "anonymous"
         active = [job for job in self._of(user_id) if job[1]["status"] in ACTIVE]
         if len(active) >= settings.max_queued_per_user:
@@ -161,7 +165,13 @@ class Jobs:
             metadata=metadata,
             now=int(self._clock()),
         )
-        self.payloads.put_inputs(job_id, inputs)
+        try:
+            self.payloads.put_inputs(job_id, inputs)
+        except OSError as exc:
+            self.payloads.delete(job_id)
+            raise StorageUnavailable(
+                f"the data dir cannot take this job's inputs ({exc.strerror}); try again later"
+            ) from None
         try:
             self.store.update(lambda items: items.__setitem__(job_id, record))
         except Exception:
@@ -275,6 +285,9 @@ class Jobs:
                 results, elapsed = self._predict_each(model, part, job_id)
                 lines = [{"index": start + i, **result} for i, result in enumerate(results)]
                 written = self.payloads.append_result(job_id, written, lines)
+                if written > self.settings.max_result_mb * 1024 * 1024:
+                    self._finish(job_id, "failed", error=RESULT_TOO_LARGE)
+                    return
                 failed = sum(1 for result in results if "error" in result)
                 status = self._counted(job_id, len(part) - failed, failed, written)
                 self._charge(job, part, results, elapsed)
