@@ -817,11 +817,18 @@ def _jobs(config: str | None, *, serving: bool = False) -> Any:
 @jobs.command("worker")
 @config_option
 @click.option("--workers", type=int, help="threads running jobs (default: jobs.workers)")
-def jobs_worker(config, workers) -> None:
+@click.option(
+    "--nice",
+    type=click.IntRange(0, 19),
+    default=0,
+    help="lower this process's CPU priority (the server starts its consumer at 10)",
+)
+def jobs_worker(config, workers, nice) -> None:
     """Run jobs until stopped (Ctrl-C or SIGTERM): what `python run.py` starts beside the
     server; run more of them for more capacity."""
     from .jobs.queue import run_consumer
 
+    os.nice(nice)  # beside a server's workers, predictions first: jobs take the CPU left
     service = _jobs(config, serving=True)
     service.recover()
     run_consumer(

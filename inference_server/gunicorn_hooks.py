@@ -6,6 +6,7 @@ hooks and nothing else. It imports nothing of the app (see `inference_server/__i
 - `when_ready` / `on_exit`: with jobs on (`python run.py` sets `INFERENCE_JOB_CONSUMER`), the
   master starts the job consumer (`python -m inference_server jobs worker`) as a process of its
   own beside the workers, so that a long job never takes a worker's CPU from predictions, and
+  runs it at nice 10 (a prediction's CPU comes first; a job takes what is left) and
   stops it when the server stops (SIGINT: it finishes the chunk it runs, then exits; a job it
   leaves unfinished resumes at the next start);
 - `child_exit`: a worker ended; its metric files are folded at the next scrape
@@ -28,7 +29,7 @@ _consumer: list[subprocess.Popen[bytes]] = []
 
 def when_ready(server: Any) -> None:
     if os.environ.get(CONSUMER) == "1":
-        command = [sys.executable, "-m", "inference_server", "jobs", "worker"]
+        command = [sys.executable, "-m", "inference_server", "jobs", "worker", "--nice", "10"]
         _consumer.append(subprocess.Popen(command))
         server.log.info("started the job consumer (pid %s)", _consumer[-1].pid)
 
