@@ -296,20 +296,37 @@ def predict_each(
 ) -> tuple[list[dict[str, Any]], float]:
     """Each input's answer, `{"predictions": ...}` or its error (the error shape's body,
     naming request `rid`), in order, and the milliseconds the model took: the valid inputs run
-    together (`_run_together`). /predict/batch and jobs run their inputs through this."""
-    results: list[dict[str, Any] | None] = [None] * len(inputs)
-    batches: list[tuple[int, np.ndarray]] = []
+    together (`_run_together`). /predict/batch runs its inputs through this, and jobs through
+    its two halves (`check_each` when submitted, `answer_each` as they run)."""
+    return answer_each(runner, model, check_each(model, inputs, rid), admission)
+
+
+def check_each(model: LoadedModel, inputs: list[Any], rid: str) -> list[np.ndarray | dict]:
+    """Each input as the array `model` takes, or its error (naming `inputs[i]`)."""
+    checked: list[np.ndarray | dict] = []
     for i, data in enumerate(inputs):
         try:
-            batches.append((i, to_batch_in_steps(data, model.input, field=f"inputs[{i}]")))
+            checked.append(to_batch_in_steps(data, model.input, field=f"inputs[{i}]"))
         except ApiError as exc:
-            results[i] = error_body(exc.error_code, exc.description or "", exc.details, rid=rid)
+            checked.append(error_body(exc.error_code, exc.description or "", exc.details, rid=rid))
+    return checked
+
+
+def answer_each(
+    runner: Inference,
+    model: LoadedModel,
+    checked: list[np.ndarray | dict],
+    admission: Admission | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """The answers to inputs `check_each` checked: the errors kept, the arrays predicted."""
+    results: list[dict[str, Any]] = [c if isinstance(c, dict) else {} for c in checked]
+    batches = [(i, c) for i, c in enumerate(checked) if not isinstance(c, dict)]
     elapsed = 0.0
     if batches:
         outputs, elapsed = _run_together(runner, model, [b for _, b in batches], admission)
         for (i, _), out in zip(batches, outputs, strict=True):
             results[i] = {"predictions": out}
-    return results, elapsed  # type: ignore[return-value]
+    return results, elapsed
 
 
 def _run_together(

@@ -105,16 +105,16 @@ def test_a_queued_job_is_cancelled_at_once_and_a_running_one_between_chunks(app,
     assert cancelled["status"] == "cancelled"
     service = app.extensions["jobs"]
     running = submit(actor, alice)
-    real = service._predict_each
+    real = service._answer_each
 
-    def cancel_after_the_first_chunk(model, inputs, rid):
-        answered = real(model, inputs, rid)
-        if rid == running["id"]:  # the client cancels while the job runs
+    def cancel_after_the_first_chunk(model, checked):
+        answered = real(model, checked)
+        if len(answered[0]) == 2:  # the client cancels while the job runs
             response = actor.client.post(f"/jobs/{running['id']}/cancel", headers=alice)
             assert response.get_json()["status"] == "cancelling"
         return answered
 
-    service._predict_each = cancel_after_the_first_chunk
+    service._answer_each = cancel_after_the_first_chunk
     assert drain(app) == 2  # the cancelled job's id comes off the queue and runs nothing
     job = actor.client.get(f"/jobs/{running['id']}", headers=alice).get_json()
     assert job["status"] == "cancelled"
@@ -134,16 +134,16 @@ def test_a_job_interrupted_by_a_crash_resumes_after_its_last_chunk_once(app, act
     alice = actor.user_headers("alice")
     job = submit(actor, alice)
     service = app.extensions["jobs"]
-    real = service._predict_each
+    real = service._answer_each
     calls = []
 
-    def crash_in_the_second_chunk(model, inputs, rid):
-        calls.append(len(inputs))
+    def crash_in_the_second_chunk(model, checked):
+        calls.append(len(checked))
         if len(calls) == 2:
             raise KeyboardInterrupt  # the consumer dies: nothing of this chunk is kept
-        return real(model, inputs, rid)
+        return real(model, checked)
 
-    service._predict_each = crash_in_the_second_chunk
+    service._answer_each = crash_in_the_second_chunk
     drain(app)  # Huey notes the interrupted task; the job's record stays in progress
     state = actor.client.get(f"/jobs/{job['id']}", headers=alice).get_json()
     assert state["status"] == "in_progress"
@@ -155,7 +155,7 @@ def test_a_job_interrupted_by_a_crash_resumes_after_its_last_chunk_once(app, act
     assert calls == [2, 2, 2]
 
     twice = submit(actor, alice)
-    service._predict_each = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
+    service._answer_each = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
     for _ in range(2):
         drain(app)
         service.recover()

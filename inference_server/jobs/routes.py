@@ -34,7 +34,7 @@ from auth import (
 )
 
 from .. import schemas
-from ..predict import predict_each, sample_count
+from ..predict import answer_each, check_each, sample_count
 from .records import STATUSES, public
 from .service import MAX_METADATA_BYTES, Jobs, open_service
 
@@ -58,7 +58,8 @@ def init_app(app: Flask, storage: Storage) -> None:
         storage=storage,
         auth_state=app.extensions["auth"],
         registry=app.extensions["models"],
-        predict_each=lambda model, inputs, rid: predict_each(runner, model, inputs, rid),
+        check_each=lambda model, inputs, rid: runner.threads.run(check_each, model, inputs, rid),
+        answer_each=lambda model, checked: answer_each(runner, model, checked),
     )
     if "metrics" in app.extensions:
         app.extensions["metrics"].append(JobStates(service))

@@ -49,9 +49,8 @@ from auth import (
 
 from ..metrics import instruments
 from ..models import ModelRegistry, ModelUnavailable
-from ..predict import sample_count
 from ..settings import JobsSettings
-from .payloads import Payloads
+from .payloads import Checked, Payloads
 from .queue import open_queue
 from .records import ACTIVE, FINISHED, jobs_store, new_record
 
@@ -80,10 +79,12 @@ def open_service(
     storage: Storage,
     auth_state: Any,
     registry: ModelRegistry | None = None,
-    predict_each: Callable[..., tuple[list[dict[str, Any]], float]] | None = None,
+    check_each: Callable[..., list[Checked]] | None = None,
+    answer_each: Callable[..., tuple[list[dict[str, Any]], float]] | None = None,
 ) -> Jobs:
     """The jobs of the server configured by `settings` (its `Settings`), in `storage`; without
-    a `registry` and `predict_each` it can read, cancel and delete them but not run them."""
+    a `registry`, `check_each` and `answer_each` (`predict.py`: checking inputs when a job is
+    submitted, answering them as it runs) it can read, cancel and delete them."""
     return Jobs(
         settings.jobs,
         store=jobs_store(storage),
@@ -91,7 +92,8 @@ def open_service(
         huey=open_queue(settings.data_dir),
         registry=registry,
         auth_state=auth_state,
-        predict_each=predict_each,
+        check_each=check_each,
+        answer_each=answer_each,
         clock=auth_state.clock,
     )
 
@@ -106,7 +108,8 @@ class Jobs:
         huey: Huey,
         registry: ModelRegistry | None,
         auth_state: Any,
-        predict_each: Callable[..., tuple[list[dict[str, Any]], float]] | None,
+        check_each: Callable[..., list[Checked]] | None = None,
+        answer_each: Callable[..., tuple[list[dict[str, Any]], float]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -115,7 +118,8 @@ class Jobs:
         self.huey = huey
         self._registry = registry
         self._auth = auth_state
-        self._predict_each = predict_each
+        self._check_each = check_each
+        self._answer_each = answer_each
         self._clock = clock
         self.stopping = threading.Event()  # the consumer stops: running jobs pause
         self._task = huey.task(name="run_job")(self.run)
@@ -140,10 +144,11 @@ class Jobs:
                 f"samples; this one has {len(inputs)} and {samples}",
                 details={"max_inputs": settings.max_inputs, "max_samples": settings.max_samples},
             )
-        assert self._registry is not None, "submitting needs the model registry"
+        assert self._registry is not None and self._check_each is not None
         name = model or self._registry.default
         check_model(name)
-        model_name = self._registry.get(name).name  # 404 naming what exists, 503 if not loaded
+        loaded = self._registry.get(name)  # 404 naming what exists, 503 if not loaded
+        model_name = loaded.name
         check_quota(samples)  # a job that cannot fit today's quotas is refused now
         user_id = principal.id if principal is not None else "anonymous"
         active = [job for job in self._of(user_id) if job[1]["status"] in ACTIVE]
@@ -165,8 +170,9 @@ class Jobs:
             metadata=metadata,
             now=int(self._clock()),
         )
+        checked = self._check_each(loaded, inputs, job_id)
         try:
-            self.payloads.put_inputs(job_id, inputs)
+            self.payloads.put_inputs(job_id, checked)
         except OSError as exc:
             self.payloads.delete(job_id)
             raise StorageUnavailable(
@@ -263,7 +269,7 @@ class Jobs:
 
     def run(self, job_id: str) -> None:
         """Run job `job_id` from where it stands (the queue's task)."""
-        assert self._registry is not None and self._predict_each is not None
+        assert self._registry is not None and self._answer_each is not None
         job = self._start(job_id)
         if job is None:
             return
@@ -281,8 +287,8 @@ class Jobs:
         written = job["result_bytes"]
         try:
             for start in range(done, len(inputs), chunk):
-                part = inputs[start : start + chunk]
-                results, elapsed = self._predict_each(model, part, job_id)
+                part = inputs.checked(start, min(start + chunk, len(inputs)))
+                results, elapsed = self._answer_each(model, part)
                 lines = [{"index": start + i, **result} for i, result in enumerate(results)]
                 written = self.payloads.append_result(job_id, written, lines)
                 if written > self.settings.max_result_mb * 1024 * 1024:
@@ -426,17 +432,21 @@ class Jobs:
                 instruments.JOB_SECONDS.labels(status).observe(now - job["started_at"])
 
     def _charge(
-        self, job: dict[str, Any], part: list[Any], results: list[dict[str, Any]], elapsed: float
+        self,
+        job: dict[str, Any],
+        part: list[Checked],
+        results: list[dict[str, Any]],
+        elapsed: float,
     ) -> None:
         """Count a chunk in the usage ledger, as its predictions would be counted."""
         ledger, now = self._auth.ledger, self._clock()
-        for data, result in zip(part, results, strict=True):
+        for checked, result in zip(part, results, strict=True):
             ledger.add(
                 job["user_id"],
                 credential=job["key_id"] or "session",
                 model=job["model"],
                 status=400 if "error" in result else 200,
-                samples=sample_count(data) if "error" not in result else 0,
+                samples=0 if "error" in result else len(checked),
                 inference_ms=elapsed / max(1, len(part)),
                 now=now,
             )
