@@ -301,8 +301,17 @@ def predict_each(
     return answer_each(runner, model, check_each(model, inputs, rid), admission)
 
 
-def check_each(model: LoadedModel, inputs: list[Any], rid: str) -> list[np.ndarray | dict]:
-    """Each input as the array `model` takes, or its error (naming `inputs[i]`)."""
+def check_each(
+    model: LoadedModel, inputs: list[Any], rid: str, *, rows: bool = False
+) -> np.ndarray | list[np.ndarray | dict]:
+    """Each input as the array `model` takes, or its error (naming `inputs[i]`). `rows`:
+    `inputs` is a list of samples, each one input: they are checked together when they can
+    be, and the array of them all is returned (row i is input i)."""
+    if rows:
+        try:
+            return to_batch_in_steps(inputs, model.input, field="data")
+        except ApiError:  # some samples do not fit: find which, each failing alone
+            inputs = [[sample] for sample in inputs]
     checked: list[np.ndarray | dict] = []
     for i, data in enumerate(inputs):
         try:

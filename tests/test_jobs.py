@@ -33,7 +33,8 @@ def actor(app):
 
 
 def submit(actor, headers, **body):
-    response = actor.client.post("/jobs", json={"inputs": INPUTS} | body, headers=headers)
+    sent = {key: value for key, value in ({"inputs": INPUTS} | body).items() if value is not None}
+    response = actor.client.post("/jobs", json=sent, headers=headers)
     assert response.status_code == 202, response.get_data(as_text=True)
     return response.get_json()
 
@@ -328,3 +329,20 @@ def test_a_full_disk_refuses_a_job_with_503_and_leaves_nothing_behind(small_disk
     assert not [p for p in (data_dir / "jobs").iterdir() if p.name.startswith("job_")]
     assert submit(actor, alice)["status"] == "queued"  # room again: it takes jobs
     app.extensions["jobs"].huey.storage.close()  # let go of the queue's file, and of the disk
+
+
+def test_a_job_of_samples_answers_each_and_a_bad_one_fails_alone(app, actor):
+    alice = actor.user_headers("alice")
+    for data, failing in (
+        ([[1, 2, 3], [4, 5, 6], [7, 8, 9]], []),
+        ([[1, 2, 3], [1, 2], [4, 5, 6]], [1]),
+    ):
+        job = submit(actor, alice, inputs=None, data=data)
+        assert job["request_counts"]["total"] == 3
+        drain(app)
+        result = actor.client.get(f"/jobs/{job['id']}/result", headers=alice).get_json()
+        errors = [r["index"] for r in result["results"] if "error" in r]
+        assert errors == failing
+        predicted = actor.predict(alice, data=[data[i] for i in range(3) if i not in failing])
+        answers = [r["predictions"][0] for r in result["results"] if "predictions" in r]
+        assert answers == predicted.get_json()["predictions"]

@@ -71,29 +71,18 @@ class Payloads:
     def _job_dir(self, job_id: str) -> Path:
         return self._dir / job_id
 
-    def put_inputs(self, job_id: str, checked: list[Checked]) -> None:
-        """Store `checked` (see the module docstring); OSError if the disk refuses."""
+    def put_inputs(self, job_id: str, checked: np.ndarray | list[Checked]) -> None:
+        """Store `checked` (see the module docstring; an array: each row one input); OSError
+        if the disk refuses."""
         final = secure_dir(self._dir) / job_id
         where = secure_dir(final.with_name(f"{job_id}.new"))
-        arrays = [(i, c) for i, c in enumerate(checked) if not isinstance(c, dict)]
-        errors = {str(i): c for i, c in enumerate(checked) if isinstance(c, dict)}
         try:
-            _write(
-                where / "errors.json",
-                lambda out: out.write(orjson.dumps({**errors, "count": len(checked)})),
-            )
-            if len({(a.shape[1:], a.dtype) for _, a in arrays}) <= 1:
-                spans = np.full((len(checked), 2), -1, dtype=np.int64)
-                row = 0
-                for i, a in arrays:
-                    spans[i] = (row, row + len(a))
-                    row += len(a)
-                rows = np.concatenate([a for _, a in arrays]) if arrays else np.empty((0,))
-                _write(where / "rows.npy", lambda out: np.save(out, rows))
-                _write(where / "spans.npy", lambda out: np.save(out, spans))
+            if isinstance(checked, np.ndarray):
+                count = len(checked)
+                spans = np.stack([np.arange(count), np.arange(1, count + 1)], axis=1)
+                _save_inputs(where, count, {}, rows=checked, spans=spans)
             else:
-                named = {f"i{i}": a for i, a in arrays}
-                _write(where / "inputs.npz", lambda out: np.savez(out, **named))
+                _save_checked(where, checked)
             os.replace(where, final)
             fsync_dir(self._dir)
         except BaseException:
@@ -135,6 +124,39 @@ class Payloads:
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
         shutil.rmtree(self._dir / f"{job_id}.new", ignore_errors=True)
+
+
+def _save_checked(where: Path, checked: list[Checked]) -> None:
+    arrays = [(i, c) for i, c in enumerate(checked) if not isinstance(c, dict)]
+    errors = {str(i): c for i, c in enumerate(checked) if isinstance(c, dict)}
+    if len({(a.shape[1:], a.dtype) for _, a in arrays}) > 1:
+        _save_inputs(where, len(checked), errors, named={f"i{i}": a for i, a in arrays})
+        return
+    spans = np.full((len(checked), 2), -1, dtype=np.int64)
+    row = 0
+    for i, a in arrays:
+        spans[i] = (row, row + len(a))
+        row += len(a)
+    rows = np.concatenate([a for _, a in arrays]) if arrays else np.empty((0,))
+    _save_inputs(where, len(checked), errors, rows=rows, spans=spans)
+
+
+def _save_inputs(
+    where: Path,
+    count: int,
+    errors: dict[str, Any],
+    *,
+    rows: np.ndarray | None = None,
+    spans: np.ndarray | None = None,
+    named: dict[str, np.ndarray] | None = None,
+) -> None:
+    index = orjson.dumps({**errors, "count": count})
+    _write(where / "errors.json", lambda out: out.write(index))
+    if named is not None:
+        _write(where / "inputs.npz", lambda out: np.savez(out, **named))
+    else:
+        _write(where / "rows.npy", lambda out: np.save(out, rows))
+        _write(where / "spans.npy", lambda out: np.save(out, spans))
 
 
 def _write(path: Path, fill: Any) -> None:

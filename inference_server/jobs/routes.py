@@ -58,7 +58,9 @@ def init_app(app: Flask, storage: Storage) -> None:
         storage=storage,
         auth_state=app.extensions["auth"],
         registry=app.extensions["models"],
-        check_each=lambda model, inputs, rid: runner.threads.run(check_each, model, inputs, rid),
+        check_each=lambda model, inputs, rid, rows: runner.threads.run(
+            check_each, model, inputs, rid, rows=rows
+        ),
         answer_each=lambda model, checked: answer_each(runner, model, checked),
     )
     if "metrics" in app.extensions:
@@ -100,30 +102,42 @@ def _principal() -> Any:
 @require_auth(scopes=["predict"])
 def submit():
     body = json_body()
+    rows = "data" in body
     inputs = _inputs(body)
-    for i, data in enumerate(inputs):
-        if not isinstance(data, list) or not data:
-            raise ValidationError(
-                f"inputs[{i}] must be a non-empty list of samples", details={"field": "inputs"}
-            )
-    metadata = body.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict) or len(orjson.dumps(metadata)) > MAX_METADATA_BYTES
-    ):
-        raise ValidationError(
-            f"'metadata' must be an object of at most {MAX_METADATA_BYTES} bytes of JSON",
-            details={"field": "metadata"},
-        )
+    if not rows:
+        for i, data in enumerate(inputs):
+            if not isinstance(data, list) or not data:
+                raise ValidationError(
+                    f"inputs[{i}] must be a non-empty list of samples",
+                    details={"field": "inputs"},
+                )
+    metadata = _metadata(body.get("metadata"))
     model = text(body, "model", required=False, max_len=100)
     job_id, job = jobs().submit(
         _principal(),
         model=model,
         inputs=inputs,
-        samples=sum(sample_count(data) for data in inputs),
+        samples=len(inputs) if rows else sum(sample_count(data) for data in inputs),
         project=text(body, "project", required=False, max_len=100),
         metadata=metadata,
+        rows=rows,
     )
     return jsonify(public(job_id, job)), 202
+
+
+def _metadata(value: Any) -> dict[str, Any] | None:
+    try:
+        small = value is None or (
+            isinstance(value, dict) and len(orjson.dumps(value)) <= MAX_METADATA_BYTES
+        )
+    except orjson.JSONEncodeError:  # text with a lone surrogate
+        small = False
+    if not small:
+        raise ValidationError(
+            f"'metadata' must be an object of at most {MAX_METADATA_BYTES} bytes of JSON text",
+            details={"field": "metadata"},
+        )
+    return value
 
 
 def _inputs(body: dict[str, Any]) -> list[Any]:
@@ -133,7 +147,7 @@ def _inputs(body: dict[str, Any]) -> list[Any]:
         data = body["data"]
         if not isinstance(data, list) or not data:
             raise ValidationError("'data' must be a non-empty list", details={"field": "data"})
-        return [[sample] for sample in data]
+        return data
     inputs = body["inputs"]
     if not isinstance(inputs, list) or not inputs:
         raise ValidationError("'inputs' must be a non-empty list", details={"field": "inputs"})

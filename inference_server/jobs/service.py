@@ -136,7 +136,9 @@ class Jobs:
         samples: int,
         project: str | None,
         metadata: dict[str, Any] | None,
+        rows: bool = False,
     ) -> tuple[str, dict[str, Any]]:
+        """Submit a job of `inputs` (`rows`: a list of samples, each one input)."""
         settings = self.settings
         if len(inputs) > settings.max_inputs or samples > settings.max_samples:
             raise PayloadTooLarge(
@@ -170,7 +172,7 @@ class Jobs:
             metadata=metadata,
             now=int(self._clock()),
         )
-        checked = self._check_each(loaded, inputs, job_id)
+        checked = self._check_each(loaded, inputs, job_id, rows=rows)
         try:
             self.payloads.put_inputs(job_id, checked)
         except OSError as exc:
