@@ -180,7 +180,9 @@ def _encode(model: LoadedModel, elapsed_ms: float, **fields: Any) -> bytes:
     ).encode()
 
 
-def _body() -> dict[str, Any]:
+def request_body() -> dict[str, Any]:
+    """The request's JSON object (only the fields its view declares); a large one is parsed
+    on an inference thread, in steps (`json_steps`): predictions and jobs read theirs so."""
     raw, depth = json_bytes(), max_json_depth()
     if len(raw) <= PARSE_INLINE_BYTES:
         return refuse_unknown_fields(parse_json_object(raw, max_depth=depth))
@@ -208,7 +210,7 @@ def _respond(payload: bytes) -> Response:
 
 def _predict(path_model: str | None):
     runner = inference()
-    model, data, admission = runner.prepare(_body(), path_model)
+    model, data, admission = runner.prepare(request_body(), path_model)
     return _respond(runner.run(model, runner.payload, model, data, admission))
 
 
@@ -248,7 +250,7 @@ def predict_with(model_name: str):
 @require_auth(scopes=["predict"])
 @counted_at_admission
 def predict_batch():
-    body = _body()
+    body = request_body()
     inputs = body.get("inputs")
     limit = registry().max_batch_size
     if not isinstance(inputs, list) or not inputs:
@@ -268,6 +270,12 @@ def predict_batch():
     return _respond(
         runner.run(model, _batch_payload, runner, model, inputs, request_id(), admission)
     )
+
+
+def off_the_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on an inference thread with the garbage collector paused (large documents
+    and arrays: see `json_steps.collector_paused`)."""
+    return inference().threads.run(_collector_paused, fn, *args)
 
 
 def _collector_paused(fn: Callable[..., T], *args: Any) -> T:

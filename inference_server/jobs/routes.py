@@ -6,6 +6,7 @@ as one that does not exist; admins (role and scope `admin`) see everyone's, `?us
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -27,14 +28,13 @@ from auth import (
     ValidationError,
     current_principal,
     doc,
-    json_body,
     query_int,
     require_auth,
     text,
 )
 
 from .. import schemas
-from ..predict import answer_each, check_each, sample_count
+from ..predict import answer_each, check_each, off_the_loop, request_body, sample_count
 from .records import STATUSES, public
 from .service import MAX_METADATA_BYTES, Jobs, open_service
 
@@ -58,8 +58,8 @@ def init_app(app: Flask, storage: Storage) -> None:
         storage=storage,
         auth_state=app.extensions["auth"],
         registry=app.extensions["models"],
-        check_each=lambda model, inputs, rid, rows: runner.threads.run(
-            check_each, model, inputs, rid, rows=rows
+        check_each=lambda model, inputs, rid, rows: off_the_loop(
+            functools.partial(check_each, rows=rows), model, inputs, rid
         ),
         answer_each=lambda model, checked: answer_each(runner, model, checked),
     )
@@ -101,7 +101,7 @@ def _principal() -> Any:
 )
 @require_auth(scopes=["predict"])
 def submit():
-    body = json_body()
+    body = request_body()
     rows = "data" in body
     inputs = _inputs(body)
     if not rows:
