@@ -82,7 +82,7 @@ from .inputs import (
 from .ledger import GROUPS as USAGE_GROUPS
 from .ledger import usage_range
 from .limits import LimiterConfigError, client_address
-from .offload import ThreadOffload
+from .offload import ThreadOffload, idle_priority
 from .openapi import describe, doc
 from .schemas import answer, body
 from .signals import error_answered, store_written
@@ -158,6 +158,7 @@ __all__ = [
     "error_code",
     "exempt",
     "fsync_dir",
+    "idle_priority",
     "init_error_handlers",
     "json_body",
     "json_bytes",

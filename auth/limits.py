@@ -39,11 +39,8 @@ anything in that header, but it cannot forge what our own proxy appended.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -66,7 +63,7 @@ from .background import run_every
 from .config import RateLimitSettings, limit_storage
 from .counting import hit_and_window
 from .errors import ApiError, Code, StorageBusy, render_error
-from .offload import ThreadOffload
+from .offload import ThreadOffload, idle_priority
 from .slots import Slots
 from .users import fold_name
 
@@ -576,7 +573,7 @@ class PasswordGate:
     def __init__(self, lock_dir: Path, slots: int) -> None:
         self._slots = Slots(lock_dir)
         self._count = slots
-        self._threads = ThreadOffload(slots, on_thread=_lower_priority)
+        self._threads = ThreadOffload(slots, on_thread=idle_priority)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` in a free slot, off the event loop; 429 if every slot is busy."""
@@ -590,11 +587,3 @@ class PasswordGate:
             "too many password checks are running right now; retry in a moment",
             headers={"Retry-After": "1"},
         )
-
-
-def _lower_priority() -> None:
-    """Move this hashing thread to the idle scheduling class (Linux, where a thread id names
-    just that thread): any ordinary runnable task preempts it at once."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))

@@ -17,12 +17,23 @@ A pool belongs to one process: it is made on first use after any fork.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def idle_priority() -> None:
+    """Move the calling thread to the idle scheduling class (Linux, where a thread id names
+    just that thread): any ordinary runnable task preempts it at once. An `on_thread` for
+    pools whose work may wait while requests are served (password hashes, job submissions)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
 
 
 class ThreadOffload:

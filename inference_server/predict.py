@@ -95,7 +95,7 @@ class Inference:
         (large documents: see `json_steps.collector_paused`)."""
         if self.inline(model, request.content_length or 0):
             return fn(*args)
-        return self.threads.run(_collector_paused, fn, *args)
+        return self.threads.run(collector_paused, fn, *args)
 
     def choose(self, name: str | None, samples: int) -> tuple[LoadedModel, Admission | None]:
         """The model a prediction of `samples` samples asks for (None: the default), once the
@@ -180,13 +180,15 @@ def _encode(model: LoadedModel, elapsed_ms: float, **fields: Any) -> bytes:
     ).encode()
 
 
-def request_body() -> dict[str, Any]:
+def request_body(threads: ThreadOffload | None = None) -> dict[str, Any]:
     """The request's JSON object (only the fields its view declares); a large one is parsed
-    on an inference thread, in steps (`json_steps`): predictions and jobs read theirs so."""
+    on a thread of `threads` (default: the inference threads), in steps (`json_steps`):
+    predictions and jobs read theirs so."""
     raw, depth = json_bytes(), max_json_depth()
     if len(raw) <= PARSE_INLINE_BYTES:
         return refuse_unknown_fields(parse_json_object(raw, max_depth=depth))
-    return refuse_unknown_fields(inference().threads.run(_parse_large, raw, depth))
+    pool = threads or inference().threads
+    return refuse_unknown_fields(pool.run(_parse_large, raw, depth))
 
 
 def _parse_large(raw: bytes, max_depth: int) -> dict[str, Any]:
@@ -272,13 +274,9 @@ def predict_batch():
     )
 
 
-def off_the_loop(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` on an inference thread with the garbage collector paused (large documents
-    and arrays: see `json_steps.collector_paused`)."""
-    return inference().threads.run(_collector_paused, fn, *args)
-
-
-def _collector_paused(fn: Callable[..., T], *args: Any) -> T:
+def collector_paused(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` with the garbage collector paused (large documents and arrays: see
+    `json_steps.collector_paused`)."""
     with json_steps.collector_paused():
         return fn(*args)
 

@@ -25,16 +25,24 @@ from prometheus_client.core import GaugeMetricFamily
 
 from auth import (
     Storage,
+    ThreadOffload,
     ValidationError,
     current_principal,
     doc,
+    idle_priority,
     query_int,
     require_auth,
     text,
 )
 
 from .. import schemas
-from ..predict import answer_each, check_each, off_the_loop, request_body, sample_count
+from ..predict import (
+    answer_each,
+    check_each,
+    collector_paused,
+    request_body,
+    sample_count,
+)
 from .records import STATUSES, public
 from .service import MAX_METADATA_BYTES, Jobs, open_service
 
@@ -53,13 +61,15 @@ def init_app(app: Flask, storage: Storage) -> None:
         log.warning("jobs are off: in this release they run on the JSON backend only")
         return
     runner = app.extensions["inference"]
+    # A submission's parsing and checking wait while predictions are served (idle priority).
+    submissions = app.extensions["job_submissions"] = ThreadOffload(1, on_thread=idle_priority)
     service = app.extensions["jobs"] = open_service(
         settings,
         storage=storage,
         auth_state=app.extensions["auth"],
         registry=app.extensions["models"],
-        check_each=lambda model, inputs, rid, rows: off_the_loop(
-            functools.partial(check_each, rows=rows), model, inputs, rid
+        check_each=lambda model, inputs, rid, rows: submissions.run(
+            collector_paused, functools.partial(check_each, rows=rows), model, inputs, rid
         ),
         answer_each=lambda model, checked: answer_each(runner, model, checked),
     )
@@ -101,7 +111,7 @@ def _principal() -> Any:
 )
 @require_auth(scopes=["predict"])
 def submit():
-    body = request_body()
+    body = request_body(current_app.extensions["job_submissions"])
     rows = "data" in body
     inputs = _inputs(body)
     if not rows:
