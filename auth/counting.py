@@ -3,15 +3,15 @@
 The budget's answer needs both whether the request may go on and the window (remaining, reset)
 for its X-RateLimit-* headers. The `limits` strategies give them in two calls, which against
 Redis are two round trips per request. For the default strategy (sliding window counter) on
-Redis, Lua scripts here take the same keys and do what limits' own acquire script does
-(shifting an expired window, then counting the hit only if it fits: `WINDOW_FUNCTIONS`) and
-return the window after it; the headers are then computed as
+Redis, one Lua script here (`ADMIT`) takes the same keys and does what limits' own acquire
+script does (shifting an expired window, then counting the hit only if it fits:
+`WINDOW_FUNCTIONS`) and returns the window after it; the headers are then computed as
 `SlidingWindowCounterRateLimiter.get_window_stats` computes them. Every other strategy and
 storage (memory, where a call costs no round trip) is asked twice, through the strategy.
 
-- `SLIDING_HIT`: one budget window (every route but predictions);
-- `ADMIT`: a prediction (`admission.py`): every window of its budgets, its user's quota counters
-  and its key's slot, all or nothing, in the same one call.
+The same script counts a route's one budget window (`hit_and_window`) and a prediction
+(`admission.py`): every window of its budgets, its user's quota counters and its key's slot,
+all or nothing, in the same one call.
 """
 
 from __future__ import annotations
@@ -55,26 +55,8 @@ local function count(w, cost)
 end
 """
 
-# KEYS: the previous and the current window; ARGV: limit, expiry (s), cost.
-# Answers {counted (0/1), previous count, previous ttl ms, current count, current ttl ms}.
-SLIDING_HIT = (
-    WINDOW_FUNCTIONS
-    + """
-local w = {previous = KEYS[1], current = KEYS[2], limit = tonumber(ARGV[1]),
-    expiry = tonumber(ARGV[2]) * 1000}
-local cost = tonumber(ARGV[3])
-shift(w)
-if not fits(w, cost) then
-    local pc, pt, cc, ct = window(w)
-    return {0, pc, pt, cc, ct}
-end
-count(w, cost)
-local pc, pt, cc, ct = window(w)
-return {1, pc, pt, cc, ct}
-"""
-)
-
-# A prediction let in, all or nothing: every budget window, the user's quotas, a key's slot.
+# A request let in, all or nothing: every budget window and, for a prediction, the user's
+# quotas and a key's slot.
 # KEYS: two per window; then, with quotas, the user's day and month counters (hashes of
 # requests and samples); then, with a slot limit, the key's slots (a sorted set of leases).
 # ARGV: windows, quotas (0/1), slots (most in flight; 0: none); per window its limit and expiry
@@ -171,7 +153,8 @@ def hit_and_window(
     after it (StorageError when the storage cannot be reached)."""
     storage = strategy.storage
     if isinstance(strategy, SlidingWindowCounterRateLimiter) and isinstance(storage, RedisStorage):
-        return _sliding_on_redis(storage, item, item.key_for(*identifiers))
+        verdict = admit_on_redis(storage, [(item, identifiers)])  # one window: one hash slot
+        return verdict.verdict == ADMITTED, verdict.windows[0]
     counted = strategy.hit(item, *identifiers)
     return counted, strategy.get_window_stats(item, *identifiers)
 
@@ -198,19 +181,6 @@ def _script(storage: RedisStorage, name: str, source: str) -> Any:
 def _window_keys(storage: RedisStorage, item: RateLimitItem, key: str) -> list[str]:
     current = storage.prefixed_key(f"{{{key}}}")
     return [f"{current}/-1", current]
-
-
-def _sliding_on_redis(
-    storage: RedisStorage, item: RateLimitItem, key: str
-) -> tuple[bool, WindowStats]:
-    script = _script(storage, "_budget_hit", SLIDING_HIT)
-    try:
-        counted, pc, pt, cc, ct = script(
-            _window_keys(storage, item, key), [item.amount, item.get_expiry(), 1]
-        )
-    except storage.base_exceptions as exc:
-        raise StorageError(exc) from exc
-    return bool(counted), _sliding_stats(item, int(pc), pt / 1000, int(cc), ct / 1000)
 
 
 @dataclass(frozen=True, slots=True)
