@@ -38,7 +38,7 @@ from limits.errors import StorageError
 from . import counting
 from .errors import Code
 from .ledger import Used
-from .limits import RateLimited, RequestBudget, least_left, storage_down
+from .limits import PREFIX, RateLimited, RequestBudget, least_left, storage_down
 from .quotas import QUOTAS, Window, limits_of, quota_check
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class RedisAdmissions:
         most = _most_in_flight(principal)
         slot = None
         if most:
-            key = self._storage.prefixed_key(f"inference-server/slots/{principal.key['id']}")
+            key = self._storage.prefixed_key(f"{PREFIX}/slots/{principal.key['id']}")
             slot = counting.SlotAsk(key, most, secrets.token_hex(8), SLOT_LEASE_SECONDS * 1000)
         try:
             verdict = counting.admit_on_redis(
@@ -155,8 +155,10 @@ class RedisAdmissions:
         ledger = self._state.ledger.used(user["id"], now)
         keys = _quota_keys(self._storage, user["id"], Window.at(now))
         try:
-            connection = self._storage.get_connection()
-            day, month = (connection.hmget(key, "requests", "samples") for key in keys)
+            with self._storage.get_connection().pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(key, "requests", "samples")
+                day, month = pipe.execute()  # one round trip
         except self._storage.base_exceptions:
             return ledger  # the counters cannot be read: the ledger's are the next best
         day_requests, day_samples = _counts(day, ledger.requests_per_day, ledger.samples_per_day)
@@ -208,8 +210,8 @@ def _most_in_flight(principal: Any) -> int | None:
 
 def _quota_keys(storage: Any, user_id: str, window: Window) -> tuple[str, str]:
     return (
-        storage.prefixed_key(f"inference-server/quota/{user_id}/{window.day}"),
-        storage.prefixed_key(f"inference-server/quota/{user_id}/{window.month}"),
+        storage.prefixed_key(f"{PREFIX}/quota/{user_id}/{window.day}"),
+        storage.prefixed_key(f"{PREFIX}/quota/{user_id}/{window.month}"),
     )
 
 

@@ -187,6 +187,12 @@ class Principal:
         """True if the credential presented carries `scope` (never just the user's role)."""
         return scope in self.scopes
 
+    @property
+    def acts_as_admin(self) -> bool:
+        """An admin presenting a credential with the `admin` scope: what the admin routes
+        need, and what lets a caller see everyone's records elsewhere."""
+        return self.is_admin and self.holds("admin")
+
 
 def _trim_heap() -> None:
     # Reading a snapshot of tens of megabytes leaves that much free in glibc's heap, counted in

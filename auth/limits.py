@@ -326,10 +326,9 @@ class RequestBudget:
         """Count one request of `principal` (None: of client `address`) in its user's budget
         and its key's, and return the X-RateLimit-* headers of the one with less left; 429
         (naming which) once either is spent."""
-        windows, stats = self.windows(principal, address), []
+        windows, stats, strategy = self.windows(principal, address), [], self.limiter.limiter
         try:
             for window in windows:
-                strategy = self.limiter.limiter
                 counted, stat = hit_and_window(strategy, window.item, *window.identifiers)
                 if not counted:
                     raise window.refused(stat)

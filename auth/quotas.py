@@ -111,7 +111,7 @@ def _quotas(
     state: Any, user: dict[str, Any], now: float, used: Any = None
 ) -> Iterator[dict[str, Any]]:
     """Each quota that holds for `user` at `now`: its limit, what is used (`used`, default
-    read from the ledger) and when it resets."""
+    as `state.quota_used` reads it) and when it resets."""
     limits = limits_of(user, state.quotas.tiers, state.quotas.default_tier)
     if not limits:
         return
@@ -157,33 +157,34 @@ def quota_check(
     state: Any, user: dict[str, Any], samples: int, now: float, used: Any = None
 ) -> list[tuple[str, str]]:
     """The IETF `RateLimit-Policy` and `RateLimit` fields of a prediction of `samples` samples
-    by `user` at `now`, counting it; 429 QUOTA_EXCEEDED if a quota cannot take it (with
-    `Retry-After` at the reset, and the fields of that quota). `used`: the counts before this
-    request (default: as `state.quota_used` reads them)."""
+    by `user` at `now`, as they stand once it is counted (nothing is counted here); 429
+    QUOTA_EXCEEDED if a quota cannot take it (with `Retry-After` at the reset, and the fields of
+    that quota). `used`: the counts before this request (default: as `state.quota_used` reads
+    them)."""
     policies, states = [], []
     for q in _quotas(state, user, now, used):
-        name, limit, used = q["quota"], q["limit"], q["used"]
+        name, limit, spent = q["quota"], q["limit"], q["used"]
         cost = samples if name.startswith("samples") else 1
         until = max(1, q["resets"] - int(now))
         policy = f'"{name}";q={limit};w={q["width"]}'
-        if used + cost > limit:
+        if spent + cost > limit:
             raise QuotaExceeded(
-                f"the {name} quota of {limit} is spent ({used} used, this request needs "
+                f"the {name} quota of {limit} is spent ({spent} used, this request needs "
                 f"{cost}); it resets at {iso(q['resets'])}",
                 headers={
                     "Retry-After": str(until),
                     "RateLimit-Policy": policy,
-                    "RateLimit": f'"{name}";r={max(0, limit - used)};t={until}',
+                    "RateLimit": f'"{name}";r={max(0, limit - spent)};t={until}',
                 },
                 details={
                     "quota": name,
                     "limit": limit,
-                    "used": used,
+                    "used": spent,
                     "resets_at": iso(q["resets"]),
                 },
             )
         policies.append(policy)
-        states.append(f'"{name}";r={limit - used - cost};t={until}')
+        states.append(f'"{name}";r={limit - spent - cost};t={until}')
     if not policies:
         return []
     return [("RateLimit-Policy", ", ".join(policies)), ("RateLimit", ", ".join(states))]

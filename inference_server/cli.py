@@ -797,7 +797,7 @@ def _jobs(config: str | None, *, serving: bool = False) -> Any:
     """The jobs of the configured server; `serving`: with its models loaded, to run them (and
     this process's log lines in the server's format)."""
     from .app import create_app, open_app_storage, open_auth_state
-    from .jobs.service import open_service
+    from .jobs.service import Jobs
 
     settings = _load(config)
     if serving:
@@ -809,7 +809,7 @@ def _jobs(config: str | None, *, serving: bool = False) -> Any:
             return create_app(settings).extensions["jobs"]
         storage = open_app_storage(settings)
         state = open_auth_state(settings, storage=storage)
-        return open_service(settings, storage=storage, auth_state=state)
+        return Jobs(settings, storage=storage, auth_state=state)
     except StoreCorrupt as exc:
         raise click.ClickException(f"{exc}; fix or restore it first") from None
 

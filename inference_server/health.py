@@ -72,7 +72,7 @@ def _caller_is_admin() -> bool:
         principal = state.authenticate()
     except ApiError:
         return False
-    return principal is not None and principal.is_admin and principal.holds("admin")
+    return principal is not None and principal.acts_as_admin
 
 
 def _rate_limit_problems() -> list[str]:

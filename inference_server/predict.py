@@ -98,14 +98,10 @@ class Inference:
         return self.threads.run(collector_paused, fn, *args)
 
     def choose(self, name: str | None, samples: int) -> tuple[LoadedModel, Admission | None]:
-        """The model a prediction of `samples` samples asks for (None: the default), once the
-        credential may call it, and its admission (`admit_prediction`: quotas, concurrency,
-        usage): the one place every prediction route picks its model. A model the credential
-        may not call is refused before it is looked up, so the answer does not tell whether it
-        exists."""
-        name = name or self.registry.default
-        check_model(name)
-        model = self.registry.get(name, listed=may_call)
+        """The model a prediction of `samples` samples asks for (None: the default; see
+        `model_for`) and its admission (`admit_prediction`: quotas, concurrency, usage): the
+        one place every prediction route picks its model."""
+        model = model_for(self.registry, name)
         return model, admit_prediction(model.name, samples)
 
     def prepare(
@@ -149,6 +145,16 @@ def inference() -> Inference:
 
 def registry() -> ModelRegistry:
     return current_app.extensions["models"]
+
+
+def model_for(models: ModelRegistry, name: str | None) -> LoadedModel:
+    """The model `name` names (None: the default), once this request's credential may call
+    it: a model it may not call is refused before it is looked up, so the answer does not tell
+    whether it exists, and a 404 lists only the models it may call. Predictions and jobs
+    choose their model here."""
+    name = name or models.default
+    check_model(name)
+    return models.get(name, listed=may_call)
 
 
 def sample_count(data: Any) -> int:

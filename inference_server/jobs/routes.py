@@ -44,7 +44,7 @@ from ..predict import (
     sample_count,
 )
 from .records import STATUSES, public
-from .service import MAX_METADATA_BYTES, Jobs, open_service
+from .service import MAX_METADATA_BYTES, Jobs
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
@@ -63,7 +63,7 @@ def init_app(app: Flask, storage: Storage) -> None:
     runner = app.extensions["inference"]
     # A submission's parsing and checking wait while predictions are served (idle priority).
     submissions = app.extensions["job_submissions"] = ThreadOffload(1, on_thread=idle_priority)
-    service = app.extensions["jobs"] = open_service(
+    service = app.extensions["jobs"] = Jobs(
         settings,
         storage=storage,
         auth_state=app.extensions["auth"],

@@ -26,12 +26,12 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 from flask import has_request_context
-from huey import Huey, crontab
+from huey import crontab
 
 from auth import (
     UNCHANGED,
@@ -41,15 +41,14 @@ from auth import (
     PayloadTooLarge,
     Storage,
     StorageUnavailable,
-    Store,
-    check_model,
     check_quota,
     current_principal,
 )
 
 from ..metrics import instruments
 from ..models import ModelRegistry, ModelUnavailable
-from ..settings import JobsSettings
+from ..predict import model_for
+from ..settings import Settings
 from .payloads import Checked, Payloads
 from .queue import open_queue
 from .records import ACTIVE, FINISHED, jobs_store, new_record
@@ -73,57 +72,33 @@ class QueueUnavailable(ApiError):
     code, error_code = 503, Code.SERVICE_UNAVAILABLE
 
 
-def open_service(
-    settings: Any,
-    *,
-    storage: Storage,
-    auth_state: Any,
-    registry: ModelRegistry | None = None,
-    check_each: Callable[..., list[Checked]] | None = None,
-    answer_each: Callable[..., tuple[list[dict[str, Any]], float]] | None = None,
-) -> Jobs:
-    """The jobs of the server configured by `settings` (its `Settings`), in `storage`; without
-    a `registry`, `check_each` and `answer_each` (`predict.py`: checking inputs when a job is
-    submitted, answering them as it runs) it can read, cancel and delete them."""
-    return Jobs(
-        settings.jobs,
-        store=jobs_store(storage),
-        payloads=Payloads(settings.data_dir / "jobs"),
-        huey=open_queue(settings.data_dir),
-        registry=registry,
-        auth_state=auth_state,
-        check_each=check_each,
-        answer_each=answer_each,
-        clock=auth_state.clock,
-    )
-
-
 class Jobs:
     def __init__(
         self,
-        settings: JobsSettings,
+        settings: Settings,
         *,
-        store: Store,
-        payloads: Payloads,
-        huey: Huey,
-        registry: ModelRegistry | None,
+        storage: Storage,
         auth_state: Any,
-        check_each: Callable[..., list[Checked]] | None = None,
+        registry: ModelRegistry | None = None,
+        check_each: Callable[..., np.ndarray | list[Checked]] | None = None,
         answer_each: Callable[..., tuple[list[dict[str, Any]], float]] | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
-        self.store = store
-        self.payloads = payloads
-        self.huey = huey
+        """The jobs of the server configured by `settings`, their records in `storage`;
+        without a `registry`, `check_each` and `answer_each` (`predict.py`: checking inputs
+        when a job is submitted, answering them as it runs) it reads, cancels and deletes them
+        but neither takes nor runs any."""
+        self.settings = settings.jobs
+        self.store = jobs_store(storage)
+        self.payloads = Payloads(settings.data_dir / "jobs")
+        self.huey = open_queue(settings.data_dir)
         self._registry = registry
         self._auth = auth_state
         self._check_each = check_each
         self._answer_each = answer_each
-        self._clock = clock
+        self._clock = auth_state.clock
         self.stopping = threading.Event()  # the consumer stops: running jobs pause
-        self._task = huey.task(name="run_job")(self.run)
-        huey.periodic_task(crontab(minute="*/10"), name="sweep_jobs")(self.sweep)
+        self._task = self.huey.task(name="run_job")(self.run)
+        self.huey.periodic_task(crontab(minute="*/10"), name="sweep_jobs")(self.sweep)
 
     # -- the API's side ------------------------------------------------------------------------
 
@@ -147,9 +122,7 @@ class Jobs:
                 details={"max_inputs": settings.max_inputs, "max_samples": settings.max_samples},
             )
         assert self._registry is not None and self._check_each is not None
-        name = model or self._registry.default
-        check_model(name)
-        loaded = self._registry.get(name)  # 404 naming what exists, 503 if not loaded
+        loaded = model_for(self._registry, model)  # 403, 404 or 503 as a prediction gets
         model_name = loaded.name
         check_quota(samples)  # a job that cannot fit today's quotas is refused now
         user_id = principal.id if principal is not None else "anonymous"
@@ -213,7 +186,7 @@ class Jobs:
         project: str | None,
     ) -> list[tuple[str, dict[str, Any]]]:
         """The jobs `principal` may see (an admin: everyone's, or `user`'s), newest first."""
-        if principal is None or (principal.is_admin and principal.holds("admin")):
+        if principal is None or principal.acts_as_admin:
             found = self._of(user) if user else list(self.store.records())
         else:
             found = self._of(principal.id)
@@ -341,13 +314,14 @@ class Jobs:
             for job_id, job in self.store.records()
             if job["status"] in FINISHED and (job["finished_at"] or 0) < horizon
         ]
+        if old:
+            self.store.update(lambda items: [items.pop(job_id, None) for job_id in old])
         for job_id in old:
-            self.store.update(lambda items, job_id=job_id: items.pop(job_id, None))
             self.payloads.delete(job_id)
         return old
 
     def drain(self) -> int:
-        """Run every job on the queue in this process (tests, and a one-off `jobs run`)."""
+        """Run every job on the queue in this process, as a consumer would (tests)."""
         ran = 0
         while (task := self.huey.dequeue()) is not None:
             self.huey.execute(task)
@@ -484,7 +458,7 @@ def _running_here(runner: str | None) -> bool:
 def _may_see(principal: Any, job: dict[str, Any]) -> bool:
     if principal is None:
         return True  # authentication disabled: every route is open
-    return job["user_id"] == principal.id or (principal.is_admin and principal.holds("admin"))
+    return job["user_id"] == principal.id or principal.acts_as_admin
 
 
 def _in_request() -> bool:

@@ -67,5 +67,5 @@ def _check_reader() -> None:
         raise AuthenticationError(
             "credentials required: a credential with the admin scope, or metrics.token"
         )
-    if not (principal.is_admin and principal.holds("admin")):
+    if not principal.acts_as_admin:
         raise PermissionDenied("reading /metrics needs the admin scope (or metrics.token)")
