@@ -20,6 +20,14 @@ from tests.test_faults import _fill, served_on
 
 INPUTS = [[[1, 2, 3]], [[1, 2]], [[4, 5, 6], [7, 8, 9]], [[0, 0, 0]]]
 small_disk = test_faults.small_disk  # a real 4 MB tmpfs, skipped where it cannot be mounted
+# The live tests poll a job as fast as they can: the admin's budget must not run out first.
+POLLING = {"INFERENCE_RATE_LIMITS__ROLES": "{admin: 100000000/minute}"}
+
+
+def poll(server, job_id: str, headers: dict[str, str]) -> dict:
+    answer = requests.get(server.url(f"/jobs/{job_id}"), headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 @pytest.fixture
@@ -216,7 +224,7 @@ def test_the_cli_lists_shows_and_cancels_jobs_and_the_audit_log_has_them(app, ac
 
 @pytest.mark.slow
 def test_the_server_runs_jobs_with_no_other_command(tmp_path):
-    with live_server(tmp_path / "data", workers=2) as server:
+    with live_server(tmp_path / "data", workers=2, env=POLLING) as server:
         headers = server.admin_credentials()["api-key"]
         submitted = requests.post(
             server.url("/jobs"), json={"inputs": [[[1, 2, 3]]] * 500}, headers=headers, timeout=30
@@ -225,7 +233,7 @@ def test_the_server_runs_jobs_with_no_other_command(tmp_path):
         job_id = submitted.json()["id"]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the consumer process runs it
-            job = requests.get(server.url(f"/jobs/{job_id}"), headers=headers, timeout=30).json()
+            job = poll(server, job_id, headers)
             if job["status"] == "completed":
                 break
         assert job["request_counts"] == {"total": 500, "completed": 500, "failed": 0}
@@ -264,7 +272,7 @@ def test_a_disabled_users_jobs_are_cancelled_and_metrics_count_jobs(app, actor):
 @pytest.mark.slow
 def test_a_restart_finishes_a_running_and_a_queued_job_answering_each_input_once(tmp_path):
     data_dir = tmp_path / "data"
-    env = {"INFERENCE_JOBS__CHUNK_INPUTS": "20"}
+    env = {"INFERENCE_JOBS__CHUNK_INPUTS": "20", **POLLING}
     inputs = [[[float(i), 2.0, 3.0]] for i in range(20_000)]
     with live_server(data_dir, workers=1, env=env) as server:
         headers = server.admin_credentials()["api-key"]
@@ -279,7 +287,7 @@ def test_a_restart_finishes_a_running_and_a_queued_job_answering_each_input_once
         running, queued = submitted(), submitted()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            job = requests.get(server.url(f"/jobs/{running}"), headers=headers, timeout=30).json()
+            job = poll(server, running, headers)
             if job["request_counts"]["completed"] > 0:
                 break
         assert job["status"] == "in_progress"  # stopped in the middle of it
@@ -287,10 +295,7 @@ def test_a_restart_finishes_a_running_and_a_queued_job_answering_each_input_once
     with live_server(data_dir, workers=1, env=env) as server:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            states = [
-                requests.get(server.url(f"/jobs/{job_id}"), headers=headers, timeout=30).json()
-                for job_id in (running, queued)
-            ]
+            states = [poll(server, job_id, headers) for job_id in (running, queued)]
             if all(state["status"] == "completed" for state in states):
                 break
         assert [state["status"] for state in states] == ["completed", "completed"]
