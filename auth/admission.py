@@ -69,6 +69,12 @@ class Admissions(Protocol):
         """What `user` has used of their quotas at `now`, as the admissions count it."""
         ...
 
+    def charge(self, user_id: str, requests: int, samples: int, now: float) -> None:
+        """Count predictions answered outside a request (a job's, admitted when it was
+        submitted) where quotas are counted apart from the usage ledger; call it before the
+        ledger counts them."""
+        ...
+
 
 def admissions_for(budget: RequestBudget, state: Any) -> Admissions:
     storage = counting.admits_in_one_trip(budget.limiter.limiter)
@@ -107,6 +113,9 @@ class LocalAdmissions:
     def used(self, user: dict[str, Any], now: float) -> Used:
         return self._state.ledger.used(user["id"], now)
 
+    def charge(self, user_id: str, requests: int, samples: int, now: float) -> None:
+        pass  # the ledger is what these quotas read
+
 
 class RedisAdmissions:
     def __init__(self, budget: RequestBudget, state: Any, storage: Any) -> None:
@@ -120,7 +129,7 @@ class RedisAdmissions:
         state, user = self._state, principal.user
         windows = self._budget.windows(principal, address) if budget else []
         limits = limits_of(user, state.quotas.tiers, state.quotas.default_tier)
-        quota = self._quota_ask(user, limits, samples, now) if limits else None
+        quota = self._quota_ask(user["id"], limits, samples, now) if limits else None
         most = _most_in_flight(principal)
         slot = None
         if most:
@@ -167,17 +176,31 @@ class RedisAdmissions:
         )
         return Used(day_requests, day_samples, month_requests, month_samples)
 
+    def charge(self, user_id: str, requests: int, samples: int, now: float) -> None:
+        quota = self._quota_ask(user_id, {}, samples, now, requests=requests)
+        try:
+            counting.admit_on_redis(self._storage, [], quota=quota)  # no limits: it counts
+        except StorageError as exc:
+            log.warning("could not count a job's predictions in the quota counters: %s", exc)
+
     def _quota_ask(
-        self, user: dict[str, Any], limits: dict[str, int], samples: int, now: float
+        self,
+        user_id: str,
+        limits: dict[str, int],
+        samples: int,
+        now: float,
+        *,
+        requests: int = 1,
     ) -> counting.QuotaAsk:
         window = Window.at(now)
-        seeds = self._state.ledger.used(user["id"], now)
+        seeds = self._state.ledger.used(user_id, now)
         return counting.QuotaAsk(
-            keys=_quota_keys(self._storage, user["id"], window),
+            keys=_quota_keys(self._storage, user_id, window),
             ends_ms=(window.day_ends * 1000, window.month_ends * 1000),
             samples=samples,
             limits=tuple(limits.get(name, -1) for name in QUOTAS),  # type: ignore[arg-type]
             seeds=tuple(getattr(seeds, name) for name in QUOTAS),  # type: ignore[arg-type]
+            requests=requests,
         )
 
     def _give_back(self, quota: counting.QuotaAsk) -> None:

@@ -244,6 +244,14 @@ class AuthState:
             return self.admissions.used(user, now)
         return self.ledger.used(user["id"], now)
 
+    def count_job_predictions(
+        self, user_id: str, *, requests: int, samples: int, now: float
+    ) -> None:
+        """Count predictions answered outside a request (a job's) in the quota counters kept
+        apart from the ledger (Redis: `admission.py`), before the ledger counts them."""
+        if self.admissions is not None and requests:
+            self.admissions.charge(user_id, requests, samples, now)
+
     def rate_limit_of(self, user: dict[str, Any]) -> str:
         """A user's budget: their own `rate_limit`, else their role's
         (`rate_limits.roles`), else `auth.rate_limit_per_minute`."""

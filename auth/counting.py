@@ -60,7 +60,8 @@ end
 # KEYS: two per window; then, with quotas, the user's day and month counters (hashes of
 # requests and samples); then, with a slot limit, the key's slots (a sorted set of leases).
 # ARGV: windows, quotas (0/1), slots (most in flight; 0: none); per window its limit and expiry
-# (s); with quotas: the day's and the month's ends (epoch ms), the samples, the four limits
+# (s); with quotas: the day's and the month's ends (epoch ms), the samples and the requests
+# (one for a request; a job's chunk counts each of its inputs as one), the four limits
 # (requests and samples a day, a month; -1: none) and four counts to start absent counters
 # from (the usage ledger's); with slots: this request's member and its lease (ms).
 # Answers {verdict, which, the four counts before this request, then each window's previous
@@ -99,24 +100,24 @@ if quotas then
     day, month = KEYS[key], KEYS[key + 1]
     key = key + 2
     local ends = {tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])}
-    local samples = tonumber(ARGV[arg + 2])
-    costs = {1, samples, 1, samples}
+    local requests, samples = tonumber(ARGV[arg + 3]), tonumber(ARGV[arg + 2])
+    costs = {requests, samples, requests, samples}
     for i, counter in ipairs({day, month}) do
         if redis.call('exists', counter) == 0 then
-            redis.call('hset', counter, 'requests', ARGV[arg + 5 + 2 * i],
-                'samples', ARGV[arg + 6 + 2 * i])
+            redis.call('hset', counter, 'requests', ARGV[arg + 6 + 2 * i],
+                'samples', ARGV[arg + 7 + 2 * i])
             redis.call('pexpireat', counter, ends[i])
         end
         local counts = redis.call('hmget', counter, 'requests', 'samples')
         used[2 * i - 1], used[2 * i] = tonumber(counts[1]), tonumber(counts[2])
     end
     for i = 1, 4 do
-        local limit = tonumber(ARGV[arg + 2 + i])
+        local limit = tonumber(ARGV[arg + 3 + i])
         if limit >= 0 and used[i] + costs[i] > limit then
             return answer(2, i)
         end
     end
-    arg = arg + 11
+    arg = arg + 12
 end
 local member, lease, now
 if slots > 0 then
@@ -133,7 +134,7 @@ for i = 1, nwindows do
 end
 if quotas then
     for _, counter in ipairs({day, month}) do
-        redis.call('hincrby', counter, 'requests', 1)
+        redis.call('hincrby', counter, 'requests', costs[1])
         redis.call('hincrby', counter, 'samples', costs[2])
     end
 end
@@ -187,13 +188,14 @@ def _window_keys(storage: RedisStorage, item: RateLimitItem, key: str) -> list[s
 class QuotaAsk:
     """A user's quota counters for `ADMIT`: the keys of the day's and the month's, when each
     ends (epoch ms), the request's samples, the four limits (-1: none) and the counts to start
-    an absent counter from."""
+    an absent counter from; `requests` is more than one for the inputs of a job's chunk."""
 
     keys: tuple[str, str]
     ends_ms: tuple[int, int]
     samples: int
     limits: tuple[int, int, int, int]
     seeds: tuple[int, int, int, int]
+    requests: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +240,7 @@ def admit_on_redis(
         args += [item.amount, item.get_expiry()]
     if quota is not None:
         keys += quota.keys
-        args += [*quota.ends_ms, quota.samples, *quota.limits, *quota.seeds]
+        args += [*quota.ends_ms, quota.samples, quota.requests, *quota.limits, *quota.seeds]
     if slot is not None:
         keys.append(slot.key)
         args += [slot.member, slot.lease_ms]

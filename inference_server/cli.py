@@ -802,8 +802,8 @@ def _jobs(config: str | None, *, serving: bool = False) -> Any:
     settings = _load(config)
     if serving:
         logs.configure(settings.server.log_format)
-    if not settings.jobs.enabled or settings.storage.backend != "json":
-        raise click.ClickException("jobs are off (jobs.enabled, or a backend other than json)")
+    if not settings.jobs.enabled:
+        raise click.ClickException("jobs are off (jobs.enabled)")
     try:
         if serving:
             return create_app(settings).extensions["jobs"]

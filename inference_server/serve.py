@@ -89,7 +89,7 @@ def worker_environment(settings: Settings, config_file: str | None) -> dict[str,
         env[f"{ENV_PREFIX}SERVER__{key.upper()}"] = json.dumps(getattr(server, key))  # JSON is YAML
     env.pop(metrics_directory.ENV, None)
     env.pop(CONSUMER, None)
-    if settings.jobs.enabled and settings.storage.backend == "json":
+    if settings.jobs.enabled:
         env[CONSUMER] = "1"
     if settings.metrics.enabled:
         env[metrics_directory.ENV] = str(metrics_dir(settings))

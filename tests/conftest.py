@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from auth.storage.json import JsonStore
 from inference_server.app import create_app
 from inference_server.cli import cli
 from inference_server.settings import load_settings
+from tests.live import RedisProcess
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECTIONS = {
@@ -98,6 +101,24 @@ def run(data_dir):
         return runner.invoke(cli, list(args), input=input, env={**env, **more_env})
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server on 127.0.0.1 for the whole run (each test keeps to its own prefix:
+    `on_redis`); skipped where none is installed."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    server = RedisProcess()
+    server.start()
+    yield server.url
+    server.stop()
+
+
+def on_redis(url: str) -> dict[str, Any]:
+    """The config sections of an app whose storage is a data set of its own on `url`."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    return {"storage": {"backend": "redis", "redis_url": url, "redis_prefix": prefix}}
 
 
 @pytest.fixture

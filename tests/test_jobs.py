@@ -8,13 +8,14 @@ master starts the consumer process itself.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 
 import pytest
 import requests
 
 from tests import test_faults
-from tests.conftest import Actor, assert_error
+from tests.conftest import Actor, assert_error, on_redis
 from tests.live import live_server
 from tests.test_faults import _fill, served_on
 
@@ -22,6 +23,7 @@ INPUTS = [[[1, 2, 3]], [[1, 2]], [[4, 5, 6], [7, 8, 9]], [[0, 0, 0]]]
 small_disk = test_faults.small_disk  # a real 4 MB tmpfs, skipped where it cannot be mounted
 # The live tests poll a job as fast as they can: the admin's budget must not run out first.
 POLLING = {"INFERENCE_RATE_LIMITS__ROLES": "{admin: 100000000/minute}"}
+JOB_LIMITS = {"chunk_inputs": 2, "max_queued_per_user": 3, "max_inputs": 10}
 
 
 def poll(server, job_id: str, headers: dict[str, str]) -> dict:
@@ -30,9 +32,17 @@ def poll(server, job_id: str, headers: dict[str, str]) -> dict:
     return answer.json()
 
 
+@pytest.fixture(params=["json", "redis"])
+def backend(request) -> dict:
+    """The config sections of each storage backend: jobs behave the same on both."""
+    if request.param == "json":
+        return {}
+    return on_redis(request.getfixturevalue("redis_url"))
+
+
 @pytest.fixture
-def app(make_app):
-    return make_app(jobs={"chunk_inputs": 2, "max_queued_per_user": 3, "max_inputs": 10})
+def app(make_app, backend):
+    return make_app(jobs=JOB_LIMITS, **backend)
 
 
 @pytest.fixture
@@ -206,7 +216,8 @@ def test_job_limits_and_refusals(app, actor):
     assert rows.status_code == 202 and rows.get_json()["request_counts"]["total"] == 2
 
 
-def test_the_cli_lists_shows_and_cancels_jobs_and_the_audit_log_has_them(app, actor, run, data_dir):
+def test_the_cli_lists_shows_and_cancels_jobs_and_the_audit_log_has_them(make_app, run, data_dir):
+    actor = Actor(make_app(jobs=JOB_LIMITS).test_client())
     alice = actor.user_headers("alice")
     job = submit(actor, alice)
     listed = run("jobs", "list", "--user", "alice")
@@ -351,3 +362,63 @@ def test_a_job_of_samples_answers_each_and_a_bad_one_fails_alone(app, actor):
         predicted = actor.predict(alice, data=[data[i] for i in range(3) if i not in failing])
         answers = [r["predictions"][0] for r in result["results"] if "predictions" in r]
         assert answers == predicted.get_json()["predictions"]
+
+
+def test_a_jobs_samples_count_against_the_quotas_of_every_backend(make_app, backend):
+    quotas = {"tiers": {"t": {"samples_per_day": 10}}, "default_tier": "t"}
+    limits = {}
+    if backend:  # on Redis the quota counters live beside the limits, apart from the ledger
+        limits = {
+            "storage_uri": backend["storage"]["redis_url"],
+            "strategy": "sliding-window-counter",
+        }
+    app = make_app(quotas=quotas, rate_limits=limits, jobs=JOB_LIMITS, **backend)
+    actor = Actor(app.test_client())
+    alice = actor.user_headers("alice")
+    assert actor.predict(alice).status_code == 200  # her counters exist before the job runs
+    submit(actor, alice, inputs=[[[1, 2, 3]]] * 4 + [[[1, 2]], [[4, 5, 6], [7, 8, 9]]])
+    assert drain(app) == 1  # 6 samples answered, the bad input's none
+    me = actor.client.get("/auth/usage", headers=alice).get_json()
+    assert [(q["quota"], q["used"]) for q in me["quotas"]] == [("samples_per_day", 7)]
+    assert actor.predict(alice, data=[[1, 2, 3]] * 3).status_code == 200  # 10 of 10
+    error = assert_error(actor.predict(alice), 429, "QUOTA_EXCEEDED")
+    assert error["details"]["quota"] == "samples_per_day"
+
+
+def test_the_queue_holds_json_and_never_loads_a_pickle(app, tmp_path):
+    """Whoever can write to the queue (a shared Redis) must not be able to run code in every
+    consumer: a pickle put on it is refused, never loaded."""
+    service = app.extensions["jobs"]
+    ran = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (ran.write_text, ("pwned",))
+
+    service.huey.storage.enqueue(pickle.dumps(Payload()))
+    with pytest.raises(ValueError):
+        drain(app)
+    assert not ran.exists()
+
+
+def test_a_job_whose_consumer_on_another_host_stops_beating_is_taken_over(app, actor, clock):
+    alice = actor.user_headers("alice")
+    job = submit(actor, alice)
+    service = app.extensions["jobs"]
+    elsewhere = "another-host:4242"
+
+    def running_elsewhere(items):
+        items[job["id"]] = {**items[job["id"]], "status": "in_progress", "runner": elsewhere}
+        items[job["id"]]["attempts"] = 1
+
+    service.store.update(running_elsewhere)
+    service.huey.storage.flush_queue()  # its id was taken off the queue by that consumer
+    service.huey.storage.put_data(f"consumer:{elsewhere}", str(clock()).encode())
+    clock.advance(30)
+    assert service.recover() == []  # it beat half a minute ago: it runs the job
+    assert drain(app) == 0
+    clock.advance(60)
+    assert service.recover() == [job["id"]]  # silent for 90 s: dead, the job is run here
+    assert drain(app) == 1
+    done = actor.client.get(f"/jobs/{job['id']}", headers=alice).get_json()
+    assert done["status"] == "completed" and done["request_counts"]["completed"] == 3

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from multiprocessing import get_context
@@ -222,3 +223,39 @@ def test_redis_stopped_mid_run_writes_503_reads_served_then_back_without_restart
         assert requests.get(a.url("/ready"), timeout=60).status_code == 200
         logs = "".join(a.log + b.log)
     assert "Traceback" not in logs
+
+
+def test_a_job_submitted_on_one_host_is_run_by_a_consumer_and_read_on_the_other(tmp_path):
+    """Each host starts its own consumer on the shared queue: whichever takes the job runs it,
+    and the record, the result and the listing are the same on both hosts."""
+    polling = {"INFERENCE_RATE_LIMITS__ROLES": "{admin: 100000000/minute}"}
+    with two_hosts(tmp_path, **polling) as (_, host_a, host_b):
+        headers = _admin(host_a)
+        inputs = [[[i, i + 1, i + 2]] for i in range(60)] + [[[1, 2]]]
+        submitted = requests.post(
+            host_a.url("/jobs"),
+            json={"inputs": inputs, "project": "x"},
+            headers=headers,
+            timeout=60,
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job = requests.get(host_b.url(f"/jobs/{job_id}"), headers=headers, timeout=60).json()
+            if job["status"] == "completed":
+                break
+        assert job["request_counts"] == {"total": 61, "completed": 60, "failed": 1}
+        result = requests.get(host_b.url(f"/jobs/{job_id}/result"), headers=headers, timeout=60)
+        batch = requests.post(
+            host_b.url("/predict/batch"), json={"inputs": inputs}, headers=headers, timeout=60
+        ).json()
+        for ours, theirs in zip(result.json()["results"], batch["results"], strict=True):
+            assert ours.get("predictions") == theirs.get("predictions")
+            assert ("error" in ours) == ("error" in theirs)
+        listed = requests.get(host_a.url("/jobs?project=x"), headers=headers, timeout=60).json()
+        assert [j["id"] for j in listed["jobs"]] == [job_id]
+        deleted = requests.delete(host_a.url(f"/jobs/{job_id}"), headers=headers, timeout=60)
+        assert deleted.status_code == 200
+        gone = requests.get(host_b.url(f"/jobs/{job_id}/result"), headers=headers, timeout=60)
+        assert_error(gone, 404, "NOT_FOUND")

@@ -31,16 +31,6 @@ INDEXES = {
 has_redis = shutil.which("redis-server") is not None
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    if not has_redis:
-        pytest.skip("redis-server not installed")
-    server = RedisProcess()
-    server.start()
-    yield server.url
-    server.stop()
-
-
 @pytest.fixture(params=["json", "redis"])
 def backend(request, tmp_path):
     """A factory of storages on one data set (call it again for another process's view)."""

@@ -1,49 +1,152 @@
 """The task queue that carries jobs: Huey, a well-kept queue with one API over several storages.
 
-On one host it is embedded: `SqliteHuey` in `data/jobs/queue.db`, nothing else to start. The
-server's workers put a job's id on it; a consumer (`python run.py` starts one beside the
-server, `python run.py jobs worker` runs more) takes ids off it and runs the jobs
-(`service.Jobs.run`). The queue holds nothing else: the job's record and its payloads are the
-app's own (`records.py`, `payloads.py`), so what a client sees never depends on the queue's
-internals.
+On one host it is embedded: `SqliteHuey` in `data/jobs/queue.db`, nothing else to start. With
+`storage.backend: redis` it is `RedisHuey` on the same Redis, so that a job submitted on any host
+is run by a consumer on any host. The server's workers put a job's id on it; a consumer
+(`python run.py` starts one beside the server, `python run.py jobs worker` runs more) takes ids
+off it and runs the jobs (`service.Jobs.run`). The queue holds nothing else: the job's record and
+its payloads are the app's own (`records.py`, `payloads.py`), so what a client sees never
+depends on the queue's internals.
 
-Huey's messages are pickles; the queue file lives in the data dir (0700, files 0600), which
-only the server's user can write.
+Huey's messages are pickles by default, and a pickle read is code run: whoever can write to the
+queue (a Redis shared by many hosts) could run code in every consumer. Ours are JSON
+(`JsonMessages`), of the few fields our tasks use.
+
+Each consumer process says it is alive in the queue's key-value space (`beat`, every
+`BEAT_SECONDS`), so that a consumer on another host can tell a job whose consumer died from one
+still running (`runner_alive`); on the same host the process itself is asked, which a crash
+answers at once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-from huey import Huey, SqliteHuey
+from huey import Huey, RedisHuey, SqliteHuey
 from huey.consumer import Consumer
+from huey.registry import Message
+from huey.serializer import Serializer
 
 from auth import secure_dir
+
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
 QUEUE_NAME = "inference-jobs"
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"  # this process, as job records name it
+BEAT_SECONDS = 15.0
+DEAD_AFTER_SECONDS = 4 * BEAT_SECONDS
+_TIMES = ("eta", "expires_resolved")  # the fields of a message that hold a datetime
 
 
-def open_queue(data_dir: Path) -> Huey:
-    directory = secure_dir(secure_dir(data_dir) / "jobs")
-    return SqliteHuey(QUEUE_NAME, filename=str(directory / "queue.db"), results=False, utc=True)
+class _OneLine(logging.Filter):
+    """Huey logs an error with its traceback (a queue it cannot read: Redis down, once a poll);
+    our log lines never carry one: the error is named on the line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+for _name in ("huey", "huey.consumer", "huey.consumer.Worker", "huey.consumer.Scheduler"):
+    logging.getLogger(_name).addFilter(_OneLine())
+
+
+class JsonMessages(Serializer):
+    """Huey's task messages as JSON: plain values, and datetimes as ISO text."""
+
+    def _serialize(self, data: Any) -> bytes:
+        fields = data._asdict()
+        for name in _TIMES:
+            if fields[name] is not None:
+                fields[name] = fields[name].isoformat()
+        return json.dumps(fields).encode()  # TypeError for anything else: never a pickle
+
+    def _deserialize(self, data: bytes) -> Any:
+        fields = json.loads(data)
+        for name in _TIMES:
+            if fields.get(name) is not None:
+                fields[name] = datetime.fromisoformat(fields[name])
+        fields["args"] = tuple(fields.get("args") or ())
+        return Message(**{name: fields.get(name) for name in Message._fields})
+
+
+def open_queue(settings: Settings) -> Huey:
+    options: dict[str, Any] = {"results": False, "utc": True, "serializer": JsonMessages()}
+    storage = settings.storage
+    if storage.backend == "redis":
+        return RedisHuey(f"{storage.redis_prefix}.{QUEUE_NAME}", url=storage.redis_url, **options)
+    directory = secure_dir(secure_dir(settings.data_dir) / "jobs")
+    return SqliteHuey(QUEUE_NAME, filename=str(directory / "queue.db"), **options)
+
+
+def beat(huey: Huey, clock: Callable[[], float] = time.time) -> None:
+    """Say that this consumer process is alive, now."""
+    huey.storage.put_data(f"consumer:{RUNNER}", str(clock()).encode())
+
+
+def runner_alive(huey: Huey, runner: str | None, clock: Callable[[], float] = time.time) -> bool:
+    """Whether `runner` (host:pid) is a consumer process alive now, other than this one."""
+    host, _, pid = (runner or "").rpartition(":")
+    if not pid.isdigit() or runner == RUNNER:
+        return False
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    last = huey.storage.peek_data(f"consumer:{runner}")
+    try:
+        return clock() - float(last) < DEAD_AFTER_SECONDS
+    except (TypeError, ValueError):
+        return False  # no beat at all
 
 
 class _Consumer(Consumer):
     """Huey's consumer, telling the jobs when it is asked to stop (SIGINT, SIGTERM), so that a
-    running job stops after its current chunk instead of holding the stop up."""
+    running job stops after its current chunk instead of holding the stop up, and beating."""
 
     def __init__(self, huey: Huey, on_stop: Callable[[], None], **options: Any) -> None:
         super().__init__(huey, **options)
         self._on_stop = on_stop
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        super().start()
+        threading.Thread(target=self._beat, name="consumer-beat", daemon=True).start()
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                beat(self.huey)
+            except Exception as exc:  # the queue is down: the next beat tries again
+                log.warning("the job consumer could not say it is alive: %s", exc)
+            if self._stopped.wait(BEAT_SECONDS):
+                return
 
     def stop(self, graceful: bool = False) -> None:
+        self._stopped.set()
         self._on_stop()
         super().stop(graceful=True)  # the jobs stop between chunks: let them get there
+        try:
+            self.huey.storage.pop_data(f"consumer:{RUNNER}")
+        except Exception:
+            pass  # its beat ages out
 
 
 def run_consumer(huey: Huey, *, workers: int, on_stop: Callable[[], None]) -> None:

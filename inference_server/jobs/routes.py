@@ -57,9 +57,6 @@ def init_app(app: Flask, storage: Storage) -> None:
     settings = app.extensions["settings"]
     if not settings.jobs.enabled:
         return
-    if settings.storage.backend != "json":
-        log.warning("jobs are off: in this release they run on the JSON backend only")
-        return
     runner = app.extensions["inference"]
     # A submission's parsing and checking wait while predictions are served (idle priority).
     submissions = app.extensions["job_submissions"] = ThreadOffload(1, on_thread=idle_priority)

@@ -22,9 +22,7 @@ marked failed with that reason. A queued job whose id never reached the queue is
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,7 +38,6 @@ from auth import (
     NotFound,
     PayloadTooLarge,
     Storage,
-    StorageUnavailable,
     check_quota,
     current_principal,
 )
@@ -49,8 +46,8 @@ from ..metrics import instruments
 from ..models import ModelRegistry, ModelUnavailable
 from ..predict import model_for
 from ..settings import Settings
-from .payloads import Checked, Payloads
-from .queue import open_queue
+from .payloads import Checked, open_payloads
+from .queue import RUNNER, open_queue, runner_alive
 from .records import ACTIVE, FINISHED, jobs_store, new_record
 
 log = logging.getLogger(__name__)
@@ -89,16 +86,19 @@ class Jobs:
         but neither takes nor runs any."""
         self.settings = settings.jobs
         self.store = jobs_store(storage)
-        self.payloads = Payloads(settings.data_dir / "jobs")
-        self.huey = open_queue(settings.data_dir)
+        self.payloads = open_payloads(settings)
+        self.huey = open_queue(settings)
         self._registry = registry
         self._auth = auth_state
         self._check_each = check_each
         self._answer_each = answer_each
         self._clock = auth_state.clock
         self.stopping = threading.Event()  # the consumer stops: running jobs pause
+        self._running: set[str] = set()  # the jobs this process runs now
+        self._running_lock = threading.Lock()
         self._task = self.huey.task(name="run_job")(self.run)
         self.huey.periodic_task(crontab(minute="*/10"), name="sweep_jobs")(self.sweep)
+        self.huey.periodic_task(crontab(), name="recover_jobs")(self.recover)
 
     # -- the API's side ------------------------------------------------------------------------
 
@@ -146,24 +146,18 @@ class Jobs:
             now=int(self._clock()),
         )
         checked = self._check_each(loaded, inputs, job_id, rows=rows)
-        try:
-            self.payloads.put_inputs(job_id, checked)
-        except OSError as exc:
-            self.payloads.delete(job_id)
-            raise StorageUnavailable(
-                f"the data dir cannot take this job's inputs ({exc.strerror}); try again later"
-            ) from None
+        self.payloads.put_inputs(job_id, checked)  # whole, or StorageUnavailable (503)
         try:
             self.store.update(lambda items: items.__setitem__(job_id, record))
         except Exception:
-            self.payloads.delete(job_id)
+            self._forget_payloads(job_id)
             raise
         try:
             self._task(job_id)
         except Exception as exc:
             log.error("job %s could not be queued: %s", job_id, exc)
             self.store.update(lambda items: items.pop(job_id, None))
-            self.payloads.delete(job_id)
+            self._forget_payloads(job_id)
             raise QueueUnavailable(
                 "the job queue cannot take jobs now; try again", headers={"Retry-After": "5"}
             ) from None
@@ -249,6 +243,14 @@ class Jobs:
         if job is None:
             return
         try:
+            self._run_started(job_id, job)
+        finally:
+            with self._running_lock:
+                self._running.discard(job_id)
+
+    def _run_started(self, job_id: str, job: dict[str, Any]) -> None:
+        assert self._registry is not None and self._answer_each is not None
+        try:
             model = self._registry.get(job["model"])
             inputs = self.payloads.inputs(job_id)
         except (ModelUnavailable, NotFound, OSError, ValueError) as exc:
@@ -289,18 +291,19 @@ class Jobs:
 
     def recover(self) -> list[str]:
         """Put back on the queue what a crash interrupted (see the module docstring); the ids
-        put back. A consumer calls this as it starts."""
+        put back. A consumer calls this as it starts, and every minute (a consumer of another
+        host may have died)."""
         queued = {task.args[0] for task in self.huey.pending() if task.args}
         again = []
         for job_id, job in list(self.store.records()):
-            if job["status"] == "in_progress" and _running_here(job.get("runner")):
-                continue  # another consumer of this host runs it
+            if job["status"] == "in_progress" and self._runs_elsewhere(job_id, job):
+                continue
             if job["status"] == "in_progress" and job["attempts"] >= 2:
                 self._finish(job_id, "failed", error="interrupted twice by a crash; not retried")
-            elif job["status"] == "cancelling":
+            elif job["status"] == "cancelling" and not self._runs_elsewhere(job_id, job):
                 self._finish(job_id, "cancelled")
             elif job["status"] in ("queued", "in_progress") and job_id not in queued:
-                self._task(job_id)
+                self._task(job_id)  # queued twice by a race: `_start` runs it once
                 again.append(job_id)
         if again:
             log.warning("jobs put back on the queue after an interruption: %s", ", ".join(again))
@@ -323,7 +326,7 @@ class Jobs:
     def drain(self) -> int:
         """Run every job on the queue in this process, as a consumer would (tests)."""
         ran = 0
-        while (task := self.huey.dequeue()) is not None:
+        while self.huey.pending_count() and (task := self.huey.dequeue()) is not None:
             self.huey.execute(task)
             ran += 1
         return ran
@@ -334,6 +337,17 @@ class Jobs:
         found = ((job_id, self.store.get(job_id)) for job_id in self.store.ids("user", user_id))
         return [(job_id, job) for job_id, job in found if job is not None]
 
+    def _forget_payloads(self, job_id: str) -> None:
+        """Remove a job's payloads after a failed submission, without hiding why it failed."""
+        try:
+            self.payloads.delete(job_id)
+        except Exception as exc:
+            log.warning("the payloads of job %s could not be removed: %s", job_id, exc)
+
+    def _runs_elsewhere(self, job_id: str, job: dict[str, Any]) -> bool:
+        """Whether a live consumer runs the job now: this process, or the one its record names."""
+        return job_id in self._running or runner_alive(self.huey, job.get("runner"), self._clock)
+
     def _start(self, job_id: str) -> dict[str, Any] | None:
         now = int(self._clock())
 
@@ -341,6 +355,8 @@ class Jobs:
             job = items.get(job_id)
             if job is None or job["status"] in FINISHED:
                 return UNCHANGED
+            if job["status"] == "in_progress" and self._runs_elsewhere(job_id, job):
+                return UNCHANGED  # its id was queued twice: one run is enough
             if job["status"] == "cancelling":
                 job.update(status="cancelled", finished_at=now)
                 return None
@@ -349,8 +365,12 @@ class Jobs:
                 job["started_at"] = now
             return dict(job)
 
-        job = self.store.update(change)
-        return None if job is UNCHANGED else job
+        with self._running_lock:
+            job = self.store.update(change)
+            if job is UNCHANGED or job is None:
+                return None
+            self._running.add(job_id)
+            return job
 
     def _counted(self, job_id: str, completed: int, failed: int, written: int) -> str:
         def change(items: Any) -> str:
@@ -414,8 +434,14 @@ class Jobs:
         results: list[dict[str, Any]],
         elapsed: float,
     ) -> None:
-        """Count a chunk in the usage ledger, as its predictions would be counted."""
+        """Count a chunk in the quotas and the usage ledger, as its predictions would be."""
         ledger, now = self._auth.ledger, self._clock()
+        answered = [
+            len(c) for c, result in zip(part, results, strict=True) if "error" not in result
+        ]
+        self._auth.count_job_predictions(
+            job["user_id"], requests=len(answered), samples=sum(answered), now=now
+        )
         for checked, result in zip(part, results, strict=True):
             ledger.add(
                 job["user_id"],
@@ -436,23 +462,6 @@ class Jobs:
             actor=principal.id if principal is not None else None,
             status=job["status"],
         )
-
-
-RUNNER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _running_here(runner: str | None) -> bool:
-    """True if `runner` is a live consumer process of this host (not this one, starting)."""
-    host, _, pid = (runner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _may_see(principal: Any, job: dict[str, Any]) -> bool:
