@@ -11,7 +11,7 @@ from flask_cors import CORS
 
 from auth import Auth, AuthState, Storage, open_state, open_storage
 
-from . import access_log, docs, health, model_admin, models, predict
+from . import access_log, console, docs, health, model_admin, models, predict
 from .jobs import routes as jobs
 from .jobs.records import jobs_store
 from .metrics import views as metrics
@@ -139,4 +139,5 @@ def create_app(
     for blueprint in (health.bp, model_admin.bp):
         app.register_blueprint(blueprint)
     docs.init_app(app)
+    console.init_app(app)
     return app

@@ -207,6 +207,11 @@ class DocsSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    enabled: bool = setting(True, help="serve the web console (GET /console)")
+
+
+@dataclass(frozen=True)
 class JobsSettings:
     enabled: bool = setting(True, help="serve /jobs and run their consumer with the server")
     workers: int = setting(
@@ -251,6 +256,7 @@ class Settings:
     storage: StorageSettings = setting(factory=StorageSettings, help="data files")
     models: ModelSettings = setting(factory=ModelSettings, help="model registry")
     docs: DocsSettings = setting(factory=DocsSettings, help="interactive API documentation")
+    console: ConsoleSettings = setting(factory=ConsoleSettings, help="the web console")
     metrics: MetricsSettings = setting(factory=MetricsSettings, help="Prometheus metrics")
     jobs: JobsSettings = setting(factory=JobsSettings, help="prediction jobs")
 

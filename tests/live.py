@@ -213,3 +213,20 @@ def redis_server(directory: Path | None = None) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@contextmanager
+def serving_app(app: Any) -> Iterator[str]:
+    """`app` served over real HTTP on 127.0.0.1 by a threaded werkzeug server in this process,
+    so that the test keeps its clock in hand; yields the base URL; stopped afterwards."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()

@@ -19,6 +19,8 @@ PUBLIC = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/swagger-ui.css"),
+    ("GET", "/console"),
+    ("GET", "/console/swagger-ui.css"),
     ("POST", "/auth/login"),
     ("POST", "/auth/refresh"),
 }

@@ -14,6 +14,8 @@ PUBLIC = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/sample-asset"),
+    ("GET", "/console"),  # the page holds nothing: what it shows comes from the API, signed in
+    ("GET", "/console/sample-asset"),
     ("POST", "/auth/login"),
     ("POST", "/auth/refresh"),
     # Registration decides for itself, per auth.registration; under admin_only it is a 401 too.
