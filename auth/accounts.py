@@ -225,11 +225,13 @@ def set_password(
     actor: str | None,
     keep_session: str | None = None,
     by_owner: bool = False,
+    permanent: bool = False,
 ) -> int:
     """Set a password (policy enforced) and end the user's other sessions; returns how many.
 
-    A password set by someone else (an admin's reset, the CLI) is temporary: the owner must
-    change it at their next login (see `users.password_change_due`).
+    A password set by someone else (an admin's reset, `users reset-password`) is temporary:
+    the owner must change it at their next login (see `users.password_change_due`), unless it
+    is set `permanent` (`users set-password`, an operator's own account say).
     """
     user = find(state, user_id)
     check_password(state, new_password, username=user["username"], field="new_password")
@@ -241,7 +243,7 @@ def set_password(
             raise NotFound(f"no user {user_id!r}")
         items[user_id].update(
             password_hash=new_hash,
-            must_change_password=not by_owner,
+            must_change_password=not (by_owner or permanent),
             default_password=False,
             password_changed_at=now_iso,
             updated_at=now_iso,
@@ -256,6 +258,8 @@ def set_password(
         keep=keep_session,
     )
     event = "user.password_changed" if by_owner else "user.password_reset"
+    if permanent and not by_owner:
+        event = "user.password_set"
     state.audit.record(event, user_id=user_id, actor=actor, sessions_ended=ended)
     return ended
 

@@ -55,6 +55,7 @@ def show_user(user_id: str):
 @doc(
     "Change a user's role, state, rate limit, models, tier, quotas, email or name",
     body=schemas.UPDATE_USER,
+    example={"rate_limit": "200/minute"},
     responses={200: schemas.PROFILE},
     errors=(409,),
 )
@@ -80,6 +81,7 @@ def delete_user(user_id: str):
 @doc(
     "Set a temporary password; the user's sessions end",
     body=schemas.RESET_PASSWORD,
+    example={"new_password": "replace-with-a-temporary-passphrase"},
     responses={200: schemas.SESSIONS_ENDED},
 )
 @admin_required

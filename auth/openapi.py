@@ -58,6 +58,11 @@ class Operation:
     errors: tuple[int, ...] = ()  # statuses beyond the ones derived (404, 409, 413, ...)
     description: str | None = None
     media: tuple[str, ...] = ("application/json",)  # of the success answers
+    # What the docs page pre-fills, written to succeed as it stands on a new server: the body,
+    # and path parameters by name; each a value or a function of the app (`example_of`).
+    example: Any = None
+    path_examples: Mapping[str, Any] = field(default_factory=dict)
+    forms: bool = False  # the body may also come as application/x-www-form-urlencoded
 
 
 def doc(summary: str, *, responses: Mapping[int, Schema], **options: Any) -> Callable[[F], F]:
@@ -68,6 +73,12 @@ def doc(summary: str, *, responses: Mapping[int, Schema], **options: Any) -> Cal
         return view
 
     return attach
+
+
+def example_of(app: Flask, value: Any) -> Any:
+    """An example as declared: a value, or a function of the app (the server's default model,
+    say)."""
+    return value(app) if callable(value) else value
 
 
 def declared(view: Callable[..., Any] | None) -> Operation | None:
@@ -195,6 +206,9 @@ def _operation(app: Flask, rule: Any, method: str, *, auth_enabled: bool) -> Sch
         }
         for name in _PATH_PARAM.findall(rule.rule)
     ]
+    for parameter in parameters:
+        if parameter["name"] in operation.path_examples:
+            parameter["example"] = example_of(app, operation.path_examples[parameter["name"]])
     parameters += [
         {"name": name, "in": "query", "required": False, "schema": schema}
         for name, schema in operation.query.items()
@@ -202,9 +216,13 @@ def _operation(app: Flask, rule: Any, method: str, *, auth_enabled: bool) -> Sch
     if parameters:
         spec["parameters"] = parameters
     if operation.body is not None:
+        kinds = ("application/json", "application/x-www-form-urlencoded")
+        media: Schema = {"schema": operation.body}
+        if operation.example is not None:
+            media["example"] = example_of(app, operation.example)
         spec["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": operation.body}},
+            "content": {kind: media for kind in kinds[: 2 if operation.forms else 1]},
         }
     if public:
         spec["security"] = []
@@ -213,8 +231,16 @@ def _operation(app: Flask, rule: Any, method: str, *, auth_enabled: bool) -> Sch
     return spec
 
 
-def describe(app: Flask, *, title: str, version: str, auth_enabled: bool = True) -> Schema:
-    """The OpenAPI 3.1 document of every route of `app`."""
+def describe(
+    app: Flask,
+    *,
+    title: str,
+    version: str,
+    auth_enabled: bool = True,
+    description: str | None = None,
+) -> Schema:
+    """The OpenAPI 3.1 document of every route of `app` (`description`: its introduction,
+    Markdown)."""
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         path = _PATH_PARAM.sub(r"{\1}", rule.rule)
@@ -238,9 +264,12 @@ def describe(app: Flask, *, title: str, version: str, auth_enabled: bool = True)
                 "description": "an API key from POST /auth/api-keys (sk_live_...)",
             },
         }
+    info: Schema = {"title": title, "version": version}
+    if description:
+        info["description"] = description
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
+        "info": info,
         "paths": paths,
         "components": components,
     }

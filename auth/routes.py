@@ -104,6 +104,12 @@ def _token_response(user: dict[str, Any], pair: TokenPair) -> Response:
 @doc(
     "Register a user",
     body=schemas.REGISTER,
+    example={
+        "username": "alice",
+        "email": "alice@example.org",
+        "password": "replace-with-a-long-passphrase",
+        "full_name": "Alice Example",
+    },
     responses={201: schemas.REGISTERED},
     errors=(401, 403, 409),
 )
@@ -148,6 +154,8 @@ def register():
 @doc(
     "Log in: a password or an API key for an access and a refresh token",
     body=schemas.LOGIN,
+    example={"username": "admin", "password": "admin123"},  # the default admin, on a new server
+    forms=True,
     description=FORM_TOO,
     responses={200: schemas.TOKENS},
     errors=(401, 429),
@@ -186,6 +194,8 @@ def login():
 @doc(
     "Trade a refresh token for a new access and refresh token",
     body=schemas.REFRESH,
+    example={"refresh_token": "the refresh_token your login answered"},
+    forms=True,
     description=FORM_TOO,
     responses={200: schemas.TOKENS},
     errors=(401,),
@@ -286,6 +296,7 @@ def usage():
 @doc(
     "Change your password; your other sessions end",
     body=schemas.CHANGE_PASSWORD,
+    example={"current_password": "admin123", "new_password": "replace-with-a-long-passphrase"},
     responses={200: schemas.SESSIONS_ENDED},
 )
 @require_auth(scopes=["user:write"])
@@ -321,6 +332,7 @@ def change_password():
 @doc(
     "Create an API key (shown only in this answer)",
     body=schemas.CREATE_KEY,
+    example={"name": "nightly-scoring", "scopes": ["predict", "models:read"], "expires_days": 90},
     responses={201: schemas.NEW_KEY},
 )
 @require_auth(scopes=["api-keys:manage"])
@@ -346,6 +358,7 @@ def create_api_key():
 @doc(
     "Rename a key or change its models, rate limit or concurrency (within your own rights)",
     body=schemas.UPDATE_KEY,
+    example={"description": "scores the nightly batch", "rate_limit": "60/minute"},
     responses={200: schemas.KEY},
     errors=(403, 404, 409),
 )

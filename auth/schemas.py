@@ -75,10 +75,24 @@ REGISTER = body(
 )
 LOGIN = body(
     {
-        "username": {"type": "string", "minLength": 1, "maxLength": 256},
-        "email": {"type": "string", "minLength": 1, "maxLength": 256},
-        "password": PASSWORD,
-        "api_key": {"type": "string", "minLength": 1},
+        "username": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "your username; or send `email` instead",
+        },
+        "email": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "your email, instead of `username`",
+        },
+        "password": {**PASSWORD, "description": "with `username` or `email`"},
+        "api_key": {
+            "type": "string",
+            "minLength": 1,
+            "description": "alone, instead of a username and password: tokens for an API key",
+        },
     },
     anyOf=[
         {"required": ["username", "password"]},

@@ -5,7 +5,7 @@ commands work directly on the data files, under the same locks as the server, so
 while it runs and what they change reaches every worker at once:
 
     create-admin                    the first admin, without ever having a default password
-    users list|show|disable|enable|delete|set-role|reset-password
+    users list|show|disable|enable|delete|set-role|reset-password|set-password
     keys list|create|revoke         a new key is printed once
     backup DIR, restore DIR         copy the data out (while serving), and back (server stopped)
     storage compact                 fold each journal into its snapshot (as a clean stop does)
@@ -47,6 +47,7 @@ from auth import (
     accounts,
     check_email,
     check_username,
+    profile,
     usage_range,
 )
 
@@ -261,14 +262,26 @@ def users() -> None:
 
 
 USER_COLUMNS = "{:<22}  {:<20} {:<30} {:<6} {:<8} {}"
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="print JSON for scripts instead of a table"
+)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
 
 
 @users.command("list")
 @config_option
-def users_list(config) -> None:
+@json_option
+def users_list(config, as_json) -> None:
     """List every user."""
+    found = accounts.list_users(_state(config))
+    if as_json:
+        _echo_json([profile(user) for user in found])
+        return
     click.echo(USER_COLUMNS.format("ID", "USERNAME", "EMAIL", "ROLE", "STATE", "RATE LIMIT"))
-    for user in accounts.list_users(_state(config)):
+    for user in found:
         state = "active" if user["is_active"] else "disabled"
         limit = user.get("rate_limit") or "role default"
         click.echo(
@@ -301,9 +314,7 @@ def users_create(config, username, email, password, password_stdin, role) -> Non
 @refusals
 def users_show(config, user) -> None:
     """Show one user (by id, username or email)."""
-    from auth import profile
-
-    click.echo(json.dumps(profile(accounts.find(_state(config), user)), indent=2))
+    _echo_json(profile(accounts.find(_state(config), user)))
 
 
 def _update(config: str | None, user: str, changes: dict[str, Any], done: str) -> None:
@@ -444,6 +455,21 @@ def users_reset_password(config, user, password_stdin) -> None:
     )
 
 
+@users.command("set-password")
+@config_option
+@click.argument("user")
+@click.option("--password-stdin", is_flag=True, help="read the new password from standard input")
+@refusals
+def users_set_password(config, user, password_stdin) -> None:
+    """Set a permanent password (asked for twice, never on the command line): the user's
+    sessions end; no change is asked of them at their next login."""
+    state = _state(config)
+    record = accounts.find(state, user)
+    secret = _new_password(password_stdin, None, "New password")
+    ended = accounts.set_password(state, record["id"], secret, actor=_actor(), permanent=True)
+    click.echo(f"{record['username']}: password set, {ended} session(s) ended")
+
+
 # -- keys --------------------------------------------------------------------------------
 
 
@@ -458,11 +484,15 @@ KEY_COLUMNS = "{:<20}  {:<14} {:<22} {:<20} {:<30} {:<8} {:<21} {}"
 @keys.command("list")
 @config_option
 @click.option("--user", help="only this user's keys")
+@json_option
 @refusals
-def keys_list(config, user) -> None:
+def keys_list(config, user, as_json) -> None:
     """List keys (never the keys themselves)."""
     state = _state(config)
     owner = accounts.find(state, user)["id"] if user else None
+    if as_json:
+        _echo_json(accounts.list_keys(state, owner))
+        return
     click.echo(
         KEY_COLUMNS.format(
             "ID", "PREFIX", "USER", "NAME", "SCOPES", "STATE", "EXPIRES", "LAST USED"
@@ -583,7 +613,7 @@ USAGE_FIELDS = ("requests", "failed", "samples", "inference_ms")
 @click.option("--by", "group_by", type=click.Choice(USAGE_GROUPS), default="day", show_default=True)
 @click.option("--from", "first", metavar="DAY", help="first day, 2026-12-01; default: the 1st")
 @click.option("--to", "last", metavar="DAY", help="last day; default: today (UTC)")
-@click.option("--json", "as_json", is_flag=True, help="the report as JSON")
+@json_option
 @click.option("--csv", "as_csv", is_flag=True, help="the rows as CSV")
 @refusals
 def usage_report(config, user, group_by, first, last, as_json, as_csv) -> None:
@@ -593,7 +623,7 @@ def usage_report(config, user, group_by, first, last, as_json, as_csv) -> None:
     first_day, last_day, group_by = usage_range(first, last, group_by, now=state.clock())
     report = accounts.usage_report(state, owner, first_day, last_day, group_by)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        _echo_json(report)
         return
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -840,12 +870,17 @@ def jobs_worker(config, workers, nice) -> None:
 @config_option
 @click.option("--user", help="one user's jobs (id, username or email)")
 @click.option("--status", type=click.Choice(STATUSES))
+@json_option
 @refusals
-def jobs_list(config, user, status) -> None:
+def jobs_list(config, user, status, as_json) -> None:
     """Jobs, newest first: id, user, status, model, done/total, created."""
     service = _jobs(config)
     user_id = accounts.find(_state(config), user)["id"] if user else None
-    for job_id, job in service.list(None, user=user_id, status=status, project=None):
+    found = service.list(None, user=user_id, status=status, project=None)
+    if as_json:
+        _echo_json([public(job_id, job) for job_id, job in found])
+        return
+    for job_id, job in found:
         done = job["completed"] + job["failed"]
         created = public(job_id, job)["created_at"]
         click.echo(

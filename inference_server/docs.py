@@ -47,6 +47,22 @@ PAGE = """<!DOCTYPE html>
 </html>
 """
 TEXT = {"type": "string"}
+INTRODUCTION = """Every route but `/health`, `/ready`, these docs and the console needs credentials.
+To try them on this page:
+
+1. **Log in**: open `POST /auth/login`, *Try it out*, *Execute*. Its body is pre-filled with the
+   default admin of a new server (`admin` / `admin123`, which must then be changed with
+   `POST /auth/change-password` before anything else); put your own username (or email) and
+   password. Only those two fields are needed, as JSON or as a form.
+2. Copy the `access_token` of the answer.
+3. **Authorize** (the button above): paste the token into `bearerAuth` (the token alone,
+   without "Bearer"), or an API key (`sk_live_...`) into `apiKeyAuth`.
+4. Try `POST /predict`: its example is a sample shaped for the server's default model.
+
+An access token lasts `auth.access_token_expire_minutes`; `POST /auth/refresh` trades the refresh
+token for new ones (the old one then stops working). Every error answers one JSON shape,
+`{"error": {"code", "message", "request_id", "details"}}`.
+"""
 
 
 def init_app(app: Flask) -> None:
@@ -75,6 +91,7 @@ def openapi():
             title="inference-server",
             version=_version(),
             auth_enabled=settings.auth.enabled,
+            description=INTRODUCTION if settings.auth.enabled else None,
         )
     return jsonify(document)
 
@@ -91,6 +108,7 @@ def page():
 @doc(
     "The page's scripts, styles and icon",
     path={"asset": {"type": "string", "enum": sorted(SERVED_ASSETS)}},
+    path_examples={"asset": "swagger-ui.css"},
     responses={200: TEXT},
     media=("text/css", "text/javascript", "image/png"),
 )

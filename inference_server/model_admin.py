@@ -63,7 +63,12 @@ def list_models():
 
 
 @bp.get("/<name>")
-@doc("One model", path={"name": schemas.NAME}, responses={200: schemas.MODEL})
+@doc(
+    "One model",
+    path={"name": schemas.NAME},
+    path_examples={"name": schemas.default_model},
+    responses={200: schemas.MODEL},
+)
 @require_auth(scopes=["models:read"])
 def show_model(name: str):
     check_model(name)
@@ -74,6 +79,7 @@ def show_model(name: str):
 @doc(
     "Load, unload, reload or remove a model, or make it the default",
     body=schemas.MANAGE,
+    example=schemas.manage_example,
     responses={200: schemas.MANAGED},
     errors=(403, 404, 409),
 )
@@ -96,6 +102,7 @@ def manage():
 @doc(
     "Fetch a model file, check its sha256, load and register it",
     body=schemas.DOWNLOAD,
+    example=schemas.DOWNLOAD_EXAMPLE,  # the URL and sha256 of your own model file
     responses={201: schemas.DOWNLOADED},
     errors=(403, 409),
 )

@@ -226,6 +226,7 @@ def _predict(path_model: str | None):
 @doc(
     "Predict with the default model, or the one the body names",
     body=schemas.PREDICT,
+    example=schemas.predict_example,
     responses={200: schemas.PREDICTION},
     errors=(404,),
 )
@@ -239,7 +240,9 @@ def predict():
 @doc(
     "Predict with the model the URL names",
     body=schemas.PREDICT_WITH,
+    example=schemas.predict_example,
     path={"model_name": schemas.NAME},
+    path_examples={"model_name": schemas.default_model},
     responses={200: schemas.PREDICTION},
 )
 @require_auth(scopes=["predict"])
@@ -252,6 +255,7 @@ def predict_with(model_name: str):
 @doc(
     "Predict several inputs; a bad one gets its error in place",
     body=schemas.BATCH,
+    example=schemas.batch_example,
     responses={200: schemas.BATCH_RESULT},
     errors=(404,),
 )

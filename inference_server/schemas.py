@@ -6,12 +6,63 @@ name (`auth.inputs.refuse_unknown_fields`), so a misspelt `"modle"` is an error,
 
 from __future__ import annotations
 
+from typing import Any
+
+from flask import Flask
+
 from auth import answer, body
 
 from .models import ACTIONS
 from .settings import MODEL_NAME
 
 NAME = {"type": "string", "pattern": MODEL_NAME.pattern}
+
+
+# -- what the docs page pre-fills: the server's default model and a sample of its input ------
+
+
+def default_model(app: Flask) -> str:
+    return app.extensions["models"].default
+
+
+def sample(app: Flask) -> Any:
+    """One sample shaped and typed as the default model's input (1.0, 2.0, ... in order; a
+    dimension of any size taken as 1)."""
+    described = app.extensions["models"].describe(default_model(app))["input"]
+    integral = "int" in str(described.get("dtype"))
+    counter = iter(range(1, 1 << 30))
+
+    def filled(shape: list[Any]) -> Any:
+        if not shape:
+            value = next(counter)
+            return value if integral else float(value)
+        return [filled(shape[1:]) for _ in range(shape[0] if isinstance(shape[0], int) else 1)]
+
+    return filled(list(described.get("shape") or [1]))
+
+
+def predict_example(app: Flask) -> dict[str, Any]:
+    return {"data": [sample(app)]}
+
+
+def batch_example(app: Flask) -> dict[str, Any]:
+    return {"inputs": [[sample(app)], [sample(app), sample(app)]]}
+
+
+def manage_example(app: Flask) -> dict[str, Any]:
+    return {"action": "reload", "model": default_model(app)}
+
+
+def job_example(app: Flask) -> dict[str, Any]:
+    return {**batch_example(app), "project": "nightly", "metadata": {"run": 1}}
+
+
+DOWNLOAD_EXAMPLE = {
+    "name": "churn",
+    "backend": "onnx",
+    "url": "https://models.example.org/churn-1.2.onnx",
+    "sha256": "0" * 64,
+}
 ANY = {"description": "a number, or a list of them nested as the model's input or output"}
 SAMPLES = {
     "description": "a list of samples, each a (nested) list of numbers shaped like the model's "

@@ -336,6 +336,7 @@ def test_readme_operator_commands_run_as_written(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "created admin ops" in done.stdout and "alice: deleted" in done.stdout
     assert "revoked" in done.stdout and "# configuration is valid" in done.stderr
+    assert "alice: password set" in done.stdout
     (backup,) = tmp_path.glob("backup-*")
     assert (backup / "users.journal.jsonl").exists()
 
@@ -433,3 +434,56 @@ def test_help_version_and_the_serve_options_in_the_top_help(run):
     version = run("--version")
     assert version.exit_code == 0 and "0.1.0" in version.stdout
     assert run("users", "-h").exit_code == 0
+
+
+def test_every_list_command_prints_json_for_scripts(run, make_app):
+    _admin(run)
+    key = run("keys", "create", "--user", "root", "--name", "batch", "--scopes", "predict")
+    users = json.loads(run("users", "list", "--json").stdout)
+    assert [u["username"] for u in users] == ["root"]
+    assert "password_hash" not in users[0] and users[0]["role"] == "admin"
+    keys = json.loads(run("keys", "list", "--user", "root", "--json").stdout)
+    assert [k["name"] for k in keys] == ["batch"] and key.stdout.strip() not in json.dumps(keys)
+    app = make_app()  # a job, through the API, for `jobs list`
+    actor = Actor(app.test_client())
+    root = {"Authorization": "Bearer " + actor.login("root", GOOD)["access_token"]}
+    job = actor.client.post("/jobs", json={"inputs": [[[1, 2, 3]]]}, headers=root).get_json()
+    jobs = json.loads(run("jobs", "list", "--json").stdout)
+    assert [(j["id"], j["status"]) for j in jobs] == [(job["id"], "queued")]
+    report = json.loads(run("usage", "report", "--json").stdout)
+    assert report["group_by"] == "day"
+
+
+def test_set_password_is_permanent_and_reset_password_is_temporary(run, make_app):
+    _admin(run)
+    assert (
+        run(
+            "users",
+            "create",
+            "--username",
+            "sam",
+            "--email",
+            "s@example.org",
+            "--password-stdin",
+            input="first long passphrase\n",
+        ).exit_code
+        == 0
+    )
+    client = make_app().test_client()
+
+    def login(password: str):
+        return client.post("/auth/login", json={"username": "sam", "password": password})
+
+    reset = run(
+        "users", "reset-password", "sam", "--password-stdin", input="temporary passphrase 1\n"
+    )
+    assert reset.exit_code == 0
+    assert login("temporary passphrase 1").get_json()["password_change_required"] is True
+    typed = "permanent passphrase 2"
+    asked = run("users", "set-password", "sam", input=f"{typed}\n{typed}\n")  # prompted twice
+    assert asked.exit_code == 0 and "password set" in asked.output and typed not in asked.output
+    answer = login(typed)
+    assert answer.status_code == 200 and "password_change_required" not in answer.get_json()
+    assert login("temporary passphrase 1").status_code == 401
+    events = [json.loads(line)["event"] for line in run("audit", "tail").stdout.splitlines()]
+    assert "user.password_set" in events

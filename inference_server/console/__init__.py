@@ -62,6 +62,7 @@ def page():
 @doc(
     "The console's script and style",
     path={"asset": {"type": "string", "enum": sorted(ASSETS)}},
+    path_examples={"asset": "console.js"},
     responses={200: TEXT},
     media=("text/css", "text/javascript"),
 )

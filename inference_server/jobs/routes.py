@@ -103,6 +103,7 @@ def _principal() -> Any:
 @doc(
     "Submit a job: inputs too many or too large to wait for",
     body=schemas.SUBMIT_JOB,
+    example=schemas.job_example,
     responses={202: schemas.JOB},
     errors=(404, 413),
 )
