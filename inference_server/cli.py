@@ -445,10 +445,7 @@ def users_delete(config, user, yes) -> None:
 @refusals
 def users_reset_password(config, user, password_stdin) -> None:
     """Set a temporary password: the user's sessions end and they must change it at next login."""
-    state = _state(config)
-    record = accounts.find(state, user)
-    secret = _new_password(password_stdin, None, "New password")
-    ended = accounts.set_password(state, record["id"], secret, actor=_actor())
+    record, ended = _set_password(config, user, password_stdin, permanent=False)
     click.echo(
         f"{record['username']}: password reset, {ended} session(s) ended; "
         "they must change it at their next login"
@@ -463,11 +460,18 @@ def users_reset_password(config, user, password_stdin) -> None:
 def users_set_password(config, user, password_stdin) -> None:
     """Set a permanent password (asked for twice, never on the command line): the user's
     sessions end; no change is asked of them at their next login."""
+    record, ended = _set_password(config, user, password_stdin, permanent=True)
+    click.echo(f"{record['username']}: password set, {ended} session(s) ended")
+
+
+def _set_password(
+    config: str | None, user: str, password_stdin: bool, *, permanent: bool
+) -> tuple[dict[str, Any], int]:
     state = _state(config)
     record = accounts.find(state, user)
     secret = _new_password(password_stdin, None, "New password")
-    ended = accounts.set_password(state, record["id"], secret, actor=_actor(), permanent=True)
-    click.echo(f"{record['username']}: password set, {ended} session(s) ended")
+    ended = accounts.set_password(state, record["id"], secret, actor=_actor(), permanent=permanent)
+    return record, ended
 
 
 # -- keys --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,18 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 60
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Headless, and quiet: without the background-networking flags Chromium keeps trying hosts this
+# machine cannot reach.
+CHROMIUM_FLAGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 ENDED = "(the server's output ended)"
 
 

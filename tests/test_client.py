@@ -7,6 +7,7 @@ a token expires by moving the clock, not by waiting. The README's example runs a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from flask import request, request_finished
 
 from inference_server.client import (
+    AsyncClient,
     AuthenticationError,
     Client,
     NotFound,
@@ -178,3 +180,40 @@ def test_the_readme_example_runs_against_a_server(tmp_path, monkeypatch):
         example: dict = {"__name__": "__main__"}
         exec(_python_block("## Python client"), example)
         assert example["done"]["status"] == "completed"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_async_twin_renews_once_for_eight_tasks_and_waits_for_a_job(served, clock):
+    app, _, serving = served()
+    refreshes = []
+
+    def count_refreshes(sender, response, **extra):
+        if request.path == "/auth/refresh":
+            refreshes.append(response.status_code)
+
+    request_finished.connect(count_refreshes, app)
+
+    async def no_pause(seconds: float) -> None:
+        app.extensions["jobs"].drain()  # the consumer runs the job while the client waits
+
+    with serving as base:
+        alice = await AsyncClient.login(base, "alice", PASSWORD, sleep=no_pause)
+        async with alice:
+            assert (await alice.predict([[1, 2, 3]]))["predictions"]
+            clock.advance(31 * 60)
+            answers = await asyncio.gather(*(alice.predict([[1, 2, 3]]) for _ in range(8)))
+            assert len(answers) == 8 and refreshes == [200]
+            made = await alice.keys.create("svc", scopes=["predict"])
+            assert [k["id"] for k in await alice.keys.list()] == [made["id"]]
+            job = await alice.jobs.submit(data=[[1, 2, 3], [4, 5, 6]])
+            done = await alice.jobs.wait(job["id"], poll_seconds=0.5)
+            assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+            assert [j["id"] for j in await alice.jobs.list()] == [job["id"]]
+            with pytest.raises(NotFound):
+                await alice.jobs.get("job_missing")
+            await alice.logout()

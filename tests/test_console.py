@@ -14,9 +14,8 @@ import pytest
 import requests
 
 from inference_server.client import Client
-from tests.live import live_server
+from tests.live import CHROMIUM, CHROMIUM_FLAGS, live_server
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
@@ -40,13 +39,7 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in (
         "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *CHROMIUM_FLAGS,
         "--window-size=1280,900",
         f"--user-data-dir={tmp_path / 'profile'}",
     ):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ import requests
 
 from auth.decorators import PUBLIC_ATTR, SCOPES_ATTR
 from tests.conftest import assert_error
-from tests.live import live_server
+from tests.live import CHROMIUM, CHROMIUM_FLAGS, live_server
 
 HIDDEN = {"HEAD", "OPTIONS"}
 
@@ -109,9 +108,6 @@ def test_a_field_the_endpoint_does_not_take_is_refused_by_name(actor, path, body
     assert error["details"]["field"] == field and repr(field) in error["message"]
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
 def test_the_docs_page_renders_every_operation_in_a_real_browser_without_leaving_the_server(
@@ -123,13 +119,7 @@ def test_the_docs_page_renders_every_operation_in_a_real_browser_without_leaving
             [
                 CHROMIUM,
                 "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *CHROMIUM_FLAGS,
                 f"--user-data-dir={tmp_path / 'profile'}",
                 f"--log-net-log={net_log}",
                 "--virtual-time-budget=15000",

@@ -6,12 +6,13 @@
         print(client.predict([[1.0, 2.0, 3.0]])["predictions"])
 
 or `Client.login(base_url, username, password)` for a session that renews its token by
-itself. Errors are raised as `ServerError` subclasses carrying the server's `code`, `message`,
+itself; `AsyncClient` is its twin for asyncio (`await AsyncClient.login(...)`, every call
+awaited). Errors are raised as `ServerError` subclasses carrying the server's `code`, `message`,
 `request_id` and `details`. Importing it starts nothing and needs nothing of the server's
 (httpx only).
 """
 
-from .api import Client
+from .api import AsyncClient, Client
 from .errors import (
     AuthenticationError,
     Conflict,
@@ -26,6 +27,7 @@ from .errors import (
 )
 
 __all__ = [
+    "AsyncClient",
     "AuthenticationError",
     "Client",
     "Conflict",

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 QUEUE_NAME = "inference-jobs"
 RUNNER = f"{socket.gethostname()}:{os.getpid()}"  # this process, as job records name it
 BEAT_SECONDS = 15.0
+# Huey's consumer polls an idle queue less and less often, up to every 10 s by default: a job
+# submitted after a quiet spell would wait that long to start. An SQLite query twice a second
+# costs nothing next to that (a Redis queue blocks on the list instead: no polling).
+IDLE_POLL_SECONDS = 0.5
 DEAD_AFTER_SECONDS = 4 * BEAT_SECONDS
 _TIMES = ("eta", "expires_resolved")  # the fields of a message that hold a datetime
 
@@ -151,6 +155,13 @@ class _Consumer(Consumer):
 
 def run_consumer(huey: Huey, *, workers: int, on_stop: Callable[[], None]) -> None:
     """Run jobs until SIGTERM or SIGINT (threads; call from a process's main thread)."""
-    consumer = _Consumer(huey, on_stop, workers=workers, worker_type="thread", periodic=True)
+    consumer = _Consumer(
+        huey,
+        on_stop,
+        workers=workers,
+        worker_type="thread",
+        periodic=True,
+        max_delay=IDLE_POLL_SECONDS,
+    )
     log.info("the job consumer runs with %d thread(s)", workers)
     consumer.run()
