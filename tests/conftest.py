@@ -6,7 +6,7 @@ import copy
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,10 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def make_app(data_dir: Path, clock: FrozenClock) -> Callable[..., Flask]:
-    """Build an app over the test's data dir; keyword sections override the config."""
+def make_app(data_dir: Path, clock: FrozenClock) -> Iterator[Callable[..., Flask]]:
+    """Build an app over the test's data dir; keyword sections override the config. Apps on
+    Redis let go of their connections when the test ends."""
+    made: list[Flask] = []
 
     def factory(**sections: Any) -> Flask:
         overrides = deep_merge(base_overrides(data_dir), sections)
@@ -136,9 +138,15 @@ def make_app(data_dir: Path, clock: FrozenClock) -> Callable[..., Flask]:
             load_settings(overrides=overrides, environ={}), clock=clock, sleep=clock.sleep
         )
         app.testing = True
+        made.append(app)
         return app
 
-    return factory
+    yield factory
+    for app in made:
+        if app.extensions["settings"].storage.backend == "redis":
+            if "jobs" in app.extensions:
+                app.extensions["jobs"].close()
+            app.extensions["auth"].storage.close()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import time
 
 import pytest
@@ -16,7 +17,7 @@ import requests
 
 from tests import test_faults
 from tests.conftest import Actor, assert_error, on_redis
-from tests.live import live_server
+from tests.live import RedisProcess, live_server
 from tests.test_faults import _fill, served_on
 
 INPUTS = [[[1, 2, 3]], [[1, 2]], [[4, 5, 6], [7, 8, 9]], [[0, 0, 0]]]
@@ -283,25 +284,24 @@ def test_a_disabled_users_jobs_are_cancelled_and_metrics_count_jobs(app, actor):
 @pytest.mark.slow
 def test_a_restart_finishes_a_running_and_a_queued_job_answering_each_input_once(tmp_path):
     data_dir = tmp_path / "data"
-    env = {"INFERENCE_JOBS__CHUNK_INPUTS": "20", **POLLING}
+    env = {"INFERENCE_JOBS__CHUNK_INPUTS": "10", **POLLING}
     inputs = [[[float(i), 2.0, 3.0]] for i in range(20_000)]
     with live_server(data_dir, workers=1, env=env) as server:
         headers = server.admin_credentials()["api-key"]
 
-        def submitted() -> str:
-            answer = requests.post(
-                server.url("/jobs"), json={"inputs": inputs}, headers=headers, timeout=60
-            )
+        def submitted(count: int) -> str:
+            body = {"inputs": inputs[:count]}
+            answer = requests.post(server.url("/jobs"), json=body, headers=headers, timeout=60)
             assert answer.status_code == 202
             return answer.json()["id"]
 
-        running, queued = submitted(), submitted()
+        running = submitted(20_000)  # 2,000 chunks, each made durable: seconds of work
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            job = poll(server, running, headers)
-            if job["request_counts"]["completed"] > 0:
+            if poll(server, running, headers)["request_counts"]["completed"] > 0:
                 break
-        assert job["status"] == "in_progress"  # stopped in the middle of it
+        queued = submitted(100)  # waits: the one consumer thread runs the other
+        assert poll(server, running, headers)["status"] == "in_progress"  # stopped mid-way
     # The consumer stopped with the server: the running job paused after its chunk.
     with live_server(data_dir, workers=1, env=env) as server:
         deadline = time.monotonic() + 120
@@ -422,3 +422,27 @@ def test_a_job_whose_consumer_on_another_host_stops_beating_is_taken_over(app, a
     assert drain(app) == 1
     done = actor.client.get(f"/jobs/{job['id']}", headers=alice).get_json()
     assert done["status"] == "completed" and done["request_counts"]["completed"] == 3
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_a_redis_outage_refuses_a_job_with_503_and_stores_none_of_it(make_app, tmp_path):
+    (tmp_path / "redis").mkdir()
+    redis = RedisProcess(tmp_path / "redis")  # its own, kept on disk: stopped and started here
+    redis.start()
+    try:
+        app = make_app(jobs=JOB_LIMITS, **on_redis(redis.url))
+        actor = Actor(app.test_client())
+        alice = actor.user_headers("alice")
+        kept = submit(actor, alice)
+        redis.stop()
+        refused = actor.client.post("/jobs", json={"inputs": INPUTS}, headers=alice)
+        error = assert_error(refused, 503, "STORAGE_UNAVAILABLE")
+        assert "Redis" in error["message"] and "Retry-After" in refused.headers
+        redis.start()
+        listed = actor.client.get("/jobs", headers=alice).get_json()
+        assert [job["id"] for job in listed["jobs"]] == [kept["id"]]
+        client = app.extensions["jobs"].payloads._client
+        assert {key.decode().split(":")[2] for key in client.keys("*:job:*")} == {kept["id"]}
+        assert drain(app) == 1  # the queue holds the one job stored
+    finally:
+        redis.stop()

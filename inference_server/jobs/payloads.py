@@ -57,6 +57,10 @@ class Payloads(Protocol):
 
     def delete(self, job_id: str) -> None: ...
 
+    def close(self) -> None:
+        """Let go of any connection."""
+        ...
+
 
 def open_payloads(settings: Any) -> Payloads:
     """The payloads of the server configured by `settings`, beside its other state."""
@@ -215,6 +219,9 @@ class FilePayloads:
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
         shutil.rmtree(self._dir / f"{job_id}.new", ignore_errors=True)
+
+    def close(self) -> None:
+        pass  # nothing held open between calls
 
 
 def _write(path: Path, blob: bytes) -> None:

@@ -96,6 +96,13 @@ def open_queue(settings: Settings) -> Huey:
     return SqliteHuey(QUEUE_NAME, filename=str(directory / "queue.db"), **options)
 
 
+def close_queue(huey: Huey) -> None:
+    huey.storage.close()
+    pool = getattr(huey.storage, "pool", None)  # Huey's Redis storage: close() leaves it open
+    if pool is not None:
+        pool.disconnect()
+
+
 def beat(huey: Huey, clock: Callable[[], float] = time.time) -> None:
     """Say that this consumer process is alive, now."""
     huey.storage.put_data(f"consumer:{RUNNER}", str(clock()).encode())

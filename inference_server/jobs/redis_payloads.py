@@ -54,7 +54,8 @@ class RedisPayloads:
             self._client.hset(self._key(job_id, "inputs"), mapping=encode_inputs(checked))
         except redis.RedisError as exc:
             raise StorageUnavailable(
-                f"Redis cannot take this job's inputs now ({exc}); try again later"
+                f"Redis cannot take this job's inputs now ({exc}); try again later",
+                headers={"Retry-After": "5"},
             ) from None
 
     def inputs(self, job_id: str) -> StoredInputs:
@@ -87,3 +88,6 @@ class RedisPayloads:
 
     def delete(self, job_id: str) -> None:
         self._client.delete(self._key(job_id, "inputs"), self._key(job_id, "result"))
+
+    def close(self) -> None:
+        self._client.close()

@@ -47,7 +47,7 @@ from ..models import ModelRegistry, ModelUnavailable
 from ..predict import model_for
 from ..settings import Settings
 from .payloads import Checked, open_payloads
-from .queue import RUNNER, open_queue, runner_alive
+from .queue import RUNNER, close_queue, open_queue, runner_alive
 from .records import ACTIVE, FINISHED, jobs_store, new_record
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,11 @@ class Jobs:
         for job_id in old:
             self.payloads.delete(job_id)
         return old
+
+    def close(self) -> None:
+        """Let go of the queue's and the payloads' connections."""
+        close_queue(self.huey)
+        self.payloads.close()
 
     def drain(self) -> int:
         """Run every job on the queue in this process, as a consumer would (tests)."""
