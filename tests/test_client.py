@@ -217,3 +217,22 @@ async def test_the_async_twin_renews_once_for_eight_tasks_and_waits_for_a_job(se
             with pytest.raises(NotFound):
                 await alice.jobs.get("job_missing")
             await alice.logout()
+
+
+def test_an_expired_session_is_raised_not_renewed_forever(served, clock):
+    app, _, serving = served()
+    with serving as base, Client.login(base, "alice", PASSWORD) as alice:
+        clock.advance(8 * 24 * 3600)  # the refresh token (7 days) has expired too
+        raised = []
+
+        def me() -> None:
+            try:
+                alice.me()
+            except AuthenticationError as exc:
+                raised.append(exc)
+
+        thread = threading.Thread(target=me, daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the client hangs renewing inside a renewal"
+        assert [exc.code for exc in raised] == ["TOKEN_EXPIRED"]

@@ -8,6 +8,7 @@ master starts the consumer process itself.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import time
@@ -446,3 +447,39 @@ def test_a_redis_outage_refuses_a_job_with_503_and_stores_none_of_it(make_app, t
         assert drain(app) == 1  # the queue holds the one job stored
     finally:
         redis.stop()
+
+
+def test_a_consumer_whose_job_was_taken_over_stops_without_writing_over_it(app, actor):
+    alice = actor.user_headers("alice")
+    job = submit(actor, alice)
+    service = app.extensions["jobs"]
+    real = service._answer_each
+    elsewhere = "another-host/1:7:beef"
+
+    def taken_over_after_the_first_chunk(model, checked):
+        answered = real(model, checked)
+
+        def taken(items):  # this consumer was thought dead: another one took the job
+            items[job["id"]] = {**items[job["id"]], "runner": elsewhere}
+
+        service.store.update(taken)
+        return answered
+
+    service._answer_each = taken_over_after_the_first_chunk
+    assert drain(app) == 1
+    state = service.store.get(job["id"])
+    assert (state["status"], state["runner"]) == ("in_progress", elsewhere)
+    assert state["completed"] + state["failed"] == 0  # its chunk is the new consumer's to do
+
+
+def test_a_runner_is_alive_only_while_it_beats_even_with_a_pid_of_this_host(app, clock):
+    from inference_server.jobs.queue import PLACE, runner_alive
+
+    huey = app.extensions["jobs"].huey
+    same_pid = f"{PLACE}:{os.getpid()}:another-process"  # a pid used again, or a container's
+    assert not runner_alive(huey, same_pid, clock)
+    huey.storage.put_data(f"consumer:{same_pid}", str(clock()).encode())
+    assert runner_alive(huey, same_pid, clock)
+    gone = f"{PLACE}:999999999:cafe"  # no such process here: dead at once, beat or not
+    huey.storage.put_data(f"consumer:{gone}", str(clock()).encode())
+    assert not runner_alive(huey, gone, clock)

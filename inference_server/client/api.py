@@ -424,8 +424,8 @@ class _Tokens:
         """Renew the tokens, unless another thread has since `expired` was sent."""
         with self._lock:
             if self.access == expired:  # else renewed while this thread waited: use it
-                body = {"refresh_token": self.refresh}
-                self._keep(client._call("POST", "/auth/refresh", json=body))
+                body = {"refresh_token": self.refresh}  # sent unsigned: never renewed again
+                self._keep(client._call("POST", "/auth/refresh", json=body, signed=False))
 
 
 class _AsyncTokens(_Tokens):
@@ -439,7 +439,7 @@ class _AsyncTokens(_Tokens):
         async with self._async_lock:
             if self.access == expired:
                 body = {"refresh_token": self.refresh}
-                self._keep(await client._call("POST", "/auth/refresh", json=body))
+                self._keep(await client._call("POST", "/auth/refresh", json=body, signed=False))
 
 
 def _finished(

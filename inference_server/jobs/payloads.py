@@ -40,6 +40,8 @@ RESULT = "result.jsonl"
 
 
 class Payloads(Protocol):
+    max_bytes: int | None  # the largest result the storage can hold, if it has a limit
+
     def put_inputs(self, job_id: str, checked: np.ndarray | list[Checked]) -> None:
         """Store `checked` (an array: each row one input), whole or not at all;
         StorageUnavailable if the storage refuses."""
@@ -163,6 +165,8 @@ def whole_lines(pieces: Iterable[bytes], done_bytes: int) -> Iterator[bytes]:
 
 class FilePayloads:
     """Payloads as files under one directory (`data/jobs/`)."""
+
+    max_bytes = None
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory

@@ -12,10 +12,12 @@ Huey's messages are pickles by default, and a pickle read is code run: whoever c
 queue (a Redis shared by many hosts) could run code in every consumer. Ours are JSON
 (`JsonMessages`), of the few fields our tasks use.
 
-Each consumer process says it is alive in the queue's key-value space (`beat`, every
-`BEAT_SECONDS`), so that a consumer on another host can tell a job whose consumer died from one
-still running (`runner_alive`); on the same host the process itself is asked, which a crash
-answers at once.
+Each consumer process has a name of its own (`RUNNER`: host, pid namespace, pid and a random
+part, so that two containers sharing a hostname, or a pid used again, never share one) and says
+it is alive in the queue's key-value space (`beat`, every `BEAT_SECONDS`), so that a consumer
+elsewhere can tell a job whose consumer died from one still running (`runner_alive`). On the
+same host and pid namespace a process that is gone is dead at once, without waiting for its
+beat to age. Hosts' clocks must agree within a few seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -42,7 +45,19 @@ from ..settings import Settings
 log = logging.getLogger(__name__)
 
 QUEUE_NAME = "inference-jobs"
-RUNNER = f"{socket.gethostname()}:{os.getpid()}"  # this process, as job records name it
+
+
+def _place() -> str:
+    """This host and pid namespace (a container's pids are its own)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}/{namespace}"
+
+
+PLACE = _place()
+RUNNER = f"{PLACE}:{os.getpid()}:{secrets.token_hex(4)}"  # this process, as job records name it
 BEAT_SECONDS = 15.0
 # Huey's consumer polls an idle queue less and less often, up to every 10 s by default: a job
 # submitted after a quiet spell would wait that long to start. An SQLite query twice a second
@@ -109,23 +124,28 @@ def beat(huey: Huey, clock: Callable[[], float] = time.time) -> None:
 
 
 def runner_alive(huey: Huey, runner: str | None, clock: Callable[[], float] = time.time) -> bool:
-    """Whether `runner` (host:pid) is a consumer process alive now, other than this one."""
-    host, _, pid = (runner or "").rpartition(":")
-    if not pid.isdigit() or runner == RUNNER:
+    """Whether `runner` (a `RUNNER`) is a consumer process alive now, other than this one."""
+    if not runner or runner == RUNNER:
         return False
-    if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    place, _, rest = runner.partition(":")
+    pid = rest.partition(":")[0]
+    if place == PLACE and pid.isdigit() and not _exists(int(pid)):
+        return False  # gone from this host: no need to wait for its beat to age
     last = huey.storage.peek_data(f"consumer:{runner}")
     try:
         return clock() - float(last) < DEAD_AFTER_SECONDS
     except (TypeError, ValueError):
         return False  # no beat at all
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Consumer(Consumer):
@@ -138,17 +158,19 @@ class _Consumer(Consumer):
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        self._say_alive()  # before the first job is taken
         super().start()
         threading.Thread(target=self._beat, name="consumer-beat", daemon=True).start()
 
     def _beat(self) -> None:
-        while True:
-            try:
-                beat(self.huey)
-            except Exception as exc:  # the queue is down: the next beat tries again
-                log.warning("the job consumer could not say it is alive: %s", exc)
-            if self._stopped.wait(BEAT_SECONDS):
-                return
+        while not self._stopped.wait(BEAT_SECONDS):
+            self._say_alive()
+
+    def _say_alive(self) -> None:
+        try:
+            beat(self.huey)
+        except Exception as exc:  # the queue is down: the next beat tries again
+            log.warning("the job consumer could not say it is alive: %s", exc)
 
     def stop(self, graceful: bool = False) -> None:
         self._stopped.set()

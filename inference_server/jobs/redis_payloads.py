@@ -4,13 +4,15 @@ on one host is run by a consumer on another and read on a third.
     <prefix>:job:<id>:inputs   a hash: blob name -> blob (`payloads.encode_inputs`), one HSET
     <prefix>:job:<id>:result   a string: the result's lines, appended by `APPEND_AT`
 
-The inputs are written by one command, so they are there whole or not at all. Reads and writes
-of large values go in parts of `PART` bytes so that no single reply holds up the connection.
+The inputs are written by one command (HSET) and read by one (HGETALL), so they are there whole
+or not at all; the result is read in parts of `PART` bytes. A Redis string holds at most 512 MB:
+a result is kept below that (`MAX_BYTES`) whatever `jobs.max_result_mb` says.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,13 +23,19 @@ from auth import StorageUnavailable
 
 from .payloads import ERRORS, Checked, StoredInputs, encode_inputs, result_bytes, whole_lines
 
+log = logging.getLogger(__name__)
 PART = 1 << 20
+MAX_BYTES = 512 * 1024 * 1024 - PART
 
 # Cut the result to the bytes the record calls whole (ARGV[1]), then append ARGV[2]: one step,
 # so a reader never sees the tail of an interrupted chunk followed by its retry.
 APPEND_AT = """
 local done = tonumber(ARGV[1])
-if redis.call('STRLEN', KEYS[1]) > done then
+local size = redis.call('STRLEN', KEYS[1])
+if size < done then
+    return redis.error_reply('the result is shorter than its record says: it was lost')
+end
+if size > done then
     if done == 0 then
         redis.call('DEL', KEYS[1])
     else
@@ -39,6 +47,8 @@ return redis.call('APPEND', KEYS[1], ARGV[2])
 
 
 class RedisPayloads:
+    max_bytes = MAX_BYTES
+
     def __init__(self, url: str, *, prefix: str, timeout: float = 10.0) -> None:
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0)
@@ -53,8 +63,9 @@ class RedisPayloads:
         try:
             self._client.hset(self._key(job_id, "inputs"), mapping=encode_inputs(checked))
         except redis.RedisError as exc:
+            log.warning("job %s: its inputs could not be stored in Redis: %s", job_id, exc)
             raise StorageUnavailable(
-                f"Redis cannot take this job's inputs now ({exc}); try again later",
+                "Redis cannot take this job's inputs now; try again later",
                 headers={"Retry-After": "5"},
             ) from None
 

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 USER_GONE = "its user was disabled or deleted"
 RESULT_TOO_LARGE = "its result grew beyond jobs.max_result_mb; the part answered is kept"
 MAX_METADATA_BYTES = 4096
+TAKEN_OVER = "taken over"
 
 
 class TooManyJobs(ApiError):
@@ -268,11 +269,14 @@ class Jobs:
                 results, elapsed = self._answer_each(model, part)
                 lines = [{"index": start + i, **result} for i, result in enumerate(results)]
                 written = self.payloads.append_result(job_id, written, lines)
-                if written > self.settings.max_result_mb * 1024 * 1024:
+                if written > self._most_result_bytes():
                     self._finish(job_id, "failed", error=RESULT_TOO_LARGE)
                     return
                 failed = sum(1 for result in results if "error" in result)
                 status = self._counted(job_id, len(part) - failed, failed, written)
+                if status == TAKEN_OVER:
+                    log.warning("job %s is run by another consumer now; this one stops", job_id)
+                    return
                 self._charge(job, part, results, elapsed)
                 if status == "cancelling":
                     self._finish(job_id, "cancelled")
@@ -299,9 +303,11 @@ class Jobs:
             if job["status"] == "in_progress" and self._runs_elsewhere(job_id, job):
                 continue
             if job["status"] == "in_progress" and job["attempts"] >= 2:
-                self._finish(job_id, "failed", error="interrupted twice by a crash; not retried")
+                self._finish(
+                    job_id, "failed", error="interrupted twice by a crash; not retried", mine=False
+                )
             elif job["status"] == "cancelling" and not self._runs_elsewhere(job_id, job):
-                self._finish(job_id, "cancelled")
+                self._finish(job_id, "cancelled", mine=False)
             elif job["status"] in ("queued", "in_progress") and job_id not in queued:
                 self._task(job_id)  # queued twice by a race: `_start` runs it once
                 again.append(job_id)
@@ -342,6 +348,10 @@ class Jobs:
         found = ((job_id, self.store.get(job_id)) for job_id in self.store.ids("user", user_id))
         return [(job_id, job) for job_id, job in found if job is not None]
 
+    def _most_result_bytes(self) -> float:
+        most = self.settings.max_result_mb * 1024 * 1024
+        return min(most, self.payloads.max_bytes) if self.payloads.max_bytes else most
+
     def _forget_payloads(self, job_id: str) -> None:
         """Remove a job's payloads after a failed submission, without hiding why it failed."""
         try:
@@ -378,8 +388,12 @@ class Jobs:
             return job
 
     def _counted(self, job_id: str, completed: int, failed: int, written: int) -> str:
+        """Count a chunk done; the job's status (TAKEN_OVER: no longer this consumer's)."""
+
         def change(items: Any) -> str:
-            job = items[job_id]
+            job = items.get(job_id)
+            if job is None or job.get("runner") != RUNNER:
+                return TAKEN_OVER  # another consumer took it over (this one was thought dead)
             job.update(
                 completed=job["completed"] + completed,
                 failed=job["failed"] + failed,
@@ -406,7 +420,7 @@ class Jobs:
 
         def change(items: Any) -> Any:
             job = items.get(job_id)
-            if job is None or job["status"] != "in_progress":
+            if job is None or job["status"] != "in_progress" or job.get("runner") != RUNNER:
                 return UNCHANGED
             job.update(status="queued", attempts=job["attempts"] - 1)
             return None
@@ -415,13 +429,19 @@ class Jobs:
         self._auth.ledger.flush()
         log.info("job %s paused: its consumer stops", job_id)
 
-    def _finish(self, job_id: str, status: str, *, error: str | None = None) -> None:
+    def _finish(
+        self, job_id: str, status: str, *, error: str | None = None, mine: bool = True
+    ) -> None:
+        """End a job: one this consumer runs (`mine`), or one found without a live consumer
+        (`recover`), each checked again as the store has it now."""
         now = int(self._clock())
 
         def change(items: Any) -> Any:
             job = items.get(job_id)
-            if job is None:
+            if job is None or (mine and job.get("runner") != RUNNER):
                 return UNCHANGED
+            if not mine and (job["status"] not in ACTIVE or self._runs_elsewhere(job_id, job)):
+                return UNCHANGED  # it moved since it was read: a consumer runs it now
             job.update(status=status, finished_at=now, error=error)
             return dict(job)
 
