@@ -3,7 +3,9 @@
 A backup is a directory holding what makes a data dir: every store (written by the storage
 backend, each under its lock so that its snapshot and journal are one consistent version), the
 token signing secret (from wherever the backend keeps it), the audit log with its rotated
-generations (under the audit lock), and the downloaded models; plus `backup-manifest.json`: the
+generations (under the audit lock), the downloaded models and the jobs' inputs and results
+(copied after the job records, so a running job's result holds at least what its record
+counts: the rest is cut when it resumes); plus `backup-manifest.json`: the
 size and SHA-256 of each file and the data dir they came from. It is written into a hidden
 folder beside its destination, synced, and renamed into place once complete, so a backup that
 failed half-way never looks like one.
@@ -46,6 +48,7 @@ from auth import (
     secure_dir,
 )
 
+from .jobs.payloads import JOB_ID, JOBS_DIR, PAYLOAD_FILES, payload_files
 from .models import state_store
 from .models.download import MODELS_DIR, downloaded_files
 from .models.registry import rebase_paths
@@ -59,6 +62,7 @@ STORE_FILE = re.compile(r"[A-Za-z0-9_]+\.(?:json|journal\.jsonl)")
 DATA_FILE = re.compile(
     rf"{STORE_FILE.pattern}|{re.escape(SECRET_FILE)}|audit\.log(?:\.[0-9]+)?"
     rf"|{MODELS_DIR}/[A-Za-z0-9][A-Za-z0-9_.-]*"
+    rf"|{JOBS_DIR}/{JOB_ID}/(?:{'|'.join(map(re.escape, PAYLOAD_FILES))})"
 )
 CHUNK = 1 << 20
 
@@ -84,7 +88,9 @@ def data_files(directory: Path) -> list[str]:
     except FileNotFoundError:
         return []
     models = [f"{MODELS_DIR}/{p.name}" for p in downloaded_files(directory)]
-    return [name for name in top + models if DATA_FILE.fullmatch(name) and name != MANIFEST]
+    jobs = [p.relative_to(directory).as_posix() for p in payload_files(directory)]
+    found = top + models + jobs
+    return [name for name in found if DATA_FILE.fullmatch(name) and name != MANIFEST]
 
 
 def make_backup(state: AuthState, data_dir: Path, target: Path) -> list[str]:
@@ -120,6 +126,11 @@ def make_backup(state: AuthState, data_dir: Path, target: Path) -> list[str]:
         for model in models:
             _copy(model, partial / MODELS_DIR / model.name)
             copied.append(f"{MODELS_DIR}/{model.name}")
+        for payload in payload_files(data_dir):  # after the job records: see the docstring
+            name = payload.relative_to(data_dir).as_posix()
+            secure_dir((partial / name).parent)
+            _copy(payload, partial / name)
+            copied.append(name)
         copied += state.storage.audit.copy_to(partial)
         _write_manifest(partial, copied, data_dir)
         os.rename(partial, target)  # over an empty directory too

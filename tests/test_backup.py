@@ -226,3 +226,33 @@ def test_backup_refuses_a_destination_it_would_mix_with(
     assert refused.exit_code == 1 and message in refused.output, refused.output
     assert (tmp_path / "full" / "notes.txt").read_text() == "kept"
     assert not (data_dir / "backups").exists()
+
+
+def test_a_restored_backup_keeps_jobs_results_and_runs_the_queued_ones(data_dir, roots, tmp_path):
+    app = _app(data_dir, roots)
+    actor = Actor(app.test_client())
+    alice = actor.user_headers("alice")
+
+    def submitted() -> str:
+        answer = actor.client.post("/jobs", json={"inputs": [ROWS, [[1, 2]]]}, headers=alice)
+        assert answer.status_code == 202
+        return answer.get_json()["id"]
+
+    done = submitted()
+    assert app.extensions["jobs"].drain() == 1
+    queued = submitted()
+    result = actor.client.get(f"/jobs/{done}/result", headers=alice).get_json()
+    target = tmp_path / "backup"
+    made = _cli(data_dir, "backup", target)
+    assert made.exit_code == 0 and f"jobs/{queued}/rows.npy" in made.output, made.output
+
+    new_host = tmp_path / "elsewhere" / "data"
+    assert _cli(new_host, "restore", target).exit_code == 0
+    app = _app(new_host, roots)
+    client = app.test_client()
+    assert client.get(f"/jobs/{done}/result", headers=alice).get_json() == result
+    service = app.extensions["jobs"]
+    assert service.recover() == [queued]  # the queue is not backed up: its jobs are put back
+    assert service.drain() == 1
+    ran = client.get(f"/jobs/{queued}/result", headers=alice).get_json()
+    assert [r["index"] for r in ran["results"]] == [0, 1] and ran["failed"] == 1

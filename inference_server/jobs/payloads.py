@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -37,6 +38,9 @@ NUMPY = orjson.OPT_SERIALIZE_NUMPY
 Checked = np.ndarray | dict[str, Any]  # an input as the model takes it, or its error
 ERRORS, ROWS, SPANS, ARRAYS = "errors.json", "rows.npy", "spans.npy", "inputs.npz"
 RESULT = "result.jsonl"
+JOBS_DIR = "jobs"  # in the data dir: a folder per job, named by its id
+JOB_ID = r"job_[0-9a-f]{24}"
+PAYLOAD_FILES = (ERRORS, ROWS, SPANS, ARRAYS, RESULT)
 
 
 class Payloads(Protocol):
@@ -71,7 +75,7 @@ def open_payloads(settings: Any) -> Payloads:
         from .redis_payloads import RedisPayloads  # needs the redis package
 
         return RedisPayloads(storage.redis_url, prefix=storage.redis_prefix)
-    return FilePayloads(settings.data_dir / "jobs")
+    return FilePayloads(settings.data_dir / JOBS_DIR)
 
 
 class StoredInputs:
@@ -161,6 +165,16 @@ def whole_lines(pieces: Iterable[bytes], done_bytes: int) -> Iterator[bytes]:
             yield line + b"\n"
         if remaining <= len(partial):
             return
+
+
+def payload_files(data_dir: Path) -> list[Path]:
+    """The files of every whole job payload under `data_dir` (never one half written)."""
+    jobs = data_dir / JOBS_DIR
+    try:
+        folders = sorted(e.path for e in os.scandir(jobs) if re.fullmatch(JOB_ID, e.name))
+    except FileNotFoundError:
+        return []
+    return [Path(f, n) for f in folders for n in PAYLOAD_FILES if os.path.isfile(Path(f, n))]
 
 
 class FilePayloads:
