@@ -108,6 +108,10 @@ class Ledger(Batched):
         self._monotonic = monotonic
         self._pending: dict[tuple[str, str], Counts] = {}  # (user, day) -> counts
         self._months: dict[tuple[str, str], tuple[float, int, int]] = {}
+        # (user, day) -> (the store's version, requests, samples) as written: a day's record
+        # grows a row per hour, key and model, and decoding it on every quota check cost more
+        # the busier the user; read again only when the store changed.
+        self._written: dict[tuple[str, str], tuple[Any, int, int]] = {}
 
     # -- counting ------------------------------------------------------------------------------
 
@@ -149,13 +153,24 @@ class Ledger(Batched):
         )
 
     def _day_totals(self, user_id: str, day: str) -> tuple[int, int]:
-        record = self.store.get(record_id(user_id, day))
-        requests, samples = (record["requests"], record["samples"]) if record else (0, 0)
+        requests, samples = self._written_totals(user_id, day)
         with self._lock:
             for row, totals in self._pending.get((user_id, day), {}).items():
                 if row[3] == SERVED:
                     requests += int(totals[0])
                     samples += int(totals[1])
+        return requests, samples
+
+    def _written_totals(self, user_id: str, day: str) -> tuple[int, int]:
+        key, version = (user_id, day), self.store.version()
+        cached = self._written.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        record = self.store.get(record_id(user_id, day))
+        requests, samples = (record["requests"], record["samples"]) if record else (0, 0)
+        if len(self._written) > 100_000:
+            self._written.clear()
+        self._written[key] = (version, requests, samples)
         return requests, samples
 
     def _earlier_this_month(self, user_id: str, day: str) -> tuple[int, int]:

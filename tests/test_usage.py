@@ -252,6 +252,9 @@ class _FailingOnce:
     def get(self, record_id: str):
         return self.records.get(record_id)
 
+    def version(self) -> int:
+        return self.calls
+
     def update(self, change):
         self.calls += 1
         if self.calls == 1:
@@ -317,3 +320,25 @@ def test_an_admin_moves_a_user_to_another_tier_or_gives_them_quotas_of_their_own
     assert run("users", "set-quota", "alice", "samples_per_day=10").exit_code == 0
     me = actor.client.get("/auth/me", headers=alice).get_json()
     assert {q["quota"] for q in me["usage"]["quotas"]} == {"requests_per_day", "samples_per_day"}
+
+
+def test_a_days_written_usage_is_read_again_when_another_process_writes(make_app, clock):
+    """Quota checks keep a user's written day totals until the store changes: a write by
+    another process (a ledger of its own on the same data dir) is seen at the next check."""
+    app = make_app()
+    here = app.extensions["auth"]
+    elsewhere = Ledger(make_app().extensions["auth"].ledger.store, flush_seconds=3600)
+    for ledger, samples, total in ((here.ledger, 2, 2), (elsewhere, 5, 7)):
+        ledger.add(
+            "usr_1",
+            credential="session",
+            model="a",
+            status=200,
+            samples=samples,
+            inference_ms=1.0,
+            now=clock.now,
+        )
+        ledger.flush()
+        here.storage.sync()
+        assert here.ledger.used("usr_1", clock.now).samples_per_day == total
+        here.storage.end_request()
