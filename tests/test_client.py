@@ -44,6 +44,18 @@ class Pauses:
             time.sleep(seconds)
 
 
+def refreshes_of(app) -> list[int]:
+    """The statuses of the /auth/refresh calls `app` answers from now on."""
+    statuses: list[int] = []
+
+    def note(sender, response, **extra):
+        if request.path == "/auth/refresh":
+            statuses.append(response.status_code)
+
+    request_finished.connect(note, app, weak=False)  # held by the signal, not by a caller
+    return statuses
+
+
 @pytest.fixture
 def served(make_app):
     def serve(**sections):
@@ -89,13 +101,7 @@ def test_login_predict_keys_and_typed_errors(served):
 
 def test_an_expired_token_is_renewed_once_for_eight_threads_and_the_session_lives(served, clock):
     app, _, serving = served()
-    refreshes = []
-
-    def count_refreshes(sender, response, **extra):
-        if request.path == "/auth/refresh":
-            refreshes.append(response.status_code)
-
-    request_finished.connect(count_refreshes, app)
+    refreshes = refreshes_of(app)
 
     with serving as base, Client.login(base, "alice", PASSWORD) as alice:
         assert alice.predict([[1, 2, 3]])["predictions"]
@@ -190,13 +196,7 @@ def anyio_backend():
 @pytest.mark.anyio
 async def test_the_async_twin_renews_once_for_eight_tasks_and_waits_for_a_job(served, clock):
     app, _, serving = served()
-    refreshes = []
-
-    def count_refreshes(sender, response, **extra):
-        if request.path == "/auth/refresh":
-            refreshes.append(response.status_code)
-
-    request_finished.connect(count_refreshes, app)
+    refreshes = refreshes_of(app)
 
     async def no_pause(seconds: float) -> None:
         app.extensions["jobs"].drain()  # the consumer runs the job while the client waits

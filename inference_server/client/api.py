@@ -78,10 +78,23 @@ def _pause(error: ServerError, method: str, tries: int) -> float | None:
 
 
 class _Api:
-    """The calls both clients make."""
+    """The calls both clients make, and what they hold: the server, the credentials, the
+    retry deadline, the clock and the pause."""
 
-    _tokens: Any = None
-    _api_key: str | None = None
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        retry_seconds: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Any],
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry_seconds = retry_seconds
+        self._api_key = api_key
+        self._tokens: Any = None  # a login's, once logged in
+        self._clock, self._sleep = clock, sleep
 
     def _call(
         self,
@@ -265,11 +278,9 @@ class Client(_Api):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.retry_seconds = retry_seconds
-        self._api_key = api_key
-        self._tokens: _Tokens | None = None
-        self._clock, self._sleep = clock, sleep
+        super().__init__(
+            base_url, api_key=api_key, retry_seconds=retry_seconds, clock=clock, sleep=sleep
+        )
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         self.keys = Keys(self)
         self.jobs = Jobs(self)
@@ -344,11 +355,9 @@ class AsyncClient(_Api):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.retry_seconds = retry_seconds
-        self._api_key = api_key
-        self._tokens: _AsyncTokens | None = None
-        self._clock, self._sleep = clock, sleep
+        super().__init__(
+            base_url, api_key=api_key, retry_seconds=retry_seconds, clock=clock, sleep=sleep
+        )
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
         self.keys = Keys(self)
         self.jobs = AsyncJobs(self)

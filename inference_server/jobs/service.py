@@ -88,6 +88,8 @@ class Jobs:
         self.settings = settings.jobs
         self.store = jobs_store(storage)
         self.payloads = open_payloads(settings)
+        most = self.settings.max_result_mb * 1024 * 1024  # and what the payloads can hold
+        self._result_limit = min(most, self.payloads.max_bytes or most)
         self.huey = open_queue(settings)
         self._registry = registry
         self._auth = auth_state
@@ -269,7 +271,7 @@ class Jobs:
                 results, elapsed = self._answer_each(model, part)
                 lines = [{"index": start + i, **result} for i, result in enumerate(results)]
                 written = self.payloads.append_result(job_id, written, lines)
-                if written > self._most_result_bytes():
+                if written > self._result_limit:
                     self._finish(job_id, "failed", error=RESULT_TOO_LARGE)
                     return
                 failed = sum(1 for result in results if "error" in result)
@@ -347,10 +349,6 @@ class Jobs:
     def _of(self, user_id: str) -> list[tuple[str, dict[str, Any]]]:
         found = ((job_id, self.store.get(job_id)) for job_id in self.store.ids("user", user_id))
         return [(job_id, job) for job_id, job in found if job is not None]
-
-    def _most_result_bytes(self) -> float:
-        most = self.settings.max_result_mb * 1024 * 1024
-        return min(most, self.payloads.max_bytes) if self.payloads.max_bytes else most
 
     def _forget_payloads(self, job_id: str) -> None:
         """Remove a job's payloads after a failed submission, without hiding why it failed."""
