@@ -6,8 +6,10 @@ Redis are two round trips per request. For the default strategy (sliding window 
 Redis, one Lua script here (`ADMIT`) takes the same keys and does what limits' own acquire
 script does (shifting an expired window, then counting the hit only if it fits:
 `WINDOW_FUNCTIONS`) and returns the window after it; the headers are then computed as
-`SlidingWindowCounterRateLimiter.get_window_stats` computes them. Every other strategy and
-storage (memory, where a call costs no round trip) is asked twice, through the strategy.
+`SlidingWindowCounterRateLimiter.get_window_stats` computes them. On `memory://` the same two
+steps read the storage's counters once (`_hit_in_memory`: no round trip, but a fifth of a
+request's cost when asked twice). Every other strategy and storage is asked twice, through
+the strategy.
 
 The same script counts a route's one budget window (`hit_and_window`) and a prediction
 (`admission.py`): every window of its budgets, its user's quota counters and its key's slot,
@@ -23,7 +25,7 @@ from typing import Any
 
 from limits import RateLimitItem, WindowStats
 from limits.errors import StorageError
-from limits.storage import RedisClusterStorage, RedisStorage
+from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 
 # limits' sliding window counter, as its own acquire script counts it: a window is a pair of
@@ -153,11 +155,34 @@ def hit_and_window(
     """Count one hit of `item` for `identifiers` if it fits: whether it did, and the window
     after it (StorageError when the storage cannot be reached)."""
     storage = strategy.storage
-    if isinstance(strategy, SlidingWindowCounterRateLimiter) and isinstance(storage, RedisStorage):
-        verdict = admit_on_redis(storage, [(item, identifiers)])  # one window: one hash slot
-        return verdict.verdict == ADMITTED, verdict.windows[0]
+    if isinstance(strategy, SlidingWindowCounterRateLimiter):
+        if isinstance(storage, RedisStorage):
+            verdict = admit_on_redis(storage, [(item, identifiers)])  # one window: one slot
+            return verdict.verdict == ADMITTED, verdict.windows[0]
+        if isinstance(storage, MemoryStorage):
+            return _hit_in_memory(storage, item, item.key_for(*identifiers))
     counted = strategy.hit(item, *identifiers)
     return counted, strategy.get_window_stats(item, *identifiers)
+
+
+def _hit_in_memory(
+    storage: MemoryStorage, item: RateLimitItem, key: str
+) -> tuple[bool, WindowStats]:
+    """`MemoryStorage.acquire_sliding_window_entry` and then the window as
+    `get_window_stats` reads it, in one pass: the two calls read the same two counters through
+    eight of the storage's methods, a fifth of a request's cost on `memory://`."""
+    expiry, limit, now = item.get_expiry(), item.amount, time.time()
+    previous_key, current_key = storage.sliding_window_keys(key, expiry, now)
+    previous, current = storage.get(previous_key), storage.get(current_key)
+    previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
+    current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
+    counted = floor(previous * previous_ttl / expiry + current) + 1 <= limit
+    if counted:
+        current = storage.incr(current_key, 2 * expiry)
+        if floor(previous * previous_ttl / expiry + current) > limit:  # another thread was first
+            current = storage.decr(current_key)
+            counted = False
+    return counted, _sliding_stats(item, previous, previous_ttl, current, current_ttl)
 
 
 def admits_in_one_trip(strategy: RateLimiter) -> RedisStorage | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +33,25 @@ CORS_ANSWER_HEADERS = [
 
 
 class InferenceServer(Flask):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._synced: weakref.WeakKeyDictionary[Callable[..., Any], Callable[..., Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Flask's answer, kept while `func` lives: Flask asks it of every hook and view on
+        every request (an `inspect` look at the code object each time), and a function's
+        answer never changes. Held weakly, so a function made for one request
+        (`after_this_request`) goes with it."""
+        try:
+            synced = self._synced.get(func)
+            if synced is None:
+                synced = self._synced[func] = super().ensure_sync(func)
+        except TypeError:  # a callable that takes no weak reference: asked each time
+            return super().ensure_sync(func)
+        return synced
+
     def make_default_options_response(self) -> Response:
         """An OPTIONS request (a CORS preflight): 204, its answer is all headers."""
         response = super().make_default_options_response()

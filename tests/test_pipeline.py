@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,10 +28,13 @@ import pytest
 import requests
 from flask import Blueprint, Flask, jsonify
 from flask.views import MethodView
+from limits import parse
 from limits.errors import StorageError
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 from auth import Auth, AuthSettings, LimiterConfigError, open_state, public, require_auth
 from auth.config import DefaultAdmin
+from auth.counting import hit_and_window
 from auth.errors import loggable
 from auth.limits import PacedMemoryStorage, _ExpiryJob
 from inference_server.logs import ACCESS, formatter
@@ -356,6 +360,25 @@ def test_a_memory_storage_made_before_a_fork_expires_in_the_child():
         os._exit(0)
     os.waitpid(child, 0)
     assert os.read(reader, 1) == b"1"
+
+
+def test_one_pass_counting_on_memory_equals_the_strategys_two_calls(monkeypatch):
+    """The budget's one-pass count on `memory://` (`counting.hit_and_window`) answers exactly
+    what flask-limiter's strategy answers with `hit` then `get_window_stats`: hits, refusals,
+    and the window through its sliding into the next minute."""
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    item = parse("3/minute")
+    ours = SlidingWindowCounterRateLimiter(PacedMemoryStorage())
+    theirs = SlidingWindowCounterRateLimiter(PacedMemoryStorage())
+    answers = []
+    for step in (0, 1, 1, 1, 30, 5, 25, 1, 40, 90):
+        clock[0] += step
+        counted = theirs.hit(item, "user", "u1")
+        expected = (counted, theirs.get_window_stats(item, "user", "u1"))
+        assert hit_and_window(ours, item, "user", "u1") == expected, step
+        answers.append(counted)
+    assert answers == [True, True, True, False, False, False, True, False, True, True]
 
 
 def test_secrets_are_never_quoted_when_refused():
