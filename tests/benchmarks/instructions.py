@@ -1,0 +1,165 @@
+"""Instructions per POST /predict, counted by valgrind's callgrind: bare Flask beside this server.
+
+Wall-clock figures of one process moved by ±15% between identical runs on a shared machine, too
+much to show a change of a few percent in the request pipeline. callgrind counts instructions:
+the same for the same code and inputs whatever else the machine is doing. Each variant runs in
+a process of its own under valgrind, twice: its app built, 200 requests to warm it, then 0 and
+then `--requests` more, each through the app's WSGI callable with a prepared environ (no
+server, no network: the pipeline and the model); (total at N - total at 0) / N is its cost per
+request, given also as a multiple of bare Flask's. Runs two processes at a time.
+
+- bare flask: `peers/bare_app.py`, as `peers.py` serves it;
+- ours, auth off / api-key / jwt: this server with the tests' base settings, the default
+  strategy, the access log written as a server writes it (to /dev/null here), metrics on.
+
+    python tests/benchmarks/instructions.py [--requests 1000] [--variants bare,off,key,jwt]
+
+Needs valgrind (Debian: apt-get install valgrind). About 4 minutes with the defaults. Not part
+of pytest; use it to compare two trees of the code (run it in each), not to claim throughput:
+`peers.py` measures that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+BODY = b'{"data": [[1.0, 2.0, 3.0]]}'
+WARM = 200
+VARIANTS = {
+    "bare": "bare flask",
+    "off": "ours, auth off",
+    "key": "ours, api-key",
+    "jwt": "ours, jwt",
+}
+
+
+def environ(headers: dict[str, str]) -> dict[str, Any]:
+    """A WSGI environ of `POST /predict` with `headers`, as gunicorn builds one."""
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/predict",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(BODY)),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+    for name, value in headers.items():
+        env["HTTP_" + name.upper().replace("-", "_")] = value
+    return env
+
+
+def build(variant: str, data_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The WSGI app of `variant` and the environ of its requests."""
+    if variant == "bare":
+        sys.path.insert(0, str(ROOT / "tests" / "benchmarks" / "peers"))
+        from bare_app import app  # type: ignore[import-not-found]
+
+        return app, environ({})
+    from inference_server import logs
+    from inference_server.app import create_app
+    from inference_server.settings import load_settings
+    from tests.conftest import Actor, base_overrides, deep_merge
+
+    logs.configure("text")
+    for handler in logs.ACCESS.handlers:  # the access line written as a server writes it
+        handler.setStream(open(os.devnull, "w"))  # lives as long as the process
+    logging.getLogger().setLevel(logging.ERROR)  # the default admin's warning
+    sections = {"auth": {"enabled": False}} if variant == "off" else {}
+    overrides = deep_merge(base_overrides(data_dir), sections)
+    overrides["rate_limits"] = {**overrides["rate_limits"], "strategy": "sliding-window-counter"}
+    app = create_app(load_settings(overrides=overrides, environ={}))
+    actor = Actor(app.test_client())
+    if variant == "key":
+        return app, environ({"X-API-Key": actor.create_key(actor.admin_headers())["key"]})
+    if variant == "jwt":
+        return app, environ(actor.admin_headers())
+    return app, environ({})
+
+
+def serve(app: Any, env: dict[str, Any], requests: int) -> None:
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    for _ in range(requests):
+        b"".join(app({**env, "wsgi.input": io.BytesIO(BODY)}, start_response))
+        if not statuses.pop().startswith("200"):
+            raise SystemExit("a request was not answered 200")
+
+
+def child(variant: str, requests: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        app, env = build(variant, Path(tmp))
+        serve(app, env, WARM)
+        serve(app, env, requests)
+
+
+def counted(variant: str, requests: int) -> int:
+    """Instructions callgrind counts in a child that serves `requests` after warming up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={tmp}/out",
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            str(requests),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], int(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    opts = parser.parse_args()
+    chosen = opts.variants.split(",")
+    unknown = set(chosen) - set(VARIANTS)
+    if unknown or "bare" not in chosen:
+        raise SystemExit(f"--variants: choose from {', '.join(VARIANTS)}, bare included")
+    runs = [(variant, n) for variant in chosen for n in (0, opts.requests)]
+    with ThreadPoolExecutor(2) as pool:
+        totals = dict(zip(runs, pool.map(lambda run: counted(*run), runs), strict=True))
+    per_request = {v: (totals[v, opts.requests] - totals[v, 0]) / opts.requests for v in chosen}
+    print(f"POST /predict through the WSGI callable, {opts.requests} requests after {WARM}:")
+    print(f"{'variant':<16} {'instructions':>13} {'x bare':>7}")
+    for variant in chosen:
+        cost = per_request[variant]
+        print(f"{VARIANTS[variant]:<16} {cost:13,.0f} {cost / per_request['bare']:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
