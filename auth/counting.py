@@ -7,9 +7,9 @@ Redis, one Lua script here (`ADMIT`) takes the same keys and does what limits' o
 script does (shifting an expired window, then counting the hit only if it fits:
 `WINDOW_FUNCTIONS`) and returns the window after it; the headers are then computed as
 `SlidingWindowCounterRateLimiter.get_window_stats` computes them. On `memory://` the same two
-steps read the storage's counters once (`_hit_in_memory`: no round trip, but a fifth of a
-request's cost when asked twice). Every other strategy and storage is asked twice, through
-the strategy.
+steps read the storage's counters once (`_hit_in_memory`: no round trip, but the strategy's
+two calls go through sixteen of the storage's wrapped methods). Every other strategy and
+storage is asked twice, through the strategy.
 
 The same script counts a route's one budget window (`hit_and_window`) and a prediction
 (`admission.py`): every window of its budgets, its user's quota counters and its key's slot,
@@ -169,8 +169,8 @@ def _hit_in_memory(
     storage: MemoryStorage, item: RateLimitItem, key: str
 ) -> tuple[bool, WindowStats]:
     """`MemoryStorage.acquire_sliding_window_entry` and then the window as
-    `get_window_stats` reads it, in one pass: the two calls read the same two counters through
-    eight of the storage's methods, a fifth of a request's cost on `memory://`."""
+    `get_window_stats` reads it, in one pass (get, get, incr): the two calls read the same two
+    counters through sixteen of the storage's wrapped methods."""
     expiry, limit, now = item.get_expiry(), item.amount, time.time()
     previous_key, current_key = storage.sliding_window_keys(key, expiry, now)
     previous, current = storage.get(previous_key), storage.get(current_key)

@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from werkzeug.test import EnvironBuilder
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -47,28 +49,15 @@ VARIANTS = {
 
 
 def environ(headers: dict[str, str]) -> dict[str, Any]:
-    """A WSGI environ of `POST /predict` with `headers`, as gunicorn builds one."""
-    env: dict[str, Any] = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/predict",
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(BODY)),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.version": (1, 0),
-    }
-    for name, value in headers.items():
-        env["HTTP_" + name.upper().replace("-", "_")] = value
-    return env
+    """A WSGI environ of `POST /predict` with `headers` from a loopback client."""
+    return EnvironBuilder(
+        "/predict",
+        method="POST",
+        data=BODY,
+        content_type="application/json",
+        headers=headers,
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+    ).get_environ()
 
 
 def build(variant: str, data_dir: Path) -> tuple[Any, dict[str, Any]]:
