@@ -150,17 +150,18 @@ return answer(0, 0)
 
 
 def hit_and_window(
-    strategy: RateLimiter, item: RateLimitItem, *identifiers: str
+    strategy: RateLimiter, item: RateLimitItem, *identifiers: str, key: str | None = None
 ) -> tuple[bool, WindowStats]:
     """Count one hit of `item` for `identifiers` if it fits: whether it did, and the window
-    after it (StorageError when the storage cannot be reached)."""
+    after it (StorageError when the storage cannot be reached). `key`: the storage key of
+    `identifiers` (`item.key_for`), where the caller has it already."""
     storage = strategy.storage
     if isinstance(strategy, SlidingWindowCounterRateLimiter):
         if isinstance(storage, RedisStorage):
             verdict = admit_on_redis(storage, [(item, identifiers)])  # one window: one slot
             return verdict.verdict == ADMITTED, verdict.windows[0]
         if isinstance(storage, MemoryStorage):
-            return _hit_in_memory(storage, item, item.key_for(*identifiers))
+            return _hit_in_memory(storage, item, key or item.key_for(*identifiers))
     counted = strategy.hit(item, *identifiers)
     return counted, strategy.get_window_stats(item, *identifiers)
 

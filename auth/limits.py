@@ -310,17 +310,12 @@ class RequestBudget:
         """What a request of `principal` (None: of client `address`) counts in: its key's own
         budget first, where it has one, then its user's, each limit item a window."""
         if principal is None:
-            budgets = [("user", self._state.default_limit, budget_key(None, address))]
-        else:
-            budgets = [("user", self._state.rate_limit_of(principal.user), budget_key(principal))]
-            key = principal.key
-            if key is not None and key.get("rate_limit"):
-                budgets.insert(0, ("key", key["rate_limit"], f"key:{key['id']}"))
-        return [
-            Window(whose, limit, item, (PREFIX, "user", key))
-            for whose, limit, key in budgets
-            for item in _items(limit)
-        ]
+            return list(_windows("user", self._state.default_limit, budget_key(None, address)))
+        user = _windows("user", self._state.rate_limit_of(principal.user), budget_key(principal))
+        key = principal.key
+        if key is not None and key.get("rate_limit"):
+            return [*_windows("key", key["rate_limit"], f"key:{key['id']}"), *user]
+        return list(user)
 
     def count(self, principal: Any, address: str | None) -> dict[str, str]:
         """Count one request of `principal` (None: of client `address`) in its user's budget
@@ -329,7 +324,9 @@ class RequestBudget:
         windows, stats, strategy = self.windows(principal, address), [], self.limiter.limiter
         try:
             for window in windows:
-                counted, stat = hit_and_window(strategy, window.item, *window.identifiers)
+                counted, stat = hit_and_window(
+                    strategy, window.item, *window.identifiers, key=window.key
+                )
                 if not counted:
                     raise window.refused(stat)
                 stats.append(stat)
@@ -341,15 +338,29 @@ class RequestBudget:
         return least_left(windows, stats)
 
 
+@lru_cache(maxsize=16384)
+def _windows(whose: str, limit: str, key: str) -> tuple[Window, ...]:
+    """The windows of one budget (`whose`, its limit as configured, the budget key), made once
+    and kept for its next request: parsing the limit and naming the counters cost more than
+    counting in memory."""
+    identifiers = (PREFIX, "user", key)
+    return tuple(
+        Window(whose, limit, item, identifiers, item.key_for(*identifiers))
+        for item in _items(limit)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """One limit of a budget, as counted: whose budget (`user` or `key`), its limit as
-    configured, the parsed item and the identifiers it is counted under."""
+    configured, the parsed item, the identifiers it is counted under and the storage key
+    flask-limiter's strategy names them by."""
 
     whose: str
     limit: str
     item: RateLimitItem
     identifiers: tuple[str, ...]
+    key: str
 
     def refused(self, stats: WindowStats) -> RateLimited:
         return RateLimited(

@@ -14,7 +14,6 @@ figures the usage API, the profile and the headers show.
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -107,25 +106,43 @@ def limits_of(
     return {**tiers.get(tier or "", {}), **(user.get("quota") or {})}
 
 
-def _quotas(
-    state: Any, user: dict[str, Any], now: float, used: Any = None
-) -> Iterator[dict[str, Any]]:
-    """Each quota that holds for `user` at `now`: its limit, what is used (`used`, default
-    as `state.quota_used` reads it) and when it resets."""
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """One quota of a user as it stands in one UTC hour: its limit, when its window ends and
+    how long it is, and its item of the IETF `RateLimit-Policy` field."""
+
+    name: str
+    limit: int
+    resets: int  # epoch seconds
+    width: int
+    policy: str
+
+    def cost(self, samples: int) -> int:
+        """What a prediction of `samples` samples spends of it."""
+        return samples if self.name.startswith("samples") else 1
+
+
+def quotas_of(state: Any, user: dict[str, Any], now: float) -> tuple[Quota, ...]:
+    """Each quota that holds for `user` at `now`, in the order of QUOTAS."""
     limits = limits_of(user, state.quotas.tiers, state.quotas.default_tier)
-    if not limits:
-        return
-    used = used or state.quota_used(user, now)
-    window = Window.at(now)
-    for name in QUOTAS:
-        if name in limits:
-            yield {
-                "quota": name,
-                "limit": limits[name],
-                "used": getattr(used, name),
-                "resets": window.ends(name),
-                "width": window.width(name),
-            }
+    return _quotas(tuple(limits.items()), int(now) // 3600) if limits else ()
+
+
+@lru_cache(maxsize=1024)
+def _quotas(limits: tuple[tuple[str, int], ...], hour: int) -> tuple[Quota, ...]:
+    # Worked out once per set of limits and hour: every prediction of a user asks.
+    given, window = dict(limits), _window_of_hour(hour)
+    return tuple(
+        Quota(
+            name,
+            given[name],
+            window.ends(name),
+            window.width(name),
+            f'"{name}";q={given[name]};w={window.width(name)}',
+        )
+        for name in QUOTAS
+        if name in given
+    )
 
 
 def usage_today(state: Any, user: dict[str, Any], now: float) -> dict[str, Any]:
@@ -141,15 +158,19 @@ def quota_state(
     state: Any, user: dict[str, Any], now: float, used: Any = None
 ) -> list[dict[str, Any]]:
     """What the usage API and the profile show of `user`'s quotas at `now`."""
+    quotas = quotas_of(state, user, now)
+    if not quotas:
+        return []
+    used = used or state.quota_used(user, now)
     return [
         {
-            "quota": q["quota"],
-            "limit": q["limit"],
-            "used": q["used"],
-            "remaining": max(0, q["limit"] - q["used"]),
-            "resets_at": iso(q["resets"]),
+            "quota": q.name,
+            "limit": q.limit,
+            "used": getattr(used, q.name),
+            "remaining": max(0, q.limit - getattr(used, q.name)),
+            "resets_at": iso(q.resets),
         }
-        for q in _quotas(state, user, now, used)
+        for q in quotas
     ]
 
 
@@ -161,30 +182,30 @@ def quota_check(
     QUOTA_EXCEEDED if a quota cannot take it (with `Retry-After` at the reset, and the fields of
     that quota). `used`: the counts before this request (default: as `state.quota_used` reads
     them)."""
-    policies, states = [], []
-    for q in _quotas(state, user, now, used):
-        name, limit, spent = q["quota"], q["limit"], q["used"]
-        cost = samples if name.startswith("samples") else 1
-        until = max(1, q["resets"] - int(now))
-        policy = f'"{name}";q={limit};w={q["width"]}'
-        if spent + cost > limit:
+    quotas = quotas_of(state, user, now)
+    if not quotas:
+        return []
+    used = used or state.quota_used(user, now)
+    states = []
+    for q in quotas:
+        spent, cost = getattr(used, q.name), q.cost(samples)
+        until = max(1, q.resets - int(now))
+        if spent + cost > q.limit:
             raise QuotaExceeded(
-                f"the {name} quota of {limit} is spent ({spent} used, this request needs "
-                f"{cost}); it resets at {iso(q['resets'])}",
+                f"the {q.name} quota of {q.limit} is spent ({spent} used, this request needs "
+                f"{cost}); it resets at {iso(q.resets)}",
                 headers={
                     "Retry-After": str(until),
-                    "RateLimit-Policy": policy,
-                    "RateLimit": f'"{name}";r={max(0, limit - spent)};t={until}',
+                    "RateLimit-Policy": q.policy,
+                    "RateLimit": f'"{q.name}";r={max(0, q.limit - spent)};t={until}',
                 },
                 details={
-                    "quota": name,
-                    "limit": limit,
+                    "quota": q.name,
+                    "limit": q.limit,
                     "used": spent,
-                    "resets_at": iso(q["resets"]),
+                    "resets_at": iso(q.resets),
                 },
             )
-        policies.append(policy)
-        states.append(f'"{name}";r={limit - spent - cost};t={until}')
-    if not policies:
-        return []
-    return [("RateLimit-Policy", ", ".join(policies)), ("RateLimit", ", ".join(states))]
+        states.append(f'"{q.name}";r={q.limit - spent - cost};t={until}')
+    policy = ", ".join(q.policy for q in quotas)
+    return [("RateLimit-Policy", policy), ("RateLimit", ", ".join(states))]
