@@ -237,6 +237,12 @@ class AuthState:
     def now(self) -> int:
         return int(self.clock())
 
+    def close(self) -> None:
+        """Let go of every file this state holds open (its stores', its slots'): for a process
+        that goes on without it, as tests do; a worker that exits lets go of them anyway."""
+        self.storage.close()
+        self.slots.close()
+
     def quota_used(self, user: dict[str, Any], now: float) -> Used:
         """What `user` has used of their quotas, as enforcement counts it (the usage ledger,
         or the counters beside the limits on Redis: `admission.py`)."""
@@ -542,6 +548,7 @@ def open_state(
     if storage is None:
         storage = open_storage(data_dir=data_dir, lock_timeout=lock_timeout)
     store = storage.store
+    slots = Slots(secure_dir(data_dir / "slots"))
     state = AuthState(
         settings=settings,
         data_dir=data_dir,
@@ -571,8 +578,8 @@ def open_state(
             indexes=sessions.SESSION_INDEXES,
         ),
         audit=AuditLog(storage.audit),
-        password_gate=PasswordGate(data_dir, settings.password_hash_slots),
-        slots=Slots(secure_dir(data_dir / "slots")),
+        password_gate=PasswordGate(slots, settings.password_hash_slots),
+        slots=slots,
         trusted_proxies=tuple(trusted_proxies),
         rate_limits=rate_limits or RateLimitSettings(),
         quotas=quotas or QuotaSettings(),

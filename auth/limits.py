@@ -47,7 +47,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
-from pathlib import Path
 from typing import Any, TypeVar
 
 import flask_limiter
@@ -572,7 +571,7 @@ class BadCredentialWatch:
 
 
 class PasswordGate:
-    """At most `slots` password hashes at once across all processes sharing `lock_dir`.
+    """At most `count` password hashes at once across all processes sharing `slots`.
 
     Under gevent (the server's workers) the hash runs on a real thread, where bcrypt releases the
     GIL: the worker's event loop keeps answering predictions while a login is being checked. On
@@ -580,10 +579,10 @@ class PasswordGate:
     predictions come first and logins wait.
     """
 
-    def __init__(self, lock_dir: Path, slots: int) -> None:
-        self._slots = Slots(lock_dir)
-        self._count = slots
-        self._threads = ThreadOffload(slots, on_thread=idle_priority)
+    def __init__(self, slots: Slots, count: int) -> None:
+        self._slots = slots
+        self._count = count
+        self._threads = ThreadOffload(count, on_thread=idle_priority)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` in a free slot, off the event loop; 429 if every slot is busy."""

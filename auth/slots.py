@@ -96,6 +96,14 @@ class Slots:
             raise
         return Slot(self, path, fd, kept=kept)
 
+    def close(self) -> None:
+        """Close the files kept open of the slots not held now (a held one's stays open until
+        the process ends). For when this process takes no more slots: a file system may not be
+        unmounted while a file on it is open."""
+        for path in list(self._open):
+            if path not in self._held:
+                os.close(self._open.pop(path))
+
     def _after_fork(self) -> None:
         opened, self._open, self._held = self._open, {}, {}
         self._pid = os.getpid()

@@ -126,7 +126,7 @@ def small_disk(tmp_path):
         yield mount_point, apps
     finally:
         for app in apps:  # let go of the files, or the file system stays busy
-            app.extensions["auth"].storage.close()
+            app.extensions["auth"].close()
         subprocess.run(["umount", str(mount_point)], check=True)
 
 

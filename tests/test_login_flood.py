@@ -91,7 +91,7 @@ def test_password_hash_runs_beside_predictions_and_extra_logins_are_refused(tmp_
     data_dir = tmp_path / "data"
     with live_server(data_dir, workers=1, env=env) as server:
         key = server.admin_credentials()["api-key"]
-        slot = data_dir / "password-hash-0.lock"
+        slot = data_dir / "slots" / "password-hash-0.lock"
         first: dict[str, requests.Response] = {}
         hashing = threading.Thread(
             target=lambda: first.update(

@@ -225,7 +225,7 @@ def test_unknown_accounts_are_blocked_the_same_way(make_app):
 def test_password_hashing_is_bounded(make_app, data_dir):
     app = make_app(auth={"password_hash_slots": 1})
     client = app.test_client()
-    with FileLock(str(data_dir / "password-hash-0.lock")):  # another worker is hashing
+    with FileLock(str(data_dir / "slots" / "password-hash-0.lock")):  # another worker is hashing
         response = client.post("/auth/login", json={"username": "admin", "password": "admin123"})
     assert_error(response, 429, "RATE_LIMIT_EXCEEDED")
     assert response.headers["Retry-After"] == "1"

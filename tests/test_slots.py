@@ -107,3 +107,21 @@ def test_beyond_the_files_it_keeps_open_a_process_opens_one_per_take(tmp_path, m
 
 def _open_files() -> int:
     return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+def test_close_lets_go_of_the_kept_files_but_not_of_a_held_slot(tmp_path):
+    slots = Slots(tmp_path)
+    slots.take("key-a", 1).release()
+    held = slots.take("key-b", 1)
+    before = _open_files()
+    slots.close()
+    assert _open_files() == before - 1  # key-a's file; key-b's is held
+    took, release = FORK.Queue(), FORK.Event()
+    child = FORK.Process(target=_take_and_hold, args=(str(tmp_path), took, release))
+    child.start()
+    assert took.get(timeout=60) is True  # key-a: free
+    release.set()
+    child.join(60)
+    assert slots.take("key-b", 1) is None
+    held.release()
+    assert slots.take("key-b", 1) is not None

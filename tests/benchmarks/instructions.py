@@ -10,9 +10,18 @@ request, given also as a multiple of bare Flask's. Runs two processes at a time.
 
 - bare flask: `peers/bare_app.py`, as `peers.py` serves it;
 - ours, auth off / api-key / jwt: this server with the tests' base settings, the default
-  strategy, the access log written as a server writes it (to /dev/null here), metrics on.
+  strategy, the access log written as a server writes it (to /dev/null here), metrics on;
+- accounting off / on (`peers.py --accounting` in instructions): an API key with metrics off,
+  no quota and a key without limits, then with metrics on, a quota tier for every user and a
+  key limited to models, a rate of its own and a number of predictions in flight (never
+  reached); `on` is also given as a multiple of `off` (SPEC: >= 0.95x the throughput).
 
-    python tests/benchmarks/instructions.py [--requests 1000] [--variants bare,off,key,jwt]
+The background jobs that run on the wall clock (writing usage and key use, sweeping sessions)
+are set to run hourly: under valgrind, fifty times slower, they would otherwise fall into the
+count fifty times as often as they do in a server. Children run with PYTHONHASHSEED=0.
+
+    python tests/benchmarks/instructions.py [--requests 1000]
+        [--variants bare,off,key,jwt,acct-off,acct-on]
 
 Needs valgrind (Debian: apt-get install valgrind). About 4 minutes with the defaults. Not part
 of pytest; use it to compare two trees of the code (run it in each), not to claim throughput:
@@ -45,6 +54,15 @@ VARIANTS = {
     "off": "ours, auth off",
     "key": "ours, api-key",
     "jwt": "ours, jwt",
+    "acct-off": "accounting off",
+    "acct-on": "accounting on",
+}
+# Accounting on: limits that hold but are never reached.
+TIER = {"requests_per_day": 10**12, "samples_per_month": 10**12}
+KEY_LIMITS = {"models": ["demo", "churn-*"], "rate_limit": "1000000/minute", "max_concurrent": 64}
+HOURLY = {  # the jobs that run on the wall clock (see the module's docstring)
+    "usage": {"flush_seconds": 3600},
+    "storage": {"usage_flush_seconds": 3600, "session_sweep_minutes": 60},
 }
 
 
@@ -76,13 +94,19 @@ def build(variant: str, data_dir: Path) -> tuple[Any, dict[str, Any]]:
     for handler in logs.ACCESS.handlers:  # the access line written as a server writes it
         handler.setStream(open(os.devnull, "w"))  # lives as long as the process
     logging.getLogger().setLevel(logging.ERROR)  # the default admin's warning
-    sections = {"auth": {"enabled": False}} if variant == "off" else {}
-    overrides = deep_merge(base_overrides(data_dir), sections)
+    sections = {
+        "off": {"auth": {"enabled": False}},
+        "acct-off": {"metrics": {"enabled": False}},
+        "acct-on": {"quotas": {"tiers": {"bench": TIER}, "default_tier": "bench"}},
+    }.get(variant, {})
+    overrides = deep_merge(deep_merge(base_overrides(data_dir), HOURLY), sections)
     overrides["rate_limits"] = {**overrides["rate_limits"], "strategy": "sliding-window-counter"}
     app = create_app(load_settings(overrides=overrides, environ={}))
     actor = Actor(app.test_client())
-    if variant == "key":
-        return app, environ({"X-API-Key": actor.create_key(actor.admin_headers())["key"]})
+    if variant in ("key", "acct-off", "acct-on"):
+        limits = KEY_LIMITS if variant == "acct-on" else {}
+        key = actor.create_key(actor.admin_headers(), **limits)["key"]
+        return app, environ({"X-API-Key": key})
     if variant == "jwt":
         return app, environ(actor.admin_headers())
     return app, environ({})
@@ -120,7 +144,8 @@ def counted(variant: str, requests: int) -> int:
             variant,
             str(requests),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        environ = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environ)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
@@ -148,6 +173,9 @@ def main() -> None:
     for variant in chosen:
         cost = per_request[variant]
         print(f"{VARIANTS[variant]:<16} {cost:13,.0f} {cost / per_request['bare']:7.2f}")
+    if {"acct-off", "acct-on"} <= set(chosen):
+        ratio = per_request["acct-on"] / per_request["acct-off"]
+        print(f"accounting on: {ratio:.2f}x the instructions of accounting off")
 
 
 if __name__ == "__main__":
