@@ -324,7 +324,7 @@ class RequestBudget:
         try:
             for window in windows:
                 counted, stat = hit_and_window(
-                    strategy, window.item, *window.identifiers, key=window.key
+                    strategy, window.item, *window.identifiers, key=window.storage_key
                 )
                 if not counted:
                     raise window.refused(stat)
@@ -338,11 +338,11 @@ class RequestBudget:
 
 
 @lru_cache(maxsize=16384)
-def _windows(whose: str, limit: str, key: str) -> tuple[Window, ...]:
+def _windows(whose: str, limit: str, budget: str) -> tuple[Window, ...]:
     """The windows of one budget (`whose`, its limit as configured, the budget key), made once
     and kept for its next request: parsing the limit and naming the counters cost more than
     counting in memory."""
-    identifiers = (PREFIX, "user", key)
+    identifiers = (PREFIX, "user", budget)
     return tuple(
         Window(whose, limit, item, identifiers, item.key_for(*identifiers))
         for item in _items(limit)
@@ -359,7 +359,7 @@ class Window:
     limit: str
     item: RateLimitItem
     identifiers: tuple[str, ...]
-    key: str
+    storage_key: str
 
     def refused(self, stats: WindowStats) -> RateLimited:
         return RateLimited(

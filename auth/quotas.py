@@ -158,20 +158,26 @@ def quota_state(
     state: Any, user: dict[str, Any], now: float, used: Any = None
 ) -> list[dict[str, Any]]:
     """What the usage API and the profile show of `user`'s quotas at `now`."""
-    quotas = quotas_of(state, user, now)
-    if not quotas:
-        return []
-    used = used or state.quota_used(user, now)
     return [
         {
             "quota": q.name,
             "limit": q.limit,
-            "used": getattr(used, q.name),
-            "remaining": max(0, q.limit - getattr(used, q.name)),
+            "used": spent,
+            "remaining": max(0, q.limit - spent),
             "resets_at": iso(q.resets),
         }
-        for q in quotas
+        for q, spent in _standing(state, user, now, used)
     ]
+
+
+def _standing(state: Any, user: dict[str, Any], now: float, used: Any) -> list[tuple[Quota, int]]:
+    """Each quota of `user` at `now` with what is used of it (`used`, default as
+    `state.quota_used` reads it: read only for a user who has quotas)."""
+    quotas = quotas_of(state, user, now)
+    if not quotas:
+        return []
+    used = used or state.quota_used(user, now)
+    return [(q, getattr(used, q.name)) for q in quotas]
 
 
 def quota_check(
@@ -182,13 +188,12 @@ def quota_check(
     QUOTA_EXCEEDED if a quota cannot take it (with `Retry-After` at the reset, and the fields of
     that quota). `used`: the counts before this request (default: as `state.quota_used` reads
     them)."""
-    quotas = quotas_of(state, user, now)
-    if not quotas:
+    standing = _standing(state, user, now, used)
+    if not standing:
         return []
-    used = used or state.quota_used(user, now)
     states = []
-    for q in quotas:
-        spent, cost = getattr(used, q.name), q.cost(samples)
+    for q, spent in standing:
+        cost = q.cost(samples)
         until = max(1, q.resets - int(now))
         if spent + cost > q.limit:
             raise QuotaExceeded(
@@ -207,5 +212,5 @@ def quota_check(
                 },
             )
         states.append(f'"{q.name}";r={q.limit - spent - cost};t={until}')
-    policy = ", ".join(q.policy for q in quotas)
+    policy = ", ".join(q.policy for q, _ in standing)
     return [("RateLimit-Policy", policy), ("RateLimit", ", ".join(states))]

@@ -11,8 +11,9 @@ locking through the same open file would both "hold" it. So a process notes whic
 holds itself (`_held`, claimed atomically before the lock is tried) and the lock only decides
 between processes. Each process keeps the files of the slots it used open (up to `KEEP_OPEN`;
 beyond that a take opens its own file and closes it on release), so a take is one `flock` call
-and a release another, not an open, a lock and a close. A forked child closes what its parent
-had open: the two would share those files, and with them their locks.
+and a release another, not an open, a lock and a close. A child forked from a process that kept
+files open closes its copies at once (`os.register_at_fork`): through a shared open file it
+would hold its parent's locks, and keep them held after its parent died.
 
 This is `flock` itself, not filelock: a slot is taken on the prediction path, where filelock's
 bookkeeping (fork tracking, re-entrancy counts, polling) cost about 115 us a take against 7 us
@@ -23,45 +24,45 @@ never a data file). The data files stay behind filelock.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
+import weakref
 from pathlib import Path
 
 OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-KEEP_OPEN = 256  # slot files a process keeps open; file descriptors are a bounded resource
+# Slot files one `Slots` keeps open: descriptors are shared with a worker's connections
+# (gunicorn's worker_connections, under a soft limit often of 1024).
+KEEP_OPEN = 64
 
 
 class Slot:
     """A slot held: its lock file, locked until `release`."""
 
-    def __init__(self, slots: Slots, path: str, fd: int, *, kept: bool) -> None:
+    def __init__(self, slots: Slots, path: str, fd: int) -> None:
         self._slots = slots
         self._path: str | None = path
         self._fd = fd
-        self._kept = kept
+        self._pid = os.getpid()
 
     def release(self) -> None:
         path, self._path = self._path, None
-        if path is None:
-            return
-        if self._kept:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        else:
-            os.close(self._fd)  # closing the file lets go of its lock
-        self._slots._held.pop(path, None)
+        if path is not None and self._pid == os.getpid():  # a forked child's copy is not held
+            self._slots._let_go(path, self._fd)
 
 
 class Slots:
+    """The slots of one lock directory, as this process takes them."""
+
     def __init__(self, lock_dir: Path) -> None:
         self._prefix = os.path.join(lock_dir, "")  # text: a Path join costs more than the lock
-        self._pid = os.getpid()
         self._open: dict[str, int] = {}  # slot file -> its descriptor, kept open
         self._held: dict[str, object] = {}  # slot files this process holds
+        self._closed = False
+        os.register_at_fork(after_in_child=functools.partial(_forget_in_child, weakref.ref(self)))
 
     def take(self, name: str, count: int) -> Slot | None:
         """One of the `count` slots called `name`, held (release it when done), or None if all
         are taken."""
-        if self._pid != os.getpid():
-            self._after_fork()
         for i in range(count):
             path = f"{self._prefix}{name}-{i}.lock"
             claim = object()
@@ -77,35 +78,50 @@ class Slots:
             del self._held[path]
         return None
 
-    def _lock(self, path: str) -> Slot | None:
-        """`path` locked without waiting (None if another process holds it); this process has
-        claimed it in `_held`."""
-        fd = self._open.get(path)
-        kept = fd is not None or len(self._open) < KEEP_OPEN
-        if fd is None:
-            fd = os.open(path, OPEN_FLAGS, 0o600)
-            if kept:
-                self._open[path] = fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BaseException as exc:
-            if not kept:
-                os.close(fd)
-            if isinstance(exc, BlockingIOError):
-                return None
-            raise
-        return Slot(self, path, fd, kept=kept)
-
     def close(self) -> None:
-        """Close the files kept open of the slots not held now (a held one's stays open until
-        the process ends). For when this process takes no more slots: a file system may not be
-        unmounted while a file on it is open."""
+        """Close the kept files, each held one as it is released, and keep no more. For a
+        process that goes on without this state, once nothing takes a slot: a file system may
+        not be unmounted while a file on it is open."""
+        self._closed = True
         for path in list(self._open):
             if path not in self._held:
                 os.close(self._open.pop(path))
 
-    def _after_fork(self) -> None:
+    def _lock(self, path: str) -> Slot | None:
+        """`path` locked without waiting (None if another process holds it); this process has
+        claimed it in `_held`."""
+        fd = self._open.get(path)
+        if fd is None:
+            fd = os.open(path, OPEN_FLAGS, 0o600)
+            if len(self._open) < KEEP_OPEN and not self._closed:
+                self._open[path] = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException as exc:
+            if fd != self._open.get(path):
+                os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                return None
+            raise
+        return Slot(self, path, fd)
+
+    def _let_go(self, path: str, fd: int) -> None:
+        try:
+            if fd == self._open.get(path) and not self._closed:
+                fcntl.flock(fd, fcntl.LOCK_UN)  # kept open for the next take
+            else:
+                self._open.pop(path, None)
+                os.close(fd)  # closing the file lets go of its lock
+        finally:
+            self._held.pop(path, None)
+
+    def _forget(self) -> None:
         opened, self._open, self._held = self._open, {}, {}
-        self._pid = os.getpid()
         for fd in opened.values():
-            os.close(fd)  # the parent's: closing this copy leaves the parent's locks alone
+            os.close(fd)  # this copy only: the parent's locks stay the parent's
+
+
+def _forget_in_child(ref: weakref.ref[Slots]) -> None:
+    slots = ref()
+    if slots is not None:
+        slots._forget()

@@ -143,10 +143,9 @@ def make_app(data_dir: Path, clock: FrozenClock) -> Iterator[Callable[..., Flask
 
     yield factory
     for app in made:
-        if app.extensions["settings"].storage.backend == "redis":
-            if "jobs" in app.extensions:
-                app.extensions["jobs"].close()
-            app.extensions["auth"].storage.close()
+        if app.extensions["settings"].storage.backend == "redis" and "jobs" in app.extensions:
+            app.extensions["jobs"].close()
+        app.extensions["auth"].close()  # the files of its stores and of its slots
 
 
 @pytest.fixture

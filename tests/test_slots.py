@@ -7,14 +7,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from pathlib import Path
 
 from auth.slots import Slots
 
 FORK = multiprocessing.get_context("fork")  # the fork rule needs a child that inherits the files
 
 
-def _take_and_hold(lock_dir: str, took, release) -> None:
-    slot = Slots(lock_dir).take("key-a", 1)
+def _take_and_hold(lock_dir: str, took, release, name: str = "key-a") -> None:
+    slot = Slots(lock_dir).take(name, 1)
     took.put(slot is not None)
     if slot is not None:
         release.wait(60)
@@ -93,35 +94,55 @@ def test_the_slot_of_a_killed_process_is_free_at_once(tmp_path):
 def test_beyond_the_files_it_keeps_open_a_process_opens_one_per_take(tmp_path, monkeypatch):
     monkeypatch.setattr("auth.slots.KEEP_OPEN", 1)
     slots = Slots(tmp_path)
-    kept = slots.take("key-a", 1)
-    kept.release()
-    before = _open_files()
-    assert slots.take("key-a", 1) is not None and _open_files() == before  # kept open
+    slots.take("key-a", 1).release()
+    assert _open_files(tmp_path) == 1  # kept
+    assert slots.take("key-a", 1) is not None and _open_files(tmp_path) == 1
     other = slots.take("key-b", 1)
-    assert other is not None and _open_files() == before + 1
+    assert other is not None and _open_files(tmp_path) == 2
     assert slots.take("key-b", 1) is None
     other.release()
-    assert _open_files() == before  # closed: that let go of its lock
+    assert _open_files(tmp_path) == 1  # closed: that let go of its lock
     assert slots.take("key-b", 1) is not None
 
 
-def _open_files() -> int:
-    return len(os.listdir(f"/proc/{os.getpid()}/fd"))
-
-
-def test_close_lets_go_of_the_kept_files_but_not_of_a_held_slot(tmp_path):
+def test_close_lets_go_of_the_kept_files_and_of_a_held_one_when_it_is_released(tmp_path):
     slots = Slots(tmp_path)
     slots.take("key-a", 1).release()
     held = slots.take("key-b", 1)
-    before = _open_files()
     slots.close()
-    assert _open_files() == before - 1  # key-a's file; key-b's is held
-    took, release = FORK.Queue(), FORK.Event()
-    child = FORK.Process(target=_take_and_hold, args=(str(tmp_path), took, release))
-    child.start()
-    assert took.get(timeout=60) is True  # key-a: free
-    release.set()
-    child.join(60)
-    assert slots.take("key-b", 1) is None
+    assert _open_files(tmp_path) == 1  # key-b's, still held
+    assert _taken_in_a_child(tmp_path, "key-b") is False
     held.release()
-    assert slots.take("key-b", 1) is not None
+    assert _open_files(tmp_path) == 0
+    assert _taken_in_a_child(tmp_path, "key-b") is True
+
+
+def test_a_forked_childs_copy_of_a_held_slot_never_lets_go_of_the_parents_lock(tmp_path):
+    slots = Slots(tmp_path)
+    held = slots.take("key-a", 1)
+    child = FORK.Process(target=held.release)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert _taken_in_a_child(tmp_path, "key-a") is False
+    held.release()
+    assert _taken_in_a_child(tmp_path, "key-a") is True
+
+
+def _taken_in_a_child(lock_dir: Path, name: str) -> bool:
+    """Whether another process, with slots of its own on `lock_dir`, could take slot `name`."""
+    took, release = FORK.Queue(), FORK.Event()
+    release.set()
+    child = FORK.Process(target=_take_and_hold, args=(str(lock_dir), took, release, name))
+    child.start()
+    try:
+        return took.get(timeout=60)
+    finally:
+        child.join(60)
+
+
+def _open_files(directory: Path) -> int:
+    """How many files under `directory` this process has open."""
+    fds = Path("/proc/self/fd")
+    targets = [os.path.realpath(fd) for fd in fds.iterdir()]
+    return sum(t.startswith(os.path.realpath(directory) + os.sep) for t in targets)
