@@ -23,7 +23,7 @@ count fifty times as often as they do in a server. Children run with PYTHONHASHS
     python tests/benchmarks/instructions.py [--requests 1000]
         [--variants bare,off,key,jwt,acct-off,acct-on]
 
-Needs valgrind (Debian: apt-get install valgrind). About 4 minutes with the defaults. Not part
+Needs valgrind (Debian: apt-get install valgrind). About 8 minutes with the defaults. Not part
 of pytest; use it to compare two trees of the code (run it in each), not to claim throughput:
 `peers.py` measures that.
 """
