@@ -35,21 +35,22 @@ CORS_ANSWER_HEADERS = [
 class InferenceServer(Flask):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._synced: weakref.WeakKeyDictionary[Callable[..., Any], Callable[..., Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._plain: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        """Flask's answer, kept while `func` lives: Flask asks it of every hook and view on
-        every request (an `inspect` look at the code object each time), and a function's
-        answer never changes. Held weakly, so a function made for one request
-        (`after_this_request`) goes with it."""
+        """Flask's answer, remembered for a plain function while it lives: Flask asks it of
+        every hook and view on every request (an `inspect` look at the code object each
+        time), and a function's answer never changes. Only the functions Flask hands back as
+        they are are remembered, weakly: a wrapper would hold its function, and a function
+        made for one request (`after_this_request`) must go with it."""
         try:
-            synced = self._synced.get(func)
-            if synced is None:
-                synced = self._synced[func] = super().ensure_sync(func)
+            if func in self._plain:
+                return func
         except TypeError:  # a callable that takes no weak reference: asked each time
             return super().ensure_sync(func)
+        synced = super().ensure_sync(func)
+        if synced is func:
+            self._plain.add(func)
         return synced
 
     def make_default_options_response(self) -> Response:

@@ -13,11 +13,13 @@ model, passes through the app's own hooks, signals and extensions, and answers t
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
 import sys
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -568,3 +570,17 @@ def test_a_real_server_writes_one_access_line_for_a_path_with_control_characters
             assert line.rstrip("\n").endswith(f"request={rid}") and loggable(path) in line
     # No line of the server's output begins with the forged text.
     assert not any(line.startswith(FORGED) for line in lines)
+
+
+def test_a_function_made_for_one_request_is_not_kept_by_the_app(app):
+    # The app remembers Flask's ensure_sync answer per function; a hook made for one request
+    # (`after_this_request`) must still go when the request is done with it.
+    def hook(response):
+        return response
+
+    assert app.ensure_sync(hook) is hook
+    assert app.ensure_sync(hook) is hook  # remembered
+    gone = weakref.ref(hook)
+    del hook
+    gc.collect()
+    assert gone() is None
