@@ -108,13 +108,12 @@ def limits_of(
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """One quota of a user as it stands in one UTC hour: its limit, when its window ends and
-    how long it is, and its item of the IETF `RateLimit-Policy` field."""
+    """One quota of a user as it stands in one UTC hour: its limit, when its window ends, and
+    its item of the IETF `RateLimit-Policy` field (which names the window's length)."""
 
     name: str
     limit: int
     resets: int  # epoch seconds
-    width: int
     policy: str
 
     def cost(self, samples: int) -> int:
@@ -137,7 +136,6 @@ def _quotas(limits: tuple[tuple[str, int], ...], hour: int) -> tuple[Quota, ...]
             name,
             given[name],
             window.ends(name),
-            window.width(name),
             f'"{name}";q={given[name]};w={window.width(name)}',
         )
         for name in QUOTAS
