@@ -9,6 +9,8 @@ server, no network: the pipeline and the model); (total at N - total at 0) / N i
 request, given also as a multiple of bare Flask's. Runs two processes at a time.
 
 - bare flask: `peers/bare_app.py`, as `peers.py` serves it;
+- floor: `peers/floor_app.py`, bare Flask plus the least any Flask app can do for an API key, a
+  per-user budget, the standard headers, metrics and an access line (`peers.py --floor`);
 - ours, auth off / api-key / jwt: this server with the tests' base settings, the default
   strategy, the access log written as a server writes it (to /dev/null here), metrics on;
 - accounting off / on (`peers.py --accounting` in instructions): an API key with metrics off,
@@ -21,7 +23,7 @@ are set to run hourly: under valgrind, fifty times slower, they would otherwise 
 count fifty times as often as they do in a server. Children run with PYTHONHASHSEED=0.
 
     python tests/benchmarks/instructions.py [--requests 1000]
-        [--variants bare,off,key,jwt,acct-off,acct-on]
+        [--variants bare,floor,off,key,jwt,acct-off,acct-on]
 
 Needs valgrind (Debian: apt-get install valgrind). About 8 minutes with the defaults. Not part
 of pytest; use it to compare two trees of the code (run it in each), not to claim throughput:
@@ -51,6 +53,7 @@ BODY = b'{"data": [[1.0, 2.0, 3.0]]}'
 WARM = 200
 VARIANTS = {
     "bare": "bare flask",
+    "floor": "floor, api-key",
     "off": "ours, auth off",
     "key": "ours, api-key",
     "jwt": "ours, jwt",
@@ -80,11 +83,17 @@ def environ(headers: dict[str, str]) -> dict[str, Any]:
 
 def build(variant: str, data_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The WSGI app of `variant` and the environ of its requests."""
-    if variant == "bare":
+    if variant in ("bare", "floor"):
         sys.path.insert(0, str(ROOT / "tests" / "benchmarks" / "peers"))
-        from bare_app import app  # type: ignore[import-not-found]
+        if variant == "bare":
+            from bare_app import app  # type: ignore[import-not-found]
 
-        return app, environ({})
+            return app, environ({})
+        import floor_app  # type: ignore[import-not-found]
+
+        for handler in floor_app.logs.ACCESS.handlers:  # as below: the line, to /dev/null
+            handler.setStream(open(os.devnull, "w"))  # lives as long as the process
+        return floor_app.app, environ({"X-API-Key": floor_app.KEY})
     from inference_server import logs
     from inference_server.app import create_app
     from inference_server.settings import load_settings

@@ -16,6 +16,9 @@ runs the model.
   limits and the stores (`redis`: `storage.backend: redis`), each given as a ratio to the same
   variant on memory and files, and the last also to the one with its limits on Redis;
   with `--no-access-log` also with its access log off (bare Flask writes none);
+- with `--floor`, the floor (`peers/floor_app.py`): bare Flask plus the least any Flask app can
+  do for an API key, a per-user budget, the standard headers, metrics and an access line; what
+  no implementation of those parts on Flask's dispatch can beat;
 - with `--hooked`, bare Flask and this server (API key) each with one app-level after_request
   hook of an app owner's (`peers/hooked.py`);
 - with `--accounting`, this server (API key) with metrics off, no quota and a key without limits
@@ -26,7 +29,7 @@ runs the model.
 
     pip install -r tests/benchmarks/peers/requirements.txt   # the peers' own packages
     python tests/benchmarks/peers.py [--rounds 5] [--seconds 5] [--connections 8] [--redis]
-        [--hooked] [--no-access-log] [--accounting]
+        [--floor] [--hooked] [--no-access-log] [--accounting]
 
 About 3 minutes with the defaults (5 variants x 5 rounds x 5 s, plus start-up and warm-up); each
 option adds variants. Needs wrk (Debian: apt-get install wrk). Not part of pytest.
@@ -103,6 +106,10 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
     )
     bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
     found["flask-jwt-extended"] = (f"{jwt_peer}/predict", bearer)
+    if opts.floor:
+        key = f"sk_live_{secrets.token_hex(16)}"
+        floor = stack.enter_context(peer("floor_app", {"PEER_API_KEY": key}))
+        found["floor, api-key"] = (f"{floor}/predict", {"X-API-Key": key})
     if opts.hooked:
         found["bare flask + hook"] = (f"{stack.enter_context(peer('hooked'))}/predict", {})
         demo = PEERS.parents[2] / "data" / "models" / "demo.json"  # gunicorn runs in PEERS
@@ -184,6 +191,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument(
         "--redis", action="store_true", help="also with Redis for the limits and the stores"
+    )
+    parser.add_argument(
+        "--floor", action="store_true", help="also the least app with the pipeline's parts"
     )
     parser.add_argument("--hooked", action="store_true", help="also with an app-level hook")
     parser.add_argument(
