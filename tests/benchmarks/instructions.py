@@ -9,8 +9,9 @@ server, no network: the pipeline and the model); (total at N - total at 0) / N i
 request, given also as a multiple of bare Flask's. Runs two processes at a time.
 
 - bare flask: `peers/bare_app.py`, as `peers.py` serves it;
-- floor: `peers/floor_app.py`, bare Flask plus the least any Flask app can do for an API key, a
-  per-user budget, the standard headers, metrics and an access line (`peers.py --floor`);
+- floor: `peers/floor_app.py`, bare Flask plus the plainest way of doing an API key, a per-user
+  budget, the standard headers, metrics and an access line (`peers.py --floor`); floor-acct,
+  the same with the plainest accounting too (`PEER_ACCOUNTING=1`), also as a multiple of floor;
 - ours, auth off / api-key / jwt: this server with the tests' base settings, the default
   strategy, the access log written as a server writes it (to /dev/null here), metrics on;
 - accounting off / on (`peers.py --accounting` in instructions): an API key with metrics off,
@@ -23,7 +24,7 @@ are set to run hourly: under valgrind, fifty times slower, they would otherwise 
 count fifty times as often as they do in a server. Children run with PYTHONHASHSEED=0.
 
     python tests/benchmarks/instructions.py [--requests 1000]
-        [--variants bare,floor,off,key,jwt,acct-off,acct-on]
+        [--variants bare,floor,floor-acct,off,key,jwt,acct-off,acct-on]
 
 Needs valgrind (Debian: apt-get install valgrind). About 8 minutes with the defaults. Not part
 of pytest; use it to compare two trees of the code (run it in each), not to claim throughput:
@@ -54,6 +55,7 @@ WARM = 200
 VARIANTS = {
     "bare": "bare flask",
     "floor": "floor, api-key",
+    "floor-acct": "floor, accounting",
     "off": "ours, auth off",
     "key": "ours, api-key",
     "jwt": "ours, jwt",
@@ -83,12 +85,13 @@ def environ(headers: dict[str, str]) -> dict[str, Any]:
 
 def build(variant: str, data_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The WSGI app of `variant` and the environ of its requests."""
-    if variant in ("bare", "floor"):
+    if variant in ("bare", "floor", "floor-acct"):
         sys.path.insert(0, str(ROOT / "tests" / "benchmarks" / "peers"))
         if variant == "bare":
             from bare_app import app  # type: ignore[import-not-found]
 
             return app, environ({})
+        os.environ["PEER_ACCOUNTING"] = "1" if variant == "floor-acct" else "0"
         import floor_app  # type: ignore[import-not-found]
 
         for handler in floor_app.logs.ACCESS.handlers:  # as below: the line, to /dev/null
@@ -185,6 +188,9 @@ def main() -> None:
     if {"acct-off", "acct-on"} <= set(chosen):
         ratio = per_request["acct-on"] / per_request["acct-off"]
         print(f"accounting on: {ratio:.2f}x the instructions of accounting off")
+    if {"floor", "floor-acct"} <= set(chosen):
+        ratio = per_request["floor-acct"] / per_request["floor"]
+        print(f"the floor with accounting: {ratio:.2f}x the instructions of the floor")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ runs the model.
   limits and the stores (`redis`: `storage.backend: redis`), each given as a ratio to the same
   variant on memory and files, and the last also to the one with its limits on Redis;
   with `--no-access-log` also with its access log off (bare Flask writes none);
-- with `--floor`, the floor (`peers/floor_app.py`): bare Flask plus the least any Flask app can
-  do for an API key, a per-user budget, the standard headers, metrics and an access line; what
-  no implementation of those parts on Flask's dispatch can beat;
+- with `--floor`, the floor (`peers/floor_app.py`): bare Flask plus the plainest way of doing
+  an API key, a per-user budget, the standard headers, metrics and an access line, and nothing
+  else; and the same with the plainest usage accounting, quotas and per-key limits too, also
+  as a ratio to the floor;
 - with `--hooked`, bare Flask and this server (API key) each with one app-level after_request
   hook of an app owner's (`peers/hooked.py`);
 - with `--accounting`, this server (API key) with metrics off, no quota and a key without limits
@@ -110,6 +111,9 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
         key = f"sk_live_{secrets.token_hex(16)}"
         floor = stack.enter_context(peer("floor_app", {"PEER_API_KEY": key}))
         found["floor, api-key"] = (f"{floor}/predict", {"X-API-Key": key})
+        env = {"PEER_API_KEY": key, "PEER_ACCOUNTING": "1"}
+        accounted = stack.enter_context(peer("floor_app", env))
+        found["floor, accounting"] = (f"{accounted}/predict", {"X-API-Key": key})
     if opts.hooked:
         found["bare flask + hook"] = (f"{stack.enter_context(peer('hooked'))}/predict", {})
         demo = PEERS.parents[2] / "data" / "models" / "demo.json"  # gunicorn runs in PEERS
@@ -193,7 +197,7 @@ def main() -> None:
         "--redis", action="store_true", help="also with Redis for the limits and the stores"
     )
     parser.add_argument(
-        "--floor", action="store_true", help="also the least app with the pipeline's parts"
+        "--floor", action="store_true", help="also bare Flask with the plainest pipeline's parts"
     )
     parser.add_argument("--hooked", action="store_true", help="also with an app-level hook")
     parser.add_argument(
@@ -246,6 +250,8 @@ def main() -> None:
             versus += f"{rate[name] / rate[f'{kind}/redis limits']:>16.2f}"
         if name.endswith("accounting on"):
             versus = f"{rate[name] / rate[name.replace(' on', ' off')]:>10.2f} x off"
+        if name == "floor, accounting":
+            versus = f"{rate[name] / rate['floor, api-key']:>10.2f} x floor"
         print(
             f"{name:<34}{rate[name]:>10.0f}{rate[name] / rate[base]:>8.2f}"
             f"{p99[name]:>9.2f}{p99[name] / p99[base]:>8.2f}{versus}"
