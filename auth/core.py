@@ -74,6 +74,7 @@ from .limits import (
 from .offload import ThreadOffload
 from .passwords import hash_password, verify_password
 from .quotas import quota_check
+from .remembered import Remembered, frozen
 from .slots import Slots
 from .storage import UNCHANGED, Storage, Store, Transaction, open_storage, secure_dir
 from .storage.shapes import epoch, iso
@@ -233,6 +234,11 @@ class AuthState:
     limiter: Limiter | None = None  # flask-limiter, once served by an app (`init_core`)
     admissions: Admissions | None = None  # how predictions are let in, once served by an app
     guard: Guard | None = None  # the pipeline, once served by an app
+    # The principals of credentials seen, while their records are unchanged (`remembered.py`).
+    _by_key: Remembered[Principal] = field(default_factory=Remembered, init=False, repr=False)
+    _by_session: Remembered[tuple[Any, Principal]] = field(
+        default_factory=Remembered, init=False, repr=False
+    )
 
     def now(self) -> int:
         return int(self.clock())
@@ -377,22 +383,30 @@ class AuthState:
             )
         now = self.now()
         claims = self.signer.decode(token.strip(), token_type="access", now=now)
-        session = sessions.live_session(
-            self.sessions.get(claims["sid"]), claims["sub"], now, self.session_max_age
-        )
-        if session is None:
+        versions = (self.sessions.version(), self.users.version(), self.keys.version())
+        kept = self._by_session.get(claims["sid"], versions)
+        session = kept[0] if kept is not None else self.sessions.get(claims["sid"])
+        if sessions.live_session(session, claims["sub"], now, self.session_max_age) is None:
             raise AuthenticationError(SESSION_ENDED, error_code=Code.INVALID_TOKEN)
+        if kept is not None:
+            principal = kept[1]
+            if principal.key is not None:  # expiry comes with time alone
+                self.usable_key(principal.key, error_code=Code.INVALID_TOKEN)
+            return principal
+        assert session is not None
         user = self.active_user(claims["sub"], error_code=Code.INVALID_TOKEN)
         key_id = session.get("key_id")
         key = self.live_key(key_id, error_code=Code.INVALID_TOKEN) if key_id else None
-        return Principal.of(
-            user,
+        principal = Principal.of(
+            frozen(user),
             self.session_scopes(user, session),
             "jwt",
             above=self.keys_above(key),
             session_id=claims["sid"],
-            key=key,
+            key=frozen(key),
         )
+        self._by_session.keep(claims["sid"], versions, (frozen(session), principal))
+        return principal
 
     def session_scopes(self, user: dict[str, Any], session: dict[str, Any]) -> frozenset[str]:
         """A password session holds the role's scopes (only the account's own while an admin-set
@@ -415,11 +429,23 @@ class AuthState:
     def _from_api_key(self, key: str | None) -> Principal | None:
         if key is None:
             return None
-        record = self.find_key(key.strip())
-        user = self.active_user(record["user_id"], error_code=Code.INVALID_API_KEY)
-        self.key_usage.note(record["id"], self.now())
-        scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
-        return Principal.of(user, scopes, "api_key", above=self.keys_above(record), key=record)
+        digest = self.key_digest(key.strip())
+        versions = (self.keys.version(), self.users.version())
+        principal = self._by_key.get(digest, versions)
+        if principal is None:
+            record = self.usable_key(self.keys.find("hash", digest))
+            user = self.active_user(record["user_id"], error_code=Code.INVALID_API_KEY)
+            scopes = ROLE_SCOPES[user["role"]] & frozenset(record["scopes"])
+            above = self.keys_above(record)
+            principal = self._by_key.keep(
+                digest,
+                versions,
+                Principal.of(frozen(user), scopes, "api_key", above=above, key=frozen(record)),
+            )
+        else:
+            self.usable_key(principal.key)  # expiry comes with time alone
+        self.key_usage.note(principal.key["id"], self.now())  # type: ignore[index]
+        return principal
 
     def keys_above(self, key: dict[str, Any] | None) -> list[dict[str, Any]]:
         """The keys `key` was made through, nearest first (none for most keys)."""
@@ -432,12 +458,17 @@ class AuthState:
 
     def find_key(self, key: str) -> dict[str, Any]:
         """The live record of API key `key`; raises INVALID_API_KEY for anything else."""
+        return self.usable_key(self.keys.find("hash", self.key_digest(key)))
+
+    def key_digest(self, key: str) -> str:
+        """What API key `key` is found by; raises INVALID_API_KEY when keys are off or it is
+        not one."""
         if not self.settings.api_keys_enabled:
             raise AuthenticationError("API keys are disabled", error_code=Code.INVALID_API_KEY)
         digest = api_keys.lookup_digest(key)
         if digest is None:
             raise AuthenticationError("malformed API key", error_code=Code.INVALID_API_KEY)
-        return self.usable_key(self.keys.find("hash", digest))
+        return digest
 
     def live_key(self, key_id: str, *, error_code: str = Code.INVALID_API_KEY) -> dict[str, Any]:
         """The record of key `key_id` if it is active and unexpired; raises 401 otherwise."""

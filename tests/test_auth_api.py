@@ -7,6 +7,7 @@ import json
 import pytest
 
 from auth import api_keys
+from auth.core import Credentials, Principal
 from tests.conftest import ADMIN, PASSWORD, assert_error, bearer, disk_text
 
 # -- registration ---------------------------------------------------------------------------
@@ -347,6 +348,33 @@ def test_expired_key_fails(actor, clock):
     assert actor.predict({"X-API-Key": created["key"]}).status_code == 200
     clock.advance(86400)
     assert_error(actor.predict({"X-API-Key": created["key"]}), 401, "INVALID_API_KEY")
+
+
+def test_a_credential_is_worked_out_once_while_its_records_are_unchanged(app, actor):
+    """The principal of a key or a session is kept while the stores it was read from hold
+    (`auth/remembered.py`): any write there makes the next request read afresh, and its
+    records are read-only, so no request can change them for the next."""
+    state = app.extensions["auth"]
+    headers = actor.user_headers("uma")
+    key = actor.create_key(headers)["key"]
+
+    def principal(authorization: str | None = None, key: str | None = None) -> Principal:
+        found = state.authenticate(Credentials(authorization, key, "127.0.0.1"))
+        assert found is not None
+        return found
+
+    by_key, by_token = principal(key=key), principal(headers["Authorization"])
+    assert principal(key=key) is by_key
+    assert principal(headers["Authorization"]) is by_token
+    with pytest.raises(TypeError):
+        by_key.user["role"] = "admin"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        by_token.user["is_active"] = False  # type: ignore[index]
+
+    actor.register("vera")  # a write to the users store: of another user, yet read afresh
+    again = principal(key=key)
+    assert again is not by_key and again == by_key
+    assert principal(headers["Authorization"]) is not by_token
 
 
 def test_unknown_and_malformed_keys_fail(actor):
