@@ -6,9 +6,9 @@ and before any limit of the application's own: deny by default, so a view withou
 credentials (any scope), `@public` opens it, `require_auth(scopes=...)` narrows it. A whole
 blueprint (a site's pages, say) is opened with `public(bp)`, and so are the blueprints nested in
 it. With authentication disabled (simple mode) every check passes and `current_user` is None.
-`current_user` (the caller's user record) is a read-only mapping: the same record serves every
-request of that credential until a store changes (`remembered.py`); copy it (`dict(...)`) to
-change it.
+`current_user` (the caller's user record) is a read-only dict: the same record serves every
+request of that credential until a store changes (`remembered.py`); change a copy of it
+(`dict(current_user)`).
 
 `require_auth` also checks for itself where the hook could not read its marker: on a method of a
 class-based view, or beneath a decorator that hides the function it wraps. Where the hook did

@@ -8,6 +8,7 @@ import pytest
 
 from auth import api_keys
 from auth.core import Credentials, Principal
+from auth.remembered import Remembered
 from tests.conftest import ADMIN, PASSWORD, assert_error, bearer, disk_text
 
 # -- registration ---------------------------------------------------------------------------
@@ -369,12 +370,26 @@ def test_a_credential_is_worked_out_once_while_its_records_are_unchanged(app, ac
     with pytest.raises(TypeError):
         by_key.user["role"] = "admin"  # type: ignore[index]
     with pytest.raises(TypeError):
-        by_token.user["is_active"] = False  # type: ignore[index]
+        by_token.user.update(is_active=False)
+    assert json.loads(json.dumps(by_key.user))["id"] == by_key.id  # still a dict to encoders
+    copied = dict(by_key.user)
+    copied["role"] = "admin"  # a copy is the caller's own
+    assert by_key.user["role"] == "user"
 
     actor.register("vera")  # a write to the users store: of another user, yet read afresh
     again = principal(key=key)
     assert again is not by_key and again == by_key
     assert principal(headers["Authorization"]) is not by_token
+
+
+def test_kept_principals_are_bounded_oldest_first_and_dropped_once_stale():
+    kept: Remembered[str] = Remembered(most=2)
+    kept.keep("a", 1, "A")
+    kept.keep("b", 1, "B")
+    kept.keep("c", 1, "C")  # past the bound: the oldest goes
+    assert (kept.get("a", 1), kept.get("b", 1), kept.get("c", 1)) == (None, "B", "C")
+    assert kept.get("b", 2) is None  # read at other versions: never again
+    assert kept.get("b", 1) is None
 
 
 def test_unknown_and_malformed_keys_fail(actor):

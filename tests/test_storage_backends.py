@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import threading
 import uuid
 
 import pytest
@@ -20,6 +21,7 @@ from auth.storage import UNCHANGED, StoreCorrupt, open_storage
 from auth.storage import redis as redis_backend
 from auth.storage.audit_file import AuditFile
 from auth.storage.indexes import Index
+from auth.storage.json import JsonStore
 from auth.storage.shapes import Field
 from tests.live import RedisProcess
 
@@ -41,6 +43,11 @@ def backend(request, tmp_path):
 @pytest.fixture
 def redis_backend_only(tmp_path, redis_url):
     yield from _factory("redis", tmp_path, redis_url)
+
+
+@pytest.fixture
+def json_backend_only(tmp_path):
+    yield from _factory("json", tmp_path, None)
 
 
 def _factory(name, tmp_path, url):
@@ -173,6 +180,50 @@ def test_the_version_moves_with_every_change(backend):
     other.update(_put("a", "alice"))
     assert store.version() != before
     assert store.version() == other.version()
+
+
+def test_a_reader_never_sees_a_writes_version_before_its_records(json_backend_only, monkeypatch):
+    """A thread reading while this process writes: at the version the write ends at, the
+    records are the written ones (a principal kept beside a version must not outlive it)."""
+    _, store = json_backend_only()
+    store.update(_put("a", "alice", n=1))
+    assert store.get("a")["n"] == 1  # read once since: the next read needs no look at the files
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append((store.version(), store.get("a"))))
+    commit = JsonStore._commit
+
+    def commit_while_another_thread_reads(self, state, puts, deletes):
+        reader.start()
+        reader.join(2)  # it reads without the store's mutex, as a request thread does
+        commit(self, state, puts, deletes)
+
+    monkeypatch.setattr(JsonStore, "_commit", commit_while_another_thread_reads)
+    store.update(_put("a", "alice", n=2))
+    monkeypatch.undo()
+    reader.join()
+    version, record = seen[0]
+    assert version != store.version() or record["n"] == 2
+
+
+def test_a_version_never_comes_back_for_other_records(redis_backend_only):
+    """Redis restored from a backup goes back to an earlier version; the next write brings
+    the number back with other records, and a version seen before must not match them."""
+    _, writer = redis_backend_only()
+    _, reader = redis_backend_only()
+    writer.update(_put("a", "alice"))
+    with redis_client.Redis.from_url(redis_backend_only.url) as raw:
+        keys = raw.keys(f"*{redis_backend_only.prefix}*")
+        backup = {key: raw.dump(key) for key in keys}
+        writer.update(_put("b", "bob"))
+        assert reader.get("b") is not None
+        seen = reader.version()
+        raw.delete(*raw.keys(f"*{redis_backend_only.prefix}*"))
+        for key, dumped in backup.items():
+            raw.restore(key, 0, dumped)
+    assert reader.get("b") is None  # went back: reloaded
+    writer.update(_put("c", "carol"))  # the version number of `seen` again
+    assert reader.get("c") is not None
+    assert reader.version() != seen
 
 
 def test_unique_names_hold_across_processes(backend):

@@ -103,7 +103,9 @@ class Store(Protocol):
     def __len__(self) -> int: ...
 
     def version(self) -> Any:
-        """A value that changes whenever the records may have changed."""
+        """A value that changes whenever the records may have changed, and never comes back
+        to an earlier value while they differ from what they were then: a process keeps what
+        it worked out from records beside the version it read them at (`remembered.py`)."""
 
     def update(self, change: Callable[[Transaction], R], *, timeout: float | None = None) -> R:
         """Run `change` on the records and commit what it changed; `UNCHANGED` (or an

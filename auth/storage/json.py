@@ -633,8 +633,9 @@ class JsonStore(ReadsCopy):
                     return result
                 puts, deletes = records.changes()
                 if puts or deletes:
-                    self._append(state, puts, deletes)
+                    end = self._append(state, puts, deletes)
                     self._commit(state, puts, deletes)
+                    state.offset = state.seen_size = end  # after the records: see `_append`
                 due = self._compaction_wanted(state)
         if due and not self.maintained:
             self._compact_quietly()
@@ -711,12 +712,13 @@ class JsonStore(ReadsCopy):
                 tail = self._tail() if self._state is None else None
                 state = tail or self._fresh_for_write()
                 try:
-                    self._append(state, encoded, [], read=tail is None)
+                    end = self._append(state, encoded, [], read=tail is None)
                 finally:
                     if tail is not None:
                         tail.close()
                 if tail is None:
                     self._commit(state, encoded, [])
+                state.offset = state.seen_size = end  # after the records: see `_append`
                 due = self._compaction_wanted(state)
         if due and not self.maintained:
             self._compact_quietly()
@@ -756,9 +758,12 @@ class JsonStore(ReadsCopy):
 
     def _append(
         self, state: _State, puts: dict[str, bytes], deletes: list[str], *, read: bool = True
-    ) -> None:
-        """Append one change to the journal and fdatasync it (making the journal if needed).
-        `read`: `state` holds the records, so the line notes what each one was before."""
+    ) -> int:
+        """Append one change to the journal and fdatasync it (making the journal if needed);
+        returns the journal's new end. `read`: `state` holds the records, so the line notes
+        what each one was before. The caller moves `state.offset` there once the records hold
+        the change: the offset is part of `version()`, and a reader (another thread) that saw
+        the new version beside the old records would keep what it built from them."""
         if state.journal_fd is None or state.stale_journal:
             self._new_journal(state)
         assert state.journal_fd is not None
@@ -775,8 +780,7 @@ class JsonStore(ReadsCopy):
         except OSError:
             os.ftruncate(fd, state.offset)  # no part of a refused change stays behind
             raise
-        state.offset += len(line)
-        state.seen_size = state.offset
+        return state.offset + len(line)
 
     def _new_journal(self, state: _State) -> None:
         """Start an empty journal of the state's generation (atomically, header included)."""

@@ -227,13 +227,15 @@ def shown_url(url: str) -> str:
 
 @dataclass
 class _Copy:
-    """What one process holds of a store: the records as JSON bytes, their indexes, and the
-    version they are as of."""
+    """What one process holds of a store: the records as JSON bytes, their indexes, the
+    version they are as of, and how often this process saw Redis go back to an earlier
+    version of it (`version()`: after that, a version number comes again with other records)."""
 
     records: dict[str, bytes]
     indexes: Indexes
     version: int
     epoch: bytes | None
+    rewinds: int = 0
 
 
 class RedisStore(ReadsCopy):
@@ -278,7 +280,7 @@ class RedisStore(ReadsCopy):
 
     def version(self) -> Any:
         copy = self._current()
-        return (copy.epoch, copy.version)
+        return (copy.epoch, copy.rewinds, copy.version)
 
     def problem(self) -> str | None:
         try:
@@ -309,9 +311,11 @@ class RedisStore(ReadsCopy):
         """Read the whole store (one consistent version), checking every record."""
         version, seal, stored = self._storage.load(self.keys[1], self.seal_key, self.keys[0])
         held = self._copy
+        rewinds = held.rewinds if held is not None and held.epoch == epoch else 0
         if held is not None and held.epoch == epoch and held.version > int(version):
             # Every load runs under the mutex: this is Redis going back (a restore, the lost
             # tail of an append-only file), not a late answer. What it holds now is the truth.
+            rewinds += 1
             log.warning(
                 "the %s store in %s went back from version %d to %d: reloaded",
                 self.name,
@@ -328,7 +332,7 @@ class RedisStore(ReadsCopy):
             if not sealed:  # written or changed by something else than a commit of ours
                 self._check(record_id, raw)
             records[record_id] = raw
-        self._copy = _Copy(records, Indexes(self.indexes), int(version), epoch)
+        self._copy = _Copy(records, Indexes(self.indexes), int(version), epoch, rewinds)
         self._broken = None
 
     def _apply(self, answer: Any, epoch: bytes | None) -> None:
