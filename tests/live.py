@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -81,6 +82,25 @@ class LiveServer:
             for child in children
             if b"jobs\x00worker" in Path(f"/proc/{child}/cmdline").read_bytes()
         ]
+
+    @contextmanager
+    def consumer_paused(self, data_dir: Path) -> Iterator[None]:
+        """The job consumer stopped (SIGSTOP) for the block, so queued jobs stay queued. It is
+        stopped while this process holds the queue's write lock (`data_dir/jobs/queue.db`): a
+        consumer stopped inside a write of its own would hold the lock, and every submission
+        would wait on it and answer 503."""
+        (consumer,) = self.consumer_pids()
+        queue = sqlite3.connect(data_dir / "jobs" / "queue.db", timeout=30, isolation_level=None)
+        try:
+            queue.execute("BEGIN IMMEDIATE")  # waits out a write the consumer is making
+            os.kill(consumer, signal.SIGSTOP)
+            queue.execute("ROLLBACK")
+        finally:
+            queue.close()
+        try:
+            yield
+        finally:
+            os.kill(consumer, signal.SIGCONT)
 
     def url(self, path: str) -> str:
         return self.base + path

@@ -4,9 +4,7 @@ served from this server alone (checked in a real headless Chromium)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 
@@ -208,14 +206,10 @@ def test_every_pre_filled_example_succeeds_against_a_new_server(tmp_path):
             ("POST", "/predict/batch"),
         ):
             execute(method, path)
-        (consumer,) = server.consumer_pids()
-        os.kill(consumer, signal.SIGSTOP)  # the jobs stay queued: one can be cancelled
-        try:
+        with server.consumer_paused(tmp_path / "data"):  # the jobs stay queued: one is cancelled
             made["job_id"] = kept = execute("POST", "/jobs").json()["id"]
             made["job_id"] = execute("POST", "/jobs").json()["id"]
             execute("POST", "/jobs/{job_id}/cancel")
-        finally:
-            os.kill(consumer, signal.SIGCONT)
         made["job_id"] = kept
         deadline = time.monotonic() + 60
         while execute("GET", "/jobs/{job_id}").json()["status"] != "completed":
