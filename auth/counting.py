@@ -13,13 +13,17 @@ storage is asked twice, through the strategy.
 
 The same script counts a route's one budget window (`hit_and_window`) and a prediction
 (`admission.py`): every window of its budgets, its user's quota counters and its key's slot,
-all or nothing, in the same one call.
+all or nothing, in the same one call. The asks of a process's requests that come while one
+trip is out go together in the next (`batching.Batcher`): still one trip a request at most,
+fewer under load, each ask still counted on its own.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from math import floor, inf
 from typing import Any
 
@@ -27,6 +31,8 @@ from limits import RateLimitItem, WindowStats
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
+
+from .batching import Batcher, TripLost
 
 # limits' sliding window counter, as its own acquire script counts it: a window is a pair of
 # keys (the previous and the current window, limits' layout), its limit and its expiry in ms.
@@ -57,94 +63,106 @@ local function count(w, cost)
 end
 """
 
-# A request let in, all or nothing: every budget window and, for a prediction, the user's
-# quotas and a key's slot.
-# KEYS: two per window; then, with quotas, the user's day and month counters (hashes of
+# Requests let in, each all or nothing: every budget window and, for a prediction, the user's
+# quotas and a key's slot. One call carries the asks of several requests (`admit_on_redis`),
+# each counted on its own, in turn: ARGV[1] says how many; then each ask gives its number of
+# keys and of arguments, and its arguments; its keys follow the previous ask's in KEYS.
+# Answers a list: an answer an ask.
+# An ask's keys: two per window; then, with quotas, the user's day and month counters (hashes of
 # requests and samples); then, with a slot limit, the key's slots (a sorted set of leases).
-# ARGV: windows, quotas (0/1), slots (most in flight; 0: none); per window its limit and expiry
-# (s); with quotas: the day's and the month's ends (epoch ms), the samples and the requests
-# (one for a request; a job's chunk counts each of its inputs as one), the four limits
-# (requests and samples a day, a month; -1: none) and four counts to start absent counters
-# from (the usage ledger's); with slots: this request's member and its lease (ms).
-# Answers {verdict, which, the four counts before this request, then each window's previous
+# Its arguments: windows, quotas (0/1), slots (most in flight; 0: none); per window its limit and
+# expiry (s); with quotas: the day's and the month's ends (epoch ms), the samples and the
+# requests (one for a request; a job's chunk counts each of its inputs as one), the four limits
+# (requests and samples a day, a month; -1: none) and four counts to start absent counters from
+# (the usage ledger's); with slots: this request's member and its lease (ms).
+# Its answer: {verdict, which, the four counts before this request, then each window's previous
 # count, ttl ms, current count, ttl ms}: verdict 0 counted, 1 window `which` is full, 2 quota
 # `which` is spent, 3 no slot is free (nothing counted unless 0).
 ADMIT = (
     WINDOW_FUNCTIONS
     + """
-local nwindows, quotas, slots = tonumber(ARGV[1]), tonumber(ARGV[2]) == 1, tonumber(ARGV[3])
-local arg, key = 4, 1
-local windows = {}
-for i = 1, nwindows do
-    windows[i] = {previous = KEYS[key], current = KEYS[key + 1], limit = tonumber(ARGV[arg]),
-        expiry = tonumber(ARGV[arg + 1]) * 1000}
-    key, arg = key + 2, arg + 2
-end
-local used, costs, day, month = {0, 0, 0, 0}, {1, 1, 1, 1}, nil, nil
-local function answer(verdict, which)
-    local out = {verdict, which, used[1], used[2], used[3], used[4]}
+local function admit(keys, argv)
+    local nwindows, quotas, slots = tonumber(argv[1]), tonumber(argv[2]) == 1, tonumber(argv[3])
+    local arg, key = 4, 1
+    local windows = {}
     for i = 1, nwindows do
-        local pc, pt, cc, ct = window(windows[i])
-        table.insert(out, pc)
-        table.insert(out, pt)
-        table.insert(out, cc)
-        table.insert(out, ct)
+        windows[i] = {previous = keys[key], current = keys[key + 1], limit = tonumber(argv[arg]),
+            expiry = tonumber(argv[arg + 1]) * 1000}
+        key, arg = key + 2, arg + 2
     end
-    return out
-end
-for i = 1, nwindows do
-    shift(windows[i])
-    if not fits(windows[i], 1) then
-        return answer(1, i)
-    end
-end
-if quotas then
-    day, month = KEYS[key], KEYS[key + 1]
-    key = key + 2
-    local ends = {tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])}
-    local requests, samples = tonumber(ARGV[arg + 3]), tonumber(ARGV[arg + 2])
-    costs = {requests, samples, requests, samples}
-    for i, counter in ipairs({day, month}) do
-        if redis.call('exists', counter) == 0 then
-            redis.call('hset', counter, 'requests', ARGV[arg + 6 + 2 * i],
-                'samples', ARGV[arg + 7 + 2 * i])
-            redis.call('pexpireat', counter, ends[i])
+    local used, costs, day, month = {0, 0, 0, 0}, {1, 1, 1, 1}, nil, nil
+    local function answer(verdict, which)
+        local out = {verdict, which, used[1], used[2], used[3], used[4]}
+        for i = 1, nwindows do
+            local pc, pt, cc, ct = window(windows[i])
+            table.insert(out, pc)
+            table.insert(out, pt)
+            table.insert(out, cc)
+            table.insert(out, ct)
         end
-        local counts = redis.call('hmget', counter, 'requests', 'samples')
-        used[2 * i - 1], used[2 * i] = tonumber(counts[1]), tonumber(counts[2])
+        return out
     end
-    for i = 1, 4 do
-        local limit = tonumber(ARGV[arg + 3 + i])
-        if limit >= 0 and used[i] + costs[i] > limit then
-            return answer(2, i)
+    for i = 1, nwindows do
+        shift(windows[i])
+        if not fits(windows[i], 1) then
+            return answer(1, i)
         end
     end
-    arg = arg + 12
-end
-local member, lease, now
-if slots > 0 then
-    member, lease = ARGV[arg], tonumber(ARGV[arg + 1])
-    local time = redis.call('time')
-    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-    redis.call('zremrangebyscore', KEYS[key], '-inf', now)
-    if redis.call('zcard', KEYS[key]) >= slots then
-        return answer(3, 0)
+    if quotas then
+        day, month = keys[key], keys[key + 1]
+        key = key + 2
+        local ends = {tonumber(argv[arg]), tonumber(argv[arg + 1])}
+        local requests, samples = tonumber(argv[arg + 3]), tonumber(argv[arg + 2])
+        costs = {requests, samples, requests, samples}
+        for i, counter in ipairs({day, month}) do
+            if redis.call('exists', counter) == 0 then
+                redis.call('hset', counter, 'requests', argv[arg + 6 + 2 * i],
+                    'samples', argv[arg + 7 + 2 * i])
+                redis.call('pexpireat', counter, ends[i])
+            end
+            local counts = redis.call('hmget', counter, 'requests', 'samples')
+            used[2 * i - 1], used[2 * i] = tonumber(counts[1]), tonumber(counts[2])
+        end
+        for i = 1, 4 do
+            local limit = tonumber(argv[arg + 3 + i])
+            if limit >= 0 and used[i] + costs[i] > limit then
+                return answer(2, i)
+            end
+        end
+        arg = arg + 12
     end
-end
-for i = 1, nwindows do
-    count(windows[i], 1)
-end
-if quotas then
-    for _, counter in ipairs({day, month}) do
-        redis.call('hincrby', counter, 'requests', costs[1])
-        redis.call('hincrby', counter, 'samples', costs[2])
+    local member, lease, now
+    if slots > 0 then
+        member, lease = argv[arg], tonumber(argv[arg + 1])
+        local time = redis.call('time')
+        now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        redis.call('zremrangebyscore', keys[key], '-inf', now)
+        if redis.call('zcard', keys[key]) >= slots then
+            return answer(3, 0)
+        end
     end
+    for i = 1, nwindows do
+        count(windows[i], 1)
+    end
+    if quotas then
+        for _, counter in ipairs({day, month}) do
+            redis.call('hincrby', counter, 'requests', costs[1])
+            redis.call('hincrby', counter, 'samples', costs[2])
+        end
+    end
+    if slots > 0 then
+        redis.call('zadd', keys[key], now + lease, member)
+        redis.call('pexpire', keys[key], lease)
+    end
+    return answer(0, 0)
 end
-if slots > 0 then
-    redis.call('zadd', KEYS[key], now + lease, member)
-    redis.call('pexpire', KEYS[key], lease)
+local answers, k, a = {}, 0, 1
+for n = 1, tonumber(ARGV[1]) do
+    local nkeys, nargs = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    answers[n] = admit({unpack(KEYS, k + 1, k + nkeys)}, {unpack(ARGV, a + 3, a + 2 + nargs)})
+    k, a = k + nkeys, a + 2 + nargs
 end
-return answer(0, 0)
+return answers
 """
 )
 
@@ -256,9 +274,10 @@ def admit_on_redis(
     quota: QuotaAsk | None = None,
     slot: SlotAsk | None = None,
 ) -> Verdict:
-    """One call of `ADMIT`: every window of `windows` (an item and its identifiers), the quota
-    counters and the slot, checked and counted all or nothing (StorageError when Redis cannot
-    be reached)."""
+    """`ADMIT` asked: every window of `windows` (an item and its identifiers), the quota
+    counters and the slot, checked and counted all or nothing, in a trip to Redis shared with
+    the asks of this process's other requests of the moment (`batching.py`; StorageError when
+    Redis cannot be reached)."""
     keys: list[str] = []
     args: list[Any] = [len(windows), int(quota is not None), slot.most if slot else 0]
     for item, identifiers in windows:
@@ -271,8 +290,8 @@ def admit_on_redis(
         keys.append(slot.key)
         args += [slot.member, slot.lease_ms]
     try:
-        answer = _script(storage, "_admit", ADMIT)(keys, args)
-    except storage.base_exceptions as exc:
+        answer = _admits(storage).ask((keys, args))
+    except TripLost as exc:
         raise StorageError(exc) from exc
     values = [int(value) for value in answer]
     stats = [
@@ -280,6 +299,31 @@ def admit_on_redis(
         for (item, _), i in zip(windows, range(6, len(values), 4), strict=True)
     ]
     return Verdict(values[0], values[1], tuple(values[2:6]), stats)  # type: ignore[arg-type]
+
+
+Ask = tuple[list[str], list[Any]]  # an ask of `ADMIT`: its keys and its arguments
+
+
+def _admits(storage: RedisStorage) -> Batcher[Ask, list[Any]]:
+    """This process's batcher of `ADMIT` asks to `storage` (made anew in a forked child)."""
+    found = getattr(storage, "_admits", None)
+    if found is None or found[0] != os.getpid():
+        found = (os.getpid(), Batcher(partial(_send_admits, storage)))
+        storage._admits = found  # type: ignore[attr-defined]
+    return found[1]
+
+
+def _send_admits(storage: RedisStorage, asks: list[Ask]) -> list[list[Any]]:
+    """One call of `ADMIT` carrying `asks`: their answers."""
+    keys: list[str] = []
+    args: list[Any] = [len(asks)]
+    for ask_keys, ask_args in asks:
+        keys += ask_keys
+        args += [len(ask_keys), len(ask_args), *ask_args]
+    try:
+        return _script(storage, "_admit", ADMIT)(keys, args)
+    except storage.base_exceptions as exc:
+        raise StorageError(exc) from exc
 
 
 def _sliding_stats(

@@ -14,7 +14,9 @@ runs the model.
   (limited per user), with memory:// limit storage and the JSON files; with `--redis` also with
   the limits on Redis (`redis limits`, the stores in files) and with Redis holding both the
   limits and the stores (`redis`: `storage.backend: redis`), each given as a ratio to the same
-  variant on memory and files, and the last also to the one with its limits on Redis;
+  variant on memory and files, and the last also to the one with its limits on Redis; and the
+  yardstick of those rows, this server with an API key on memory and files plus one Redis PING
+  a request in an app hook (`memory + PING`: `peers/round_trip.py`), the least a trip costs;
   with `--no-access-log` also with its access log off (bare Flask writes none);
 - with `--floor`, the floor (`peers/floor_app.py`): bare Flask plus the plainest way of doing
   an API key, a per-user budget, the standard headers, metrics and an access line, and nothing
@@ -116,19 +118,17 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
         found["floor, accounting"] = (f"{accounted}/predict", {"X-API-Key": key})
     if opts.hooked:
         found["bare flask + hook"] = (f"{stack.enter_context(peer('hooked'))}/predict", {})
-        demo = PEERS.parents[2] / "data" / "models" / "demo.json"  # gunicorn runs in PEERS
-        env = {
-            **BENCH_ENV,
-            "PEER_APP": "ours",
-            "INFERENCE_STORAGE__DATA_DIR": str(tmp / "hooked"),
-            "INFERENCE_MODELS__REGISTRY": f"[{{name: demo, backend: builtin, path: {demo}}}]",
-        }
-        hooked = stack.enter_context(peer("hooked", env))
+        hooked = stack.enter_context(
+            peer("hooked", {**_peer_env(tmp / "hooked"), "PEER_APP": "ours"})
+        )
         found["ours, api-key + hook"] = (f"{hooked}/predict", _api_key(hooked))
     storages = {"memory": "memory://"}
     if opts.redis:
         uri = stack.enter_context(redis_server())
         storages |= {"redis limits": uri, "redis": uri}
+        env = {**_peer_env(tmp / "round-trip"), "PEER_REDIS_URL": uri}
+        pinging = stack.enter_context(peer("round_trip", env))
+        found["ours, api-key/memory + PING"] = (f"{pinging}/predict", _api_key(pinging))
     for label, uri in storages.items():
         env = {**BENCH_ENV, "INFERENCE_RATE_LIMITS__STORAGE_URI": uri}
         if label == "redis":  # the limits and the stores: users, keys, sessions, model state
@@ -153,6 +153,16 @@ def variants(stack: ExitStack, tmp: Path, opts) -> dict[str, tuple[str, dict[str
             quiet.admin_credentials()["api-key"],
         )
     return found
+
+
+def _peer_env(data_dir: Path) -> dict[str, str]:
+    """The settings of this server served from `peers/` (as `hooked` and `round_trip` serve it)."""
+    demo = PEERS.parents[2] / "data" / "models" / "demo.json"  # gunicorn runs in PEERS
+    return {
+        **BENCH_ENV,
+        "INFERENCE_STORAGE__DATA_DIR": str(data_dir),
+        "INFERENCE_MODELS__REGISTRY": f"[{{name: demo, backend: builtin, path: {demo}}}]",
+    }
 
 
 def _accounting_variants(stack: ExitStack, tmp: Path) -> dict[str, tuple[str, dict[str, str]]]:
@@ -244,7 +254,7 @@ def main() -> None:
         # on Redis too) to the same with only its limits on Redis.
         kind, _, label = name.rpartition("/")
         versus = ""
-        if label in ("redis", "redis limits"):
+        if label in ("redis", "redis limits", "memory + PING"):
             versus = f"{rate[name] / rate[f'{kind}/memory']:>10.2f}"
         if label == "redis":
             versus += f"{rate[name] / rate[f'{kind}/redis limits']:>16.2f}"

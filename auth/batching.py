@@ -1,0 +1,116 @@
+"""The asks of several requests of one process, sent to a server in one trip.
+
+Every prediction asks Redis one thing (the `ADMIT` script: `counting.py`), and a trip costs
+both sides more than the ask it carries: a system call each way, the client library's dispatch,
+the server's read, write and event loop. `Batcher` sends asks together, as ioredis's
+auto-pipelining does: the first ask goes at once; asks that come while a trip is out wait for
+it to come back and then go together in the next one, sent by the first of them. No ask waits
+for a timer, and a process with one request at a time sends each ask on its own, as without it.
+Each ask gets its own answer back, or the error its trip ended in; how a trip's asks are put
+together and answered is the sender's (`send`).
+
+It works between threads and, where gevent patched `threading` (the server's workers), between
+greenlets. A request stopped while its ask waits takes the ask back, passing on the trip it
+was to send; the others of a trip whose sender was stopped on its way get `TripLost`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class TripLost(Exception):
+    """The trip that carried an ask ended without an answer: whoever sent it was stopped on
+    its way (the ask may or may not have been carried out)."""
+
+
+class _Ask(Generic[A, R]):
+    __slots__ = ("item", "answer", "error", "answered", "sends", "woken")
+
+    def __init__(self, item: A, woken: Any) -> None:
+        self.item = item
+        self.answer: R | None = None
+        self.error: BaseException | None = None
+        self.answered = False
+        self.sends = woken is None  # the next trip is this ask's to send
+        self.woken = woken  # set when answered, or handed the next trip
+
+
+class Batcher(Generic[A, R]):
+    """Asks (A) answered (R) by `send(asks) -> answers`, one answer an ask, in order; what it
+    raises is every ask's answer. At most `MOST` asks a trip. `lock` and `event` make the
+    primitives it waits with (threading's, patched by gevent where it runs)."""
+
+    MOST = 64
+
+    def __init__(
+        self,
+        send: Callable[[list[A]], list[R]],
+        *,
+        lock: Callable[[], Any] = threading.Lock,
+        event: Callable[[], Any] = threading.Event,
+    ) -> None:
+        self._send = send
+        self._lock = lock()
+        self._event = event
+        self._waiting: list[_Ask[A, R]] = []
+        self._out = False  # a trip is out (or about to go): newcomers wait for it
+
+    def ask(self, item: A) -> R:
+        with self._lock:
+            ask: _Ask[A, R] = _Ask(item, self._event() if self._out else None)
+            self._waiting.append(ask)
+            self._out = True
+        if ask.woken is not None:
+            try:
+                ask.woken.wait()
+            except BaseException:
+                self._take_back(ask)
+                raise
+        if not ask.answered:  # the first, or handed the next trip
+            self._trip()
+        if ask.error is not None:
+            raise ask.error
+        return ask.answer  # type: ignore[return-value]
+
+    def _trip(self) -> None:
+        with self._lock:
+            batch, self._waiting = self._waiting[: self.MOST], self._waiting[self.MOST :]
+        try:
+            for ask, answer in zip(batch, self._send([ask.item for ask in batch]), strict=True):
+                ask.answer, ask.answered = answer, True
+        except Exception as exc:
+            for ask in batch:
+                ask.error, ask.answered = exc, True
+        finally:
+            for ask in batch:
+                if not ask.answered:  # the sender was stopped on its way
+                    ask.error, ask.answered = TripLost(), True
+            with self._lock:
+                self._hand_on()
+            for ask in batch:
+                if ask.woken is not None:
+                    ask.woken.set()
+
+    def _hand_on(self) -> None:
+        """(Under the lock.) The first of the asks waiting sends the next trip."""
+        if self._waiting:
+            head = self._waiting[0]
+            head.sends = True
+            head.woken.set()
+        else:
+            self._out = False
+
+    def _take_back(self, ask: _Ask[A, R]) -> None:
+        """A request stopped while its ask waited: the ask leaves the next trip, and that trip
+        is passed on if it was this one's to send."""
+        with self._lock:
+            if ask in self._waiting:
+                self._waiting.remove(ask)
+                if ask.sends:
+                    self._hand_on()

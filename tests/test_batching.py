@@ -1,0 +1,165 @@
+"""Asks of several requests sent in one trip (`auth/batching.py`): with threads, with greenlets
+stopped on their way, and the `ADMIT` script counting a trip's asks each on its own."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import gevent
+import gevent.event
+import gevent.lock
+import pytest
+from limits import parse
+from limits.storage import storage_from_string
+
+from auth import counting
+from auth.batching import Batcher, TripLost
+from tests.live import redis_server
+
+WAIT = 30  # seconds before a test that should never wait this long fails instead of hanging
+
+
+class Trips:
+    """A sender whose trips are held until the test lets each go: records what each carried
+    and says when one has started."""
+
+    def __init__(self, gate=threading.Event, fail_on: int | None = None) -> None:
+        self.carried: list[list[str]] = []
+        self.gates: list = []
+        self.started = threading.Semaphore(0)
+        self._gate = gate
+        self._fail_on = fail_on
+
+    def send(self, asks: list[str]) -> list[str]:
+        gate = self._gate()
+        self.gates.append(gate)
+        self.carried.append(asks)
+        self.started.release()
+        assert gate.wait(WAIT)
+        if len(self.carried) == self._fail_on:
+            raise ConnectionError("the server went away")
+        return [f"answer to {ask}" for ask in asks]
+
+    def let_go(self, trip: int) -> None:
+        """Wait for trip number `trip` (from 1) to start, and let it go."""
+        assert self.started.acquire(timeout=WAIT)
+        assert len(self.gates) == trip
+        self.gates[trip - 1].set()
+
+
+class CountedEvent(threading.Event):
+    """An event that says when somebody starts waiting on it."""
+
+    waiting = threading.Semaphore(0)
+
+    def wait(self, timeout=None):
+        CountedEvent.waiting.release()
+        return super().wait(timeout)
+
+
+def waiters(count: int) -> None:
+    for _ in range(count):
+        assert CountedEvent.waiting.acquire(timeout=WAIT)
+
+
+def test_asks_that_come_while_a_trip_is_out_go_together_in_the_next_and_get_their_own_answers():
+    trips = Trips()
+    batcher = Batcher(trips.send, event=CountedEvent)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.ask, "a")  # nothing out: it goes at once, on its own
+        assert trips.started.acquire(timeout=WAIT)
+        second, third = pool.submit(batcher.ask, "b"), pool.submit(batcher.ask, "c")
+        waiters(2)
+        trips.gates[0].set()
+        assert first.result(WAIT) == "answer to a"
+        trips.let_go(2)
+        assert (second.result(WAIT), third.result(WAIT)) == ("answer to b", "answer to c")
+    assert trips.carried == [["a"], ["b", "c"]]
+    assert Batcher(lambda asks: [len(asks)] * len(asks)).ask("d") == 1  # alone: one a trip
+
+
+def test_a_trips_error_is_every_one_of_its_asks_and_the_next_trip_goes_on():
+    trips = Trips(fail_on=2)
+    batcher = Batcher(trips.send, event=CountedEvent)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.ask, "a")
+        assert trips.started.acquire(timeout=WAIT)
+        rest = [pool.submit(batcher.ask, ask) for ask in "bc"]
+        waiters(2)
+        trips.gates[0].set()
+        assert first.result(WAIT) == "answer to a"
+        trips.let_go(2)
+        for future in rest:
+            with pytest.raises(ConnectionError, match="went away"):
+                future.result(WAIT)
+        after = pool.submit(batcher.ask, "d")
+        trips.let_go(3)
+        assert after.result(WAIT) == "answer to d"
+    assert trips.carried == [["a"], ["b", "c"], ["d"]]
+
+
+def _greenlet_batcher(trips: Trips) -> Batcher:
+    return Batcher(trips.send, lock=gevent.lock.Semaphore, event=gevent.event.Event)
+
+
+def test_a_request_stopped_while_its_ask_waits_takes_it_back_and_passes_its_trip_on():
+    trips = Trips(gate=gevent.event.Event)
+    batcher = _greenlet_batcher(trips)
+    first = gevent.spawn(batcher.ask, "a")
+    gevent.sleep(0)  # first sends, and its trip is held
+    second, third = gevent.spawn(batcher.ask, "b"), gevent.spawn(batcher.ask, "c")
+    gevent.sleep(0)  # both wait; the next trip is second's to send
+    second.kill()
+    trips.gates[0].set()
+    assert first.get(timeout=WAIT) == "answer to a"
+    gevent.sleep(0)
+    trips.gates[1].set()
+    assert third.get(timeout=WAIT) == "answer to c"
+    assert trips.carried == [["a"], ["c"]]
+
+
+def test_the_others_of_a_trip_whose_sender_was_stopped_get_trip_lost_and_asks_go_on():
+    trips = Trips(gate=gevent.event.Event)
+    batcher = _greenlet_batcher(trips)
+    first = gevent.spawn(batcher.ask, "a")
+    gevent.sleep(0)
+    second, third = gevent.spawn(batcher.ask, "b"), gevent.spawn(batcher.ask, "c")
+    gevent.sleep(0)
+    trips.gates[0].set()
+    assert first.get(timeout=WAIT) == "answer to a"
+    gevent.sleep(0)  # second sends b and c; its trip is held
+    assert trips.carried == [["a"], ["b", "c"]]
+    second.kill()
+    with pytest.raises(TripLost):
+        third.get(timeout=WAIT)
+    fourth = gevent.spawn(batcher.ask, "d")
+    gevent.sleep(0)
+    trips.gates[2].set()
+    assert fourth.get(timeout=WAIT) == "answer to d"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_admit_counts_each_ask_of_a_shared_trip_on_its_own(monkeypatch):
+    """Twelve requests at once against a budget of five, their asks sharing trips as they
+    overlap: five are let in, with the remaining counts one of each from four down to none."""
+    with redis_server() as uri:
+        storage = storage_from_string(uri, key_prefix="batching", wrap_exceptions=True)
+        trips = []
+        send = counting._send_admits
+        monkeypatch.setattr(
+            counting, "_send_admits", lambda s, asks: trips.append(len(asks)) or send(s, asks)
+        )
+        item, start = parse("5/minute"), threading.Barrier(12)
+
+        def admit(_: int) -> counting.Verdict:
+            start.wait(WAIT)
+            return counting.admit_on_redis(storage, [(item, ("user", "u1"))])
+
+        with ThreadPoolExecutor(12) as pool:
+            verdicts = list(pool.map(admit, range(12)))
+    admitted = [v for v in verdicts if v.verdict == counting.ADMITTED]
+    assert sorted(v.windows[0].remaining for v in admitted) == [0, 1, 2, 3, 4]
+    assert [v.verdict for v in verdicts].count(counting.WINDOW_FULL) == 7
+    assert sum(trips) == 12
