@@ -11,11 +11,12 @@ import atexit
 import functools
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from .offload import under_gevent
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ def _run_logged(job: Callable[[], Any], name: str) -> None:
 
 
 def _start(body: Callable[[Callable[[float], Any]], None], name: str) -> None:
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
+    if under_gevent():
         import gevent
 
         gevent.spawn(body, gevent.sleep)

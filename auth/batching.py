@@ -4,8 +4,11 @@ Every prediction asks Redis one thing (the `ADMIT` script: `counting.py`), and a
 both sides more than the ask it carries: a system call each way, the client library's dispatch,
 the server's read, write and event loop. `Batcher` sends asks together, as ioredis's
 auto-pipelining does: the first ask goes at once; asks that come while a trip is out wait for
-it to come back and then go together in the next one, sent by the first of them. No ask waits
-for a timer, and a process with one request at a time sends each ask on its own, as without it.
+it to come back and then go together in the next one, sent by the first of them. Before a
+trip goes, its sender may let the process's other requests run up to their own asks (`gather`:
+under gevent, until the worker's event loop is idle, for at most a few milliseconds), so that
+requests which overlap share a trip instead of each waiting for the last one. A process with one
+request at a time sends each ask on its own, at once, as without it.
 Each ask gets its own answer back, or the error its trip ended in; how a trip's asks are put
 together and answered is the sender's (`send`).
 
@@ -43,8 +46,9 @@ class _Ask(Generic[A, R]):
 
 class Batcher(Generic[A, R]):
     """Asks (A) answered (R) by `send(asks) -> answers`, one answer an ask, in order; what it
-    raises is every ask's answer. At most `MOST` asks a trip. `lock` and `event` make the
-    primitives it waits with (threading's, patched by gevent where it runs)."""
+    raises is every ask's answer. At most `MOST` asks a trip. `gather()`, if given, is called
+    by a trip's sender before it takes the asks waiting. `lock` and `event` make the primitives
+    it waits with (threading's, patched by gevent where it runs)."""
 
     MOST = 64
 
@@ -52,10 +56,12 @@ class Batcher(Generic[A, R]):
         self,
         send: Callable[[list[A]], list[R]],
         *,
+        gather: Callable[[], None] | None = None,
         lock: Callable[[], Any] = threading.Lock,
         event: Callable[[], Any] = threading.Event,
     ) -> None:
         self._send = send
+        self._gather = gather
         self._lock = lock()
         self._event = event
         self._waiting: list[_Ask[A, R]] = []
@@ -79,6 +85,8 @@ class Batcher(Generic[A, R]):
         return ask.answer  # type: ignore[return-value]
 
     def _trip(self) -> None:
+        if self._gather is not None:
+            self._gather()
         with self._lock:
             batch, self._waiting = self._waiting[: self.MOST], self._waiting[self.MOST :]
         try:

@@ -33,6 +33,7 @@ from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 
 from .batching import Batcher, TripLost
+from .offload import let_others_run, under_gevent
 
 # limits' sliding window counter, as its own acquire script counts it: a window is a pair of
 # keys (the previous and the current window, limits' layout), its limit and its expiry in ms.
@@ -302,13 +303,15 @@ def admit_on_redis(
 
 
 Ask = tuple[list[str], list[Any]]  # an ask of `ADMIT`: its keys and its arguments
+GATHER_SECONDS = 0.002  # the most a gevent worker's trip waits for its other requests' asks
 
 
 def _admits(storage: RedisStorage) -> Batcher[Ask, list[Any]]:
     """This process's batcher of `ADMIT` asks to `storage` (made anew in a forked child)."""
     found = getattr(storage, "_admits", None)
     if found is None or found[0] != os.getpid():
-        found = (os.getpid(), Batcher(partial(_send_admits, storage)))
+        gather = partial(let_others_run, GATHER_SECONDS) if under_gevent() else None
+        found = (os.getpid(), Batcher(partial(_send_admits, storage), gather=gather))
         storage._admits = found  # type: ignore[attr-defined]
     return found[1]
 

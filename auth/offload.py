@@ -69,8 +69,7 @@ class ThreadOffload:
             return None, exc
 
     def _pool(self) -> Any:
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is None or not monkey.is_module_patched("threading"):
+        if not under_gevent():
             return None
         pool = self._pools.get(os.getpid())
         if pool is None:
@@ -78,3 +77,19 @@ class ThreadOffload:
 
             pool = self._pools[os.getpid()] = ThreadPool(self.threads)
         return pool
+
+
+def under_gevent() -> bool:
+    """Whether this process runs under gevent (its `threading` patched: the server's workers)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
+def let_others_run(most_seconds: float) -> None:
+    """Under gevent, wait until every other greenlet of this process that can run has run up to
+    its next wait (the event loop is idle), for at most `most_seconds`; elsewhere return."""
+    if under_gevent():
+        import gevent
+
+        with gevent.Timeout(most_seconds, False):
+            gevent.idle()

@@ -100,8 +100,25 @@ def test_a_trips_error_is_every_one_of_its_asks_and_the_next_trip_goes_on():
     assert trips.carried == [["a"], ["b", "c"], ["d"]]
 
 
-def _greenlet_batcher(trips: Trips) -> Batcher:
-    return Batcher(trips.send, lock=gevent.lock.Semaphore, event=gevent.event.Event)
+def _greenlet_batcher(trips: Trips, **options) -> Batcher:
+    return Batcher(trips.send, lock=gevent.lock.Semaphore, event=gevent.event.Event, **options)
+
+
+def test_a_sender_that_gathers_lets_the_requests_it_overlaps_join_its_trip():
+    """The server's workers: before a trip goes, the requests that can run reach their asks
+    (here trips are answered at once, so without gathering each ask goes on its own)."""
+
+    def answered_at_once() -> gevent.event.Event:
+        gate = gevent.event.Event()
+        gate.set()
+        return gate
+
+    for gather, carried in ((None, [["a"], ["b"], ["c"]]), (gevent.idle, [["a", "b", "c"]])):
+        trips = Trips(gate=answered_at_once)
+        batcher = _greenlet_batcher(trips, gather=gather)
+        requests = [gevent.spawn(batcher.ask, ask) for ask in "abc"]
+        assert [r.get(timeout=WAIT) for r in requests] == [f"answer to {a}" for a in "abc"]
+        assert trips.carried == carried
 
 
 def test_a_request_stopped_while_its_ask_waits_takes_it_back_and_passes_its_trip_on():
