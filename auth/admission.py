@@ -16,7 +16,8 @@ then, by the after hook: every request costs budget. Two ways to do the step, on
   Nothing leaves the host: quotas and slots hold for its workers (the ledger: as of each
   worker's last write, `usage.flush_seconds`).
 - `RedisAdmissions` (the default strategy, sliding window counter, on one Redis server): one
-  Lua script (`counting.ADMIT`) checks and counts all three, all or nothing, in one round trip,
+  Lua script (`counting.ADMIT`) checks and counts all three, all or nothing, in one round trip
+  (shared with the worker's other requests of the moment: `batching.py`),
   so they hold exactly across workers and hosts. Quota counters live beside the limits, a hash
   of requests and samples per user and UTC day or month that starts from the ledger's counts
   when absent (Redis emptied, say) and expires after its window; slots are a sorted set per
@@ -221,8 +222,8 @@ class _RedisSlot:
 
     def release(self) -> None:
         try:
-            self._storage.get_connection().zrem(self._slot.key, self._slot.member)
-        except self._storage.base_exceptions as exc:  # its lease ends it
+            counting.free_on_redis(self._storage, self._slot)
+        except StorageError as exc:  # its lease ends it
             log.warning("could not free a prediction slot (its lease will): %s", exc)
 
 

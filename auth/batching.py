@@ -13,8 +13,10 @@ Each ask gets its own answer back, or the error its trip ended in; how a trip's 
 together and answered is the sender's (`send`).
 
 It works between threads and, where gevent patched `threading` (the server's workers), between
-greenlets. A request stopped while its ask waits takes the ask back, passing on the trip it
-was to send; the others of a trip whose sender was stopped on its way get `TripLost`.
+greenlets. A request stopped while its ask waits or while it gathers takes its ask back,
+passing on the trip it was to send. Every ask of a trip that failed gets a `TripFailed` of its
+own, caused by the trip's error (none when its sender was stopped on the way), so that no two
+requests raise, and add their frames to, one exception.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ A = TypeVar("A")
 R = TypeVar("R")
 
 
-class TripLost(Exception):
-    """The trip that carried an ask ended without an answer: whoever sent it was stopped on
-    its way (the ask may or may not have been carried out)."""
+class TripFailed(Exception):
+    """The trip that carried an ask failed (its `__cause__` says how) or ended without an
+    answer, its sender stopped on the way: the ask may or may not have been carried out."""
+
+
+_LOST = Exception("lost")  # the error of an ask whose trip's sender was stopped on the way
 
 
 class _Ask(Generic[A, R]):
@@ -57,13 +62,13 @@ class Batcher(Generic[A, R]):
         send: Callable[[list[A]], list[R]],
         *,
         gather: Callable[[], None] | None = None,
-        lock: Callable[[], Any] = threading.Lock,
-        event: Callable[[], Any] = threading.Event,
+        lock: Callable[[], Any] | None = None,
+        event: Callable[[], Any] | None = None,
     ) -> None:
         self._send = send
         self._gather = gather
-        self._lock = lock()
-        self._event = event
+        self._lock = (lock or threading.Lock)()  # looked up now: gevent may have patched it
+        self._event = event or threading.Event
         self._waiting: list[_Ask[A, R]] = []
         self._out = False  # a trip is out (or about to go): newcomers wait for it
 
@@ -79,14 +84,22 @@ class Batcher(Generic[A, R]):
                 self._take_back(ask)
                 raise
         if not ask.answered:  # the first, or handed the next trip
-            self._trip()
+            self._trip(ask)
+        if ask.error is _LOST:
+            raise TripFailed("the trip ended without an answer: its sender was stopped")
         if ask.error is not None:
-            raise ask.error
+            raise TripFailed(str(ask.error)) from ask.error
         return ask.answer  # type: ignore[return-value]
 
-    def _trip(self) -> None:
+    def _trip(self, sender: _Ask[A, R]) -> None:
         if self._gather is not None:
-            self._gather()
+            try:
+                self._gather()
+            except Exception:
+                pass  # gathering only lets others join: the trip goes anyway
+            except BaseException:
+                self._take_back(sender)
+                raise
         with self._lock:
             batch, self._waiting = self._waiting[: self.MOST], self._waiting[self.MOST :]
         try:
@@ -98,7 +111,7 @@ class Batcher(Generic[A, R]):
         finally:
             for ask in batch:
                 if not ask.answered:  # the sender was stopped on its way
-                    ask.error, ask.answered = TripLost(), True
+                    ask.error, ask.answered = _LOST, True
             with self._lock:
                 self._hand_on()
             for ask in batch:

@@ -32,7 +32,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 
-from .batching import Batcher, TripLost
+from .batching import Batcher, TripFailed
 from .offload import let_others_run, under_gevent
 
 # limits' sliding window counter, as its own acquire script counts it: a window is a pair of
@@ -65,12 +65,13 @@ end
 """
 
 # Requests let in, each all or nothing: every budget window and, for a prediction, the user's
-# quotas and a key's slot. One call carries the asks of several requests (`admit_on_redis`),
-# each counted on its own, in turn: ARGV[1] says how many; then each ask gives its number of
-# keys and of arguments, and its arguments; its keys follow the previous ask's in KEYS.
-# Answers a list: an answer an ask.
-# An ask's keys: two per window; then, with quotas, the user's day and month counters (hashes of
-# requests and samples); then, with a slot limit, the key's slots (a sorted set of leases).
+# quotas and a key's slot; and slots let go. One call carries the asks of several requests
+# (`admit_on_redis`, `free_on_redis`), each carried out on its own, in turn: ARGV[1] says how
+# many; then each ask gives its verb (`admit` or `free`), its number of keys and of arguments,
+# and its arguments; its keys follow the previous ask's in KEYS. Answers a list, an answer an
+# ask; an ask that fails in Redis answers {-1, the error} and leaves the others standing.
+# An admit's keys: two per window; then, with quotas, the user's day and month counters (hashes
+# of requests and samples); then, with a slot limit, the key's slots (a sorted set of leases).
 # Its arguments: windows, quotas (0/1), slots (most in flight; 0: none); per window its limit and
 # expiry (s); with quotas: the day's and the month's ends (epoch ms), the samples and the
 # requests (one for a request; a job's chunk counts each of its inputs as one), the four limits
@@ -79,6 +80,7 @@ end
 # Its answer: {verdict, which, the four counts before this request, then each window's previous
 # count, ttl ms, current count, ttl ms}: verdict 0 counted, 1 window `which` is full, 2 quota
 # `which` is spent, 3 no slot is free (nothing counted unless 0).
+# A free's key: the key's slots; its argument: the member to remove. Its answer: {0}.
 ADMIT = (
     WINDOW_FUNCTIONS
     + """
@@ -157,11 +159,21 @@ local function admit(keys, argv)
     end
     return answer(0, 0)
 end
+local function free(keys, argv)
+    redis.call('zrem', keys[1], argv[1])
+    return {0}
+end
+local verbs = {admit = admit, free = free}
 local answers, k, a = {}, 0, 1
 for n = 1, tonumber(ARGV[1]) do
-    local nkeys, nargs = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    answers[n] = admit({unpack(KEYS, k + 1, k + nkeys)}, {unpack(ARGV, a + 3, a + 2 + nargs)})
-    k, a = k + nkeys, a + 2 + nargs
+    local verb, nkeys, nargs = verbs[ARGV[a + 1]], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local ok, answer = pcall(verb, {unpack(KEYS, k + 1, k + nkeys)},
+        {unpack(ARGV, a + 4, a + 3 + nargs)})
+    if not ok then
+        answer = {-1, type(answer) == 'table' and answer.err or tostring(answer)}
+    end
+    answers[n] = answer
+    k, a = k + nkeys, a + 3 + nargs
 end
 return answers
 """
@@ -290,11 +302,7 @@ def admit_on_redis(
     if slot is not None:
         keys.append(slot.key)
         args += [slot.member, slot.lease_ms]
-    try:
-        answer = _admits(storage).ask((keys, args))
-    except TripLost as exc:
-        raise StorageError(exc) from exc
-    values = [int(value) for value in answer]
+    values = [int(value) for value in _ask(storage, "admit", keys, args)]
     stats = [
         _sliding_stats(item, values[i], values[i + 1] / 1000, values[i + 2], values[i + 3] / 1000)
         for (item, _), i in zip(windows, range(6, len(values), 4), strict=True)
@@ -302,8 +310,30 @@ def admit_on_redis(
     return Verdict(values[0], values[1], tuple(values[2:6]), stats)  # type: ignore[arg-type]
 
 
-Ask = tuple[list[str], list[Any]]  # an ask of `ADMIT`: its keys and its arguments
+def free_on_redis(storage: RedisStorage, slot: SlotAsk) -> None:
+    """Let go of a slot `admit_on_redis` took, in a trip shared as its asks are (StorageError
+    when Redis cannot be reached)."""
+    _ask(storage, "free", [slot.key], [slot.member])
+
+
+class AskFailed(Exception):
+    """Redis could not carry out one ask of `ADMIT` (its message says why)."""
+
+
+Ask = tuple[str, list[str], list[Any]]  # an ask of `ADMIT`: its verb, keys and arguments
 GATHER_SECONDS = 0.002  # the most a gevent worker's trip waits for its other requests' asks
+
+
+def _ask(storage: RedisStorage, verb: str, keys: list[str], args: list[Any]) -> list[Any]:
+    """The answer to one ask of `ADMIT`, carried in this process's next trip."""
+    try:
+        answer = _admits(storage).ask((verb, keys, args))
+    except TripFailed as exc:
+        raise StorageError(exc.__cause__ or exc) from exc
+    if int(answer[0]) == -1:
+        message = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
+        raise StorageError(AskFailed(message))
+    return answer
 
 
 def _admits(storage: RedisStorage) -> Batcher[Ask, list[Any]]:
@@ -320,9 +350,9 @@ def _send_admits(storage: RedisStorage, asks: list[Ask]) -> list[list[Any]]:
     """One call of `ADMIT` carrying `asks`: their answers."""
     keys: list[str] = []
     args: list[Any] = [len(asks)]
-    for ask_keys, ask_args in asks:
+    for verb, ask_keys, ask_args in asks:
         keys += ask_keys
-        args += [len(ask_keys), len(ask_args), *ask_args]
+        args += [verb, len(ask_keys), len(ask_args), *ask_args]
     try:
         return _script(storage, "_admit", ADMIT)(keys, args)
     except storage.base_exceptions as exc:

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PREFIX = "inference-server"
+REDIS_TIMEOUT_SECONDS = 5.0  # the most a limit storage call on Redis may take
 
 
 class RateLimited(ApiError):
@@ -400,10 +401,15 @@ def build_limiter(limits: RateLimitSettings) -> Limiter:
     except ValueError as exc:
         raise LimiterConfigError(f"rate_limits.storage_uri: expected {exc}") from None
     uri = limits.storage_uri
+    options: dict[str, Any] = {"key_prefix": PREFIX, "wrap_exceptions": True}
+    if uri.startswith(("redis://", "rediss://", "unix://")):
+        # A Redis that stops answering costs a request this long, then StorageError, never
+        # forever: a worker's requests share their trips to it (`batching.py`).
+        options |= {"socket_timeout": REDIS_TIMEOUT_SECONDS, "socket_connect_timeout": 2.0}
     return Limiter(
         budget_key,
         storage_uri="paced-memory://" if uri == "memory://" else uri,
-        storage_options={"key_prefix": PREFIX, "wrap_exceptions": True},
+        storage_options=options,
         strategy=limits.strategy,
         headers_enabled=False,  # written by the extension's after hook (`checked_headers`)
         swallow_errors=limits.on_storage_error == "open",

@@ -227,6 +227,11 @@ class RedisProcess:
         self._drain = threading.Thread(target=process.stdout.read, daemon=True)
         self._drain.start()
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None:

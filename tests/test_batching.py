@@ -12,10 +12,11 @@ import gevent.event
 import gevent.lock
 import pytest
 from limits import parse
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from auth import counting
-from auth.batching import Batcher, TripLost
+from auth.batching import Batcher, TripFailed
 from tests.live import redis_server
 
 WAIT = 30  # seconds before a test that should never wait this long fails instead of hanging
@@ -91,9 +92,11 @@ def test_a_trips_error_is_every_one_of_its_asks_and_the_next_trip_goes_on():
         trips.gates[0].set()
         assert first.result(WAIT) == "answer to a"
         trips.let_go(2)
-        for future in rest:
-            with pytest.raises(ConnectionError, match="went away"):
-                future.result(WAIT)
+        errors = [future.exception(WAIT) for future in rest]
+        assert all(isinstance(e, TripFailed) for e in errors)
+        assert errors[0] is not errors[1]  # one each: no request adds its frames to another's
+        assert errors[0].__cause__ is errors[1].__cause__
+        assert isinstance(errors[0].__cause__, ConnectionError)
         after = pool.submit(batcher.ask, "d")
         trips.let_go(3)
         assert after.result(WAIT) == "answer to d"
@@ -119,6 +122,53 @@ def test_a_sender_that_gathers_lets_the_requests_it_overlaps_join_its_trip():
         requests = [gevent.spawn(batcher.ask, ask) for ask in "abc"]
         assert [r.get(timeout=WAIT) for r in requests] == [f"answer to {a}" for a in "abc"]
         assert trips.carried == carried
+
+
+def test_a_sender_stopped_while_it_gathers_takes_its_ask_back_and_others_go_on():
+    """The first sender, and one handed the next trip, each stopped in `gather`."""
+    trips = Trips(gate=gevent.event.Event)
+    gathering, held = gevent.event.Event(), [True]
+
+    def gather() -> None:
+        gathering.set()
+        if held[0]:
+            gevent.sleep(WAIT)  # stopped long before
+
+    batcher = _greenlet_batcher(trips, gather=gather)
+    first = gevent.spawn(batcher.ask, "a")
+    assert gathering.wait(WAIT)
+    first.kill()
+    gathering.clear()
+    second = gevent.spawn(batcher.ask, "b")  # nothing out: it sends, and gathers
+    assert gathering.wait(WAIT)
+    third, fourth = gevent.spawn(batcher.ask, "c"), gevent.spawn(batcher.ask, "d")
+    gevent.sleep(0)  # both wait for second's trip
+    second.kill()  # third is handed the trip and gathers in turn
+    gathering.clear()
+    assert gathering.wait(WAIT)
+    third.kill()
+    gathering.clear()
+    assert gathering.wait(WAIT)  # and fourth
+    fourth.kill()
+    held[0] = False
+    fifth = gevent.spawn(batcher.ask, "e")
+    gevent.sleep(0)
+    trips.gates[0].set()
+    assert fifth.get(timeout=WAIT) == "answer to e"
+    assert trips.carried == [["e"]]
+
+
+def test_a_gather_that_fails_does_not_hold_the_trip_back():
+    trips = Trips()
+
+    def gather() -> None:
+        raise RuntimeError("no loop here")
+
+    batcher = Batcher(trips.send, gather=gather)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(batcher.ask, "a")
+        trips.let_go(1)
+        assert answer.result(WAIT) == "answer to a"
 
 
 def test_a_request_stopped_while_its_ask_waits_takes_it_back_and_passes_its_trip_on():
@@ -149,7 +199,7 @@ def test_the_others_of_a_trip_whose_sender_was_stopped_get_trip_lost_and_asks_go
     gevent.sleep(0)  # second sends b and c; its trip is held
     assert trips.carried == [["a"], ["b", "c"]]
     second.kill()
-    with pytest.raises(TripLost):
+    with pytest.raises(TripFailed, match="sender was stopped"):
         third.get(timeout=WAIT)
     fourth = gevent.spawn(batcher.ask, "d")
     gevent.sleep(0)
@@ -180,3 +230,21 @@ def test_admit_counts_each_ask_of_a_shared_trip_on_its_own(monkeypatch):
     assert sorted(v.windows[0].remaining for v in admitted) == [0, 1, 2, 3, 4]
     assert [v.verdict for v in verdicts].count(counting.WINDOW_FULL) == 7
     assert sum(trips) == 12
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_an_ask_that_fails_in_redis_fails_alone_and_the_others_of_its_trip_stand():
+    with redis_server() as uri:
+        storage = storage_from_string(uri, key_prefix="batching", wrap_exceptions=True)
+        item = parse("5/minute")
+        good = counting._window_keys(storage, item, item.key_for("user", "u1"))
+        bad = counting._window_keys(storage, item, item.key_for("user", "u2"))
+        storage.get_connection().hset(bad[1], "not", "a counter")  # WRONGTYPE for the script
+        window = [1, 0, 0, item.amount, item.get_expiry()]
+        asks = [("admit", good, window), ("admit", bad, window), ("admit", good, window)]
+        answers = counting._send_admits(storage, asks)
+        assert [int(a[0]) for a in answers] == [counting.ADMITTED, -1, counting.ADMITTED]
+        assert b"WRONGTYPE" in answers[1][1]
+        assert int(storage.get_connection().get(good[1])) == 2  # both good asks counted
+        with pytest.raises(StorageError, match="WRONGTYPE"):
+            counting.admit_on_redis(storage, [(item, ("user", "u2"))])

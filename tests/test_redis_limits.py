@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from limits import parse
 
+from auth import limits as limits_module
 from auth.core import Credentials
 from auth.limits import PREFIX
 from auth.users import find_user
 from tests.conftest import Actor, assert_error
-from tests.live import live_server, redis_server
+from tests.live import RedisProcess, live_server, redis_server
 
 pytestmark = [
     pytest.mark.slow,
@@ -75,6 +78,28 @@ def test_redis_down_fails_closed_by_default(tmp_path):
         server_cm.__exit__(None, None, None)
 
 
+def test_a_redis_that_stops_answering_costs_a_bounded_wait_then_503(make_app, monkeypatch):
+    """A hung Redis (here stopped with SIGSTOP) holds a prediction, and the worker's others
+    that share its trip, no longer than the limit storage's timeout."""
+    monkeypatch.setattr(limits_module, "REDIS_TIMEOUT_SECONDS", 0.5)
+    redis = RedisProcess()
+    redis.start()
+    try:
+        app = make_app(rate_limits={"storage_uri": redis.url})
+        actor = Actor(app.test_client())
+        headers = actor.user_headers("hana")
+        assert actor.predict(headers).status_code == 200
+        os.kill(redis.pid, signal.SIGSTOP)
+        try:
+            assert_error(actor.predict(headers), 503, "STORAGE_BUSY")
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+        assert actor.predict(headers).status_code == 200
+        app.extensions["auth"].limiter.storage.get_connection().close()
+    finally:
+        redis.stop()
+
+
 def test_redis_down_can_fail_open(tmp_path):
     with redis_server() as uri:
         env = _env(uri, INFERENCE_RATE_LIMITS__ON_STORAGE_ERROR="open")
@@ -119,7 +144,7 @@ def test_a_prediction_costs_one_round_trip_on_redis_and_counts_as_the_strategy_d
             connection, "execute_command", lambda *a, **k: sent.append(a[0]) or real(*a, **k)
         )
         answers = [actor.predict(headers) for _ in range(3)]
-        assert sent == ["EVALSHA", "ZREM"] * 3  # one round trip in, one to free the slot
+        assert sent == ["EVALSHA"] * 6  # one trip in, one to free the slot, one script
         assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
         assert [a.headers["RateLimit"].split(";")[1] for a in answers] == ["r=98", "r=97", "r=96"]
         user_id = find_user(app.extensions["auth"].users, "rita")["id"]
