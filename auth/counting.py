@@ -36,7 +36,8 @@ from .batching import Batcher, TripFailed
 from .offload import let_others_run, under_gevent
 
 # limits' sliding window counter, as its own acquire script counts it: a window is a pair of
-# keys (the previous and the current window, limits' layout), its limit and its expiry in ms.
+# keys (the previous and the current window, limits' layout), its limit and its expiry in ms;
+# what is read of it is kept for the answer (`read`), which reads again only windows not reached.
 WINDOW_FUNCTIONS = """
 local function shift(w)
     local ttl = tonumber(redis.call('pttl', w.current))
@@ -45,21 +46,23 @@ local function shift(w)
         redis.call('set', w.current, 0, 'PX', ttl + w.expiry)
     end
 end
-local function window(w)
-    return tonumber(redis.call('get', w.previous)) or 0,
-        math.max(tonumber(redis.call('pttl', w.previous)), 0),
-        tonumber(redis.call('get', w.current)) or 0,
-        math.max(tonumber(redis.call('pttl', w.current)), 0)
+local function read(w)  -- the window's counts and ttls, kept in w for its answer
+    local current = redis.call('get', w.current)
+    w.pc = tonumber(redis.call('get', w.previous)) or 0
+    w.pt = math.max(tonumber(redis.call('pttl', w.previous)), 0)
+    w.cc, w.counted = tonumber(current) or 0, current ~= false
+    w.ct = math.max(tonumber(redis.call('pttl', w.current)), 0)
 end
 local function fits(w, cost)
-    local pc, pt, cc = window(w)
-    return math.floor(pc * pt / w.expiry) + cc + cost <= w.limit
+    read(w)
+    return math.floor(w.pc * w.pt / w.expiry) + w.cc + cost <= w.limit
 end
 local function count(w, cost)
-    if redis.call('exists', w.current) == 1 then
-        redis.call('incrby', w.current, cost)
+    if w.counted then
+        w.cc = redis.call('incrby', w.current, cost)
     else
         redis.call('set', w.current, cost, 'PX', w.expiry * 2)
+        w.cc, w.ct, w.counted = cost, w.expiry * 2, true
     end
 end
 """
@@ -97,11 +100,14 @@ local function admit(keys, argv)
     local function answer(verdict, which)
         local out = {verdict, which, used[1], used[2], used[3], used[4]}
         for i = 1, nwindows do
-            local pc, pt, cc, ct = window(windows[i])
-            table.insert(out, pc)
-            table.insert(out, pt)
-            table.insert(out, cc)
-            table.insert(out, ct)
+            local w = windows[i]
+            if w.pc == nil then  -- not reached: a window before it is full
+                read(w)
+            end
+            table.insert(out, w.pc)
+            table.insert(out, w.pt)
+            table.insert(out, w.cc)
+            table.insert(out, w.ct)
         end
         return out
     end
