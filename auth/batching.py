@@ -128,8 +128,8 @@ class Batcher(Generic[A, R]):
             self._out = False
 
     def _take_back(self, ask: _Ask[A, R]) -> None:
-        """A request stopped while its ask waited: the ask leaves the next trip, and that trip
-        is passed on if it was this one's to send."""
+        """A request stopped while its ask waited, or while it gathered before sending: the ask
+        leaves the next trip, and that trip is passed on if it was this one's to send."""
         with self._lock:
             if ask in self._waiting:
                 self._waiting.remove(ask)
