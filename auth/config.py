@@ -135,10 +135,13 @@ def strong_secret(value: str) -> None:
         )
 
 
+REDIS_LIMIT_URIS = ("redis://", "rediss://", "unix://")  # limit storage URIs served by Redis
+
+
 def limit_storage(uri: str) -> None:
     """Refuse a URI that the rate limiter's own storage factory (the `limits` library) would
     refuse when the server starts; nothing is connected to."""
-    if uri.startswith(("redis://", "rediss://", "unix://")):
+    if uri.startswith(REDIS_LIMIT_URIS):
         try:
             import redis  # noqa: F401
         except ImportError:

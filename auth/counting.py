@@ -33,7 +33,7 @@ from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 
 from .batching import Batcher, TripFailed
-from .offload import let_others_run, under_gevent
+from .offload import let_others_run
 
 # limits' sliding window counter, as its own acquire script counts it: a window is a pair of
 # keys (the previous and the current window, limits' layout), its limit and its expiry in ms;
@@ -346,7 +346,7 @@ def _admits(storage: RedisStorage) -> Batcher[Ask, list[Any]]:
     """This process's batcher of `ADMIT` asks to `storage` (made anew in a forked child)."""
     found = getattr(storage, "_admits", None)
     if found is None or found[0] != os.getpid():
-        gather = partial(let_others_run, GATHER_SECONDS) if under_gevent() else None
+        gather = partial(let_others_run, GATHER_SECONDS)  # under gevent only: see there
         found = (os.getpid(), Batcher(partial(_send_admits, storage), gather=gather))
         storage._admits = found  # type: ignore[attr-defined]
     return found[1]

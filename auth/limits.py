@@ -59,7 +59,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage
 
 from .background import run_every
-from .config import RateLimitSettings, limit_storage
+from .config import REDIS_LIMIT_URIS, RateLimitSettings, limit_storage
 from .counting import hit_and_window
 from .errors import ApiError, Code, StorageBusy, render_error
 from .offload import ThreadOffload, idle_priority
@@ -402,7 +402,7 @@ def build_limiter(limits: RateLimitSettings) -> Limiter:
         raise LimiterConfigError(f"rate_limits.storage_uri: expected {exc}") from None
     uri = limits.storage_uri
     options: dict[str, Any] = {"key_prefix": PREFIX, "wrap_exceptions": True}
-    if uri.startswith(("redis://", "rediss://", "unix://")):
+    if uri.startswith(REDIS_LIMIT_URIS):
         # A worker's requests share their trips to Redis, one out at a time (`batching.py`),
         # so one connection serves them: no pool to take it from and give it back to, nor the
         # pool's check that it has nothing left to read (a poll, through gevent's loop, on
