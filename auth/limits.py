@@ -403,15 +403,11 @@ def build_limiter(limits: RateLimitSettings) -> Limiter:
     uri = limits.storage_uri
     options: dict[str, Any] = {"key_prefix": PREFIX, "wrap_exceptions": True}
     if uri.startswith(REDIS_LIMIT_URIS):
-        # A worker's requests share their trips to Redis, one out at a time (`batching.py`),
-        # so one connection serves them: no pool to take it from and give it back to, nor the
-        # pool's check that it has nothing left to read (a poll, through gevent's loop, on
-        # every call). A Redis that stops answering costs this long, then StorageError.
-        options |= {
-            "single_connection_client": True,
-            "socket_timeout": REDIS_TIMEOUT_SECONDS,
-            "socket_connect_timeout": 2.0,
-        }
+        # A Redis that stops answering costs a request this long, then StorageError, never
+        # forever: a worker's requests share their trips to it (`batching.py`). (Not redis-py's
+        # single_connection_client, which would spare the pool's work on every call: it
+        # connects when made, so a worker started while Redis is down would fail to start.)
+        options |= {"socket_timeout": REDIS_TIMEOUT_SECONDS, "socket_connect_timeout": 2.0}
     return Limiter(
         budget_key,
         storage_uri="paced-memory://" if uri == "memory://" else uri,

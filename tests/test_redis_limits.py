@@ -16,7 +16,7 @@ from auth.core import Credentials
 from auth.limits import PREFIX
 from auth.users import find_user
 from tests.conftest import Actor, assert_error
-from tests.live import RedisProcess, live_server, redis_server
+from tests.live import RedisProcess, free_port, live_server, redis_server
 
 pytestmark = [
     pytest.mark.slow,
@@ -98,6 +98,19 @@ def test_a_redis_that_stops_answering_costs_a_bounded_wait_then_503(make_app, mo
         app.extensions["auth"].limiter.storage.get_connection().close()
     finally:
         redis.stop()
+
+
+def test_an_app_made_while_redis_is_down_starts_and_fails_open(make_app):
+    """A worker (or the job consumer) started while Redis is down still starts: nothing
+    connects to the limit storage before a request needs it."""
+    app = make_app(
+        rate_limits={
+            "storage_uri": f"redis://127.0.0.1:{free_port()}/0",
+            "on_storage_error": "open",
+        }
+    )
+    actor = Actor(app.test_client())
+    assert actor.predict(actor.admin_headers()).status_code == 200
 
 
 def test_redis_down_can_fail_open(tmp_path):
