@@ -207,19 +207,26 @@ def _hit_in_memory(
     storage: MemoryStorage, item: RateLimitItem, key: str
 ) -> tuple[bool, WindowStats]:
     """`MemoryStorage.acquire_sliding_window_entry` and then the window as
-    `get_window_stats` reads it, in one pass (get, get, incr): the two calls read the same two
-    counters through sixteen of the storage's wrapped methods."""
+    `get_window_stats` reads it, in one pass over the storage's own counters (`storage` and
+    `expirations`, read as its `get` reads them: an expired counter is 0), under the lock its
+    `incr` takes for the current window's key, so that the check and the count are one step
+    beside its other callers. Through the storage's methods the two calls went through sixteen
+    of them, each wrapped, three times what the counting itself costs."""
     expiry, limit, now = item.get_expiry(), item.amount, time.time()
     previous_key, current_key = storage.sliding_window_keys(key, expiry, now)
-    previous, current = storage.get(previous_key), storage.get(current_key)
-    previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
-    current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
-    counted = floor(previous * previous_ttl / expiry + current) + 1 <= limit
-    if counted:
-        current = storage.incr(current_key, 2 * expiry)
-        if floor(previous * previous_ttl / expiry + current) > limit:  # another thread was first
-            current = storage.decr(current_key)
-            counted = False
+    counters, expirations = storage.storage, storage.expirations
+    storage._MemoryStorage__schedule_expiry()  # type: ignore[attr-defined]  # as `incr` does
+    with storage.locks[current_key]:
+        previous = counters.get(previous_key, 0) if expirations.get(previous_key, 0) > now else 0
+        current = counters.get(current_key, 0) if expirations.get(current_key, 0) > now else 0
+        previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
+        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
+        counted = floor(previous * previous_ttl / expiry + current) + 1 <= limit
+        if counted:
+            if not current:  # a new window's counter, as `incr` starts one
+                expirations[current_key] = now + 2 * expiry
+            current += 1
+            counters[current_key] = current
     return counted, _sliding_stats(item, previous, previous_ttl, current, current_ttl)
 
 

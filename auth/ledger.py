@@ -31,9 +31,8 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from .background import Batched
 from .errors import StorageBusy, StorageUnavailable, ValidationError
@@ -69,8 +68,7 @@ DAY_SHAPE = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Used:
+class Used(NamedTuple):  # a tuple: made on every quota check
     requests_per_day: int = 0
     samples_per_day: int = 0
     requests_per_month: int = 0
@@ -81,6 +79,26 @@ SERVED = "2xx"  # the status class that spends quotas
 GROUPS = ("day", "hour", "model", "key", "user")  # what a usage report groups by
 MAX_REPORT_DAYS = 366
 DAY = re.compile(r"\d{4}-\d\d-\d\d")
+
+
+class PendingDay:
+    """A user's UTC day as this process counted it since its last write: its rows, and the
+    requests and samples of its answered ones (what a quota check reads on every prediction),
+    kept as they grow."""
+
+    __slots__ = ("rows", "requests", "samples")
+
+    def __init__(self) -> None:
+        self.rows: Counts = {}
+        self.requests = 0
+        self.samples = 0
+
+    def add(self, row: tuple[int, str, str, str], totals: list[float]) -> None:
+        """Count `totals` (requests, samples, ms) in `row`."""
+        _merge(self.rows, row, totals)
+        if row[3] == SERVED:
+            self.requests += int(totals[0])
+            self.samples += int(totals[1])
 
 
 def record_id(user_id: str, day: str) -> str:
@@ -106,7 +124,7 @@ class Ledger(Batched):
         super().__init__(flush_seconds)
         self.store = store
         self._monotonic = monotonic
-        self._pending: dict[tuple[str, str], Counts] = {}  # (user, day) -> counts
+        self._pending: dict[tuple[str, str], PendingDay] = {}
         self._months: dict[tuple[str, str], tuple[float, int, int]] = {}
         # (user, day) -> (the store's version, requests, samples) as written: a day's record
         # grows a row per hour, key and model, and decoding it on every quota check cost more
@@ -130,14 +148,10 @@ class Ledger(Batched):
         window = Window.at(now)
         row = (window.hour, credential, model, status_class(status))
         with self._lock:
-            counts = self._pending.setdefault((user_id, window.day), {})
-            totals = counts.get(row)
-            if totals is None:
-                counts[row] = [1, samples, inference_ms]
-            else:
-                totals[0] += 1
-                totals[1] += samples
-                totals[2] += inference_ms
+            pending = self._pending.get((user_id, window.day))
+            if pending is None:
+                pending = self._pending[(user_id, window.day)] = PendingDay()
+            pending.add(row, [1, samples, inference_ms])
 
     def used(self, user_id: str, now: float) -> Used:
         """What `user_id` has used in the UTC day and month of `now`: written by every process,
@@ -154,11 +168,10 @@ class Ledger(Batched):
 
     def _day_totals(self, user_id: str, day: str) -> tuple[int, int]:
         requests, samples = self._written_totals(user_id, day)
-        with self._lock:
-            for row, totals in self._pending.get((user_id, day), {}).items():
-                if row[3] == SERVED:
-                    requests += int(totals[0])
-                    samples += int(totals[1])
+        pending = self._pending.get((user_id, day))
+        if pending is not None:
+            requests += pending.requests
+            samples += pending.samples
         return requests, samples
 
     def _written_totals(self, user_id: str, day: str) -> tuple[int, int]:
@@ -214,12 +227,12 @@ class Ledger(Batched):
             for hour, credential, model, status, requests, samples, ms in record["rows"]:
                 _merge(counts, (hour, credential, model, status), [requests, samples, ms])
         with self._lock:
-            for (user, day), counts in self._pending.items():
+            for (user, day), pending in self._pending.items():
                 if (user_ids is None or user in user_ids) and first.isoformat() <= day <= (
                     last.isoformat()
                 ):
                     target = merged.setdefault((user, day), {})
-                    for row, totals in counts.items():
+                    for row, totals in pending.rows.items():
                         _merge(target, row, list(totals))
         for (user, day), counts in sorted(merged.items()):
             for (hour, credential, model, status), (requests, samples, ms) in sorted(
@@ -268,13 +281,13 @@ class Ledger(Batched):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _keep(self, pending: dict[tuple[str, str], Counts]) -> None:
-        for key, counts in pending.items():
-            target = self._pending.setdefault(key, {})
-            for row, totals in counts.items():
-                _merge(target, row, totals)
+    def _keep(self, pending: dict[tuple[str, str], PendingDay]) -> None:
+        for key, day in pending.items():
+            target = self._pending.setdefault(key, PendingDay())
+            for row, totals in day.rows.items():
+                target.add(row, totals)
 
-    def _write(self, pending: dict[tuple[str, str], Counts]) -> bool:
+    def _write(self, pending: dict[tuple[str, str], PendingDay]) -> bool:
         def change(items: Transaction) -> None:
             for (user_id, day), counts in pending.items():
                 rid = record_id(user_id, day)
@@ -283,7 +296,7 @@ class Ledger(Batched):
                     record = {"user_id": user_id, "day": day, "requests": 0, "samples": 0}
                     record["rows"] = []
                 rows: Counts = {tuple(r[:4]): list(r[4:]) for r in record["rows"]}  # type: ignore[misc]
-                for row, totals in counts.items():
+                for row, totals in counts.rows.items():
                     _merge(rows, row, totals)
                 record["rows"] = [
                     [*row, int(t[0]), int(t[1]), round(t[2], 3)] for row, t in sorted(rows.items())

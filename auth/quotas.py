@@ -115,10 +115,11 @@ class Quota:
     limit: int
     resets: int  # epoch seconds
     policy: str
+    per_sample: bool  # spent by each sample, not each request
 
     def cost(self, samples: int) -> int:
         """What a prediction of `samples` samples spends of it."""
-        return samples if self.name.startswith("samples") else 1
+        return samples if self.per_sample else 1
 
 
 def quotas_of(state: Any, user: dict[str, Any], now: float) -> tuple[Quota, ...]:
@@ -137,6 +138,7 @@ def _quotas(limits: tuple[tuple[str, int], ...], hour: int) -> tuple[Quota, ...]
             given[name],
             window.ends(name),
             f'"{name}";q={given[name]};w={window.width(name)}',
+            name.startswith("samples"),
         )
         for name in QUOTAS
         if name in given

@@ -381,6 +381,10 @@ def test_one_pass_counting_on_memory_equals_the_strategys_two_calls(monkeypatch)
         assert hit_and_window(ours, item, "user", "u1") == expected, step
         answers.append(counted)
     assert answers == [True, True, True, False, False, False, True, False, True, True]
+    assert _ExpiryJob._running_in == os.getpid()  # the job that drops expired counters runs
+    clock[0] += 120  # both windows over: each counter was given its expiry, as `incr` gives it
+    PacedMemoryStorage.expire_all()
+    assert ours.storage.storage == theirs.storage.storage == {}
 
 
 def test_secrets_are_never_quoted_when_refused():
