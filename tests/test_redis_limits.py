@@ -10,9 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 from auth import limits as limits_module
 from auth.core import Credentials
+from auth.counting import ADMITTED, admit_on_redis
 from auth.limits import PREFIX
 from auth.users import find_user
 from tests.conftest import Actor, assert_error
@@ -171,6 +174,51 @@ def test_a_prediction_costs_one_round_trip_on_redis_and_counts_as_the_strategy_d
         assert int(refused.headers["Retry-After"]) >= 1
         me = actor.client.get("/auth/me", headers=rita).get_json()  # read from the counters
         assert me["usage"]["quotas"][0]["used"] == 4
+
+
+def test_the_script_counts_as_the_strategy_does_as_windows_slide():
+    """`ADMIT` against limits' own sliding window counter on one Redis, hit for hit: counts,
+    refusals and remaining, also when a window has passed and the current one becomes the
+    previous (time moved on by cutting the keys' ttls, as its passing does)."""
+    with redis_server() as uri:
+        storage = storage_from_string(uri)
+        strategy = SlidingWindowCounterRateLimiter(storage)
+        connection = storage.get_connection()
+        item = parse("3/minute")
+
+        def keys(name: str) -> list[str]:
+            current = storage.prefixed_key(f"{{{item.key_for(name)}}}")
+            return [current, f"{current}/-1"]
+
+        def theirs() -> tuple[bool, int, float]:
+            hit = strategy.hit(item, "theirs")
+            return hit, *strategy.get_window_stats(item, "theirs")[::-1]
+
+        def ours() -> tuple[bool, int, float]:
+            verdict = admit_on_redis(storage, [(item, ("ours",))])
+            return verdict.verdict == ADMITTED, *verdict.windows[0][::-1]
+
+        def pass_time(ms_left: int) -> None:  # the current windows now end in `ms_left`
+            for key in (*keys("theirs")[:1], *keys("ours")[:1]):
+                connection.pexpire(key, ms_left)
+
+        answers = []
+        for moment in ("hit", "hit", "hit", "hit", 45_000, "hit", "hit", 20_000, "hit", "hit"):
+            if isinstance(moment, int):
+                pass_time(moment)
+                continue
+            expected, found = theirs(), ours()
+            assert found[:2] == expected[:2], answers
+            # Read a moment apart; and limits' formula answers a window whose ttl is read in the
+            # millisecond its counter was made (a ttl of exactly two windows) as resetting now,
+            # a millisecond later as resetting in a whole window.
+            apart = (found[2] - expected[2]) % 60
+            assert min(apart, 60 - apart) < 1.0, (found, expected)
+            answers.append(expected)
+        assert [hit for hit, *_ in answers] == [True, True, True, False, True, False, True, True]
+        assert [connection.get(key) for key in keys("ours")] == [
+            connection.get(key) for key in keys("theirs")
+        ]
 
 
 def test_quotas_and_slots_hold_exactly_across_servers_sharing_redis(make_app):
