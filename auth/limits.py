@@ -39,10 +39,12 @@ anything in that header, but it cannot forge what our own proxy appended.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import time
 import weakref
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -177,6 +179,11 @@ class PacedMemoryStorage(MemoryStorage):
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.timer.cancel()
         self.timer = _ExpiryJob()  # type: ignore[assignment]
+        # Under gevent `threading.RLock` is the pure-Python one (1.4 us a take and give, against
+        # 0.18 us for the C lock, which gevent leaves alone). Nothing yields inside the
+        # storage's locks, so the C lock, held by the OS thread, keeps out what needs keeping
+        # out: other OS threads.
+        self.locks = defaultdict(_thread.RLock)
         type(self)._live.add(self)
 
     @classmethod
