@@ -214,9 +214,9 @@ def test_admit_counts_each_ask_of_a_shared_trip_on_its_own(monkeypatch):
     with redis_server() as uri:
         storage = storage_from_string(uri, key_prefix="batching", wrap_exceptions=True)
         trips = []
-        send = counting._send_admits
+        send = counting._Line.send
         monkeypatch.setattr(
-            counting, "_send_admits", lambda s, asks: trips.append(len(asks)) or send(s, asks)
+            counting._Line, "send", lambda line, asks: trips.append(len(asks)) or send(line, asks)
         )
         item, start = parse("5/minute"), threading.Barrier(12)
 
@@ -242,7 +242,7 @@ def test_an_ask_that_fails_in_redis_fails_alone_and_the_others_of_its_trip_stand
         storage.get_connection().hset(bad[1], "not", "a counter")  # WRONGTYPE for the script
         window = [1, 0, 0, item.amount, item.get_expiry()]
         asks = [("admit", good, window), ("admit", bad, window), ("admit", good, window)]
-        answers = counting._send_admits(storage, asks)
+        answers = counting._Line(storage).send(asks)
         assert [int(a[0]) for a in answers] == [counting.ADMITTED, -1, counting.ADMITTED]
         assert b"WRONGTYPE" in answers[1][1]
         assert int(storage.get_connection().get(good[1])) == 2  # both good asks counted

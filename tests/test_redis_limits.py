@@ -12,6 +12,7 @@ import requests
 from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
+from redis.connection import Connection
 
 from auth import limits as limits_module
 from auth.core import Credentials
@@ -153,11 +154,12 @@ def test_a_prediction_costs_one_round_trip_on_redis_and_counts_as_the_strategy_d
         headers = {"X-API-Key": key["key"]}
         assert actor.predict(headers).status_code == 200  # the scripts are loaded by now
         limiter = app.extensions["auth"].limiter
-        connection = limiter.storage.get_connection()
         sent = []
-        real = connection.execute_command
-        monkeypatch.setattr(
-            connection, "execute_command", lambda *a, **k: sent.append(a[0]) or real(*a, **k)
+        real = Connection.send_command
+        monkeypatch.setattr(  # every command any client of this process sends
+            Connection,
+            "send_command",
+            lambda self, *a, **k: sent.append(a[0]) or real(self, *a, **k),
         )
         answers = [actor.predict(headers) for _ in range(3)]
         assert sent == ["EVALSHA"] * 6  # one trip in, one to free the slot, one script
