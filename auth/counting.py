@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from math import floor, inf
@@ -227,6 +228,8 @@ def _hit_in_memory(
                 expirations[current_key] = now + 2 * expiry
             current += 1
             counters[current_key] = current
+        elif current_key not in expirations:  # refused, no counter: no lock left behind
+            storage.locks.pop(current_key, None)
     return counted, _sliding_stats(item, previous, previous_ttl, current, current_ttl)
 
 
@@ -357,12 +360,19 @@ class _Line:
     (not when the app is made, so that a worker started while Redis is down starts) and kept,
     as redis-py's `single_connection_client` keeps it. Through the pool, every call had the
     connection checked for input left over (a poll of its socket: 2.4% of a worker's time,
-    py-spy). A trip that fails leaves it to redis-py, which closes the connection and opens it
-    again for the next."""
+    py-spy). Here that check, which finds a connection the server closed (a restart, an idle
+    `timeout`, CLIENT KILL) and opens it again, runs only before a trip that follows
+    `IDLE_SECONDS` without one: under load, never. A trip that fails leaves the connection to
+    redis-py, which closes it and opens it again for the next."""
 
-    def __init__(self, storage: RedisStorage) -> None:
+    IDLE_SECONDS = 0.1
+
+    def __init__(self, storage: RedisStorage, *, clock: Callable[[], float] = time.monotonic):
         self._storage = storage
+        self._clock = clock
+        self._client: Any = None
         self._script: Any = None
+        self._last_trip = -inf
 
     def send(self, asks: list[Ask]) -> list[list[Any]]:
         """One call of `ADMIT` carrying `asks`: their answers."""
@@ -371,17 +381,36 @@ class _Line:
         for verb, ask_keys, ask_args in asks:
             keys += ask_keys
             args += [verb, len(ask_keys), len(ask_args), *ask_args]
-        storage = self._storage
+        storage, now = self._storage, self._clock()
         try:
-            if self._script is None:
+            if self._client is None:
                 from redis import Redis  # here: installed with the `redis` extra only
 
                 pool = storage.get_connection().connection_pool
-                client = Redis(connection_pool=pool, single_connection_client=True)
-                self._script = client.register_script(ADMIT)
+                self._client = Redis(connection_pool=pool, single_connection_client=True)
+                self._script = self._client.register_script(ADMIT)
+            elif now - self._last_trip > self.IDLE_SECONDS:
+                self._check(self._client.connection)
+            self._last_trip = now
             return self._script(keys, args)
         except storage.base_exceptions as exc:
             raise StorageError(exc) from exc
+
+    def close(self) -> None:
+        """Let go of the connection (a process that goes on without this line)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = self._script = None
+
+    def _check(self, connection: Any) -> None:
+        """As the pool checks a connection it hands out: input waiting on an idle connection
+        is the server's close (or a stale answer): open it again."""
+        try:
+            stale = connection.can_read()
+        except (OSError, self._storage.base_exceptions):
+            stale = True
+        if stale:
+            connection.disconnect()  # the trip's send connects again
 
 
 def _sliding_stats(

@@ -411,9 +411,8 @@ def build_limiter(limits: RateLimitSettings) -> Limiter:
     options: dict[str, Any] = {"key_prefix": PREFIX, "wrap_exceptions": True}
     if uri.startswith(REDIS_LIMIT_URIS):
         # A Redis that stops answering costs a request this long, then StorageError, never
-        # forever: a worker's requests share their trips to it (`batching.py`). (Not redis-py's
-        # single_connection_client, which would spare the pool's work on every call: it
-        # connects when made, so a worker started while Redis is down would fail to start.)
+        # forever: a worker's requests share their trips to it (`batching.py`, over a
+        # connection of their own made at the first trip: `counting._Line`).
         options |= {"socket_timeout": REDIS_TIMEOUT_SECONDS, "socket_connect_timeout": 2.0}
     return Limiter(
         budget_key,

@@ -233,6 +233,27 @@ def test_admit_counts_each_ask_of_a_shared_trip_on_its_own(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_a_trip_after_the_server_closed_an_idle_connection_opens_it_again():
+    """The kept connection of the trips, closed by the server between them (CLIENT KILL here;
+    a restart or an idle timeout alike): the next trip after an idle spell opens it again
+    instead of failing."""
+    with redis_server() as uri:
+        storage = storage_from_string(uri, key_prefix="batching", wrap_exceptions=True)
+        item = parse("5/minute")
+        ask = ("admit", counting._window_keys(storage, item, item.key_for("user", "u1")))
+        window = [1, 0, 0, item.amount, item.get_expiry()]
+        clock = [0.0]
+        line = counting._Line(storage, clock=lambda: clock[0])
+        assert int(line.send([(*ask, window)])[0][0]) == counting.ADMITTED
+        storage.get_connection().client_kill_filter(_type="normal", skipme=True)
+        clock[0] += counting._Line.IDLE_SECONDS * 2
+        try:
+            assert int(line.send([(*ask, window)])[0][0]) == counting.ADMITTED
+        finally:
+            line.close()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_an_ask_that_fails_in_redis_fails_alone_and_the_others_of_its_trip_stand():
     with redis_server() as uri:
         storage = storage_from_string(uri, key_prefix="batching", wrap_exceptions=True)

@@ -381,10 +381,20 @@ def test_one_pass_counting_on_memory_equals_the_strategys_two_calls(monkeypatch)
         assert hit_and_window(ours, item, "user", "u1") == expected, step
         answers.append(counted)
     assert answers == [True, True, True, False, False, False, True, False, True, True]
-    assert _ExpiryJob._running_in == os.getpid()  # the job that drops expired counters runs
     clock[0] += 120  # both windows over: each counter was given its expiry, as `incr` gives it
     PacedMemoryStorage.expire_all()
     assert ours.storage.storage == theirs.storage.storage == {}
+    one = parse("1/minute")  # refused in a window of its own with no counter yet:
+    assert hit_and_window(ours, one, "user", "u2")[0]
+    clock[0] = (clock[0] // 60 + 1) * 60  # the next window starts: the last one weighs whole
+    assert not hit_and_window(ours, one, "user", "u2")[0]
+    clock[0] += 120
+    PacedMemoryStorage.expire_all()
+    assert not ours.storage.locks  # ...it leaves no lock behind
+    asked = []  # the job that drops expired counters is asked for, as `incr` asks for it
+    monkeypatch.setattr(_ExpiryJob, "is_alive", lambda self: asked.append(self) or True)
+    hit_and_window(ours, item, "user", "u1")
+    assert asked
 
 
 def test_secrets_are_never_quoted_when_refused():
