@@ -40,7 +40,7 @@ from . import counting
 from .errors import Code
 from .ledger import Used
 from .limits import PREFIX, RateLimited, RequestBudget, least_left, storage_down
-from .quotas import QUOTAS, Window, limits_of, quota_check
+from .quotas import QUOTAS, Quotas, Window, quota_fields, quotas_of
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,12 @@ class LocalAdmissions:
     def admit(
         self, principal: Any, address: str | None, samples: int, now: float, *, budget: bool
     ) -> Grant:
-        state = self._state
+        state, user = self._state, principal.user
         grant = Grant(self._budget.count(principal, address) if budget else {})
-        grant.quota_headers = quota_check(state, principal.user, samples, now)
+        quotas = quotas_of(state, user, now)
+        if quotas is not None:
+            used = state.ledger.used(user["id"], now)
+            grant.quota_headers = quota_fields(quotas, used, samples, now)
         most = _most_in_flight(principal)
         if most:
             grant.slot = state.slots.take(f"key-{principal.key['id']}", most)
@@ -129,8 +132,8 @@ class RedisAdmissions:
     ) -> Grant:
         state, user = self._state, principal.user
         windows = self._budget.windows(principal, address) if budget else []
-        limits = limits_of(user, state.quotas.tiers, state.quotas.default_tier)
-        quota = self._quota_ask(user["id"], limits, samples, now) if limits else None
+        quotas = quotas_of(state, user, now)
+        quota = self._quota_ask(user["id"], quotas, samples, now) if quotas is not None else None
         most = _most_in_flight(principal)
         slot = None
         if most:
@@ -150,8 +153,9 @@ class RedisAdmissions:
             return Grant()
         if verdict.verdict == counting.WINDOW_FULL:
             raise windows[verdict.which - 1].refused(verdict.windows[verdict.which - 1])
-        counts = Used(*verdict.counts) if quota else None
-        quota_headers = quota_check(state, user, samples, now, counts) if quota else []
+        quota_headers = (
+            quota_fields(quotas, verdict.counts, samples, now) if quotas is not None else []
+        )
         if verdict.verdict == counting.NO_SLOT:
             raise concurrency_refused(most)
         grant = Grant(least_left(windows, verdict.windows) if windows else {}, quota_headers)
@@ -178,7 +182,7 @@ class RedisAdmissions:
         return Used(day_requests, day_samples, month_requests, month_samples)
 
     def charge(self, user_id: str, requests: int, samples: int, now: float) -> None:
-        quota = self._quota_ask(user_id, {}, samples, now, requests=requests)
+        quota = self._quota_ask(user_id, None, samples, now, requests=requests)
         try:
             counting.admit_on_redis(self._storage, [], quota=quota)  # no limits: it counts
         except StorageError as exc:
@@ -187,7 +191,7 @@ class RedisAdmissions:
     def _quota_ask(
         self,
         user_id: str,
-        limits: dict[str, int],
+        quotas: Quotas | None,
         samples: int,
         now: float,
         *,
@@ -199,8 +203,8 @@ class RedisAdmissions:
             keys=_quota_keys(self._storage, user_id, window),
             ends_ms=(window.day_ends * 1000, window.month_ends * 1000),
             samples=samples,
-            limits=tuple(limits.get(name, -1) for name in QUOTAS),  # type: ignore[arg-type]
-            seeds=tuple(getattr(seeds, name) for name in QUOTAS),  # type: ignore[arg-type]
+            limits=_limits(quotas),
+            seeds=tuple(seeds),  # in the order of QUOTAS, as `Used` is
             requests=requests,
         )
 
@@ -230,6 +234,14 @@ class _RedisSlot:
 def _most_in_flight(principal: Any) -> int | None:
     key = principal.key
     return key.get("max_concurrent") if key is not None else None
+
+
+def _limits(quotas: Quotas | None) -> tuple[int, int, int, int]:
+    """Each quota's limit in the order of QUOTAS, -1 where none holds."""
+    limits = [-1] * len(QUOTAS)
+    for q in quotas.items if quotas is not None else ():
+        limits[q.index] = q.limit
+    return tuple(limits)  # type: ignore[return-value]
 
 
 def _quota_keys(storage: Any, user_id: str, window: Window) -> tuple[str, str]:

@@ -81,6 +81,20 @@ MAX_REPORT_DAYS = 366
 DAY = re.compile(r"\d{4}-\d\d-\d\d")
 
 
+class Kept(NamedTuple):
+    """A user-day's written totals and those of its month's earlier days (their pending counts
+    too) as a quota check reads them: kept while the store's version holds, the month's at most
+    `Ledger.MONTH_CACHE_SECONDS` (summing up to 30 days on every check cost more than the
+    check)."""
+
+    version: Any
+    until: float  # monotonic seconds
+    requests: int
+    samples: int
+    earlier_requests: int
+    earlier_samples: int
+
+
 class PendingDay:
     """A user's UTC day as this process counted it since its last write: its rows, and the
     requests and samples of its answered ones (what a quota check reads on every prediction),
@@ -125,11 +139,11 @@ class Ledger(Batched):
         self.store = store
         self._monotonic = monotonic
         self._pending: dict[tuple[str, str], PendingDay] = {}
-        self._months: dict[tuple[str, str], tuple[float, int, int]] = {}
         # (user, day) -> (the store's version, requests, samples) as written: a day's record
         # grows a row per hour, key and model, and decoding it on every quota check cost more
         # the busier the user; read again only when the store changed.
         self._written: dict[tuple[str, str], tuple[Any, int, int]] = {}
+        self._kept: dict[tuple[str, str], Kept] = {}  # what a quota check reads (`used`)
 
     # -- counting ------------------------------------------------------------------------------
 
@@ -156,15 +170,45 @@ class Ledger(Batched):
     def used(self, user_id: str, now: float) -> Used:
         """What `user_id` has used in the UTC day and month of `now`: written by every process,
         plus what this one has pending."""
-        window = Window.at(now)
-        day_requests, day_samples = self._day_totals(user_id, window.day)
-        earlier_requests, earlier_samples = self._earlier_this_month(user_id, window.day)
+        key = (user_id, Window.at(now).day)
+        version, moment = self.store.version(), self._monotonic()
+        kept = self._kept.get(key)
+        if kept is None or kept.version != version or moment >= kept.until:
+            kept = self._read_totals(key, version, moment)
+        requests, samples = kept.requests, kept.samples
+        pending = self._pending.get(key)
+        if pending is not None:
+            requests += pending.requests
+            samples += pending.samples
         return Used(
-            requests_per_day=day_requests,
-            samples_per_day=day_samples,
-            requests_per_month=earlier_requests + day_requests,
-            samples_per_month=earlier_samples + day_samples,
+            requests, samples, kept.earlier_requests + requests, kept.earlier_samples + samples
         )
+
+    def _read_totals(self, key: tuple[str, str], version: Any, moment: float) -> Kept:
+        """The written totals of user-day `key` and of its month's earlier days, as of store
+        version `version`, kept (`Kept`)."""
+        user_id, day = key
+        requests, samples = self._written_totals(user_id, day)
+        today = date.fromisoformat(day)
+        earlier_requests = earlier_samples = 0
+        for number in range(1, today.day):
+            requests_then, samples_then = self._day_totals(
+                user_id, today.replace(day=number).isoformat()
+            )
+            earlier_requests += requests_then
+            earlier_samples += samples_then
+        kept = Kept(
+            version,
+            moment + self.MONTH_CACHE_SECONDS,
+            requests,
+            samples,
+            earlier_requests,
+            earlier_samples,
+        )
+        if len(self._kept) > 100_000:
+            self._kept.clear()
+        self._kept[key] = kept
+        return kept
 
     def _day_totals(self, user_id: str, day: str) -> tuple[int, int]:
         requests, samples = self._written_totals(user_id, day)
@@ -184,26 +228,6 @@ class Ledger(Batched):
         if len(self._written) > 100_000:
             self._written.clear()
         self._written[key] = (version, requests, samples)
-        return requests, samples
-
-    def _earlier_this_month(self, user_id: str, day: str) -> tuple[int, int]:
-        """The month's days before `day`, summed at most once a second per user."""
-        key = (user_id, day)
-        cached = self._months.get(key)
-        now = self._monotonic()
-        if cached is not None and now - cached[0] < self.MONTH_CACHE_SECONDS:
-            return cached[1], cached[2]
-        today = date.fromisoformat(day)
-        requests = samples = 0
-        for number in range(1, today.day):
-            requests_then, samples_then = self._day_totals(
-                user_id, today.replace(day=number).isoformat()
-            )
-            requests += requests_then
-            samples += samples_then
-        if len(self._months) > 100_000:
-            self._months.clear()
-        self._months[key] = (now, requests, samples)
         return requests, samples
 
     # -- reading -------------------------------------------------------------------------------

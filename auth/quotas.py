@@ -116,33 +116,41 @@ class Quota:
     resets: int  # epoch seconds
     policy: str
     per_sample: bool  # spent by each sample, not each request
-
-    def cost(self, samples: int) -> int:
-        """What a prediction of `samples` samples spends of it."""
-        return samples if self.per_sample else 1
+    index: int  # its place in QUOTAS, and in `ledger.Used`
 
 
-def quotas_of(state: Any, user: dict[str, Any], now: float) -> tuple[Quota, ...]:
-    """Each quota that holds for `user` at `now`, in the order of QUOTAS."""
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Each quota that holds for a user in one UTC hour, in the order of QUOTAS, and the
+    `RateLimit-Policy` field that names them all."""
+
+    items: tuple[Quota, ...]
+    policy: str
+
+
+def quotas_of(state: Any, user: dict[str, Any], now: float) -> Quotas | None:
+    """The quotas that hold for `user` at `now` (None: none do)."""
     limits = limits_of(user, state.quotas.tiers, state.quotas.default_tier)
-    return _quotas(tuple(limits.items()), int(now) // 3600) if limits else ()
+    return _quotas(tuple(limits.items()), int(now) // 3600) if limits else None
 
 
 @lru_cache(maxsize=1024)
-def _quotas(limits: tuple[tuple[str, int], ...], hour: int) -> tuple[Quota, ...]:
+def _quotas(limits: tuple[tuple[str, int], ...], hour: int) -> Quotas:
     # Worked out once per set of limits and hour: every prediction of a user asks.
     given, window = dict(limits), _window_of_hour(hour)
-    return tuple(
+    items = tuple(
         Quota(
             name,
             given[name],
             window.ends(name),
             f'"{name}";q={given[name]};w={window.width(name)}',
             name.startswith("samples"),
+            index,
         )
-        for name in QUOTAS
+        for index, name in enumerate(QUOTAS)
         if name in given
     )
+    return Quotas(items, ", ".join(q.policy for q in items))
 
 
 def usage_today(state: Any, user: dict[str, Any], now: float) -> dict[str, Any]:
@@ -157,60 +165,66 @@ def usage_today(state: Any, user: dict[str, Any], now: float) -> dict[str, Any]:
 def quota_state(
     state: Any, user: dict[str, Any], now: float, used: Any = None
 ) -> list[dict[str, Any]]:
-    """What the usage API and the profile show of `user`'s quotas at `now`."""
+    """What the usage API and the profile show of `user`'s quotas at `now` (`used`, default as
+    `state.quota_used` reads it: read only for a user who has quotas)."""
+    quotas = quotas_of(state, user, now)
+    if quotas is None:
+        return []
+    used = used or state.quota_used(user, now)
     return [
         {
             "quota": q.name,
             "limit": q.limit,
-            "used": spent,
-            "remaining": max(0, q.limit - spent),
+            "used": used[q.index],
+            "remaining": max(0, q.limit - used[q.index]),
             "resets_at": iso(q.resets),
         }
-        for q, spent in _standing(state, user, now, used)
+        for q in quotas.items
     ]
-
-
-def _standing(state: Any, user: dict[str, Any], now: float, used: Any) -> list[tuple[Quota, int]]:
-    """Each quota of `user` at `now` with what is used of it (`used`, default as
-    `state.quota_used` reads it: read only for a user who has quotas)."""
-    quotas = quotas_of(state, user, now)
-    if not quotas:
-        return []
-    used = used or state.quota_used(user, now)
-    return [(q, getattr(used, q.name)) for q in quotas]
 
 
 def quota_check(
     state: Any, user: dict[str, Any], samples: int, now: float, used: Any = None
 ) -> list[tuple[str, str]]:
     """The IETF `RateLimit-Policy` and `RateLimit` fields of a prediction of `samples` samples
-    by `user` at `now`, as they stand once it is counted (nothing is counted here); 429
-    QUOTA_EXCEEDED if a quota cannot take it (with `Retry-After` at the reset, and the fields of
-    that quota). `used`: the counts before this request (default: as `state.quota_used` reads
-    them)."""
-    standing = _standing(state, user, now, used)
-    if not standing:
+    by `user` at `now` (`quota_fields`); `used`: the counts before this request (default: as
+    `state.quota_used` reads them, read only for a user who has quotas)."""
+    quotas = quotas_of(state, user, now)
+    if quotas is None:
         return []
-    states = []
-    for q, spent in standing:
-        cost = q.cost(samples)
-        until = max(1, q.resets - int(now))
+    return quota_fields(quotas, used or state.quota_used(user, now), samples, now)
+
+
+def quota_fields(
+    quotas: Quotas, used: tuple[int, ...], samples: int, now: float
+) -> list[tuple[str, str]]:
+    """The `RateLimit-Policy` and `RateLimit` fields of a prediction of `samples` samples at
+    `now` under `quotas`, as they stand once it is counted (nothing is counted here), `used`
+    being the counts before it (`ledger.Used`); 429 QUOTA_EXCEEDED if a quota cannot take it
+    (with `Retry-After` at the reset, and the fields of that quota)."""
+    moment, states = int(now), []
+    for q in quotas.items:
+        spent, cost = used[q.index], samples if q.per_sample else 1
+        until = max(1, q.resets - moment)
         if spent + cost > q.limit:
-            raise QuotaExceeded(
-                f"the {q.name} quota of {q.limit} is spent ({spent} used, this request needs "
-                f"{cost}); it resets at {iso(q.resets)}",
-                headers={
-                    "Retry-After": str(until),
-                    "RateLimit-Policy": q.policy,
-                    "RateLimit": f'"{q.name}";r={max(0, q.limit - spent)};t={until}',
-                },
-                details={
-                    "quota": q.name,
-                    "limit": q.limit,
-                    "used": spent,
-                    "resets_at": iso(q.resets),
-                },
-            )
+            raise _spent(q, spent, cost, until)
         states.append(f'"{q.name}";r={q.limit - spent - cost};t={until}')
-    policy = ", ".join(q.policy for q, _ in standing)
-    return [("RateLimit-Policy", policy), ("RateLimit", ", ".join(states))]
+    return [("RateLimit-Policy", quotas.policy), ("RateLimit", ", ".join(states))]
+
+
+def _spent(q: Quota, spent: int, cost: int, until: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"the {q.name} quota of {q.limit} is spent ({spent} used, this request needs "
+        f"{cost}); it resets at {iso(q.resets)}",
+        headers={
+            "Retry-After": str(until),
+            "RateLimit-Policy": q.policy,
+            "RateLimit": f'"{q.name}";r={max(0, q.limit - spent)};t={until}',
+        },
+        details={
+            "quota": q.name,
+            "limit": q.limit,
+            "used": spent,
+            "resets_at": iso(q.resets),
+        },
+    )

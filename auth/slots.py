@@ -9,11 +9,16 @@ out and nothing to clean up.
 A `flock` belongs to an open file, not to a thread or greenlet: two requests of one worker
 locking through the same open file would both "hold" it. So a process notes which slots it
 holds itself (`_held`, claimed atomically before the lock is tried) and the lock only decides
-between processes. Each process keeps the files of the slots it used open (up to `KEEP_OPEN`;
-beyond that a take opens its own file and closes it on release), so a take is one `flock` call
-and a release another, not an open, a lock and a close. A child forked from a process that kept
-files open closes its copies at once (`os.register_at_fork`): through a shared open file it
-would hold its parent's locks, and keep them held after its parent died.
+between processes. Each process tries the slots from a place of its own (chosen at random, again
+in a forked child), so workers busy at once hold different files instead of each trying the
+others' first: a lock held elsewhere costs a refused `flock` and its exception, and two workers
+locking one file contend in the kernel.
+
+Each process keeps the files of the slots it used open (up to `KEEP_OPEN`; beyond that a take
+opens its own file and closes it on release), so a take is one `flock` call and a release
+another, not an open, a lock and a close. A child forked from a process that kept files open
+closes its copies at once (`os.register_at_fork`): through a shared open file it would hold its
+parent's locks, and keep them held after its parent died.
 
 This is `flock` itself, not filelock: a slot is taken on the prediction path, where filelock's
 bookkeeping (fork tracking, re-entrancy counts, polling) cost about 115 us a take against 7 us
@@ -26,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import random
 import weakref
 from pathlib import Path
 
@@ -42,11 +48,12 @@ class Slot:
         self._slots = slots
         self._path: str | None = path
         self._fd = fd
-        self._pid = os.getpid()
+        self._generation = slots._generation
 
     def release(self) -> None:
         path, self._path = self._path, None
-        if path is not None and self._pid == os.getpid():  # a forked child's copy is not held
+        # A forked child's copy is not held: a fork moves the generation on in the child.
+        if path is not None and self._generation == self._slots._generation:
             self._slots._let_go(path, self._fd)
 
 
@@ -58,13 +65,16 @@ class Slots:
         self._open: dict[str, int] = {}  # slot file -> its descriptor, kept open
         self._held: dict[str, object] = {}  # slot files this process holds
         self._closed = False
+        self._generation = 0  # moved on in a forked child: no getpid syscall per release
+        self._start = random.randrange(1 << 30)  # where this process tries slots from
         os.register_at_fork(after_in_child=functools.partial(_forget_in_child, weakref.ref(self)))
 
     def take(self, name: str, count: int) -> Slot | None:
         """One of the `count` slots called `name`, held (release it when done), or None if all
         are taken."""
-        for i in range(count):
-            path = f"{self._prefix}{name}-{i}.lock"
+        start = self._start
+        for n in range(count):
+            path = f"{self._prefix}{name}-{(start + n) % count}.lock"
             claim = object()
             if self._held.setdefault(path, claim) is not claim:  # held in this process
                 continue
@@ -116,6 +126,8 @@ class Slots:
             self._held.pop(path, None)
 
     def _forget(self) -> None:
+        self._generation += 1
+        self._start = random.randrange(1 << 30)
         opened, self._open, self._held = self._open, {}, {}
         for fd in opened.values():
             os.close(fd)  # this copy only: the parent's locks stay the parent's

@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 from datetime import date, datetime, timezone
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from auth.ledger import Ledger
+from auth.ledger import Ledger, Used
+from auth.quotas import QuotaExceeded, quota_fields, quotas_of
 from tests.conftest import DEMO_MODEL, REPO, Actor, assert_error
 from tests.live import live_server, server_env
 
@@ -342,3 +344,22 @@ def test_a_days_written_usage_is_read_again_when_another_process_writes(make_app
         here.storage.sync()
         assert here.ledger.used("usr_1", clock.now).samples_per_day == total
         here.storage.end_request()
+
+
+def test_each_quota_is_checked_against_its_own_count(clock):
+    # quota_fields reads the counts by each quota's place in QUOTAS: a mix-up would show here.
+    tier = {"requests_per_day": 10, "samples_per_day": 20, "requests_per_month": 30}
+    state = SimpleNamespace(quotas=SimpleNamespace(tiers={"t": tier}, default_tier="t"))
+    user = {"quota": {"samples_per_month": 40}}
+    quotas = quotas_of(state, user, clock.now)
+    fields = dict(quota_fields(quotas, Used(1, 2, 3, 4), 5, clock.now))
+    left = dict(item.split(";")[:2] for item in fields["RateLimit"].split(", "))
+    assert left == {
+        '"requests_per_day"': "r=8",
+        '"samples_per_day"': "r=13",
+        '"requests_per_month"': "r=26",
+        '"samples_per_month"': "r=31",
+    }
+    with pytest.raises(QuotaExceeded) as refused:
+        quota_fields(quotas, Used(1, 2, 3, 36), 5, clock.now)
+    assert refused.value.details["quota"] == "samples_per_month"
