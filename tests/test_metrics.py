@@ -7,6 +7,7 @@ by every app a test builds: the tests compare a scrape before and after what the
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference_server.metrics.instruments import _ThisProcess
 from tests.conftest import Actor, assert_error, bearer
 from tests.live import live_server
 
@@ -201,3 +203,20 @@ def test_the_metrics_directory_is_named_to_the_workers_only_when_metrics_are_on(
     assert worker_environment(on, None)["PROMETHEUS_MULTIPROC_DIR"] == str(metrics_dir(on))
     assert metrics_dir(on) == Path(tmp_path).resolve() / "metrics"
     assert "PROMETHEUS_MULTIPROC_DIR" not in worker_environment(off, None)
+
+
+def _report_identifier(identify, found) -> None:
+    found.put((identify(), os.getpid()))
+
+
+def test_the_process_identifier_of_the_metric_files_moves_on_in_a_forked_child():
+    # Multiprocess values ask it on every write to notice a fork and open the child's own files.
+    identify = _ThisProcess()
+    assert identify() == os.getpid()
+    fork = multiprocessing.get_context("fork")
+    found = fork.Queue()
+    child = fork.Process(target=_report_identifier, args=(identify, found))
+    child.start()
+    seen, pid = found.get(timeout=60)
+    child.join(60)
+    assert seen == pid == child.pid != os.getpid()
