@@ -195,13 +195,14 @@ class PacedMemoryStorage(MemoryStorage):
 class _ExpiryJob:
     """Stands in for the storage's timer, which the storage asks on every hit whether it is
     still running: the one expiry job of this process is, started at the first ask in each
-    process (so a storage made before a fork is expired in every child too)."""
+    process (so a storage made before a fork is expired in every child too: a fork forgets
+    that it was started, where a `getpid` on every hit would have noticed it, a syscall each)."""
 
-    _running_in: int | None = None
+    _started = False  # in this process
 
     def is_alive(self) -> bool:
-        if _ExpiryJob._running_in != os.getpid():
-            _ExpiryJob._running_in = os.getpid()
+        if not _ExpiryJob._started:
+            _ExpiryJob._started = True
             run_every(
                 PacedMemoryStorage.EXPIRE_EVERY_SECONDS,
                 PacedMemoryStorage.expire_all,
@@ -211,6 +212,13 @@ class _ExpiryJob:
 
     def cancel(self) -> None:
         pass
+
+    @staticmethod
+    def forget() -> None:
+        _ExpiryJob._started = False
+
+
+os.register_at_fork(after_in_child=_ExpiryJob.forget)
 
 
 _IDLE = LimiterContext()  # written only by a check, which makes the request's own first
