@@ -171,14 +171,19 @@ class _Ids:
     request pays for a read of the system's random source (ids are labels, not secrets)."""
 
     def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
+        self._prefix = ""  # drawn at the first id of each process
         self._count = itertools.count()
+        # A forked worker draws a random half of its own (told by the fork, not by a getpid
+        # syscall on every request).
+        os.register_at_fork(after_in_child=self._forget)
 
     def new(self) -> str:
-        if self._pid != os.getpid():  # a new process (a forked worker): a new random half
-            self._pid, self._prefix = os.getpid(), os.urandom(8).hex()
+        if not self._prefix:
+            self._prefix = os.urandom(8).hex()
         return f"{self._prefix}{next(self._count):016x}"
+
+    def _forget(self) -> None:
+        self._prefix = ""
 
 
 _ids = _Ids()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -70,6 +71,22 @@ def test_request_id_is_echoed_or_made(client):
     assert (
         client.get("/health", headers={"X-Request-ID": "a b;c"}).headers["X-Request-ID"] != "a b;c"
     )
+
+
+def test_a_forked_worker_makes_request_ids_of_its_own(client):
+    # The random half of made ids is drawn again in each forked worker: two workers counting
+    # from zero must not hand out the same ids.
+    before = client.get("/health").headers["X-Request-ID"]
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(writer, client.get("/health").headers["X-Request-ID"].encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    made = os.read(reader, 64).decode()
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    assert made[:16] != before[:16]  # its own random half
+    assert client.get("/health").headers["X-Request-ID"][:16] == before[:16]  # ours unchanged
 
 
 def test_unknown_route_and_wrong_method_use_the_error_shape(client):
