@@ -70,6 +70,7 @@ from .errors import (
 )
 from .errors import init_app as init_error_handlers
 from .extension import Auth
+from .forks import this_pid
 from .inputs import (
     json_body,
     json_bytes,
@@ -185,5 +186,6 @@ __all__ = [
     "store_written",
     "standard_headers",
     "text",
+    "this_pid",
     "usage_range",
 ]

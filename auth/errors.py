@@ -21,6 +21,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, json, request
 from werkzeug.exceptions import HTTPException
 
+from .forks import this_pid
 from .signals import error_answered
 
 log = logging.getLogger(__name__)
@@ -171,19 +172,14 @@ class _Ids:
     request pays for a read of the system's random source (ids are labels, not secrets)."""
 
     def __init__(self) -> None:
-        self._prefix = ""  # drawn at the first id of each process
+        self._pid = -1
+        self._prefix = ""
         self._count = itertools.count()
-        # A forked worker draws a random half of its own (told by the fork, not by a getpid
-        # syscall on every request).
-        os.register_at_fork(after_in_child=self._forget)
 
     def new(self) -> str:
-        if not self._prefix:
-            self._prefix = os.urandom(8).hex()
+        if self._pid != this_pid():  # a new process (a forked worker): a new random half
+            self._pid, self._prefix = this_pid(), os.urandom(8).hex()
         return f"{self._prefix}{next(self._count):016x}"
-
-    def _forget(self) -> None:
-        self._prefix = ""
 
 
 _ids = _Ids()

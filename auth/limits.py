@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import _thread
 import logging
-import os
 import time
 import weakref
 from collections import defaultdict
@@ -64,6 +63,7 @@ from .background import run_every
 from .config import REDIS_LIMIT_URIS, RateLimitSettings, limit_storage
 from .counting import hit_and_window
 from .errors import ApiError, Code, StorageBusy, render_error
+from .forks import this_pid
 from .offload import ThreadOffload, idle_priority
 from .slots import Slots
 from .users import fold_name
@@ -195,14 +195,13 @@ class PacedMemoryStorage(MemoryStorage):
 class _ExpiryJob:
     """Stands in for the storage's timer, which the storage asks on every hit whether it is
     still running: the one expiry job of this process is, started at the first ask in each
-    process (so a storage made before a fork is expired in every child too: a fork forgets
-    that it was started, where a `getpid` on every hit would have noticed it, a syscall each)."""
+    process (so a storage made before a fork is expired in every child too)."""
 
-    _started = False  # in this process
+    _running_in: int | None = None
 
     def is_alive(self) -> bool:
-        if not _ExpiryJob._started:
-            _ExpiryJob._started = True
+        if _ExpiryJob._running_in != this_pid():
+            _ExpiryJob._running_in = this_pid()
             run_every(
                 PacedMemoryStorage.EXPIRE_EVERY_SECONDS,
                 PacedMemoryStorage.expire_all,
@@ -212,13 +211,6 @@ class _ExpiryJob:
 
     def cancel(self) -> None:
         pass
-
-    @staticmethod
-    def forget() -> None:
-        _ExpiryJob._started = False
-
-
-os.register_at_fork(after_in_child=_ExpiryJob.forget)
 
 
 _IDLE = LimiterContext()  # written only by a check, which makes the request's own first

@@ -35,6 +35,8 @@ import random
 import weakref
 from pathlib import Path
 
+from .forks import this_pid
+
 OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 # Slot files one `Slots` keeps open: descriptors are shared with a worker's connections
 # (gunicorn's worker_connections, under a soft limit often of 1024).
@@ -48,12 +50,11 @@ class Slot:
         self._slots = slots
         self._path: str | None = path
         self._fd = fd
-        self._generation = slots._generation
+        self._pid = this_pid()
 
     def release(self) -> None:
         path, self._path = self._path, None
-        # A forked child's copy is not held: a fork moves the generation on in the child.
-        if path is not None and self._generation == self._slots._generation:
+        if path is not None and self._pid == this_pid():  # a forked child's copy is not held
             self._slots._let_go(path, self._fd)
 
 
@@ -65,7 +66,6 @@ class Slots:
         self._open: dict[str, int] = {}  # slot file -> its descriptor, kept open
         self._held: dict[str, object] = {}  # slot files this process holds
         self._closed = False
-        self._generation = 0  # moved on in a forked child: no getpid syscall per release
         self._start = random.randrange(1 << 30)  # where this process tries slots from
         os.register_at_fork(after_in_child=functools.partial(_forget_in_child, weakref.ref(self)))
 
@@ -126,7 +126,6 @@ class Slots:
             self._held.pop(path, None)
 
     def _forget(self) -> None:
-        self._generation += 1
         self._start = random.randrange(1 << 30)
         opened, self._open, self._held = self._open, {}, {}
         for fd in opened.values():

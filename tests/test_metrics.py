@@ -16,7 +16,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_server.metrics.instruments import _ThisProcess
+from auth import this_pid
 from tests.conftest import Actor, assert_error, bearer
 from tests.live import live_server
 
@@ -205,17 +205,16 @@ def test_the_metrics_directory_is_named_to_the_workers_only_when_metrics_are_on(
     assert "PROMETHEUS_MULTIPROC_DIR" not in worker_environment(off, None)
 
 
-def _report_identifier(identify, found) -> None:
-    found.put((identify(), os.getpid()))
+def _report_identifier(found) -> None:
+    found.put((this_pid(), os.getpid()))
 
 
 def test_the_process_identifier_of_the_metric_files_moves_on_in_a_forked_child():
     # Multiprocess values ask it on every write to notice a fork and open the child's own files.
-    identify = _ThisProcess()
-    assert identify() == os.getpid()
+    assert this_pid() == os.getpid()
     fork = multiprocessing.get_context("fork")
     found = fork.Queue()
-    child = fork.Process(target=_report_identifier, args=(identify, found))
+    child = fork.Process(target=_report_identifier, args=(found,))
     child.start()
     seen, pid = found.get(timeout=60)
     child.join(60)

@@ -26,13 +26,12 @@ ledger (`/auth/usage`, `/admin/usage`).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 from flask import Flask, Response, request, request_finished
 from prometheus_client import Counter, Gauge, Histogram, values
 
-from auth import error_answered, store_written
+from auth import error_answered, store_written, this_pid
 
 from ..models import model_loaded
 
@@ -43,25 +42,10 @@ PREDICTION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
                       0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # fmt: skip
 WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
-
-class _ThisProcess:
-    """This process's id, kept and moved on in a forked child: what the library's multiprocess
-    values ask on every write to notice a fork, without a `getpid` syscall each time (six a
-    prediction). The library takes it as `MultiProcessValue(process_identifier)`."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        self.pid = os.getpid()
-
-    def __call__(self) -> int:
-        return self.pid
-
-
+# The library's multiprocess values ask the process id on every write (six a prediction) to
+# notice a fork; it takes the asking as `MultiProcessValue(process_identifier)`: ours, kept.
 if getattr(values.ValueClass, "_multiprocess", False):  # PROMETHEUS_MULTIPROC_DIR is set
-    values.ValueClass = values.MultiProcessValue(_ThisProcess())  # before any metric is made
+    values.ValueClass = values.MultiProcessValue(this_pid)  # before any metric is made
 
 REQUESTS = Counter(
     "inference_http_requests",
